@@ -1,0 +1,236 @@
+"""Binance Vision kline archives: file names, .CHECKSUM files, zip members, the 12-column CSV.
+
+`ingest_paths` ingests local zips (files or directories, searched recursively); `ingest_archive`
+ingests one zip on an open writer connection, for callers (the downloader) that hold the lock.
+Zips are read in memory with a size cap and never extracted to disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import sqlite3
+import time
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from ingest.registry import (IngestResult, Progress, SourceFile, Warn, FileOutcome, ingest_file, no_progress,
+                             no_warn, reject, writer)
+from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
+from ingest.validate import Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
+
+KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume",
+                "trades", "taker_buy_base_volume", "taker_buy_quote_volume", "ignore")
+INT_FIELDS = ("open_time", "close_time", "trades")
+# `ignore` is never read.
+KLINE_DTYPES = {name: (np.int64 if name in INT_FIELDS else np.float64) for name in KLINE_FIELDS[:11]}
+# A kline row is ~150 bytes; anything far longer is not a kline file.
+MAX_LINE_BYTES = 4096
+# A monthly 1s file is ~2.7 M rows (~300 MB); more than this is not a kline archive but a zip bomb.
+MAX_MEMBER_BYTES = 512 * 2**20
+
+NAME_RE = re.compile(r"^(?P<symbol>[^/\\]+?)-(?P<interval>[0-9]+(?:mo|[smhdw]))-"
+                     r"(?P<period>(?P<year>[0-9]{4})-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2}))?)\.zip$")
+CHECKSUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64})(?:\s+\*?(?P<name>\S+))?\s*$")
+
+
+@dataclass(frozen=True)
+class ArchiveName:
+    symbol: str
+    interval: str
+    period: str
+    start_ms: int
+    end_ms: int
+
+
+def parse_name(file_name: str) -> ArchiveName:
+    """Symbol, interval and period (monthly `YYYY-MM` or daily `YYYY-MM-DD`) of an archive name."""
+    match = NAME_RE.match(file_name)
+    if not match:
+        raise fail(file_name, None, "file name", "expected SYMBOL-INTERVAL-YYYY-MM[-DD].zip")
+    try:
+        check_symbol(match["symbol"])
+        check_interval(match["interval"])
+    except MarketError as exc:
+        raise fail(file_name, None, "file name", str(exc)) from None
+    year, month = int(match["year"]), int(match["month"])
+    try:
+        if match["day"]:
+            start = utc_ms(date(year, month, int(match["day"])).isoformat())
+            end = start + DAY_MS
+        else:
+            start = utc_ms(date(year, month, 1).isoformat())
+            end = utc_ms(date(year + month // 12, month % 12 + 1, 1).isoformat())
+    except ValueError:
+        raise fail(file_name, None, "file name", f"invalid date {match['period']!r}") from None
+    return ArchiveName(match["symbol"], match["interval"], match["period"], start, end)
+
+
+def read_checksum(zip_path: str) -> str | None:
+    """The SHA-256 named by the sibling `.CHECKSUM` file, or None when there is none."""
+    try:
+        with open(zip_path + ".CHECKSUM", "rb") as f:
+            text = f.read(4096).decode("ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    name = os.path.basename(zip_path)
+    match = CHECKSUM_RE.match(text.strip())
+    if not match:
+        raise fail(name, None, "checksum", "malformed .CHECKSUM file (expected '<sha256>  <file name>')")
+    if match["name"] and match["name"] != name:
+        raise fail(name, None, "checksum", f".CHECKSUM names another file, {match['name']!r}")
+    return match["hex"].lower()
+
+
+def read_member(name: str, blob: bytes, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+    """The one CSV member of a zip, read in memory, at most `max_bytes` uncompressed."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(blob))
+        members = archive.infolist()
+        if len(members) != 1:
+            raise fail(name, None, "zip", f"expected exactly one CSV member, found {len(members)}")
+        member = members[0]
+        if "/" in member.filename or "\\" in member.filename or member.filename.startswith(".."):
+            raise fail(name, None, "zip", f"member name {member.filename!r} contains a path")
+        if not member.filename.lower().endswith(".csv"):
+            raise fail(name, None, "zip", f"member {member.filename!r} is not a .csv file")
+        too_big = fail(name, None, "zip", f"member {member.filename!r} is larger than {max_bytes} bytes uncompressed")
+        # The declared size may lie: the read itself is capped too.
+        if member.file_size > max_bytes:
+            raise too_big
+        with archive.open(member) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise too_big
+        return data
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise fail(name, None, "zip", f"corrupt or unsupported archive ({exc})") from None
+
+
+def _locate_bad_field(name: str, body: bytes, first_line: int, error: Exception) -> MarketError:
+    """After the fast typed parse failed: find the first bad field and say which rule it breaks."""
+    frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_FIELDS[:11]),
+                        dtype=str, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)
+    found: list[tuple[int, int, str, str]] = []
+    for position, col in enumerate(KLINE_FIELDS[:11]):
+        text = frame[col].astype(str)
+        if col in INT_FIELDS:
+            bad = ~text.str.fullmatch(r"-?[0-9]{1,18}").to_numpy(dtype=bool)
+            rule = "integer time" if col != "trades" else "integer trades"
+        else:
+            values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+            nan_text = text.str.strip().str.lower().isin(("nan", "+nan", "-nan")).to_numpy(dtype=bool)
+            bad = np.isnan(values) & ~nan_text
+            rule = "decimal number"
+            if not bad.any():
+                bad = ~np.isfinite(values)
+                rule = "finite decimal"
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            found.append((row, position, rule, f"{col} is {text.iloc[row]!r}"))
+    if not found:
+        return fail(name, None, "parse", str(error).splitlines()[0])
+    row, _, rule, detail = min(found)
+    return fail(name, first_line + row, rule, detail)
+
+
+def parse_klines(name: str, data: bytes, interval: str, period: tuple[int, int] | None) -> Validated:
+    """Validated candles of one kline CSV: header and ms/µs detected per file, times in ms."""
+    lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES)
+    first_field = lines.line(0).split(b",", 1)[0].decode("utf-8", errors="replace")
+    header = not is_number(first_field)
+    first_line = 2 if header else 1
+    if header and len(lines) == 1:
+        raise fail(name, None, "no rows", "the file has a header and no data rows")
+    counts = field_counts(lines)[first_line - 1:]
+    if (wrong := np.flatnonzero(counts != len(KLINE_FIELDS))).size:
+        row = int(wrong[0])
+        raise fail(name, first_line + row, "field count", f"{int(counts[row])} fields, expected {len(KLINE_FIELDS)}")
+    body = lines.data[int(lines.starts[first_line - 1]):]
+    try:
+        frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_DTYPES),
+                            dtype=KLINE_DTYPES, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)
+    except (ValueError, OverflowError) as exc:
+        raise _locate_bad_field(name, body, first_line, exc) from None
+    raw_open = frame["open_time"].to_numpy()
+    raw_close = frame["close_time"].to_numpy()
+    unit = detect_unit(name, "open_time", raw_open, first_line)
+    close_unit = detect_unit(name, "close_time", raw_close, first_line)
+    if close_unit != unit:
+        raise fail(name, first_line, "time unit", f"open_time is in {unit} but close_time in {close_unit}")
+    columns = {col: frame[col].to_numpy() for col in KLINE_DTYPES if col not in ("open_time", "close_time")}
+    columns["open_time"] = to_ms(raw_open, unit)
+    return validate(name, interval, columns, first_line=first_line, time_unit=unit,
+                    close_ms=to_ms(raw_close, unit), period=period)
+
+
+def ingest_archive(conn: sqlite3.Connection, path: str, *, require_checksum: bool = False, warn: Warn = no_warn,
+                   source: str = "binance-vision", max_member_bytes: int = MAX_MEMBER_BYTES) -> FileOutcome:
+    """Verify, validate and ingest one zip on a writer connection; the outcome is recorded."""
+    path = os.path.abspath(path)
+    file_name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        return reject(conn, SourceFile(path, file_name, None, None, source), f"{file_name}: cannot read: {exc.strerror}")
+    digest = hashlib.sha256(blob).hexdigest()
+    src = SourceFile(path, file_name, digest, len(blob), source)
+    try:
+        name = parse_name(file_name)
+        src = SourceFile(path, file_name, digest, len(blob), source, name.symbol, name.interval, name.period)
+        expected = read_checksum(path)
+    except MarketError as exc:
+        return reject(conn, src, str(exc))
+    if expected is None:
+        if require_checksum:
+            return reject(conn, src, f"{file_name}: checksum: no .CHECKSUM file (--require-checksum)")
+        warn(f"{file_name}: no .CHECKSUM file; ingesting it as unverified")
+    elif expected != digest:
+        return reject(conn, src, f"{file_name}: checksum: mismatch, file SHA-256 {digest}, .CHECKSUM says {expected}")
+    return ingest_file(conn, src,
+                       lambda: parse_klines(file_name, read_member(file_name, blob, max_member_bytes),
+                                            name.interval, (name.start_ms, name.end_ms)),
+                       verified=expected is not None)
+
+
+def find_archives(paths: Sequence[str]) -> list[str]:
+    """Zip files named by `paths`: files as given, directories searched recursively (sorted)."""
+    found: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(".zip"))
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise MarketError(f"no such file or directory: {path}")
+    if paths and not found:
+        raise MarketError(f"no .zip files found in {', '.join(paths)}")
+    unique = dict.fromkeys(os.path.abspath(p) for p in found)
+    return list(unique)
+
+
+def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = False, lock_wait: float = 30.0,
+                 progress: Progress = no_progress, warn: Warn = no_warn,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> IngestResult:
+    """Ingest Binance Vision kline zips into `db`; a rejected file does not stop the others."""
+    started = time.perf_counter()
+    archives = find_archives(paths)
+    result = IngestResult()
+    with writer(db, "ingest binance-vision", lock_wait) as conn:
+        for path in progress(archives, total=len(archives), desc="ingest", unit="file"):
+            result.files.append(ingest_archive(conn, path, require_checksum=require_checksum, warn=warn,
+                                               max_member_bytes=max_member_bytes))
+    result.seconds = time.perf_counter() - started
+    return result

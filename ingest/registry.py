@@ -1,0 +1,190 @@
+"""Ingest one parsed input file into market.sqlite and record what became of it.
+
+Shared by every file source (Binance Vision zips, the downloader, CSV files): the writer session
+(lock, WAL connection, checkpoint), the per-file transaction, the `ingested_files` registry and
+the summary result a command returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from ingest.schema import (MarketError, checkpoint, connect_writer, iso_utc, now_ms, series_id, upsert_candles,
+                           writer_lock)
+from ingest.validate import Validated
+
+T = TypeVar("T")
+Progress = Callable[..., Iterable[Any]]
+Warn = Callable[[str], None]
+
+
+def no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
+    return items
+
+
+def no_warn(message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """An input file as the registry knows it; symbol/interval/period are None when unparsable."""
+
+    path: str
+    file_name: str
+    sha256: str | None
+    size_bytes: int | None
+    source: str
+    symbol: str | None = None
+    interval: str | None = None
+    period: str | None = None
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    path: str
+    file_name: str
+    status: str
+    reason: str | None = None
+    symbol: str | None = None
+    interval: str | None = None
+    period: str | None = None
+    time_unit: str | None = None
+    rows_read: int = 0
+    rows_inserted: int = 0
+    rows_revised: int = 0
+    rows_dropped: int = 0
+    rows_flagged: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def writer(db: str, purpose: str, lock_wait: float) -> Iterator[sqlite3.Connection]:
+    """The writer lock and a migrated WAL connection; the WAL is emptied on a clean exit."""
+    with writer_lock(db, purpose, lock_wait):
+        conn = connect_writer(db)
+        try:
+            yield conn
+            checkpoint(conn)
+        finally:
+            conn.close()
+
+
+def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
+    conn.execute(
+        """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
+               status, reason, rows_read, rows_inserted, rows_revised, rows_dropped, rows_flagged, ingested_utc)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (src.path, src.file_name, src.sha256, src.size_bytes, src.source, src.symbol, src.interval, src.period,
+         outcome.status, outcome.reason, outcome.rows_read, outcome.rows_inserted, outcome.rows_revised,
+         outcome.rows_dropped, outcome.rows_flagged, iso_utc(now_ms())))
+
+
+def _outcome(src: SourceFile, status: str, reason: str | None = None, **counts: Any) -> FileOutcome:
+    return FileOutcome(src.path, src.file_name, status, reason, src.symbol, src.interval, src.period, **counts)
+
+
+def record_only(conn: sqlite3.Connection, src: SourceFile, status: str, reason: str | None = None) -> FileOutcome:
+    """Record a file that writes no candles (rejected or skipped), in its own transaction."""
+    outcome = _outcome(src, status, reason)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _record(conn, src, outcome)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return outcome
+
+
+def reject(conn: sqlite3.Connection, src: SourceFile, reason: str) -> FileOutcome:
+    return record_only(conn, src, "rejected", reason)
+
+
+def already_ingested(conn: sqlite3.Connection, sha256: str, verified: bool) -> bool:
+    """True when these exact bytes were ingested before and nothing would change now.
+
+    An earlier unverified ingest is redone once a checksum verifies the file, so that the
+    registry ends up saying `ok`.
+    """
+    statuses = {row[0] for row in conn.execute(
+        "SELECT DISTINCT status FROM ingested_files WHERE sha256 = ? AND status IN ('ok', 'unverified')",
+        (sha256,))}
+    return "ok" in statuses or ("unverified" in statuses and not verified)
+
+
+def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Validated], *,
+                verified: bool) -> FileOutcome:
+    """Validate (`load`) and write one file in one transaction, and record it; never raises MarketError.
+
+    A file whose SHA-256 was already ingested is skipped without reading it; a file that fails
+    validation is recorded as rejected and writes no candle.
+    """
+    if src.sha256 and already_ingested(conn, src.sha256, verified):
+        return record_only(conn, src, "skipped", "same SHA-256 as an earlier ingest")
+    if src.symbol is None or src.interval is None:
+        raise ValueError("a file to ingest needs a symbol and an interval")
+    try:
+        parsed = load()
+    except MarketError as exc:
+        return reject(conn, src, str(exc))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        sid = series_id(conn, src.symbol, src.interval)
+        counts = upsert_candles(conn, sid, parsed.candles)
+        outcome = _outcome(src, "ok" if verified else "unverified", time_unit=parsed.time_unit,
+                           rows_read=parsed.rows_read, rows_inserted=counts.inserted,
+                           rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged)
+        _record(conn, src, outcome)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return outcome
+
+
+@dataclass
+class IngestResult:
+    """What an ingest command returns: one outcome per input file, plus totals."""
+
+    files: list[FileOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.status == "rejected" for f in self.files)
+
+    def totals(self) -> dict[str, Any]:
+        by_status = {s: sum(f.status == s for f in self.files) for s in ("ok", "skipped", "rejected", "unverified")}
+        written = [f for f in self.files if f.status in ("ok", "unverified")]
+        rows = sum(f.rows_read for f in written)
+        return {
+            "files": by_status,
+            "rows_read": rows,
+            "rows_inserted": sum(f.rows_inserted for f in written),
+            "rows_revised": sum(f.rows_revised for f in written),
+            "rows_dropped": sum(f.rows_dropped for f in written),
+            "rows_flagged": sum(f.rows_flagged for f in written),
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(rows / self.seconds) if self.seconds > 0 else 0,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **self.totals(), "file_outcomes": [f.as_dict() for f in self.files]}
+
+    def text(self) -> str:
+        t = self.totals()
+        lines = [f"rejected: {f.reason}" for f in self.files if f.status == "rejected"]
+        files = t["files"]
+        lines.append(
+            f"files: {files['ok']} ok, {files['skipped']} skipped, {files['rejected']} rejected, "
+            f"{files['unverified']} unverified; rows: {t['rows_inserted']} inserted, {t['rows_revised']} revised, "
+            f"{t['rows_dropped']} dropped; {t['rows_flagged']} flagged; "
+            f"{t['seconds']:.2f} s, {t['rows_per_second']} rows/s")
+        return "\n".join(lines)

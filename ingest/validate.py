@@ -1,0 +1,220 @@
+"""Checks every candle source shares: text hygiene, numeric rules, time units, order and duplicates.
+
+Pure functions on bytes and numpy arrays. Each violation raises MarketError naming the file, the
+line (1-based, counting a header line) and the rule, so that a rejected file can be fixed by hand.
+The happy path is vectorised; the per-line detail is only computed once a rule has failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE, INTERVAL_MS, MarketError, close_time_ms, iso_utc, on_grid
+
+UTF8_BOM = b"\xef\xbb\xbf"
+PRICE_COLUMNS = ("open", "high", "low", "close")
+VOLUME_COLUMNS = ("volume", "quote_asset_volume", "taker_buy_base_volume", "taker_buy_quote_volume")
+FLOAT_COLUMNS = PRICE_COLUMNS + VOLUME_COLUMNS
+# Digits of an epoch time in each unit, for any date between 2001-09-09 and 2286-11-20.
+UNIT_DIGITS = {"s": 10, "ms": 13, "us": 16}
+POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)
+UNIT_TO_MS = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000)}  # (multiply, floor-divide)
+
+
+@dataclass(frozen=True)
+class Lines:
+    """A text file split into lines: normalised bytes plus [start, end) offsets of each line."""
+
+    data: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def line(self, index: int) -> bytes:
+        return self.data[self.starts[index]:self.ends[index]]
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Candles ready to write: sorted by open time, unique, in milliseconds."""
+
+    candles: np.ndarray
+    rows_read: int
+    dropped: int
+    flagged: int
+    time_unit: str
+
+
+def fail(name: str, line: int | None, rule: str, detail: str) -> MarketError:
+    where = f"{name}: line {line}" if line is not None else name
+    return MarketError(f"{where}: {rule}: {detail}")
+
+
+def split_lines(name: str, data: bytes, *, max_line_bytes: int) -> Lines:
+    """Check the text layer and split into lines.
+
+    Documented choices: a UTF-8 BOM is ignored and CRLF line ends are accepted as LF (spreadsheet
+    exports have both); a lone CR, blank lines, non-UTF-8 bytes and over-long lines are errors.
+    """
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
+    if not data.strip():
+        raise fail(name, None, "empty file", "no data")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+        if (pos := data.find(b"\r")) >= 0:
+            raise fail(name, data.count(b"\n", 0, pos) + 1, "line ends", "carriage return without line feed")
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise fail(name, data.count(b"\n", 0, exc.start) + 1, "encoding",
+                       f"byte 0x{data[exc.start]:02x} is not UTF-8") from None
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts
+    if (long := np.flatnonzero(lengths > max_line_bytes)).size:
+        raise fail(name, int(long[0]) + 1, "line length",
+                   f"{int(lengths[long[0]])} bytes, the limit is {max_line_bytes}")
+    if (blank := np.flatnonzero(lengths == 0)).size:
+        raise fail(name, int(blank[0]) + 1, "blank line", "no fields")
+    return Lines(data, starts, ends)
+
+
+def field_counts(lines: Lines, separator: bytes = b",") -> np.ndarray:
+    """Number of fields on each line (no quoting: Binance files never quote)."""
+    seps = np.flatnonzero(np.frombuffer(lines.data, dtype=np.uint8) == separator[0])
+    return np.searchsorted(seps, lines.ends) - np.searchsorted(seps, lines.starts) + 1
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------- times
+
+def detect_unit(name: str, column: str, raw: np.ndarray, first_line: int,
+                allowed: tuple[str, ...] = ("ms", "us")) -> str:
+    """The one epoch unit (by digit count) that every value of `raw` uses."""
+    # Exact digit count by integer comparison (0 for values <= 0).
+    digits = np.searchsorted(POWERS_OF_TEN, raw, side="right")
+    by_digits = {UNIT_DIGITS[u]: u for u in allowed}
+    expected = " or ".join(f"{UNIT_DIGITS[u]} ({u})" for u in allowed)
+    known = np.isin(digits, list(by_digits))
+    if not known.all():
+        bad = int(np.flatnonzero(~known)[0])
+        raise fail(name, first_line + bad, "time unit",
+                   f"{column} {int(raw[bad])} has {int(digits[bad])} digits, expected {expected}")
+    if (other := np.flatnonzero(digits != digits[0])).size:
+        bad = int(other[0])
+        raise fail(name, first_line + bad, "time unit",
+                   f"{column} is in {by_digits[int(digits[bad])]} but line {first_line} is in "
+                   f"{by_digits[int(digits[0])]}; one unit per file")
+    return by_digits[int(digits[0])]
+
+
+def to_ms(raw: np.ndarray, unit: str) -> np.ndarray:
+    multiply, divide = UNIT_TO_MS[unit]
+    return raw * multiply // divide
+
+
+# ---------------------------------------------------------------------------------------- rows
+
+def _first(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def check_rows(name: str, columns: dict[str, np.ndarray], first_line: int) -> None:
+    """Row rules: finite decimals, prices > 0, volumes and trades >= 0, low/high around open/close."""
+    for col in FLOAT_COLUMNS:
+        if (bad := _first(~np.isfinite(columns[col]))) is not None:
+            raise fail(name, first_line + bad, "finite decimal", f"{col} is {columns[col][bad]}")
+    for col in PRICE_COLUMNS:
+        if (bad := _first(columns[col] <= 0)) is not None:
+            raise fail(name, first_line + bad, "price > 0", f"{col} is {columns[col][bad]!r}")
+    for col in VOLUME_COLUMNS + ("trades",):
+        if (bad := _first(columns[col] < 0)) is not None:
+            raise fail(name, first_line + bad, f"{col} >= 0", f"{col} is {columns[col][bad]!r}")
+    o, h, lo, c = (columns[col] for col in PRICE_COLUMNS)
+    if (bad := _first(lo > np.minimum(o, c))) is not None:
+        raise fail(name, first_line + bad, "low <= min(open, close)",
+                   f"low {lo[bad]!r}, open {o[bad]!r}, close {c[bad]!r}")
+    if (bad := _first(h < np.maximum(o, c))) is not None:
+        raise fail(name, first_line + bad, "high >= max(open, close)",
+                   f"high {h[bad]!r}, open {o[bad]!r}, close {c[bad]!r}")
+
+
+def check_period(name: str, open_ms: np.ndarray, first_line: int, period: tuple[int, int]) -> None:
+    start, end = period
+    if (bad := _first((open_ms < start) | (open_ms >= end))) is not None:
+        raise fail(name, first_line + bad, "period",
+                   f"open_time {iso_utc(int(open_ms[bad]))} is outside the file's period "
+                   f"{iso_utc(start)} .. {iso_utc(end)}")
+
+
+def validate(name: str, interval: str, columns: dict[str, np.ndarray], *, first_line: int,
+             time_unit: str, close_ms: np.ndarray | None = None,
+             period: tuple[int, int] | None = None) -> Validated:
+    """Validate parsed rows of one file and return them sorted, de-duplicated, as CANDLE_DTYPE.
+
+    `columns` holds every CANDLE_COLUMNS array with open_time already in ms; row i is line
+    `first_line + i`. Exact duplicate rows are dropped; same open time with other values rejects
+    the file. Candles off the interval grid, or whose `close_ms` is not the interval's last
+    millisecond, are kept and counted as flagged.
+    """
+    if interval not in INTERVAL_MS:
+        raise fail(name, None, "interval", f"unknown interval code {interval!r}")
+    n = len(columns["open_time"])
+    if n == 0:
+        raise fail(name, None, "no rows", "the file has no data rows")
+    check_rows(name, columns, first_line)
+    open_ms = columns["open_time"]
+    if period is not None:
+        check_period(name, open_ms, first_line, period)
+
+    candles = np.empty(n, dtype=CANDLE_DTYPE)
+    for col in CANDLE_COLUMNS:
+        candles[col] = columns[col]
+    closes = close_ms
+    order = None
+    if n > 1 and (np.diff(open_ms) < 0).any():
+        order = np.argsort(open_ms, kind="stable")
+        candles = candles[order]
+        closes = None if close_ms is None else close_ms[order]
+
+    times = candles["open_time"]
+    same_time = np.flatnonzero(times[1:] == times[:-1])
+    dropped = 0
+    if same_time.size:
+        a, b = candles[same_time], candles[same_time + 1]
+        equal = np.ones(len(same_time), dtype=bool)
+        for col in CANDLE_COLUMNS[1:]:
+            equal &= a[col] == b[col]
+        if closes is not None:
+            equal &= closes[same_time] == closes[same_time + 1]
+        if (bad := _first(~equal)) is not None:
+            line_of = (lambda i: first_line + int(i)) if order is None else (lambda i: first_line + int(order[i]))
+            i, j = sorted((line_of(same_time[bad]), line_of(same_time[bad] + 1)))
+            raise fail(name, j, "duplicate open time",
+                       f"open_time {iso_utc(int(times[same_time[bad]]))} also on line {i} with other values")
+        keep = np.ones(n, dtype=bool)
+        keep[same_time + 1] = False
+        candles = candles[keep]
+        closes = None if closes is None else closes[keep]
+        dropped = int(n - keep.sum())
+
+    times = candles["open_time"]
+    flagged = ~on_grid(interval, times)
+    if closes is not None:
+        flagged |= closes != close_time_ms(interval, times) - 1
+    return Validated(candles, n, dropped, int(flagged.sum()), time_unit)
