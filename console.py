@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 
+from chart import ChartError
 from ingest.schema import LockHeld, MarketError
 
 EXIT_OK = 0
@@ -41,7 +42,7 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     except LockHeld as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except MarketError as exc:
+    except (MarketError, ChartError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

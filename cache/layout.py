@@ -1,0 +1,88 @@
+"""Where images live: relative paths, file names, atomic writes, and parsing names back.
+
+`{SYM}/{IV}/{YYYY}/{MM}/{SYM}_{IV}_{YYYY-MM-DDTHH-MM-SS}_px{SIZE}_w{WINDOW}[_{TAG}]_v{VERSION}.png`
+The tag names non-default presets (jkx, mpl-<style>), so two presets never share a path.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+import time
+from dataclasses import dataclass
+
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
+
+_NAME_RE = re.compile(
+    r"^(?P<symbol>[A-Z0-9][A-Z0-9_-]{0,39})_(?P<interval>[0-9]+(?:s|m|h|d|w|mo))_"
+    r"(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})_px(?P<size>\d+(?:x\d+)?)_w(?P<window>\d+)"
+    r"(?:_(?P<tag>jkx|mpl-[a-z0-9_-]+))?_v(?P<version>\d+)\.png$")
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """What a file name says about its image."""
+
+    symbol: str
+    interval: str
+    end_open_time_ms: int
+    size_label: str
+    window_len: int
+    file_tag: str
+    version: int
+
+
+def _stamp(end_open_time_ms: int) -> tuple[str, str, str]:
+    parts = time.gmtime(end_open_time_ms // 1000)
+    return (f"{parts.tm_year:04d}", f"{parts.tm_mon:02d}",
+            time.strftime("%Y-%m-%dT%H-%M-%S", parts))
+
+
+def relative_path(symbol: str, interval: str, end_open_time_ms: int, size_label: str, window_len: int,
+                  file_tag: str, version: int) -> str:
+    """The image's path relative to the image root (always '/'-separated)."""
+    year, month, stamp = _stamp(end_open_time_ms)
+    tag = f"_{file_tag}" if file_tag else ""
+    name = f"{symbol}_{interval}_{stamp}_px{size_label}_w{window_len}{tag}_v{version}.png"
+    return f"{symbol}/{interval}/{year}/{month}/{name}"
+
+
+def parse_relative_path(path: str) -> ImageName | None:
+    """The name's parts when `path` is exactly where such an image belongs, else None."""
+    match = _NAME_RE.match(os.path.basename(path))
+    if not match:
+        return None
+    stamp = time.strptime(match["stamp"], "%Y-%m-%dT%H-%M-%S")
+    end_ms = calendar.timegm(stamp) * 1000
+    parsed = ImageName(match["symbol"], match["interval"], end_ms, match["size"], int(match["window"]),
+                       match["tag"] or "", int(match["version"]))
+    expected = relative_path(parsed.symbol, parsed.interval, end_ms, parsed.size_label, parsed.window_len,
+                             parsed.file_tag, parsed.version)
+    return parsed if expected == path.replace(os.sep, "/") else None
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def write_atomic(root: str, rel_path: str, data: bytes) -> None:
+    """Write via a dot-prefixed temp file in the same folder, flushed to disk, then rename into place.
+
+    A crash leaves either no file, a stray temp file (repair removes it), or the complete file:
+    never a partial file under the final name.
+    """
+    final = os.path.join(root, rel_path)
+    folder = os.path.dirname(final)
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{os.path.basename(final)}.{os.getpid()}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, final)

@@ -1,0 +1,76 @@
+"""Read-only access to market.sqlite: which series exist, and each series as numpy arrays.
+
+The whole run reads inside one read transaction, so that an ingest committing meanwhile is seen
+either entirely or not at all (WAL snapshot isolation).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import numpy as np
+
+from cache.windows import Series
+from ingest.schema import MarketError, lock_is_held, lock_path
+
+REQUIRED_TABLES = ("symbols", "intervals", "series", "candles")
+
+
+def _wal_is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") == 0
+    except FileNotFoundError:
+        return True
+
+
+def open_market(path: str) -> sqlite3.Connection:
+    """Open market.sqlite read-only (never creating it) and start the run's read snapshot.
+
+    `immutable=1` is used only where a plain read-only open cannot work (a read-only folder, where
+    SQLite cannot create the WAL index) and only while it is safe: no ingest holds the writer lock
+    and the WAL is empty. Otherwise immutable would ignore the WAL and could serve stale pages.
+    """
+    if not os.path.isfile(path):
+        raise MarketError(f"market database not found: {path}")
+    uri = f"file:{os.path.abspath(path)}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn.execute("BEGIN")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as exc:
+        if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) or lock_is_held(lock_path(path)) \
+                or not _wal_is_empty(path):
+            raise MarketError(f"cannot open market database {path}: {exc}") from None
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        conn.execute("BEGIN")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise MarketError(f"{path} is not a readable SQLite database: {exc}") from None
+    missing = [name for name in REQUIRED_TABLES if name not in tables]
+    if missing:
+        conn.close()
+        raise MarketError(f"{path} is not a market database: missing table(s) {', '.join(missing)}")
+    return conn
+
+
+def list_series(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(symbol, interval) → series id for every series with at least one candle."""
+    rows = conn.execute("""SELECT s.symbol, i.code, se.id FROM series se
+                           JOIN symbols s ON s.id = se.symbol_id JOIN intervals i ON i.id = se.interval_id
+                           WHERE EXISTS (SELECT 1 FROM candles c WHERE c.series_id = se.id)""").fetchall()
+    return {(symbol, interval): sid for symbol, interval, sid in rows}
+
+
+def read_series(conn: sqlite3.Connection, symbol: str, interval: str, sid: int,
+                start_ms: int | None = None) -> Series:
+    """One series (from `start_ms` on, when given) as arrays, in a single query."""
+    rows = conn.execute("SELECT open_time, open, high, low, close, volume FROM candles "
+                        "WHERE series_id = ? AND open_time >= ? ORDER BY open_time",
+                        (sid, -(2**63) if start_ms is None else start_ms)).fetchall()
+    if not rows:
+        return Series(symbol, interval, np.empty(0, dtype=np.int64), np.empty((0, 5), dtype=np.float64))
+    table = np.array(rows, dtype=np.float64)
+    # Epoch milliseconds stay below 2**53, so the round trip through float64 is exact.
+    times = table[:, 0].astype(np.int64)
+    return Series(symbol, interval, times, np.ascontiguousarray(table[:, 1:]))

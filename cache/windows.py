@@ -1,0 +1,103 @@
+"""Windows of a series: which are due, which have gaps, their input fingerprints, month digests.
+
+Pure functions over a series held as arrays (`times` int64 epoch ms, ascending and unique; `ohlcv`
+float64 of shape (n, 5)). A window is identified by the index of its last candle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ingest.schema import close_time_ms, grid_index
+
+FINGERPRINT_VERSION = b"fp1"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One (symbol, interval) series as arrays; the unit of reading and planning."""
+
+    symbol: str
+    interval: str
+    times: np.ndarray
+    ohlcv: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.times) != len(self.ohlcv):
+            raise ValueError("times and ohlcv differ in length")
+
+
+@dataclass(frozen=True)
+class DueWindows:
+    """Windows whose last candle is closed, in range and on the stride grid.
+
+    `last` are indices of each window's last candle; `gap` marks windows whose candles (history
+    included) are not consecutive on the interval grid; `short_history` marks windows that lack the
+    extra history candles their preset needs.
+    """
+
+    last: np.ndarray
+    gap: np.ndarray
+    short_history: np.ndarray
+
+
+def due_windows(series: Series, window_len: int, history: int, stride: int, start_ms: int,
+                end_ms: int, now_ms: int) -> DueWindows:
+    times = series.times
+    n = len(times)
+    if n < window_len:
+        empty = np.empty(0, dtype=np.int64)
+        return DueWindows(empty, empty.astype(bool), empty.astype(bool))
+    slots = grid_index(series.interval, times)
+    last = np.arange(window_len - 1, n, dtype=np.int64)
+    t_last = times[last]
+    keep = ((close_time_ms(series.interval, t_last) <= now_ms) & (t_last >= start_ms) & (t_last < end_ms)
+            & (slots[last] % stride == 0))
+    last = last[keep]
+    short_history = last < window_len - 1 + history
+    first = np.maximum(last - (window_len - 1) - history, 0)
+    # Unique ascending times: consecutive on the grid exactly when the slot span equals the index span.
+    gap = (slots[last] - slots[first]) != (last - first)
+    return DueWindows(last, gap, short_history)
+
+
+def window_rows(last: int, window_len: int, history: int) -> slice:
+    """The rows a window draws: its history, then its window_len candles (clipped at the series start)."""
+    return slice(max(last - (window_len - 1) - history, 0), last + 1)
+
+
+def fingerprint(series: Series, rows: slice) -> str:
+    """SHA-256 of the window's open times and OHLCV in a canonical byte form (little-endian)."""
+    digest = hashlib.sha256(FINGERPRINT_VERSION)
+    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
+def month_of(times: np.ndarray) -> np.ndarray:
+    """Calendar month index (months since 1970-01) of each open time."""
+    return times.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+
+
+def month_digests(series: Series) -> dict[int, str]:
+    """One SHA-256 per calendar month of candles: a changed digest marks the months to re-check."""
+    months = month_of(series.times)
+    bounds = np.flatnonzero(np.diff(months)) + 1
+    starts = np.concatenate([[0], bounds]) if len(months) else np.empty(0, dtype=np.int64)
+    ends = np.concatenate([bounds, [len(months)]]) if len(months) else np.empty(0, dtype=np.int64)
+    return {int(months[s]): fingerprint(series, slice(int(s), int(e))) for s, e in zip(starts, ends)}
+
+
+def touches_months(series: Series, last: np.ndarray, window_len: int, history: int,
+                   months: set[int]) -> np.ndarray:
+    """For each window, whether any of its rows falls in one of `months`."""
+    if not months or len(last) == 0:
+        return np.zeros(len(last), dtype=bool)
+    row_months = month_of(series.times)
+    flagged = np.isin(row_months, np.fromiter(months, dtype=np.int64))
+    cumulative = np.concatenate([[0], np.cumsum(flagged)])
+    first = np.maximum(last - (window_len - 1) - history, 0)
+    return cumulative[last + 1] > cumulative[first]

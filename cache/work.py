@@ -1,0 +1,118 @@
+"""The worker side: draw one chunk of windows, write the files, return the index rows.
+
+Runs in process workers or on Dask workers; it never opens a database. The driver sends each chunk
+the candle arrays it needs, so every worker draws from the same market snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+import chart
+from cache.index import Row
+from cache.layout import relative_path, write_atomic
+from cache.windows import Series, fingerprint, window_rows
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Windows of one series and month to draw (or, with `compare`, to check against files)."""
+
+    spec: chart.Spec
+    preset: dict
+    image_root: str
+    series: Series          # only the rows these windows need
+    last: np.ndarray         # indices into `series` of each window's last candle
+    reason: tuple[str | None, ...]  # reason recorded with each image (e.g. 'gap' under policy render)
+
+
+def image_path(spec: chart.Spec, symbol: str, interval: str, end_open_time_ms: int) -> str:
+    return relative_path(symbol, interval, end_open_time_ms, spec.size_label, spec.window_len, spec.file_tag,
+                         spec.version)
+
+
+def base_row(chunk: Chunk, end_ms: int) -> Row:
+    s = chunk.series
+    return Row(symbol=s.symbol, interval=s.interval, end_open_time_ms=end_ms, spec_hash=chunk.spec.spec_hash,
+               file_path=image_path(chunk.spec, s.symbol, s.interval, end_ms), status="missing", **chunk.preset)
+
+
+def draw_window(chunk: Chunk, last: int) -> tuple[bytes, str]:
+    """PNG bytes and input fingerprint of one window."""
+    rows = window_rows(int(last), chunk.spec.window_len, chunk.spec.history)
+    s = chunk.series
+    return chart.render(chunk.spec, s.times[rows], s.ohlcv[rows]), fingerprint(s, rows)
+
+
+def draw_chunk(chunk: Chunk) -> list[Row]:
+    """Draw each window, write its file (file first), and return the rows for the driver to index.
+
+    A window the engine cannot draw (e.g. a jkx window with no price range) becomes a `missing`
+    row with the engine's reason; any other error fails the chunk and is reported by the driver.
+    """
+    out = []
+    for last, reason in zip(chunk.last, chunk.reason):
+        end_ms = int(chunk.series.times[last])
+        row = base_row(chunk, end_ms)
+        try:
+            png, row.input_fingerprint = draw_window(chunk, last)
+        except chart.ChartError as exc:
+            row.reason = f"undrawable: {exc}"
+            out.append(row)
+            continue
+        write_atomic(chunk.image_root, row.file_path, png)
+        out.append(_ok_row(row, chunk.spec, png, reason))
+    return out
+
+
+def _ok_row(row: Row, spec: chart.Spec, png: bytes, reason: str | None) -> Row:
+    row.status, row.reason = "ok", reason
+    row.sha256 = hashlib.sha256(png).hexdigest()
+    row.pixel_hash = chart.pixel_hash(png)
+    row.width_px, row.height_px, row.file_size = spec.width, spec.height, len(png)
+    return row
+
+
+def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
+    """For files on disk without rows: rows for those equal to a fresh render, and the paths of the
+    others (which repair removes). Nothing is written."""
+    adopted, rejected = [], []
+    for last, reason in zip(chunk.last, chunk.reason):
+        row = base_row(chunk, int(chunk.series.times[last]))
+        try:
+            png, row.input_fingerprint = draw_window(chunk, last)
+        except chart.ChartError:
+            rejected.append(row.file_path)
+            continue
+        try:
+            with open(os.path.join(chunk.image_root, row.file_path), "rb") as handle:
+                same = handle.read() == png
+        except OSError:
+            same = False
+        if same:
+            adopted.append(_ok_row(row, chunk.spec, png, reason))
+        else:
+            rejected.append(row.file_path)
+    return adopted, rejected
+
+
+def split_months(series: Series, last: np.ndarray, reasons: list[str | None], spec: chart.Spec, preset: dict,
+                 image_root: str) -> list[Chunk]:
+    """Cut a series' windows into chunks of one calendar month (of the window end), each carrying
+    only the candle rows its windows need."""
+    if len(last) == 0:
+        return []
+    months = series.times[last].astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+    bounds = np.flatnonzero(np.diff(months)) + 1
+    chunks = []
+    for part in np.split(np.arange(len(last)), bounds):
+        lasts = last[part]
+        lo = int(lasts[0]) - (spec.window_len - 1) - spec.history
+        hi = int(lasts[-1]) + 1
+        piece = Series(series.symbol, series.interval, series.times[lo:hi], series.ohlcv[lo:hi])
+        chunks.append(Chunk(spec, preset, image_root, piece, lasts - lo, tuple(reasons[i] for i in part)))
+    return chunks

@@ -1,0 +1,194 @@
+"""Settings of the renderer: defaults < TOML file (`[image_cache]` table) < command-line flags.
+
+Every setting is declared once in OPTIONS; the CLI flags, the TOML keys and the validation all come
+from that one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.schema import INTERVAL_MS, MarketError, check_symbol, utc_ms
+
+
+class ConfigError(MarketError):
+    """A bad setting: the message names the key (or flag) and the rule."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    market_db_path: str = "market.sqlite"
+    image_index_db: str = "image_cache.sqlite"
+    image_root_dir: str = "image-cache"
+    pairs: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "DOGEUSDT", "XLMUSDT", "XRPUSDT", "LTCUSDT",
+                              "DOTUSDT", "SHIBUSDT", "BNBUSDT")
+    intervals: tuple[str, ...] = ("15m", "30m", "1h", "4h", "12h", "1d", "1w")
+    img_size_px: int = 1280
+    window_len: int = 150
+    style_name: str = "mike"
+    style_version: int = 1
+    jkx_height: int = 64
+    start: str = "2019-01-01"
+    end: str | None = None
+    stride: int = 1
+    gap_policy: str = "skip"
+    jobs: int = 0  # 0: one worker per core
+    executor: str = "local"
+    scheduler: str | None = None
+
+    @property
+    def start_ms(self) -> int:
+        return utc_ms(self.start)
+
+    @property
+    def end_ms(self) -> int | None:
+        return utc_ms(self.end)
+
+    @property
+    def workers(self) -> int:
+        return self.jobs or os.cpu_count() or 1
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _names(parse: Callable[[str], str]) -> Callable[[str, Any], tuple[str, ...]]:
+    def check(name: str, value: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ConfigError(f"{name} must be a non-empty list")
+        try:
+            return tuple(parse(str(item).strip()) for item in items)
+        except MarketError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return check
+
+
+def _interval(code: str) -> str:
+    if code not in INTERVAL_MS:
+        raise MarketError(f"unknown interval code {code!r}")
+    return code
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    return check
+
+
+def _date(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        utc_ms(str(value))
+    except MarketError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return str(value)
+
+
+def _int(check: Callable[[str, int], int] | None = None) -> Callable[[str, Any], int]:
+    def convert(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        return check(name, number) if check else number
+    return convert
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    flag: str
+    help: str
+    convert: Callable[[str, Any], Any]
+    metavar: str | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("market_db_path", "--market-db", "market database, opened read-only", _text, "PATH"),
+    Option("image_index_db", "--index-db", "image index database", _text, "PATH"),
+    Option("image_root_dir", "--image-root", "folder the images are written under", _text, "DIR"),
+    Option("pairs", "--pairs", "comma-separated symbols to draw", _names(check_symbol), "SYMS"),
+    Option("intervals", "--intervals", "comma-separated interval codes to draw", _names(_interval), "IVS"),
+    Option("img_size_px", "--size", "image edge in pixels (square presets)", _int(_positive), "PX"),
+    Option("window_len", "--window", "candles per image", _int(_positive), "N"),
+    Option("style_name", "--style", "mike | jkx | mplfinance:<style>", _text, "STYLE"),
+    Option("style_version", "--style-version", "your version number of the style, part of file names",
+           _int(_positive), "N"),
+    Option("jkx_height", "--jkx-height", "jkx image height for window lengths other than 5, 20, 60",
+           _int(_positive), "PX"),
+    Option("start", "--start", "first window end, UTC date", _date, "DATE"),
+    Option("end", "--end", "window ends before this UTC date (default: now)", _date, "DATE"),
+    Option("stride", "--stride", "draw every N-th window on the interval grid", _int(_positive), "N"),
+    Option("gap_policy", "--gap-policy", "skip: no image for a window with a gap; render: draw it anyway",
+           _choice("skip", "render"), "POLICY"),
+    Option("jobs", "--jobs", "worker processes (default: one per core)", _int(), "N"),
+    Option("executor", "--executor", "local process pool, or dask", _choice("local", "dask"), "NAME"),
+    Option("scheduler", "--scheduler", "Dask scheduler address (with --executor dask)", _text, "ADDRESS"),
+)
+_BY_FIELD = {option.field: option for option in OPTIONS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--config` and one flag per setting; absent flags stay None so the file can fill them."""
+    parser.add_argument("--config", metavar="FILE", help="TOML file with an [image_cache] table")
+    for option in OPTIONS:
+        parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, help=option.help)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    table = document.get("image_cache")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: no [image_cache] table")
+    return table
+
+
+def load(config_file: str | None = None, flags: dict[str, Any] | None = None) -> Settings:
+    """Settings from defaults, then the TOML file, then non-None flags; every value validated."""
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, value in read_toml(config_file).items():
+            if key not in _BY_FIELD:
+                raise ConfigError(f"{config_file}: unknown key {key!r} in [image_cache] "
+                                  f"(known: {', '.join(_BY_FIELD)})")
+            values[key] = _BY_FIELD[key].convert(key, value)
+    for field, value in (flags or {}).items():
+        if field in _BY_FIELD and value is not None:
+            values[field] = _BY_FIELD[field].convert(_BY_FIELD[field].flag, value)
+    settings = dataclasses.replace(Settings(), **values)
+    if settings.executor == "dask" and not settings.scheduler:
+        raise ConfigError("--executor dask needs --scheduler ADDRESS")
+    if settings.end_ms is not None and settings.end_ms <= settings.start_ms:
+        raise ConfigError(f"end {settings.end} is not after start {settings.start}")
+    return settings
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    return load(args.config, vars(args))

@@ -1,0 +1,72 @@
+"""`python image_cache.py <command>`: render, verify, repair and report on the chart image cache.
+
+Each command parses its arguments, calls one library function (cache/), and prints its result on
+stdout (`--json` for machines); logs and progress go to stderr. Exit codes: 0 ok, 1 failure or
+problems found, 2 usage error, 75 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import config
+import console
+from cache.runner import Filters
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python image_cache.py", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    config.add_arguments(common)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument("--symbol", action="append", dest="symbols", metavar="SYM",
+                        help="only this symbol (repeatable; default: the configured pairs)")
+    common.add_argument("--interval", action="append", dest="filter_intervals", metavar="IV",
+                        help="only this interval (repeatable; default: the configured intervals)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("render", parents=[common], help="draw the due windows that are not up to date")
+    p.add_argument("--dry-run", action="store_true", help="print the plan per series; write nothing")
+    p.add_argument("--limit", type=int, metavar="N", help="draw at most N images")
+
+    p = sub.add_parser("verify", parents=[common], help="check every indexed image and the image root")
+    p.add_argument("--deep", action="store_true", help="also re-hash and decode every image")
+
+    p = sub.add_parser("repair", parents=[common], help="re-draw, adopt or remove until verify --deep passes")
+    p.add_argument("--reindex", action="store_true", help="rebuild a lost or damaged index from the files")
+
+    sub.add_parser("status", parents=[common], help="counts per series and status, bytes, last run")
+    return parser
+
+
+def command(args: argparse.Namespace):
+    """The library call behind each command, as a zero-argument callable."""
+    settings = config.from_args(args)
+    filters = Filters(symbols=args.symbols, intervals=args.filter_intervals)
+    hooks = dict(progress=console.progress, warn=console.log)
+    if args.command == "render":
+        from cache.runner import render
+        return lambda: render(settings, filters, dry_run=args.dry_run, limit=args.limit, **hooks)
+    if args.command == "verify":
+        from cache.verify import verify
+        return lambda: verify(settings, filters, deep=args.deep, **hooks)
+    if args.command == "repair":
+        from cache.verify import repair
+        return lambda: repair(settings, filters, reindex=args.reindex, **hooks)
+    from cache.status import status
+    return lambda: status(settings.image_index_db)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        call = command(args)
+    except config.ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return console.EXIT_USAGE
+    return console.run(call, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

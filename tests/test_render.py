@@ -1,0 +1,109 @@
+"""render through the real CLI: files, index rows, idempotence, dry run, limit, filters, errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from conftest import index_rows, render_cli, run_cli, tree_digest
+
+
+def test_render_writes_images_and_rows(rendered: Path):
+    files = tree_digest(rendered / "image-cache")
+    rows = index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'")
+    assert len(files) == len(rows) > 100
+    for _, _, _, path, sha, pixel_hash, _, _, fingerprint in rows:
+        assert files[path] == sha
+        assert len(pixel_hash) == 64 and len(fingerprint) == 64
+    name = sorted(files)[0]
+    assert name.startswith("BTCUSDT/1h/2024/06/BTCUSDT_1h_2024-06-")
+    assert name.endswith("_px128_w30_v1.png")
+    assert (rendered / "image-cache" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_render_draws_nothing(rendered: Path):
+    before = tree_digest(rendered / "image-cache")
+    second = render_cli(rendered, "--json")
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["drawn"] == 0 and report["missing"] == 0 and report["up_to_date"] == len(before)
+    assert tree_digest(rendered / "image-cache") == before
+    assert "nothing to draw" in render_cli(rendered).stdout
+
+
+def test_dry_run_writes_nothing_and_plans_exactly(workdir: Path):
+    dry = render_cli(workdir, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)["plan"]
+    assert set(planned) == {"BTCUSDT 1h", "BTCUSDT 4h", "ETHUSDT 1h", "ETHUSDT 4h"}
+    assert not (workdir / "image-cache").exists()
+    real = json.loads(render_cli(workdir, "--json").stdout)
+    assert real["drawn"] == sum(c["new"] + c["stale"] for c in planned.values())
+    assert real["missing"] == sum(c["gap"] + c["history"] for c in planned.values())
+
+
+def test_limit_then_resume(workdir: Path):
+    first = json.loads(render_cli(workdir, "--limit", "7", "--json").stdout)
+    assert first["drawn"] == 7
+    assert len(tree_digest(workdir / "image-cache")) == 7
+    rest = json.loads(render_cli(workdir, "--json").stdout)
+    assert rest["up_to_date"] == 7 and rest["drawn"] > 0
+
+
+def test_filters_and_dates_select_exact_windows(workdir: Path):
+    result = render_cli(workdir, "--symbol", "ETHUSDT", "--interval", "4h", "--start", "2024-06-28",
+                        "--end", "2024-06-29T12:00", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = index_rows(workdir / "image_cache.sqlite")
+    assert {(r[0], r[1]) for r in rows} == {("ETHUSDT", "4h")}
+    ends = sorted(r[2] for r in rows)
+    # 4h candles opening 2024-06-28T00:00 .. 2024-06-29T08:00: nine windows, every one on the grid.
+    assert ends[0] == 1719532800000 and ends[-1] == 1719532800000 + 8 * 4 * 3600_000
+    assert len(ends) == 9
+
+
+def test_stride_keeps_a_fixed_grid(workdir: Path):
+    render_cli(workdir, "--interval", "1h", "--symbol", "BTCUSDT", "--stride", "6")
+    ends = [r[2] for r in index_rows(workdir / "image_cache.sqlite")]
+    assert ends and all((end // 3600_000) % 6 == 0 for end in ends)
+
+
+def test_missing_market_is_a_clear_error(workdir: Path):
+    (workdir / "market.sqlite").unlink()
+    result = render_cli(workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: market database not found: market.sqlite"
+    assert not (workdir / "market.sqlite").exists()
+
+
+def test_market_without_tables_is_a_clear_error(workdir: Path):
+    (workdir / "market.sqlite").unlink()
+    sqlite3.connect(workdir / "market.sqlite").execute("CREATE TABLE other (x)").connection.close()
+    result = render_cli(workdir)
+    assert result.returncode == 1
+    assert "not a market database: missing table(s) symbols, intervals, series, candles" in result.stderr
+
+
+def test_bad_settings_are_usage_errors(workdir: Path):
+    (workdir / "bad.toml").write_text('[image_cache]\nwindow_len = "many"\n')
+    result = run_cli(workdir, "render", "--config", "bad.toml")
+    assert result.returncode == 2 and "window_len must be an integer" in result.stderr
+    result = render_cli(workdir, "--style", "nosuch")
+    assert result.returncode == 1 and result.stderr.startswith("Error: ") and "nosuch" in result.stderr
+
+
+def test_absent_symbols_are_reported_not_fatal(workdir: Path):
+    result = render_cli(workdir, "--pairs", "BTCUSDT,XRPUSDT", "--interval", "4h")
+    assert result.returncode == 0, result.stderr
+    assert "not in the market database, skipped: XRPUSDT" in result.stderr
+
+
+def test_status_reports_counts(rendered: Path):
+    result = run_cli(rendered, "status", "--config", "image_cache.toml", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    ok = len(index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'"))
+    assert report["total"]["ok"] == ok
+    assert report["last_run"]["command"] == "render" and report["last_run"]["exit_code"] == 0
+    assert report["bytes_on_disk"] == sum(p.stat().st_size for p in (rendered / "image-cache").rglob("*.png"))
