@@ -16,15 +16,17 @@ import sqlite3
 import time
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
-from ingest.registry import (IngestResult, Progress, SourceFile, Warn, FileOutcome, ingest_file, no_progress,
-                             no_warn, reject, writer)
+from ingest.registry import (FileOutcome, IngestResult, Progress, SourceFile, Warn, already_ingested, ingest_file,
+                             no_progress, no_warn, reject, skipped, write_file, writer)
 from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
 from ingest.validate import Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
 
@@ -37,6 +39,7 @@ KLINE_DTYPES = {name: (np.int64 if name in INT_FIELDS else np.float64) for name 
 MAX_LINE_BYTES = 4096
 # A monthly 1s file is ~2.7 M rows (~300 MB); more than this is not a kline archive but a zip bomb.
 MAX_MEMBER_BYTES = 512 * 2**20
+T = TypeVar("T")
 
 NAME_RE = re.compile(r"^(?P<symbol>[^/\\]+?)-(?P<interval>[0-9]+(?:mo|[smhdw]))-"
                      r"(?P<period>(?P<year>[0-9]{4})-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2}))?)\.zip$")
@@ -173,16 +176,30 @@ def parse_klines(name: str, data: bytes, interval: str, period: tuple[int, int] 
                     close_ms=to_ms(raw_close, unit), period=period)
 
 
-def ingest_archive(conn: sqlite3.Connection, path: str, *, require_checksum: bool = False, warn: Warn = no_warn,
-                   source: str = "binance-vision", max_member_bytes: int = MAX_MEMBER_BYTES) -> FileOutcome:
-    """Verify, validate and ingest one zip on a writer connection; the outcome is recorded."""
+@dataclass(frozen=True)
+class Inspected:
+    """An archive after the cheap checks (read, hash, name, checksum); `reason` set when rejected."""
+
+    src: SourceFile
+    verified: bool
+    reason: str | None
+    load: Callable[[], Validated] | None
+
+
+def inspect_archive(path: str, *, require_checksum: bool = False, source: str = "binance-vision",
+                    max_member_bytes: int = MAX_MEMBER_BYTES) -> Inspected:
+    """Read and hash a zip, parse its name, verify its .CHECKSUM; `load` parses and validates it."""
     path = os.path.abspath(path)
     file_name = os.path.basename(path)
+
+    def rejected(src: SourceFile, reason: str) -> Inspected:
+        return Inspected(src, False, reason, None)
+
     try:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as exc:
-        return reject(conn, SourceFile(path, file_name, None, None, source), f"{file_name}: cannot read: {exc.strerror}")
+        return rejected(SourceFile(path, file_name, None, None, source), f"{file_name}: cannot read: {exc.strerror}")
     digest = hashlib.sha256(blob).hexdigest()
     src = SourceFile(path, file_name, digest, len(blob), source)
     try:
@@ -190,17 +207,29 @@ def ingest_archive(conn: sqlite3.Connection, path: str, *, require_checksum: boo
         src = SourceFile(path, file_name, digest, len(blob), source, name.symbol, name.interval, name.period)
         expected = read_checksum(path)
     except MarketError as exc:
-        return reject(conn, src, str(exc))
-    if expected is None:
-        if require_checksum:
-            return reject(conn, src, f"{file_name}: checksum: no .CHECKSUM file (--require-checksum)")
-        warn(f"{file_name}: no .CHECKSUM file; ingesting it as unverified")
-    elif expected != digest:
-        return reject(conn, src, f"{file_name}: checksum: mismatch, file SHA-256 {digest}, .CHECKSUM says {expected}")
-    return ingest_file(conn, src,
-                       lambda: parse_klines(file_name, read_member(file_name, blob, max_member_bytes),
-                                            name.interval, (name.start_ms, name.end_ms)),
-                       verified=expected is not None)
+        return rejected(src, str(exc))
+    if expected is None and require_checksum:
+        return rejected(src, f"{file_name}: checksum: no .CHECKSUM file (--require-checksum)")
+    if expected is not None and expected != digest:
+        return rejected(src, f"{file_name}: checksum: mismatch, file SHA-256 {digest}, .CHECKSUM says {expected}")
+    return Inspected(src, expected is not None, None,
+                     lambda: parse_klines(file_name, read_member(file_name, blob, max_member_bytes),
+                                          name.interval, (name.start_ms, name.end_ms)))
+
+
+def _unverified_warning(src: SourceFile) -> str:
+    return f"{src.file_name}: no .CHECKSUM file; ingesting it as unverified"
+
+
+def ingest_archive(conn: sqlite3.Connection, path: str, *, require_checksum: bool = False, warn: Warn = no_warn,
+                   source: str = "binance-vision", max_member_bytes: int = MAX_MEMBER_BYTES) -> FileOutcome:
+    """Verify, validate and ingest one zip on a writer connection (lock held); the outcome is recorded."""
+    item = inspect_archive(path, require_checksum=require_checksum, source=source, max_member_bytes=max_member_bytes)
+    if item.load is None:
+        return reject(conn, item.src, item.reason or "")
+    if not item.verified:
+        warn(_unverified_warning(item.src))
+    return ingest_file(conn, item.src, item.load, verified=item.verified)
 
 
 def find_archives(paths: Sequence[str]) -> list[str]:
@@ -222,15 +251,56 @@ def find_archives(paths: Sequence[str]) -> list[str]:
 
 
 def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = False, lock_wait: float = 30.0,
-                 progress: Progress = no_progress, warn: Warn = no_warn,
+                 progress: Progress = no_progress, warn: Warn = no_warn, source: str = "binance-vision",
                  max_member_bytes: int = MAX_MEMBER_BYTES) -> IngestResult:
-    """Ingest Binance Vision kline zips into `db`; a rejected file does not stop the others."""
+    """Ingest Binance Vision kline zips into `db`; a rejected file does not stop the others.
+
+    The next file is parsed and validated in a worker thread while this one is written: parsing
+    and SQLite both release the GIL, so the two overlap on a second core.
+    """
     started = time.perf_counter()
     archives = find_archives(paths)
     result = IngestResult()
-    with writer(db, "ingest binance-vision", lock_wait) as conn:
-        for path in progress(archives, total=len(archives), desc="ingest", unit="file"):
-            result.files.append(ingest_archive(conn, path, require_checksum=require_checksum, warn=warn,
-                                               max_member_bytes=max_member_bytes))
+    with writer(db, f"ingest {source}", lock_wait) as conn, ThreadPoolExecutor(max_workers=1) as pool:
+
+        def planned() -> Iterator[tuple[Inspected, str | Future[Validated]]]:
+            # Skips are decided before earlier files are written, so repeats within this run are tracked here.
+            seen: set[str] = set()
+            for path in archives:
+                item = inspect_archive(path, require_checksum=require_checksum, source=source,
+                                       max_member_bytes=max_member_bytes)
+                if item.load is None:
+                    yield item, "rejected"
+                elif item.src.sha256 in seen or already_ingested(conn, item.src.sha256, item.verified):
+                    yield item, "skipped"
+                else:
+                    seen.add(item.src.sha256)
+                    yield item, pool.submit(item.load)
+
+        for item, plan in progress(_one_ahead(planned()), total=len(archives), desc="ingest", unit="file"):
+            if isinstance(plan, str) and plan == "rejected":
+                outcome = reject(conn, item.src, item.reason or "")
+            elif isinstance(plan, str):
+                outcome = skipped(conn, item.src)
+            else:
+                if not item.verified:
+                    warn(_unverified_warning(item.src))
+                try:
+                    parsed = plan.result()
+                except MarketError as exc:
+                    outcome = reject(conn, item.src, str(exc))
+                else:
+                    outcome = write_file(conn, item.src, parsed, verified=item.verified)
+            result.files.append(outcome)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _one_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield each item only once the next one has been produced (started)."""
+    previous = next(items, None)
+    for item in items:
+        yield previous
+        previous = item
+    if previous is not None:
+        yield previous

@@ -119,21 +119,14 @@ def already_ingested(conn: sqlite3.Connection, sha256: str, verified: bool) -> b
     return "ok" in statuses or ("unverified" in statuses and not verified)
 
 
-def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Validated], *,
-                verified: bool) -> FileOutcome:
-    """Validate (`load`) and write one file in one transaction, and record it; never raises MarketError.
+def skipped(conn: sqlite3.Connection, src: SourceFile) -> FileOutcome:
+    return record_only(conn, src, "skipped", "same SHA-256 as an earlier ingest")
 
-    A file whose SHA-256 was already ingested is skipped without reading it; a file that fails
-    validation is recorded as rejected and writes no candle.
-    """
-    if src.sha256 and already_ingested(conn, src.sha256, verified):
-        return record_only(conn, src, "skipped", "same SHA-256 as an earlier ingest")
+
+def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, verified: bool) -> FileOutcome:
+    """Upsert one validated file and record it, in one transaction: all of it or none."""
     if src.symbol is None or src.interval is None:
         raise ValueError("a file to ingest needs a symbol and an interval")
-    try:
-        parsed = load()
-    except MarketError as exc:
-        return reject(conn, src, str(exc))
     conn.execute("BEGIN IMMEDIATE")
     try:
         sid = series_id(conn, src.symbol, src.interval)
@@ -147,6 +140,22 @@ def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Va
         conn.execute("ROLLBACK")
         raise
     return outcome
+
+
+def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Validated], *,
+                verified: bool) -> FileOutcome:
+    """Validate (`load`) and write one file, and record it; a data error is recorded, never raised.
+
+    A file whose SHA-256 was already ingested is skipped without parsing it; a file that fails
+    validation is recorded as rejected and writes no candle.
+    """
+    if src.sha256 and already_ingested(conn, src.sha256, verified):
+        return skipped(conn, src)
+    try:
+        parsed = load()
+    except MarketError as exc:
+        return reject(conn, src, str(exc))
+    return write_file(conn, src, parsed, verified=verified)
 
 
 @dataclass

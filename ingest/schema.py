@@ -382,11 +382,30 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
         write = np.arange(len(candles))
     inserted = int(new_mask.sum())
     if len(write):
-        rows = candles[np.sort(write)]
-        placeholders = ", ".join("?" * (len(CANDLE_COLUMNS) + 1))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in CANDLE_COLUMNS[1:])
-        conn.executemany(
-            f"INSERT INTO candles(series_id, {', '.join(CANDLE_COLUMNS)}) VALUES ({placeholders}) "
-            f"ON CONFLICT(series_id, open_time) DO UPDATE SET {updates}",
-            ((sid, *row) for row in rows.tolist()))
+        _write_candles(conn, sid, candles[np.sort(write)])
     return UpsertCounts(inserted, revised, len(candles) - inserted - revised)
+
+
+# Rows per INSERT statement: binding one flat parameter list per 64 rows is ~3x faster than one
+# statement per row (the per-row statement overhead dominates bulk ingest).
+_ROWS_PER_STATEMENT = 64
+
+
+def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
+    """Upsert CANDLE_DTYPE rows. All values are bound as floats: the INTEGER affinity of open_time and
+    trades stores them back as exact integers (< 2**53), and one float array flattens fastest."""
+    flat = np.column_stack([rows[c].astype(np.float64) for c in CANDLE_COLUMNS]).ravel().tolist()
+    width = len(CANDLE_COLUMNS)
+    values = f"({int(sid)}, {', '.join('?' * width)})"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in CANDLE_COLUMNS[1:])
+
+    def statement(count: int) -> str:
+        return (f"INSERT INTO candles(series_id, {', '.join(CANDLE_COLUMNS)}) VALUES {', '.join([values] * count)} "
+                f"ON CONFLICT(series_id, open_time) DO UPDATE SET {updates}")
+
+    step = _ROWS_PER_STATEMENT * width
+    full = len(rows) // _ROWS_PER_STATEMENT * step
+    if full:
+        conn.executemany(statement(_ROWS_PER_STATEMENT), (flat[i:i + step] for i in range(0, full, step)))
+    if full < len(flat):
+        conn.execute(statement((len(flat) - full) // width), flat[full:])
