@@ -271,7 +271,7 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
                                        max_member_bytes=max_member_bytes)
                 if item.load is None:
                     yield item, "rejected"
-                elif item.src.sha256 in seen or already_ingested(conn, item.src.sha256, item.verified):
+                elif item.src.sha256 in seen or already_ingested(conn, item.src, item.verified):
                     yield item, "skipped"
                 else:
                     seen.add(item.src.sha256)

@@ -107,15 +107,15 @@ def reject(conn: sqlite3.Connection, src: SourceFile, reason: str) -> FileOutcom
     return record_only(conn, src, "rejected", reason)
 
 
-def already_ingested(conn: sqlite3.Connection, sha256: str, verified: bool) -> bool:
-    """True when these exact bytes were ingested before and nothing would change now.
+def already_ingested(conn: sqlite3.Connection, src: SourceFile, verified: bool) -> bool:
+    """True when these exact bytes were ingested before as the same series and nothing would change now.
 
     An earlier unverified ingest is redone once a checksum verifies the file, so that the
     registry ends up saying `ok`.
     """
     statuses = {row[0] for row in conn.execute(
-        "SELECT DISTINCT status FROM ingested_files WHERE sha256 = ? AND status IN ('ok', 'unverified')",
-        (sha256,))}
+        "SELECT DISTINCT status FROM ingested_files WHERE sha256 = ? AND symbol IS ? AND interval IS ? "
+        "AND status IN ('ok', 'unverified')", (src.sha256, src.symbol, src.interval))}
     return "ok" in statuses or ("unverified" in statuses and not verified)
 
 
@@ -149,7 +149,7 @@ def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Va
     A file whose SHA-256 was already ingested is skipped without parsing it; a file that fails
     validation is recorded as rejected and writes no candle.
     """
-    if src.sha256 and already_ingested(conn, src.sha256, verified):
+    if src.sha256 and already_ingested(conn, src, verified):
         return skipped(conn, src)
     try:
         parsed = load()
