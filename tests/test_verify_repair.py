@@ -1,0 +1,143 @@
+"""Each kind of damage: verify finds it (exit 1, status, reason), repair undoes it with identical bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import index_rows, run_cli, tree_digest
+
+
+def _verify(folder: Path, *args: str) -> tuple[int, dict]:
+    result = run_cli(folder, "verify", "--config", "image_cache.toml", "--json", *args)
+    return result.returncode, json.loads(result.stdout) if result.stdout else {"stderr": result.stderr}
+
+
+def _repair(folder: Path, *args: str) -> dict:
+    result = run_cli(folder, "repair", "--config", "image_cache.toml", "--json", *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout)
+
+
+def _png(size: tuple[int, int], colour: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _some_image(folder: Path) -> Path:
+    path = index_rows(folder / "image_cache.sqlite", "WHERE status = 'ok'")[3][3]
+    return folder / "image-cache" / path
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    # kind: (damage, status verify --deep records, fast mode sees it too)
+    "deleted": (lambda p: p.unlink(), "missing", True),
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:100]), "corrupt", True),
+    "zero bytes": (lambda p: p.write_bytes(b""), "corrupt", True),
+    "one byte flipped": (_flip, "corrupt", False),
+    "other valid png": (lambda p: p.write_bytes(_png((128, 128), 7).ljust(p.stat().st_size, b"\0")[:p.stat().st_size]),
+                        "corrupt", False),
+    "wrong dimensions": (lambda p: p.write_bytes(_png((64, 32), 200)), "corrupt", True),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_file_damage_found_and_repaired(rendered: Path, kind: str):
+    damage, status, fast_sees = DAMAGE[kind]
+    original = tree_digest(rendered / "image-cache")
+    victim = _some_image(rendered)
+    damage(victim)
+    code, fast = _verify(rendered)
+    assert (code, fast["counts"][status] if fast_sees else 0) == ((1, 1) if fast_sees else (0, 0))
+    code, deep = _verify(rendered, "--deep")
+    assert code == 1 and deep["counts"][status] == 1
+    assert deep["problems"][0]["path"] == str(victim.relative_to(rendered / "image-cache"))
+    rows = index_rows(rendered / "image_cache.sqlite", f"WHERE status = '{status}' AND reason NOT IN ('gap', 'history')")
+    assert [r[3] for r in rows] == [deep["problems"][0]["path"]]
+    report = _repair(rendered)
+    assert report["redrawn"] == 1
+    assert _verify(rendered, "--deep")[0] == 0
+    assert tree_digest(rendered / "image-cache") == original
+
+
+def test_orphan_matching_a_render_is_adopted(rendered: Path):
+    """A crash between file and row leaves a file without a row: repair adopts it."""
+    original = tree_digest(rendered / "image-cache")
+    rows_before = index_rows(rendered / "image_cache.sqlite")
+    victim = _some_image(rendered)
+    with sqlite3.connect(rendered / "image_cache.sqlite") as conn:
+        conn.execute("DELETE FROM images WHERE file_path = ?", (str(victim.relative_to(rendered / "image-cache")),))
+    code, found = _verify(rendered)
+    assert code == 1 and found["counts"]["orphan"] == 1
+    report = _repair(rendered)
+    assert report["adopted"] == 1 and report["removed"] == 0
+    assert _verify(rendered, "--deep")[0] == 0
+    assert tree_digest(rendered / "image-cache") == original
+    assert [r[:7] for r in index_rows(rendered / "image_cache.sqlite")] == [r[:7] for r in rows_before]
+
+
+def test_foreign_orphans_and_temp_files_are_removed(rendered: Path):
+    original = tree_digest(rendered / "image-cache")
+    folder = _some_image(rendered).parent
+    (folder / "notes.txt").write_text("not an image")
+    good_name = _some_image(rendered).name
+    wrong = folder / good_name.replace("_v1.png", "_v7.png")
+    wrong.write_bytes(_png((128, 128), 3))
+    (folder / f".{good_name}.123.tmp").write_bytes(b"half")
+    code, found = _verify(rendered)
+    assert code == 1
+    assert (found["counts"]["orphan"], found["counts"]["temp"]) == (2, 1)
+    report = _repair(rendered)
+    assert report["removed"] == 3
+    assert _verify(rendered, "--deep")[0] == 0
+    assert tree_digest(rendered / "image-cache") == original
+
+
+def test_deleted_index_is_rebuilt_from_files(rendered: Path):
+    original = tree_digest(rendered / "image-cache")
+    rows_before = [r[:7] for r in index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'")]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{rendered / 'image_cache.sqlite'}{suffix}").unlink(missing_ok=True)
+    result = run_cli(rendered, "verify", "--config", "image_cache.toml")
+    assert result.returncode == 1 and "image index not found" in result.stderr
+    report = _repair(rendered, "--reindex")
+    assert report["adopted"] == len(rows_before)
+    assert _verify(rendered, "--deep")[0] == 0
+    assert [r[:7] for r in index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'")] == rows_before
+    assert tree_digest(rendered / "image-cache") == original
+
+
+def test_garbage_index_is_reported_then_rebuilt(rendered: Path):
+    original = tree_digest(rendered / "image-cache")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{rendered / 'image_cache.sqlite'}{suffix}").unlink(missing_ok=True)
+    (rendered / "image_cache.sqlite").write_bytes(b"this is not a database" * 100)
+    result = run_cli(rendered, "verify", "--config", "image_cache.toml")
+    assert result.returncode == 1
+    assert "damaged" in result.stderr and "repair --reindex" in result.stderr
+    report = _repair(rendered, "--reindex")
+    assert report["reindexed_from"].startswith(str("image_cache.sqlite.damaged-"))
+    assert _verify(rendered, "--deep")[0] == 0
+    assert tree_digest(rendered / "image-cache") == original
+
+
+def test_stale_spec_is_redrawn(rendered: Path):
+    with sqlite3.connect(rendered / "image_cache.sqlite") as conn:
+        conn.execute("UPDATE images SET spec_hash = 'old' WHERE rowid IN (SELECT rowid FROM images WHERE status = 'ok' LIMIT 2)")
+    code, found = _verify(rendered)
+    assert code == 1 and found["counts"]["stale"] == 2
+    assert _repair(rendered)["redrawn"] == 2
+    assert _verify(rendered, "--deep")[0] == 0
