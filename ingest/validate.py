@@ -138,20 +138,20 @@ def check_rows(name: str, columns: dict[str, np.ndarray], first_line: int) -> No
     """Row rules: finite decimals, prices > 0, volumes and trades >= 0, low/high around open/close."""
     for col in FLOAT_COLUMNS:
         if (bad := _first(~np.isfinite(columns[col]))) is not None:
-            raise fail(name, first_line + bad, "finite decimal", f"{col} is {columns[col][bad]}")
+            raise fail(name, first_line + bad, "finite decimal", f"{col} is {columns[col][bad].item()}")
     for col in PRICE_COLUMNS:
         if (bad := _first(columns[col] <= 0)) is not None:
-            raise fail(name, first_line + bad, "price > 0", f"{col} is {columns[col][bad]!r}")
+            raise fail(name, first_line + bad, "price > 0", f"{col} is {columns[col][bad].item()!r}")
     for col in VOLUME_COLUMNS + ("trades",):
         if (bad := _first(columns[col] < 0)) is not None:
-            raise fail(name, first_line + bad, f"{col} >= 0", f"{col} is {columns[col][bad]!r}")
+            raise fail(name, first_line + bad, f"{col} >= 0", f"{col} is {columns[col][bad].item()!r}")
     o, h, lo, c = (columns[col] for col in PRICE_COLUMNS)
     if (bad := _first(lo > np.minimum(o, c))) is not None:
         raise fail(name, first_line + bad, "low <= min(open, close)",
-                   f"low {lo[bad]!r}, open {o[bad]!r}, close {c[bad]!r}")
+                   f"low {lo[bad].item()!r}, open {o[bad].item()!r}, close {c[bad].item()!r}")
     if (bad := _first(h < np.maximum(o, c))) is not None:
         raise fail(name, first_line + bad, "high >= max(open, close)",
-                   f"high {h[bad]!r}, open {o[bad]!r}, close {c[bad]!r}")
+                   f"high {h[bad].item()!r}, open {o[bad].item()!r}, close {c[bad].item()!r}")
 
 
 def check_period(name: str, open_ms: np.ndarray, first_line: int, period: tuple[int, int]) -> None:
