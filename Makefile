@@ -19,9 +19,17 @@ test: venv
 	$(PY) -m pytest -q -n 2
 
 # Sample market -> render two presets -> verify -> show where the images are.
+DEMO_FLAGS := --market-db $(DEMO)/market.sqlite --index-db $(DEMO)/image_cache.sqlite \
+              --image-root $(DEMO)/image-cache --pairs BTCUSDT,ETHUSDT --intervals 1h,4h --start 2024-06-24
 demo: venv
 	$(PY) -m ingest sample --db $(DEMO)/market.sqlite --symbols BTCUSDT,ETHUSDT --days 30
-	$(PY) -m ingest status --db $(DEMO)/market.sqlite
+	$(PY) image_cache.py render $(DEMO_FLAGS)
+	$(PY) image_cache.py render $(DEMO_FLAGS) --style jkx --window 20
+	$(PY) image_cache.py verify $(DEMO_FLAGS) --deep
+	@echo
+	@echo "Images are under $(DEMO)/image-cache/ (index: $(DEMO)/image_cache.sqlite), for example:"
+	@find $(DEMO)/image-cache -name '*.png' | sort | sed -n '1p;$$p'
+	@find $(DEMO)/image-cache -name '*jkx*.png' | sort | sed -n '1p'
 
 bench: venv
 	$(PY) -m bench

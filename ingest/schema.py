@@ -274,6 +274,7 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
     Waits up to `wait_seconds`, then raises LockHeld naming the holder. The lock dies with the
     process (flock), so a crash never leaves a stale lock behind.
     """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + wait_seconds
