@@ -7,7 +7,6 @@ them to `known_gaps` as (series_id, first missing open time, last missing open t
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -138,6 +137,8 @@ def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[st
         conn = connect_writer(db)
         try:
             todo = select_series(conn, symbols, intervals)
+            for symbol in sorted(set(symbols or []) - {row[1] for row in todo}):
+                warn(f"{symbol}: no matching series")
             for sid, symbol, interval in progress(todo, total=len(todo), desc="gaps", unit="series"):
                 times = series_open_times(conn, sid)
                 gaps = find_gaps(interval, times)
