@@ -16,6 +16,7 @@ import sqlite3
 import time
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import pandas as pd
 from ingest.registry import (FileOutcome, IngestResult, Progress, SourceFile, Warn, already_ingested, ingest_file,
                              no_progress, no_warn, reject, skipped, write_file, writer)
 from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
-from ingest.validate import Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
+from ingest.validate import Lines, Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
 
 KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume",
                 "trades", "taker_buy_base_volume", "taker_buy_quote_volume", "ignore")
@@ -40,6 +41,9 @@ MAX_LINE_BYTES = 4096
 # A monthly 1s file is ~2.7 M rows (~300 MB); more than this is not a kline archive but a zip bomb.
 MAX_MEMBER_BYTES = 512 * 2**20
 T = TypeVar("T")
+# Files parsed ahead, in threads, while the main thread writes: zlib, the CSV parser, numpy and
+# SQLite all release the GIL.
+PARSE_THREADS = 2
 
 NAME_RE = re.compile(r"^(?P<symbol>[^/\\]+?)-(?P<interval>[0-9]+(?:mo|[smhdw]))-"
                      r"(?P<period>(?P<year>[0-9]{4})-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2}))?)\.zip$")
@@ -146,6 +150,13 @@ def _locate_bad_field(name: str, body: bytes, first_line: int, error: Exception)
     return fail(name, first_line + row, rule, detail)
 
 
+def _check_field_counts(name: str, lines: Lines, first_line: int) -> None:
+    counts = field_counts(lines)[first_line - 1:]
+    if (wrong := np.flatnonzero(counts != len(KLINE_FIELDS))).size:
+        row = int(wrong[0])
+        raise fail(name, first_line + row, "field count", f"{int(counts[row])} fields, expected {len(KLINE_FIELDS)}")
+
+
 def parse_klines(name: str, data: bytes, interval: str, period: tuple[int, int] | None) -> Validated:
     """Validated candles of one kline CSV: header and ms/µs detected per file, times in ms."""
     lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES)
@@ -154,15 +165,17 @@ def parse_klines(name: str, data: bytes, interval: str, period: tuple[int, int] 
     first_line = 2 if header else 1
     if header and len(lines) == 1:
         raise fail(name, None, "no rows", "the file has a header and no data rows")
-    counts = field_counts(lines)[first_line - 1:]
-    if (wrong := np.flatnonzero(counts != len(KLINE_FIELDS))).size:
-        row = int(wrong[0])
-        raise fail(name, first_line + row, "field count", f"{int(counts[row])} fields, expected {len(KLINE_FIELDS)}")
     body = lines.data[int(lines.starts[first_line - 1]):]
+    rows = len(lines) - first_line + 1
+    # The right total of commas is cheap to count; when it is right, a line with too few fields
+    # implies one with too many, which the typed parse below refuses.
+    if body.count(b",") != rows * (len(KLINE_FIELDS) - 1):
+        _check_field_counts(name, lines, first_line)
     try:
         frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_DTYPES),
                             dtype=KLINE_DTYPES, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)
     except (ValueError, OverflowError) as exc:
+        _check_field_counts(name, lines, first_line)
         raise _locate_bad_field(name, body, first_line, exc) from None
     raw_open = frame["open_time"].to_numpy()
     raw_close = frame["close_time"].to_numpy()
@@ -255,13 +268,12 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
                  max_member_bytes: int = MAX_MEMBER_BYTES) -> IngestResult:
     """Ingest Binance Vision kline zips into `db`; a rejected file does not stop the others.
 
-    The next file is parsed and validated in a worker thread while this one is written: parsing
-    and SQLite both release the GIL, so the two overlap on a second core.
+    The next files are parsed and validated in worker threads while this one is written.
     """
     started = time.perf_counter()
     archives = find_archives(paths)
     result = IngestResult()
-    with writer(db, f"ingest {source}", lock_wait) as conn, ThreadPoolExecutor(max_workers=1) as pool:
+    with writer(db, f"ingest {source}", lock_wait) as conn, ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
 
         def planned() -> Iterator[tuple[Inspected, str | Future[Validated]]]:
             # Skips are decided before earlier files are written, so repeats within this run are tracked here.
@@ -277,7 +289,7 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
                     seen.add(item.src.sha256)
                     yield item, pool.submit(item.load)
 
-        for item, plan in progress(_one_ahead(planned()), total=len(archives), desc="ingest", unit="file"):
+        for item, plan in progress(_ahead(planned(), PARSE_THREADS), total=len(archives), desc="ingest", unit="file"):
             if isinstance(plan, str) and plan == "rejected":
                 outcome = reject(conn, item.src, item.reason or "")
             elif isinstance(plan, str):
@@ -296,11 +308,11 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
     return result
 
 
-def _one_ahead(items: Iterator[T]) -> Iterator[T]:
-    """Yield each item only once the next one has been produced (started)."""
-    previous = next(items, None)
+def _ahead(items: Iterator[T], count: int) -> Iterator[T]:
+    """Yield each item only once the next `count` items have been produced (started)."""
+    window: deque[T] = deque()
     for item in items:
-        yield previous
-        previous = item
-    if previous is not None:
-        yield previous
+        window.append(item)
+        if len(window) > count:
+            yield window.popleft()
+    yield from window

@@ -62,7 +62,7 @@ def split_lines(name: str, data: bytes, *, max_line_bytes: int) -> Lines:
     """
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM):]
-    if not data.strip():
+    if not data:
         raise fail(name, None, "empty file", "no data")
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
@@ -82,6 +82,8 @@ def split_lines(name: str, data: bytes, *, max_line_bytes: int) -> Lines:
         raise fail(name, int(long[0]) + 1, "line length",
                    f"{int(lengths[long[0]])} bytes, the limit is {max_line_bytes}")
     if (blank := np.flatnonzero(lengths == 0)).size:
+        if blank.size == lengths.size:
+            raise fail(name, None, "empty file", "no data")
         raise fail(name, int(blank[0]) + 1, "blank line", "no fields")
     return Lines(data, starts, ends)
 
@@ -109,7 +111,7 @@ def detect_unit(name: str, column: str, raw: np.ndarray, first_line: int,
     digits = np.searchsorted(POWERS_OF_TEN, raw, side="right")
     by_digits = {UNIT_DIGITS[u]: u for u in allowed}
     expected = " or ".join(f"{UNIT_DIGITS[u]} ({u})" for u in allowed)
-    known = np.isin(digits, list(by_digits))
+    known = np.logical_or.reduce([digits == d for d in by_digits])
     if not known.all():
         bad = int(np.flatnonzero(~known)[0])
         raise fail(name, first_line + bad, "time unit",
