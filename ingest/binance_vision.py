@@ -276,36 +276,43 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
     with writer(db, f"ingest {source}", lock_wait) as conn, ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
 
         def planned() -> Iterator[tuple[Inspected, str | Future[Validated]]]:
-            # Skips are decided before earlier files are written, so repeats within this run are tracked here.
-            seen: set[str] = set()
+            # Skips are decided before the files ahead are written: a repeat of a file earlier in
+            # this run is decided only when its turn comes, once the earlier copy is recorded.
+            seen: set[tuple[str | None, ...]] = set()
             for path in archives:
                 item = inspect_archive(path, require_checksum=require_checksum, source=source,
                                        max_member_bytes=max_member_bytes)
+                key = (item.src.sha256, item.src.symbol, item.src.interval)
                 if item.load is None:
                     yield item, "rejected"
-                elif item.src.sha256 in seen or already_ingested(conn, item.src, item.verified):
+                elif key in seen:
+                    yield item, "repeat"
+                elif already_ingested(conn, item.src, item.verified):
                     yield item, "skipped"
                 else:
-                    seen.add(item.src.sha256)
+                    seen.add(key)
                     yield item, pool.submit(item.load)
 
         for item, plan in progress(_ahead(planned(), PARSE_THREADS), total=len(archives), desc="ingest", unit="file"):
-            if isinstance(plan, str) and plan == "rejected":
-                outcome = reject(conn, item.src, item.reason or "")
-            elif isinstance(plan, str):
-                outcome = skipped(conn, item.src)
-            else:
-                if not item.verified:
-                    warn(_unverified_warning(item.src))
-                try:
-                    parsed = plan.result()
-                except MarketError as exc:
-                    outcome = reject(conn, item.src, str(exc))
-                else:
-                    outcome = write_file(conn, item.src, parsed, verified=item.verified)
-            result.files.append(outcome)
+            result.files.append(_finish(conn, item, plan, warn))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _finish(conn: sqlite3.Connection, item: Inspected, plan: str | Future[Validated], warn: Warn) -> FileOutcome:
+    if plan == "rejected" or item.load is None:
+        return reject(conn, item.src, item.reason or "")
+    if plan == "skipped":
+        return skipped(conn, item.src)
+    if not item.verified:
+        warn(_unverified_warning(item.src))
+    if isinstance(plan, str):  # a repeat
+        return ingest_file(conn, item.src, item.load, verified=item.verified)
+    try:
+        parsed = plan.result()
+    except MarketError as exc:
+        return reject(conn, item.src, str(exc))
+    return write_file(conn, item.src, parsed, verified=item.verified)
 
 
 def _ahead(items: Iterator[T], count: int) -> Iterator[T]:

@@ -227,3 +227,15 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     run = cli("binance-vision", "--db", str(tmp_path / "market.sqlite"), str(tmp_path / "nope"))
     assert run.returncode == 1
     assert run.stderr == f"Error: no such file or directory: {tmp_path / 'nope'}\n" and run.stdout == ""
+
+
+def test_copies_within_one_run(tmp_path: Path) -> None:
+    bad = kline_rows("1h", "2024-01-16", 24)
+    bad[5][8] = "-1"
+    for copy in ("a", "b"):
+        day_zip(tmp_path / copy, "2024-01-15")
+        day_zip(tmp_path / copy, "2024-01-16", rows=bad)
+    result = ingest_paths(str(tmp_path / "market.sqlite"), [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [(f.file_name, f.status) for f in result.files] == [
+        ("BTCUSDT-1h-2024-01-15.zip", "ok"), ("BTCUSDT-1h-2024-01-16.zip", "rejected"),
+        ("BTCUSDT-1h-2024-01-15.zip", "skipped"), ("BTCUSDT-1h-2024-01-16.zip", "rejected")]
