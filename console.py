@@ -52,6 +52,9 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
         print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
     else:
         print(result.text())
+    # A run that stopped part-way still reports what it did (stdout), and why it stopped (stderr).
+    if getattr(result, "error", None):
+        print(f"Error: {result.error}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 

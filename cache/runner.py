@@ -23,7 +23,7 @@ from cache import index, market
 from cache.index import BatchWriter, Row
 from cache.windows import (DueWindows, Series, due_windows, fingerprint, month_digests, touches_months,
                            window_rows)
-from cache.work import Chunk, base_row, draw_chunk, split_months
+from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
 from config import Settings
 from ingest.schema import INTERVAL_MS, LockHeld, MarketError, check_symbol, exclusive_lock, now_ms
 
@@ -163,13 +163,16 @@ def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: ch
 # ------------------------------------------------------------------------------------------ executors
 
 def _pool_results(fn: Callable[[Chunk], T], chunks: list[Chunk], workers: int) -> Iterator[T]:
-    """Results of chunks from a process pool, a bounded number in flight (flat memory)."""
+    """Results of chunks from a process pool, a bounded number in flight (flat memory).
+
+    When a chunk fails, the chunks not yet started are cancelled before the error propagates.
+    """
     # forkserver: workers never inherit the parent's SQLite connections.
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: set[Future] = set()
-        queue = iter(chunks)
-        for chunk in queue:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pending: set[Future] = set()
+    try:
+        for chunk in chunks:
             pending.add(pool.submit(fn, chunk))
             if len(pending) >= 2 * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -177,6 +180,8 @@ def _pool_results(fn: Callable[[Chunk], T], chunks: list[Chunk], workers: int) -
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (future.result() for future in done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str) -> Iterator[T]:
@@ -239,7 +244,7 @@ class RenderResult:
             return f"nothing to draw: {self.up_to_date} images up to date ({self.seconds:.2f} s)"
         text = (f"drawn {self.drawn}, up to date {self.up_to_date}, missing {self.missing} (gaps/history), "
                 f"undrawable {self.undrawable}, {self.seconds:.2f} s, {self.images_per_second:.1f} images/s")
-        return text if self.error is None else f"{text}\nError: {self.error}"
+        return text
 
 
 def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool = False, limit: int | None = None,
@@ -272,7 +277,8 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
 def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_conn, result: RenderResult,
                 limit: int | None, progress: Progress, warn: Callable[[str], None]) -> None:
     preset = preset_of(spec)
-    root = settings.image_root_dir
+    # Absolute: workers (Dask ones especially) may run in another working directory.
+    root = os.path.abspath(settings.image_root_dir)
     writer = BatchWriter(index_conn)
     budget = limit if limit is not None else None
     chunks: list[Chunk] = []
@@ -309,7 +315,8 @@ def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, i
     except Exception as exc:  # a failing worker: keep what is done, report the failure
         if isinstance(exc, (LockHeld, KeyboardInterrupt)):
             raise
-        result.error = f"a worker failed: {type(exc).__name__}: {exc}"
+        detail = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+        result.error = f"render stopped, a worker failed: {detail}"
         complete = []
     finally:
         writer.flush()

@@ -424,4 +424,4 @@ def _chunks(series: Series | None, spec: chart.Spec, items: list[tuple[int, str]
     slots = grid_index(series.interval, times)
     gap = (slots[last] - slots[first[found]]) != (last - first[found])
     reasons = ["gap" if g else None for g in gap]
-    return split_months(series, last, reasons, spec, preset_of(spec), settings.image_root_dir)
+    return split_months(series, last, reasons, spec, preset_of(spec), os.path.abspath(settings.image_root_dir))

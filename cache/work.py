@@ -18,6 +18,10 @@ from cache.layout import relative_path, write_atomic
 from cache.windows import Series, fingerprint, window_rows
 
 
+class WorkerError(Exception):
+    """A chunk could not be finished (e.g. the image root is not writable, or the disk is full)."""
+
+
 @dataclass(frozen=True)
 class Chunk:
     """Windows of one series and month to draw (or, with `compare`, to check against files)."""
@@ -64,7 +68,11 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
             row.reason = f"undrawable: {exc}"
             out.append(row)
             continue
-        write_atomic(chunk.image_root, row.file_path, png)
+        try:
+            write_atomic(chunk.image_root, row.file_path, png)
+        except OSError as exc:
+            raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
+                              f"{exc.strerror or exc}") from None
         out.append(_ok_row(row, chunk.spec, png, reason))
     return out
 

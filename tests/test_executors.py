@@ -1,0 +1,55 @@
+"""Executors: a failing worker stops the run cleanly; Dask gives the same bytes as --jobs 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import index_rows, render_cli, run_cli, tree_digest
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_failing_worker_reports_and_leaves_index_consistent(workdir: Path, tmp_path_factory, jobs: str):
+    clean = tmp_path_factory.mktemp("clean")
+    for name in ("market.sqlite", "image_cache.toml"):
+        shutil.copy(workdir / name, clean / name)
+    assert render_cli(clean).returncode == 0
+    # A file where a month folder must go: every write into that folder fails.
+    blocked = workdir / "image-cache" / "ETHUSDT" / "1h" / "2024"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("in the way")
+
+    result = render_cli(workdir, "--jobs", jobs, "--json")
+    assert result.returncode == 1
+    assert "Error: render stopped, a worker failed: cannot write" in result.stderr
+    assert "ETHUSDT/1h/2024/06" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"] and report["drawn"] > 0
+    for row in index_rows(workdir / "image_cache.sqlite", "WHERE status = 'ok'"):
+        assert (workdir / "image-cache" / row[3]).is_file()  # never a row without its file
+
+    blocked.unlink()
+    assert render_cli(workdir, "--jobs", jobs).returncode == 0
+    assert run_cli(workdir, "repair", "--config", "image_cache.toml").returncode == 0  # adopts leftovers, if any
+    verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--deep")
+    assert verify.returncode == 0, verify.stdout
+    assert tree_digest(workdir / "image-cache") == tree_digest(clean / "image-cache")
+
+
+def test_dask_executor_matches_jobs_1(workdir: Path, tmp_path_factory):
+    distributed = pytest.importorskip("distributed")
+    local = tmp_path_factory.mktemp("local")
+    for name in ("market.sqlite", "image_cache.toml"):
+        shutil.copy(workdir / name, local / name)
+    assert render_cli(local, "--jobs", "1").returncode == 0
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None, protocol="tcp",
+                                  host="127.0.0.1") as cluster:
+        result = render_cli(workdir, "--executor", "dask", "--scheduler", cluster.scheduler_address, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["drawn"] > 0
+    assert tree_digest(workdir / "image-cache") == tree_digest(local / "image-cache")
+    strip = lambda rows: [r[:9] for r in rows]  # noqa: E731
+    assert strip(index_rows(workdir / "image_cache.sqlite")) == strip(index_rows(local / "image_cache.sqlite"))
