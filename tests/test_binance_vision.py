@@ -87,8 +87,8 @@ def test_zip_member_rules() -> None:
 
 
 def test_a_zip_bomb_is_rejected_without_extracting(tmp_path: Path) -> None:
-    # 64 MB of zeros compress to ~64 KB; with a 1 MB cap the member is refused.
-    write_archive(tmp_path / "m", "BTCUSDT-1h-2024-01-15.zip", b"0" * (64 * 2**20))
+    # 8 MB of zeros compress to ~8 KB; with a 1 MB cap the member is refused.
+    write_archive(tmp_path / "m", "BTCUSDT-1h-2024-01-15.zip", b"0" * (8 * 2**20))
     result = ingest_paths(str(tmp_path / "db.sqlite"), [str(tmp_path / "m")], max_member_bytes=2**20)
     assert [(f.status, f.reason) for f in result.files] == [
         ("rejected", "BTCUSDT-1h-2024-01-15.zip: zip: member 'BTCUSDT-1h-2024-01-15.csv' is larger than "
