@@ -239,3 +239,19 @@ def test_copies_within_one_run(tmp_path: Path) -> None:
     assert [(f.file_name, f.status) for f in result.files] == [
         ("BTCUSDT-1h-2024-01-15.zip", "ok"), ("BTCUSDT-1h-2024-01-16.zip", "rejected"),
         ("BTCUSDT-1h-2024-01-15.zip", "skipped"), ("BTCUSDT-1h-2024-01-16.zip", "rejected")]
+
+
+def test_progress_over_files_and_json_result(tmp_path: Path) -> None:
+    day_zip(tmp_path / "m", "2024-01-15")
+    day_zip(tmp_path / "m", "2024-01-16")
+    calls: list[tuple] = []
+
+    def progress(items, total=None, desc="", unit="it"):
+        calls.append((total, desc, unit))
+        return items
+
+    result = ingest_paths(str(tmp_path / "market.sqlite"), [str(tmp_path / "m")], progress=progress)
+    assert calls == [(2, "ingest", "file")]
+    data = result.as_dict()
+    assert data["ok"] is True and data["files"] == {"ok": 2, "skipped": 0, "rejected": 0, "unverified": 0}
+    assert data["rows_inserted"] == 48 and [f["period"] for f in data["file_outcomes"]] == ["2024-01-15", "2024-01-16"]
