@@ -1,0 +1,145 @@
+"""SIGKILL a render at many moments; afterwards the index never points at a missing or partial file,
+render + repair complete, verify --deep is clean, and every image equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, index_rows, render_cli, run_cli, tree_digest
+
+# Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
+CRASHER = r"""
+import functools, os, signal, sys
+import cache.index as index, cache.layout as layout, cache.runner as runner, cache.work as work
+point, nth = sys.argv[1], int(sys.argv[2])
+calls = [0]
+
+def due():
+    calls[0] += 1
+    return calls[0] == nth
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "before-rename":  # temp file written, not renamed: a stray temp file
+    real_replace = os.replace
+    def replace(src, dst):
+        if due():
+            die()
+        real_replace(src, dst)
+    layout.os.replace = replace
+elif point == "after-rename":  # file in place, its row not written
+    real_write = layout.write_atomic
+    def write_atomic(*args):
+        real_write(*args)
+        if due():
+            die()
+    work.write_atomic = write_atomic
+elif point == "in-commit":  # rows sent to SQLite, transaction not committed
+    def upsert_rows(conn, rows):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO images (symbol, interval, end_open_time_ms, img_size_px, window_len, "
+                         "style_version, style_name, spec_hash, file_path, status, created_utc, updated_utc) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', '', '')",
+                         [(r.symbol, r.interval, r.end_open_time_ms, r.img_size_px, r.window_len, r.style_version,
+                           r.style_name, r.spec_hash, r.file_path) for r in rows])
+        if due():
+            die()
+        conn.execute("ROLLBACK")
+        real_upsert(conn, rows)
+    real_upsert = index.upsert_rows
+    index.upsert_rows = upsert_rows
+elif point == "after-commit":  # a batch committed, the run not finished
+    real_add = index.BatchWriter.flush
+    def flush(self):
+        real_add(self)
+        if due():
+            die()
+    index.BatchWriter.flush = flush
+# Small batches, so that kills land between index commits as well as inside them.
+runner.BatchWriter = functools.partial(index.BatchWriter, max_rows=40)
+sys.argv = ["image_cache.py"] + sys.argv[3:]
+import image_cache
+sys.exit(image_cache.main())
+"""
+
+POINTS = [("before-rename", 1), ("before-rename", 40), ("after-rename", 1), ("after-rename", 25),
+          ("after-rename", 150), ("in-commit", 1), ("in-commit", 3), ("after-commit", 2)]
+TIMED = [(jobs, seed) for jobs in ("1", "2") for seed in (1, 2, 3)]
+ARGS = ("render", "--config", "image_cache.toml", "--size", "256")
+
+
+@pytest.fixture(scope="module")
+def reference(sample_market: Path, tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("reference")
+    _prepare(folder, sample_market)
+    assert run_cli(folder, *ARGS).returncode == 0
+    return tree_digest(folder / "image-cache")
+
+
+@pytest.fixture(scope="module")
+def run_seconds(sample_market: Path, tmp_path_factory) -> float:
+    """How long an uninterrupted run takes here, so that timed kills land inside it."""
+    folder = tmp_path_factory.mktemp("timing")
+    _prepare(folder, sample_market)
+    began = time.monotonic()
+    assert run_cli(folder, *ARGS, "--jobs", "1").returncode == 0
+    return time.monotonic() - began
+
+
+def _prepare(folder: Path, market: Path) -> None:
+    from conftest import CONFIG
+    shutil.copy(market, folder / "market.sqlite")
+    (folder / "image_cache.toml").write_text(CONFIG)
+
+
+def _assert_truthful_then_recovers(folder: Path, reference: dict[str, str], jobs: str) -> None:
+    for row in index_rows(folder / "image_cache.sqlite", "WHERE status = 'ok'"):
+        path = folder / "image-cache" / row[3]
+        assert path.is_file(), f"row without file: {row[3]}"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row[4], f"row with partial file: {row[3]}"
+    assert run_cli(folder, *ARGS, "--jobs", jobs).returncode == 0
+    repair = run_cli(folder, "repair", "--config", "image_cache.toml", "--size", "256")
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    verify = run_cli(folder, "verify", "--config", "image_cache.toml", "--size", "256", "--deep")
+    assert verify.returncode == 0, verify.stdout
+    assert tree_digest(folder / "image-cache") == reference
+
+
+@pytest.mark.parametrize("point, nth", POINTS)
+def test_kill_at_a_named_moment(tmp_path: Path, sample_market: Path, reference, point: str, nth: int):
+    _prepare(tmp_path, sample_market)
+    crashed = subprocess.run([sys.executable, "-c", CRASHER, point, str(nth), *ARGS, "--jobs", "1"],
+                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             timeout=300)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    if point == "before-rename":
+        assert list((tmp_path / "image-cache").rglob(".*.tmp"))
+    _assert_truthful_then_recovers(tmp_path, reference, "1")
+
+
+@pytest.mark.parametrize("jobs, seed", TIMED)
+def test_kill_at_a_random_moment(tmp_path: Path, sample_market: Path, reference, run_seconds: float, jobs: str,
+                                seed: int):
+    _prepare(tmp_path, sample_market)
+    delay = random.Random(seed).uniform(0.35, 0.6) * run_seconds
+    process = subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), *ARGS, "--jobs", jobs],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    time.sleep(delay)
+    os.killpg(process.pid, signal.SIGKILL)  # the main process and its workers at once
+    assert process.wait() == -signal.SIGKILL
+    done = [r for r in index_rows(tmp_path / "image_cache.sqlite", "WHERE status = 'ok'")] \
+        if (tmp_path / "image_cache.sqlite").exists() else []
+    assert len(done) < len(reference), "the kill came after the run had finished"
+    _assert_truthful_then_recovers(tmp_path, reference, jobs)
