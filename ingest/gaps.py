@@ -124,6 +124,19 @@ def series_open_times(conn: sqlite3.Connection, sid: int) -> np.ndarray:
     return np.array([r[0] for r in rows], dtype=np.int64)
 
 
+def refresh_known_gaps(conn: sqlite3.Connection, sid: int, interval: str) -> tuple[int, list[Gap]]:
+    """Replace one series' `known_gaps` rows with its gaps now, inside the caller's transaction.
+
+    Returns (candle count, gaps).
+    """
+    times = series_open_times(conn, sid)
+    gaps = find_gaps(interval, times)
+    conn.execute("DELETE FROM known_gaps WHERE series_id = ?", (sid,))
+    conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) VALUES (?, ?, ?)",
+                     [(sid, g.first, g.last) for g in gaps])
+    return len(times), gaps
+
+
 def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[str] | None = None,
                 lock_wait: float = 30.0, progress: Callable = _no_progress,
                 warn: Callable[[str], None] = _no_warn) -> GapsResult:
@@ -140,18 +153,14 @@ def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[st
             for symbol in sorted(set(symbols or []) - {row[1] for row in todo}):
                 warn(f"{symbol}: no matching series")
             for sid, symbol, interval in progress(todo, total=len(todo), desc="gaps", unit="series"):
-                times = series_open_times(conn, sid)
-                gaps = find_gaps(interval, times)
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute("DELETE FROM known_gaps WHERE series_id = ?", (sid,))
-                    conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) "
-                                     "VALUES (?, ?, ?)", [(sid, g.first, g.last) for g in gaps])
+                    count, gaps = refresh_known_gaps(conn, sid, interval)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
-                result.series.append(SeriesGaps(symbol, interval, len(times), gaps))
+                result.series.append(SeriesGaps(symbol, interval, count, gaps))
             checkpoint(conn)
         finally:
             conn.close()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ingest.gaps import Gap, find_gaps
+from ingest.gaps import Gap, refresh_known_gaps
 from ingest.schema import (CANDLE_DTYPE, DAY_MS, INTERVAL_MS, WEEK_OFFSET_MS, MarketError, check_interval,
                            check_symbol, checkpoint, connect_writer, grid_index, grid_time, iso_utc,
                            on_grid, read_candles, series_id, upsert_candles, writer_lock)
@@ -158,11 +158,13 @@ def source_symbols(conn: sqlite3.Connection, source: str) -> list[str]:
 
 def write_resampled(conn: sqlite3.Connection, symbol: str, base: np.ndarray, source: str,
                     target: str) -> TargetReport:
-    """Resample one symbol's base candles into `target` and upsert them, inside the caller's transaction."""
+    """Resample one symbol's base candles into `target`, upsert them and refresh the target's known_gaps,
+    inside the caller's transaction."""
     result = resample_candles(base, source, target)
-    counts = upsert_candles(conn, series_id(conn, symbol, target), result.candles)
-    # Gaps of the written series: complete buckets missing between the first and the last written one.
-    gaps = find_gaps(target, result.candles["open_time"])
+    sid = series_id(conn, symbol, target)
+    counts = upsert_candles(conn, sid, result.candles)
+    # The target series' gaps (buckets left out included) stay current in known_gaps.
+    _, gaps = refresh_known_gaps(conn, sid, target)
     return TargetReport(symbol, target, len(result.candles), counts.inserted, counts.revised,
                         [int(t) for t in result.incomplete], gaps)
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ingest.gaps import Gap, find_gaps
+from ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from ingest.resample import write_resampled
 from ingest.schema import (CANDLE_DTYPE, DAY_MS, MINUTE_MS, MarketError, check_symbol, checkpoint,
                            connect_writer, iso_utc, series_id, split_symbol, upsert_candles, utc_ms,
@@ -270,7 +270,9 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
                     if seen:
                         report = SymbolReport(symbol, "skipped", {"1m": len(base)}, 0, 0, gaps)
                     else:
-                        counts = upsert_candles(conn, series_id(conn, symbol, "1m"), base)
+                        sid = series_id(conn, symbol, "1m")
+                        counts = upsert_candles(conn, sid, base)
+                        refresh_known_gaps(conn, sid, "1m")
                         report = SymbolReport(symbol, "ok", {"1m": len(base)}, counts.inserted, counts.revised,
                                               gaps)
                         for target in SAMPLE_INTERVALS:

@@ -188,6 +188,11 @@ def test_cli_writes_complete_buckets_and_reports_the_rest(tmp_path):
     assert "AAAUSDT 1h: 2 candles" in run.stdout
     assert "2024-03-05T01:00:00Z … 2024-03-05T01:00:00Z (1 missing)" in run.stdout
     assert "AAAUSDT 15m: 11 candles" in run.stdout
+    with sqlite3.connect(db) as conn:
+        known = conn.execute("""SELECT i.code, g.start_open_time, g.end_open_time FROM known_gaps g
+                                JOIN series se ON se.id = g.series_id JOIN intervals i ON i.id = se.interval_id
+                                ORDER BY 1""").fetchall()
+    assert known == [("15m", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS), ("1h", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS)]
 
     again = _cli("resample", "--db", db, "--from", "1m", "--to", "1h", "--json")
     assert again.returncode == 0, again.stderr

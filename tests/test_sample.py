@@ -104,6 +104,14 @@ def test_cli_builds_identical_databases_and_registers_each_symbol(tmp_path):
     assert [s["status"] for s in report["symbols"]] == ["ok", "ok"]
     assert report["rows"] == len(rows)
     assert "BTCUSDT [ok]: 1m=" in first.stdout and "maintenance gap:" in first.stdout
+    spans = [(g["first_missing_ms"], g["last_missing_ms"]) for g in report["symbols"][0]["gaps"]]
+    assert spans
+    with sqlite3.connect(tmp_path / "b.sqlite") as conn:
+        known = conn.execute("""SELECT start_open_time, end_open_time FROM known_gaps g
+                                JOIN series se ON se.id = g.series_id JOIN symbols s ON s.id = se.symbol_id
+                                JOIN intervals i ON i.id = se.interval_id
+                                WHERE s.symbol = 'BTCUSDT' AND i.code = '1m' ORDER BY 1""").fetchall()
+    assert known == spans
 
     again = _cli(*args, "--db", str(tmp_path / "a.sqlite"))
     assert again.returncode == 0, again.stderr
