@@ -7,6 +7,7 @@ The tag names non-default presets (jkx, mpl-<style>), so two presets never share
 from __future__ import annotations
 
 import calendar
+import contextlib
 import os
 import re
 import time
@@ -79,10 +80,16 @@ def write_atomic(root: str, rel_path: str, data: bytes) -> None:
     temp = os.path.join(folder, f"{TEMP_PREFIX}{os.path.basename(final)}.{os.getpid()}{TEMP_SUFFIX}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, final)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, final)
+    except OSError:
+        # e.g. disk full: leave no partial temp file behind (a crash may still; repair removes those).
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise

@@ -315,6 +315,9 @@ def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, i
     except Exception as exc:  # a failing worker: keep what is done, report the failure
         if isinstance(exc, (LockHeld, KeyboardInterrupt)):
             raise
+        if isinstance(exc, WorkerError):
+            writer.add(exc.rows)
+            result.drawn += len(exc.rows)
         detail = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         result.error = f"render stopped, a worker failed: {detail}"
         complete = []

@@ -19,7 +19,17 @@ from cache.windows import Series, fingerprint, window_rows
 
 
 class WorkerError(Exception):
-    """A chunk could not be finished (e.g. the image root is not writable, or the disk is full)."""
+    """A chunk could not be finished (e.g. the image root is not writable, or the disk is full).
+
+    Carries the rows of the images the chunk did write, so that the driver indexes them before stopping.
+    """
+
+    def __init__(self, message: str, rows: list[Row]):
+        super().__init__(message, rows)
+        self.message, self.rows = message, rows
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
             write_atomic(chunk.image_root, row.file_path, png)
         except OSError as exc:
             raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
-                              f"{exc.strerror or exc}") from None
+                              f"{exc.strerror or exc}", out) from None
         out.append(_ok_row(row, chunk.spec, png, reason))
     return out
 
