@@ -8,6 +8,7 @@ problems found, 2 usage error, 75 another run holds the lock.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 import config
@@ -37,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reindex", action="store_true", help="rebuild a lost or damaged index from the files")
 
     sub.add_parser("status", parents=[common], help="counts per series and status, bytes, last run")
+
+    labels = argparse.ArgumentParser(add_help=False)
+    labels.add_argument("--horizons", default="5,20", metavar="H,H",
+                        help="label horizons in candles (default 5,20; the first is `label`)")
+    labels.add_argument("--label", default="sign", metavar="RULE",
+                        help="sign (1 if the forward return > 0, else 0) or bucket:EDGES, e.g. bucket:-0.01,0.01")
+    p = sub.add_parser("export", parents=[common, labels], help="write an ML dataset: labels, time splits, format")
+    p.add_argument("out", metavar="OUT", help="new (or empty) output folder")
+    p.add_argument("--format", required=True, choices=("imagefolder", "webdataset", "parquet"))
+    p.add_argument("--split", metavar="SPLITS",
+                   help="NAME:START..END,... on window end times (default: train/val/test 70/15/15 of the range)")
+    p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="samples per WebDataset shard")
+
+    p = sub.add_parser("preview", parents=[common, labels], help="a contact sheet of sample images with labels")
+    p.add_argument("out", metavar="OUT.png", help="PNG file to write")
+    p.add_argument("--n", type=int, default=16, metavar="N", help="images on the sheet (default 16)")
     return parser
 
 
@@ -54,12 +71,33 @@ def command(args: argparse.Namespace):
     if args.command == "repair":
         from cache.verify import repair
         return lambda: repair(settings, filters, reindex=args.reindex, **hooks)
+    if args.command in ("export", "preview"):
+        return _dataset_command(args, settings, filters)
     from cache.status import status
     return lambda: status(settings.image_index_db)
 
 
+def _dataset_command(args: argparse.Namespace, settings: config.Settings, filters: Filters):
+    from cache import export
+
+    horizons, label = export.parse_horizons(args.horizons), export.parse_label(args.label)
+    if args.command == "preview":
+        from cache.preview import preview
+        if args.n < 1:
+            raise config.ConfigError(f"--n must be at least 1, got {args.n}")
+        return lambda: preview(settings, filters, args.out, args.n, horizons, label, warn=console.log)
+    if args.shard_size < 1:
+        raise config.ConfigError(f"--shard-size must be at least 1, got {args.shard_size}")
+    options = export.ExportOptions(
+        format=args.format, horizons=horizons, label=label,
+        splits=export.parse_splits(args.split) if args.split else None, shard_size=args.shard_size,
+        command=shlex.join(["python", "image_cache.py", *args.argv]))
+    return lambda: export.export(settings, filters, args.out, options, warn=console.log)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by export's dataset card
     try:
         call = command(args)
     except config.ConfigError as exc:

@@ -1,0 +1,105 @@
+"""`preview`: a contact sheet of labelled sample images, for a person to see what a model will see.
+
+Not part of the determinism contract (it draws text with Pillow's default font), but the sample is
+deterministic: images spread evenly over the selected samples in key order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from cache.export import LabelRule, Sample, select
+from cache.runner import Filters
+from config import Settings
+from ingest.schema import MarketError
+
+CELL = 256  # thumbnail edge in px
+TEXT_ROWS = 2
+LINE_PX = 14
+MARGIN = 6
+
+
+def _ignore(_: str) -> None:
+    return None
+
+
+@dataclass
+class PreviewResult:
+    out: str
+    keys: list[str] = field(default_factory=list)
+    available: int = 0
+    ok: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "keys": self.keys, "available": self.available}
+
+    def text(self) -> str:
+        return f"wrote {self.out}: {len(self.keys)} of {self.available} labelled images"
+
+
+def pick(count: int, n: int) -> list[int]:
+    """n positions spread evenly over range(count), first and last included."""
+    if n >= count:
+        return list(range(count))
+    if n == 1:
+        return [0]
+    return [round(k * (count - 1) / (n - 1)) for k in range(n)]
+
+
+def _thumbnail(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    scale = CELL / max(image.width, image.height)
+    # Nearest neighbour keeps small (jkx) images' pixels sharp when enlarged.
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.NEAREST)
+
+
+def caption(sample: Sample, horizons: tuple[int, ...]) -> tuple[str, str]:
+    labels = " ".join(f"h{h}:{c} ({r:+.2%})" for h, c, r in zip(horizons, sample.classes, sample.returns))
+    return sample.key, labels
+
+
+def contact_sheet(paths: list[str], captions: list[tuple[str, str]]) -> Image.Image:
+    columns = math.ceil(math.sqrt(len(paths)))
+    rows = math.ceil(len(paths) / columns)
+    cell_w, cell_h = CELL + 2 * MARGIN, CELL + 2 * MARGIN + TEXT_ROWS * LINE_PX
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, (path, lines) in enumerate(zip(paths, captions)):
+        x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
+        sheet.paste(_thumbnail(path), (x, y))
+        for line_no, line in enumerate(lines):
+            draw.text((x, y + CELL + line_no * LINE_PX), line, fill="black", font=font)
+    return sheet
+
+
+def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tuple[int, ...], label: LabelRule,
+            warn: Callable[[str], None] = _ignore) -> PreviewResult:
+    """Write a contact sheet of n labelled images of the configured preset to `out` (PNG)."""
+    samples = sorted(select(settings, filters, horizons, label, warn).samples, key=lambda s: s.key)
+    if not samples:
+        raise MarketError("nothing to preview: no labelled images of this preset in range (run render first?)")
+    chosen = [samples[i] for i in pick(len(samples), n)]
+    root = os.path.abspath(settings.image_root_dir)
+    try:
+        sheet = contact_sheet([os.path.join(root, s.file_path) for s in chosen],
+                              [caption(s, horizons) for s in chosen])
+    except OSError as exc:
+        raise MarketError(f"cannot read an image for the preview: {exc} (run verify)") from None
+    temp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
+    try:
+        sheet.save(temp, format="PNG")
+        os.replace(temp, out)
+    except OSError as exc:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise MarketError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return PreviewResult(out, [s.key for s in chosen], len(samples))
