@@ -23,6 +23,19 @@ EXIT_LOCKED = 75
 
 T = TypeVar("T")
 
+# The hooks libraries take so that they never print: `progress` wraps an iterable (a bar on a
+# terminal), `warn` logs one line. The no-op defaults serve library callers and tests.
+Progress = Callable[..., Iterable[Any]]
+Warn = Callable[[str], None]
+
+
+def no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
+    return items
+
+
+def no_warn(message: str) -> None:
+    return None
+
 
 class Result(Protocol):
     """What a command returns: a JSON-able dict, a human summary, and whether all was well."""

@@ -11,7 +11,7 @@ import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,24 +19,16 @@ from typing import Any, TypeVar
 import numpy as np
 
 import chart
+from console import Progress, no_progress, no_warn
 from cache import index, market
-from cache.index import BatchWriter, Row
+from cache.index import BatchWriter
 from cache.windows import (DueWindows, Series, due_windows, fingerprint, month_digests, touches_months,
                            window_rows)
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
 from config import Settings
 from ingest.schema import INTERVAL_MS, LockHeld, MarketError, check_symbol, exclusive_lock, now_ms
 
-Progress = Callable[..., Iterable]
 T = TypeVar("T")
-
-
-def _identity(items: Iterable, **_: Any) -> Iterable:
-    return items
-
-
-def _ignore(_: str) -> None:
-    return None
 
 
 @contextlib.contextmanager
@@ -248,7 +240,7 @@ class RenderResult:
 
 
 def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool = False, limit: int | None = None,
-           progress: Progress = _identity, warn: Callable[[str], None] = _ignore) -> RenderResult:
+           progress: Progress = no_progress, warn: Callable[[str], None] = no_warn) -> RenderResult:
     """Draw the due windows the index does not hold as ok with the current spec and input."""
     filters = filters or Filters()
     spec = make_spec(settings)

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 import chart
+from console import Progress, no_progress, no_warn
 from cache import index, market, runner
-from cache.index import BatchWriter, Row
+from cache.index import BatchWriter
 from cache.layout import ImageName, is_temp_name, parse_relative_path
 from cache.runner import Filters, preset_of
 from cache.windows import Series
@@ -129,7 +130,7 @@ def _decodes(data: bytes) -> bool:
 
 
 def _check_all(root: str, items: list[tuple], deep: bool, workers: int,
-               progress: runner.Progress) -> Iterable[tuple[int, str, str | None]]:
+               progress: Progress) -> Iterable[tuple[int, str, str | None]]:
     size = 2000
     batches = [items[i:i + size] for i in range(0, len(items), size)]
     if deep and workers > 1 and len(batches) > 1:
@@ -179,7 +180,7 @@ def _scan_root(root: str, filters: Filters) -> tuple[list[str], list[str]]:
 
 
 def verify_index(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep: bool,
-                 progress: runner.Progress, warn: Callable[[str], None]) -> VerifyResult:
+                 progress: Progress, warn: Callable[[str], None]) -> VerifyResult:
     """Check files, specs, inputs and the image root; record statuses; report every problem."""
     began = time.monotonic()
     result = VerifyResult(deep=deep)
@@ -247,8 +248,8 @@ def _find_stale_inputs(conn: sqlite3.Connection, settings: Settings, filters: Fi
 
 
 def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = False,
-           progress: runner.Progress = runner._identity,
-           warn: Callable[[str], None] = runner._ignore) -> VerifyResult:
+           progress: Progress = no_progress,
+           warn: Callable[[str], None] = no_warn) -> VerifyResult:
     with runner.run_lock(settings, "verify"):
         conn = index.connect(settings.image_index_db, create=False)
         try:
@@ -312,8 +313,8 @@ def _spec_of_name(name: ImageName) -> chart.Spec | None:
 
 
 def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool = False,
-           progress: runner.Progress = runner._identity,
-           warn: Callable[[str], None] = runner._ignore) -> RepairResult:
+           progress: Progress = no_progress,
+           warn: Callable[[str], None] = no_warn) -> RepairResult:
     filters = filters or Filters()
     began = time.monotonic()
     result = RepairResult()
@@ -341,7 +342,7 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
 
 
 def _redraw_and_adopt(conn: sqlite3.Connection, settings: Settings, filters: Filters, found: VerifyResult,
-                      result: RepairResult, progress: runner.Progress, warn: Callable[[str], None]) -> None:
+                      result: RepairResult, progress: Progress, warn: Callable[[str], None]) -> None:
     where, params = _where(filters)
     clause = (where + " AND " if where else " WHERE ") + \
         "(status IN ('corrupt', 'stale') OR (status = 'missing' AND reason NOT IN ('gap', 'history')))"

@@ -26,8 +26,9 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from ingest.registry import (FileOutcome, IngestResult, Progress, SourceFile, Warn, already_ingested, ingest_file,
-                             no_progress, no_warn, reject, skipped, write_file, writer)
+from console import Progress, Warn, no_progress, no_warn
+from ingest.registry import (FileOutcome, IngestResult, SourceFile, already_ingested, ingest_file, reject, skipped,
+                             write_file, writer)
 from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
 from ingest.validate import Lines, Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
 

@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from ingest.registry import IngestResult, Progress, SourceFile, Warn, ingest_file, no_progress, no_warn, writer
+from console import Progress, Warn, no_progress, no_warn
+from ingest.registry import IngestResult, SourceFile, ingest_file, writer
 from ingest.schema import MarketError, check_interval, check_symbol
 from ingest.validate import Validated, detect_unit, fail, split_lines, to_ms, validate
 

@@ -20,12 +20,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+from console import no_progress, no_warn
 from ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from ingest.registry import IngestResult
 from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
@@ -41,13 +42,6 @@ DAILY_LAG = timedelta(days=2)
 MONTHLY_LAG = timedelta(days=10)
 CHUNK = 1 << 20
 
-
-def _no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    return iter(items)
-
-
-def _no_warn(message: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------------------------------- plan (pure)
@@ -154,7 +148,7 @@ class Fetch:
     retries: int = 4
     backoff: float = 0.5
     sleep: Callable[[float], None] = time.sleep
-    warn: Callable[[str], None] = _no_warn
+    warn: Callable[[str], None] = no_warn
 
     def url(self, archive: Archive, suffix: str = "") -> str:
         return self.base_url.rstrip("/") + "/" + archive.path(self.market) + suffix
@@ -407,7 +401,7 @@ def _parse_day(value: str, flag: str) -> date:
 def download(db: str, *, symbols: list[str], intervals: list[str], start: str, end: str | None = None,
              market: str = "spot", base_url: str = "https://data.binance.vision/", mirror: str = "mirror",
              jobs: int = 4, retry_failed: bool = False, require_checksum: bool = False, lock_wait: float = 30.0,
-             progress: Callable = _no_progress, warn: Callable[[str], None] = _no_warn,
+             progress: Callable = no_progress, warn: Callable[[str], None] = no_warn,
              today: date | None = None, retries: int = 4, backoff: float = 0.5,
              timeout: float = 30.0) -> DownloadResult:
     """Fetch the archives of `symbols` × `intervals` for [start, end) into `mirror`, then ingest them into `db`."""

@@ -7,24 +7,17 @@ them to `known_gaps` as (series_id, first missing open time, last missing open t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from console import no_progress, no_warn
 from ingest.schema import (check_interval, check_symbol, checkpoint, connect_writer, grid_index, grid_time,
                            iso_utc, writer_lock)
 
-T = TypeVar("T")
 
-
-def _no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    return iter(items)
-
-
-def _no_warn(message: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -138,8 +131,8 @@ def refresh_known_gaps(conn: sqlite3.Connection, sid: int, interval: str) -> tup
 
 
 def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[str] | None = None,
-                lock_wait: float = 30.0, progress: Callable = _no_progress,
-                warn: Callable[[str], None] = _no_warn) -> GapsResult:
+                lock_wait: float = 30.0, progress: Callable = no_progress,
+                warn: Callable[[str], None] = no_warn) -> GapsResult:
     """Find the gaps of each matching series and replace that series' rows in `known_gaps`."""
     for symbol in symbols or []:
         check_symbol(symbol)

@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from ingest.schema import (MarketError, checkpoint, connect_writer, iso_utc, now_ms, series_id, upsert_candles,
                            writer_lock)
 from ingest.validate import Validated
-
-T = TypeVar("T")
-Progress = Callable[..., Iterable[Any]]
-Warn = Callable[[str], None]
-
-
-def no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
-    return items
-
-
-def no_warn(message: str) -> None:
-    return None
-
 
 @dataclass(frozen=True)
 class SourceFile:

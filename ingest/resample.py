@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from console import no_progress, no_warn
 from ingest.gaps import Gap, refresh_known_gaps
 from ingest.schema import (CANDLE_DTYPE, DAY_MS, INTERVAL_MS, WEEK_OFFSET_MS, MarketError, check_interval,
                            check_symbol, checkpoint, connect_writer, grid_index, grid_time, iso_utc,
                            on_grid, read_candles, series_id, upsert_candles, writer_lock)
 
-T = TypeVar("T")
 
 SUMMED = ("volume", "quote_asset_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
 
-
-def _no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    return iter(items)
-
-
-def _no_warn(message: str) -> None:
-    pass
 
 
 def check_pair(source: str, target: str) -> None:
@@ -170,8 +163,8 @@ def write_resampled(conn: sqlite3.Connection, symbol: str, base: np.ndarray, sou
 
 
 def resample(db: str, *, source: str = "1m", targets: list[str], symbols: list[str] | None = None,
-             lock_wait: float = 30.0, progress: Callable = _no_progress,
-             warn: Callable[[str], None] = _no_warn) -> ResampleResult:
+             lock_wait: float = 30.0, progress: Callable = no_progress,
+             warn: Callable[[str], None] = no_warn) -> ResampleResult:
     """Derive `targets` from `source` for `symbols` (default: every symbol with a `source` series)."""
     started = time.monotonic()
     for target in targets:

@@ -13,21 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from console import no_progress, no_warn
 from ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from ingest.resample import write_resampled
 from ingest.schema import (CANDLE_DTYPE, DAY_MS, MINUTE_MS, MarketError, check_symbol, checkpoint,
                            connect_writer, iso_utc, series_id, split_symbol, upsert_candles, utc_ms,
                            writer_lock)
 
-T = TypeVar("T")
 
 SAMPLE_INTERVALS = ("5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w")
 MAX_DAYS = 3660
@@ -39,13 +39,6 @@ HOURLY_ACTIVITY = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.7, 0.75, 0.85, 0.95, 1.
                             1.05, 1.15, 1.3, 1.4, 1.35, 1.25, 1.1, 1.0, 0.95, 0.95, 0.9, 0.9])
 MINUTES_PER_DAY = DAY_MS // MINUTE_MS
 
-
-def _no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    return iter(items)
-
-
-def _no_warn(message: str) -> None:
-    pass
 
 
 def stable_seed(seed: int, name: str) -> int:
@@ -241,7 +234,7 @@ def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[
 
 def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
                  seed: int = 1, end: str = "2024-07-01", lock_wait: float = 30.0,
-                 progress: Callable = _no_progress, warn: Callable[[str], None] = _no_warn) -> SampleResult:
+                 progress: Callable = no_progress, warn: Callable[[str], None] = no_warn) -> SampleResult:
     """Write the sample market for `symbols` into `db`: 1m plus SAMPLE_INTERVALS, one transaction per symbol."""
     started = time.monotonic()
     symbols = [check_symbol(s) for s in dict.fromkeys(symbols)]
