@@ -7,6 +7,7 @@ to OUT that is renamed into place only when complete, so a failed export leaves 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -293,6 +294,9 @@ def select(settings: Settings, filters: Filters, horizons: tuple[int, ...], labe
 
 def _label_series(series: Series, rows: list[tuple], spec, horizons: tuple[int, ...], label: LabelRule,
                   now: int, counts: dict[str, int]) -> list[Sample]:
+    if not len(series.times):  # the candles were deleted since drawing
+        counts["stale"] += len(rows)
+        return []
     ends = np.array([r[0] for r in rows], dtype=np.int64)
     last = np.searchsorted(series.times, ends)
     found = (last < len(series.times)) & (series.times[np.minimum(last, len(series.times) - 1)] == ends)
@@ -317,7 +321,7 @@ def _label_series(series: Series, rows: list[tuple], spec, horizons: tuple[int, 
 
 
 def split_samples(samples: list[Sample], splits: tuple[Split, ...], purge: int,
-                  counts: dict[str, int]) -> dict[str, list[Sample]]:
+                  counts: dict[str, Any]) -> dict[str, list[Sample]]:
     """Samples per split (sorted by key), leaving out those outside every split or purged (counted)."""
     result: dict[str, list[Sample]] = {s.name: [] for s in splits}
     purged_per = {s.name: 0 for s in splits}
@@ -333,14 +337,10 @@ def split_samples(samples: list[Sample], splits: tuple[Split, ...], purge: int,
             elif gone:
                 purged_per[splits[k].name] += 1
             else:
-                result[splits[k].name].append(_with_split(sample, splits[k].name))
+                result[splits[k].name].append(dataclasses.replace(sample, split=splits[k].name))
     counts["purged"] = sum(purged_per.values())
-    counts["purged_per_split"] = purged_per  # type: ignore[assignment]
+    counts["purged_per_split"] = purged_per
     return {name: sorted(group, key=lambda s: s.key) for name, group in result.items()}
-
-
-def _with_split(sample: Sample, name: str) -> Sample:
-    return Sample(**{**sample.__dict__, "split": name})
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -379,6 +379,7 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
     if options.format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {options.format!r}")
     check_out(out)
+    target = os.path.abspath(out)
     with run_lock(settings, "export"):
         selection = select(settings, filters, options.horizons, options.label, warn, now)
         if not selection.samples:
@@ -390,17 +391,22 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
         purge = purge_candles(selection.preset["window_len"], selection.history, options.horizons)
         per_split = split_samples(selection.samples, splits, purge, counts)
         counts["exported"] = sum(len(group) for group in per_split.values())
+        for name, group in per_split.items():
+            if not group:
+                warn(f"split {name} is empty (shorter than the purge of {purge} candles, or no data in it)")
         if not counts["exported"]:
             raise MarketError("nothing to export: every labelled image is outside the splits or in a purge gap")
-        temp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
+        temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
         shutil.rmtree(temp, ignore_errors=True)
-        os.makedirs(temp)
         try:
+            os.makedirs(temp)
             card = formats.Card(settings, selection, options, splits, purge, per_split, counts)
             files = formats.write(temp, options, per_split, os.path.abspath(settings.image_root_dir), card)
-            os.rename(temp, out)
-        except BaseException:
+            os.rename(temp, target)  # replaces an empty folder; fails if OUT was filled meanwhile
+        except BaseException as exc:
             shutil.rmtree(temp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise MarketError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
             raise
     summary = [{"name": s.name, "start": s.start_ms, "end": s.end_ms, "exported": len(per_split[s.name]),
                 "purged": counts["purged_per_split"][s.name], "balance": card.balance(per_split[s.name])}

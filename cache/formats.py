@@ -226,7 +226,7 @@ class Card:
             lines.append(f"| {split.name} | `{split.text()}` | {len(self.per_split[split.name])} | "
                          f"{c['purged_per_split'][split.name]} |")
         lines += [
-            "",
+            "", f"The same splits as an option: `--split {','.join(s.text() for s in self.splits)}`.", "",
             f"Purge: {self.purge} candles (window {p['window_len']} + history {self.selection.history} + longest "
             f"horizon {max(o.horizons)}). Between consecutive splits A and B: a window of A is dropped when its "
             "label's last candle closes after A's end; a window of B is dropped when its end lies within the "

@@ -94,10 +94,11 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
                               [caption(s, horizons) for s in chosen])
     except OSError as exc:
         raise MarketError(f"cannot read an image for the preview: {exc} (run verify)") from None
-    temp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.{os.getpid()}.tmp")
+    target = os.path.abspath(out)
+    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
     try:
         sheet.save(temp, format="PNG")
-        os.replace(temp, out)
+        os.replace(temp, target)
     except OSError as exc:
         if os.path.exists(temp):
             os.remove(temp)
