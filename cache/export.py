@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,16 +21,13 @@ from cache import index, market
 from cache.runner import Filters, make_spec, preset_label, preset_of, read_margin_ms, run_lock, select_series
 from cache.windows import Series, fingerprint, window_rows
 from config import ConfigError, Settings
+from console import Warn, no_warn
 from ingest.schema import MarketError, close_time_ms, grid_index, iso_utc, now_ms, on_grid, utc_ms
 
 FORMATS = ("imagefolder", "webdataset", "parquet")
 DEFAULT_FRACTIONS = (("train", 70), ("val", 15), ("test", 15))
 SPLIT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_HORIZON = 100_000
-
-
-def _ignore(_: str) -> None:
-    return None
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -262,7 +258,7 @@ def _read(conn, symbol: str, interval: str, sid: int, first_end_ms: int, needed:
 
 
 def select(settings: Settings, filters: Filters, horizons: tuple[int, ...], label: LabelRule,
-           warn: Callable[[str], None] = _ignore, now: int | None = None) -> Selection:
+           warn: Warn = no_warn, now: int | None = None) -> Selection:
     """Labelled samples of the configured preset: index rows with status ok and the current spec.
 
     Rows whose candles changed since drawing (input fingerprint) or whose label is not available
@@ -372,7 +368,7 @@ def check_out(out: str) -> None:
 
 
 def export(settings: Settings, filters: Filters, out: str, options: ExportOptions,
-           warn: Callable[[str], None] = _ignore, now: int | None = None) -> ExportResult:
+           warn: Warn = no_warn, now: int | None = None) -> ExportResult:
     """Write the labelled, split samples to OUT in the chosen format, with SHA256SUMS and a dataset card."""
     from cache import formats  # here: formats imports this module
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,16 +16,13 @@ from PIL import Image, ImageDraw, ImageFont
 from cache.export import LabelRule, Sample, select
 from cache.runner import Filters
 from config import Settings
+from console import Warn, no_warn
 from ingest.schema import MarketError
 
 CELL = 256  # thumbnail edge in px
 TEXT_ROWS = 2
 LINE_PX = 14
 MARGIN = 6
-
-
-def _ignore(_: str) -> None:
-    return None
 
 
 @dataclass
@@ -82,7 +78,7 @@ def contact_sheet(paths: list[str], captions: list[tuple[str, str]]) -> Image.Im
 
 
 def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tuple[int, ...], label: LabelRule,
-            warn: Callable[[str], None] = _ignore) -> PreviewResult:
+            warn: Warn = no_warn) -> PreviewResult:
     """Write a contact sheet of n labelled images of the configured preset to `out` (PNG)."""
     samples = sorted(select(settings, filters, horizons, label, warn).samples, key=lambda s: s.key)
     if not samples:

@@ -47,7 +47,7 @@ def exports(cache: Path, tmp_path_factory) -> dict[str, Path]:
     for fmt, extra in (("imagefolder", ()), ("webdataset", ("--shard-size", "40")), ("parquet", ())):
         result = export_cli(cache, folder / fmt, fmt, *extra)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith(f"exported ") and f"({fmt})" in result.stdout
+        assert result.stdout.startswith("exported ") and f"({fmt})" in result.stdout
     return {fmt: folder / fmt for fmt in ("imagefolder", "webdataset", "parquet")}
 
 
