@@ -213,7 +213,8 @@ def inspect_archive(path: str, *, require_checksum: bool = False, source: str = 
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as exc:
-        return rejected(SourceFile(path, file_name, None, None, source), f"{file_name}: cannot read: {exc.strerror}")
+        return rejected(SourceFile(path, file_name, None, None, source),
+                        str(fail(file_name, None, "cannot read", str(exc.strerror))))
     digest = hashlib.sha256(blob).hexdigest()
     src = SourceFile(path, file_name, digest, len(blob), source)
     try:

@@ -63,12 +63,18 @@ def writer(db: str, purpose: str, lock_wait: float) -> Iterator[sqlite3.Connecti
             conn.close()
 
 
+def _storable(text: str) -> str:
+    """A path as valid UTF-8 text: file names with undecodable bytes keep them as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
     conn.execute(
         """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
                status, reason, rows_read, rows_inserted, rows_revised, rows_dropped, rows_flagged, ingested_utc)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (src.path, src.file_name, src.sha256, src.size_bytes, src.source, src.symbol, src.interval, src.period,
+        (_storable(src.path), _storable(src.file_name), src.sha256, src.size_bytes, src.source, src.symbol,
+         src.interval, src.period,
          outcome.status, outcome.reason, outcome.rows_read, outcome.rows_inserted, outcome.rows_revised,
          outcome.rows_dropped, outcome.rows_flagged, iso_utc(now_ms())))
 

@@ -50,6 +50,8 @@ class Validated:
 
 
 def fail(name: str, line: int | None, rule: str, detail: str) -> MarketError:
+    # A hostile file name (newline, undecodable bytes) must not break the one-line message.
+    name = name if name.isprintable() else ascii(name)
     where = f"{name}: line {line}" if line is not None else name
     return MarketError(f"{where}: {rule}: {detail}")
 
