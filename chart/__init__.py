@@ -1,0 +1,45 @@
+"""Pure drawing: arrays in, PNG bytes out. No files, no SQLite, no global state.
+
+Engines: `raster` (preset mike, numpy), `jkx` (the Jiang-Kelly-Xiu OHLC images) and `mplfinance`
+(any built-in mplfinance style; matplotlib is imported only when such a spec is drawn).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chart import jkx, raster
+from chart.png import encode_gray, encode_palette, encode_rgb, pixel_hash, png_size
+from chart.styles import STYLES, STYLES_HELP, ChartError, Spec, make_spec, style_from_tag
+
+__all__ = ["STYLES", "STYLES_HELP", "ChartError", "Spec", "make_spec", "pixel_hash", "png_size", "render",
+           "style_from_tag"]
+
+
+def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:
+    expected = (spec.n_candles, 5)
+    if ohlcv.shape != expected:
+        raise ChartError(f"{spec.name} needs {expected[0]} candles x 5 columns, got shape {ohlcv.shape}")
+    if open_times_ms.shape != (expected[0],):
+        raise ChartError(f"{spec.name} needs {expected[0]} open times, got shape {open_times_ms.shape}")
+    values = np.asarray(ohlcv, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ChartError("window has non-finite prices or volumes")
+    if (values[:, 4] < 0).any():
+        raise ChartError("window has negative volume")
+    return values
+
+
+def render(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> bytes:
+    """PNG bytes of one window: ohlcv rows are history + window candles, columns O, H, L, C, V."""
+    values = _check_input(spec, open_times_ms, ohlcv)
+    if spec.engine == "raster":
+        indices, palette = raster.draw(spec, values)
+        return encode_palette(indices, palette)
+    if spec.engine == "jkx":
+        return encode_gray(jkx.draw(spec, values))
+    if spec.engine == "mplfinance":
+        from chart import mpl  # matplotlib costs ~0.5 s to import: only workers drawing with it pay
+
+        return encode_rgb(mpl.draw(spec, open_times_ms, values))
+    raise ChartError(f"unknown engine {spec.engine!r}")
