@@ -9,7 +9,6 @@ index from the files (`--reindex`).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sqlite3
 import time
@@ -120,12 +119,10 @@ def check_files(root: str, items: list[tuple], deep: bool) -> list[tuple[int, st
 
 
 def _decodes(data: bytes) -> bool:
-    from PIL import Image
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        chart.decode(data)
         return True
-    except Exception:  # Pillow raises many types for damaged data; any of them means corrupt
+    except chart.ChartError:
         return False
 
 

@@ -55,8 +55,8 @@ def base_row(chunk: Chunk, end_ms: int) -> Row:
                file_path=image_path(chunk.spec, s.symbol, s.interval, end_ms), status="missing", **chunk.preset)
 
 
-def draw_window(chunk: Chunk, last: int) -> tuple[bytes, str]:
-    """PNG bytes and input fingerprint of one window."""
+def draw_window(chunk: Chunk, last: int) -> tuple[chart.Drawn, str]:
+    """The drawn image and the input fingerprint of one window."""
     rows = window_rows(int(last), chunk.spec.window_len, chunk.spec.history)
     s = chunk.series
     return chart.render(chunk.spec, s.times[rows], s.ohlcv[rows]), fingerprint(s, rows)
@@ -73,25 +73,25 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
         end_ms = int(chunk.series.times[last])
         row = base_row(chunk, end_ms)
         try:
-            png, row.input_fingerprint = draw_window(chunk, last)
+            drawn, row.input_fingerprint = draw_window(chunk, last)
         except chart.ChartError as exc:
             row.reason = f"undrawable: {exc}"
             out.append(row)
             continue
         try:
-            write_atomic(chunk.image_root, row.file_path, png)
+            write_atomic(chunk.image_root, row.file_path, drawn.png)
         except OSError as exc:
             raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
                               f"{exc.strerror or exc}", out) from None
-        out.append(_ok_row(row, chunk.spec, png, reason))
+        out.append(_ok_row(row, chunk.spec, drawn, reason))
     return out
 
 
-def _ok_row(row: Row, spec: chart.Spec, png: bytes, reason: str | None) -> Row:
+def _ok_row(row: Row, spec: chart.Spec, drawn: chart.Drawn, reason: str | None) -> Row:
     row.status, row.reason = "ok", reason
-    row.sha256 = hashlib.sha256(png).hexdigest()
-    row.pixel_hash = chart.pixel_hash(png)
-    row.width_px, row.height_px, row.file_size = spec.width, spec.height, len(png)
+    row.sha256 = hashlib.sha256(drawn.png).hexdigest()
+    row.pixel_hash = drawn.pixel_hash
+    row.width_px, row.height_px, row.file_size = spec.width, spec.height, len(drawn.png)
     return row
 
 
@@ -102,17 +102,17 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     for last, reason in zip(chunk.last, chunk.reason):
         row = base_row(chunk, int(chunk.series.times[last]))
         try:
-            png, row.input_fingerprint = draw_window(chunk, last)
+            drawn, row.input_fingerprint = draw_window(chunk, last)
         except chart.ChartError:
             rejected.append(row.file_path)
             continue
         try:
             with open(os.path.join(chunk.image_root, row.file_path), "rb") as handle:
-                same = handle.read() == png
+                same = handle.read() == drawn.png
         except OSError:
             same = False
         if same:
-            adopted.append(_ok_row(row, chunk.spec, png, reason))
+            adopted.append(_ok_row(row, chunk.spec, drawn, reason))
         else:
             rejected.append(row.file_path)
     return adopted, rejected

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from chart import jkx, raster
-from chart.png import encode_gray, encode_palette, encode_rgb, pixel_hash, png_size
+from chart.png import Drawn, decode, encode_gray, encode_palette, encode_rgb, pixel_hash, png_size
 from chart.styles import STYLES, STYLES_HELP, ChartError, Spec, make_spec, style_from_tag
 
-__all__ = ["STYLES", "STYLES_HELP", "ChartError", "Spec", "make_spec", "pixel_hash", "png_size", "render",
-           "style_from_tag"]
+__all__ = ["STYLES", "STYLES_HELP", "ChartError", "Drawn", "Spec", "decode", "make_spec", "pixel_hash", "png_size",
+           "render", "style_from_tag"]
 
 
 def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:
@@ -30,8 +30,8 @@ def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np
     return values
 
 
-def render(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> bytes:
-    """PNG bytes of one window: ohlcv rows are history + window candles, columns O, H, L, C, V."""
+def render(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> Drawn:
+    """PNG bytes and pixel hash of one window: ohlcv rows are history + window candles, columns O, H, L, C, V."""
     values = _check_input(spec, open_times_ms, ohlcv)
     if spec.engine == "raster":
         indices, palette = raster.draw(spec, values)
