@@ -1,0 +1,164 @@
+"""Golden pixel hashes and spec hashes of every preset, and byte-identical PNGs across calls and processes.
+
+A golden mismatch means the drawing changed: that requires bumping the engine's DRAW_VERSION in
+chart/styles.py (every image it drew goes stale), then regenerating the goldens with
+    cd /work/main && PYTHONPATH=. .venv/bin/python tests/test_chart_golden.py
+and pasting its output over GOLDEN_PIXELS and GOLDEN_SPECS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import chart
+from chart.styles import MIKE_COLOURS
+from chart_windows import BUILDERS, open_times
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (style, size, window_len, jkx_height, window builder)
+CASES = {
+    "mike-1280-w150-normal": ("mike", 1280, 150, 64, "normal"),
+    "mike-1280-w150-flat": ("mike", 1280, 150, 64, "flat"),
+    "mike-1280-w150-zero_volume": ("mike", 1280, 150, 64, "zero_volume"),
+    "mike-1280-w150-tiny": ("mike", 1280, 150, 64, "tiny"),
+    "mike-1280-w150-huge": ("mike", 1280, 150, 64, "huge"),
+    "mike-1280-w150-huge_candle": ("mike", 1280, 150, 64, "huge_candle"),
+    "mike-224-w60-normal": ("mike", 224, 60, 64, "normal"),
+    "jkx-w5-normal": ("jkx", 0, 5, 64, "normal"),
+    "jkx-w20-normal": ("jkx", 0, 20, 64, "normal"),
+    "jkx-w60-normal": ("jkx", 0, 60, 64, "normal"),
+    "jkx-w60-huge_candle": ("jkx", 0, 60, 64, "huge_candle"),
+    "jkx-w30-h48-normal": ("jkx", 0, 30, 48, "normal"),
+    "mplfinance:mike-256-w40-normal": ("mplfinance:mike", 256, 40, 64, "normal"),
+    "mplfinance:yahoo-256-w40-normal": ("mplfinance:yahoo", 256, 40, 64, "normal"),
+}
+
+GOLDEN_PIXELS = {
+    "mike-1280-w150-normal": "251588cf2ddb374d4d8bd8c61cb6347ed3693812c257362d972526a8c5621c7d",
+    "mike-1280-w150-flat": "a1bebedce6fa893867d64a9467db9d283e90050b3794b535c7a63b8c519a4615",
+    "mike-1280-w150-zero_volume": "8adf286d3fa3fb966413b246b98e83cb6e7fbc934d9cf344d5dfdbefad0115de",
+    "mike-1280-w150-tiny": "251588cf2ddb374d4d8bd8c61cb6347ed3693812c257362d972526a8c5621c7d",
+    "mike-1280-w150-huge": "251588cf2ddb374d4d8bd8c61cb6347ed3693812c257362d972526a8c5621c7d",
+    "mike-1280-w150-huge_candle": "0970c19f60b03eb8c474f093dee97a7de6d03fc96fe9e3fc3bb0d8e780ea16ad",
+    "mike-224-w60-normal": "7c9aee36f71718947d93161684e51d1cf12fccad63d4cb529c9362bd8590cd64",
+    "jkx-w5-normal": "758cecbb765a262a643f22d42c0672116f3cfa2b814380d9b270485c2ab9557d",
+    "jkx-w20-normal": "fdd64779a92b1f747ffc45c5c105c265375eb450e13d06df87c0fdfdb21286d0",
+    "jkx-w60-normal": "87384753f46309aeccb16a5e9f3841f48f3c235b3d18e31402f9427337ef1a6a",
+    "jkx-w60-huge_candle": "8319ee914949ece1673c3f83e6c9a7b2b32e16b50ae7244e3914576b8458ba7a",
+    "jkx-w30-h48-normal": "e8825f5c3d1734ab8e50b280c02fb96196cca9ec23221b001a19e91523d1a868",
+    "mplfinance:mike-256-w40-normal": "cde0cd33266ae4bf50faa11214a3c67baa91fa9508704e8e8266029571318f15",
+    "mplfinance:yahoo-256-w40-normal": "16b6f2ebc54935d196a667d9b2663c007ff242c1b480597f163fb7071a55d8ea",
+}
+
+# name -> (style, size, window_len, jkx_height)
+SPEC_CASES = {
+    "mike-1280-w150": ("mike", 1280, 150, 64),
+    "mike-224-w60": ("mike", 224, 60, 64),
+    "jkx-w20": ("jkx", 0, 20, 64),
+    "jkx-w30-h48": ("jkx", 0, 30, 48),
+    "mplfinance:mike-256-w40": ("mplfinance:mike", 256, 40, 64),
+}
+
+GOLDEN_SPECS = {
+    "mike-1280-w150": "6865afa518f5686d2ed453a3827c44b1da5a4a9245b0ba327be91e0288f6eb2a",
+    "mike-224-w60": "11b17d7417a5729b372627af4815ec8740c4a16d8dd1e12e3f54d143bc56132e",
+    "jkx-w20": "e5233e0e10045aee5e3b835f8421d1c9be1b93d49094e053c0e001a0a83c89f3",
+    "jkx-w30-h48": "b882353617eac5abcead713a629489666e6e9777bd5c944228f976dcb29f6316",
+    "mplfinance:mike-256-w40": "9ec89de0409c64bb548fd89f521941efb43b9a3b007ce178a8e527b1f5a6f8e6",
+}
+
+
+def _spec(style: str, size: int, window_len: int, jkx_height: int) -> chart.Spec:
+    return chart.make_spec(style, size, window_len, jkx_height=jkx_height)
+
+
+def draw_case(name: str) -> chart.Drawn:
+    style, size, window_len, jkx_height, builder = CASES[name]
+    spec = _spec(style, size, window_len, jkx_height)
+    return chart.render(spec, open_times(spec.n_candles), BUILDERS[builder](spec.n_candles))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_pixel_hash_is_golden(name):
+    drawn = draw_case(name)
+    assert drawn.pixel_hash == GOLDEN_PIXELS[name]
+    # The hash recorded at drawing time is the one verify recomputes from the file.
+    assert chart.pixel_hash(drawn.png) == drawn.pixel_hash
+
+
+def test_golden_cases_are_distinct_images():
+    """A golden pasted into the wrong case would still pass above; windows that look different differ."""
+    assert set(GOLDEN_PIXELS) == set(CASES)
+    distinct = {name: h for name, h in GOLDEN_PIXELS.items() if not name.endswith(("-tiny", "-huge"))}
+    assert len(set(distinct.values())) == len(distinct)
+
+
+@pytest.mark.parametrize("scale", ["tiny", "huge"])
+def test_extreme_price_scales_draw_like_the_normal_window(scale):
+    """Prices near 1e-8 or 1e6 lose no precision: min-max scaling gives the normal window's pixels."""
+    assert draw_case(f"mike-1280-w150-{scale}").pixel_hash == draw_case("mike-1280-w150-normal").pixel_hash
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_CASES))
+def test_spec_hash_is_golden(name):
+    assert _spec(*SPEC_CASES[name]).spec_hash == GOLDEN_SPECS[name]
+
+
+@pytest.mark.parametrize("changed", [
+    dict(size=1024), dict(window_len=100), dict(style="jkx"), dict(style="mplfinance:mike"),
+])
+def test_spec_hash_changes_with_what_changes_pixels(changed):
+    base = dict(style="mike", size=1280, window_len=150)
+    assert chart.make_spec(**{**base, **changed}).spec_hash != chart.make_spec(**base).spec_hash
+
+
+def test_spec_hash_changes_with_colours_and_jkx_height():
+    spec = chart.make_spec("mike", 1280, 150)
+    recoloured = tuple((role, "#ff0000" if role == "volume" else colour) for role, colour in MIKE_COLOURS)
+    assert dataclasses.replace(spec, colours=recoloured).spec_hash != spec.spec_hash
+    assert (chart.make_spec("jkx", 0, 30, jkx_height=48).spec_hash
+            != chart.make_spec("jkx", 0, 30, jkx_height=50).spec_hash)
+    assert (chart.make_spec("mplfinance:mike", 256, 40).spec_hash
+            != chart.make_spec("mplfinance:yahoo", 256, 40).spec_hash)
+
+
+def test_spec_hash_ignores_style_version():
+    for style, size in (("mike", 1280), ("jkx", 0), ("mplfinance:mike", 256)):
+        one, two = chart.make_spec(style, size, 20, version=1), chart.make_spec(style, size, 20, version=7)
+        assert one != two
+        assert one.spec_hash == two.spec_hash
+
+
+@pytest.mark.parametrize("name", ["mike-1280-w150-normal", "jkx-w20-normal", "mplfinance:mike-256-w40-normal"])
+def test_same_window_twice_gives_identical_bytes(name):
+    assert draw_case(name).png == draw_case(name).png
+
+
+def test_fresh_process_gives_identical_bytes(tmp_path):
+    names = ["mike-1280-w150-normal", "mike-224-w60-normal", "jkx-w60-normal", "mplfinance:yahoo-256-w40-normal"]
+    script = ("import sys; from pathlib import Path; from test_chart_golden import draw_case\n"
+              "for i, name in enumerate(sys.argv[2:]):\n"
+              "    Path(sys.argv[1], str(i)).write_bytes(draw_case(name).png)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), *names], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"})
+    assert result.returncode == 0, result.stderr
+    for i, name in enumerate(names):
+        assert (tmp_path / str(i)).read_bytes() == draw_case(name).png, name
+
+
+if __name__ == "__main__":
+    print("GOLDEN_PIXELS = {")
+    for case in CASES:
+        print(f'    "{case}": "{draw_case(case).pixel_hash}",')
+    print("}")
+    print("GOLDEN_SPECS = {")
+    for case, args in SPEC_CASES.items():
+        print(f'    "{case}": "{_spec(*args).spec_hash}",')
+    print("}")
