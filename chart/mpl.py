@@ -7,6 +7,7 @@ and the PNG is written by chart/png.py like every other engine: no metadata chun
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import matplotlib
@@ -21,6 +22,9 @@ import pandas as pd  # noqa: E402
 from chart.styles import ChartError, Spec  # noqa: E402
 
 DPI = 100
+# Styles asking for font weights DejaVu lacks (charles, binance: "medium", "semibold") make matplotlib log a
+# warning to stderr through logging's last-resort handler, into the user's terminal; the fallback is fine.
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
 
 def draw(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:
