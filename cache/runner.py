@@ -187,6 +187,14 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str)
             yield future.result()
 
 
+def chunk_windows(total: int, workers: int) -> int:
+    """Windows per chunk: small enough that every worker gets several chunks (even load), large
+    enough that per-chunk costs (pickling the candles, one syncfs) stay small per image."""
+    if workers <= 1:
+        return 500
+    return max(16, min(500, total // (workers * 8) or 16))
+
+
 def execute(fn: Callable[[Chunk], T], chunks: list[Chunk], settings: Settings) -> Iterator[T]:
     """Results of `fn` over chunks, in completion order, on the configured executor."""
     if settings.executor == "dask":
@@ -275,6 +283,8 @@ def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, i
     budget = limit if limit is not None else None
     chunks: list[Chunk] = []
     complete: list[SeriesPlan] = []  # series whose whole plan runs in this render
+    planned = sum(len(p.draw) for p in plans) if budget is None else min(budget, sum(len(p.draw) for p in plans))
+    chunk_size = chunk_windows(planned, settings.workers)
     for p in plans:
         for last, why in p.missing:
             row = base_row(Chunk(spec, preset, root, p.series, np.empty(0, np.int64), ()), int(p.series.times[last]))
@@ -288,7 +298,7 @@ def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, i
             budget -= len(draw)
         if len(draw) == len(p.draw):
             complete.append(p)
-        chunks.extend(split_months(p.series, draw, reasons, spec, preset, root))
+        chunks.extend(split_months(p.series, draw, reasons, spec, preset, root, chunk_size))
     total = sum(len(c.last) for c in chunks)
     bar = iter(progress(range(total), total=total, desc="render", unit="img"))
     logged = time.monotonic()

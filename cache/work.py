@@ -14,7 +14,7 @@ import numpy as np
 
 import chart
 from cache.index import Row
-from cache.layout import relative_path, write_atomic
+from cache.layout import relative_path, sync_tree, write_atomic
 from cache.windows import Series, fingerprint, window_rows
 
 
@@ -84,6 +84,8 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
             raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
                               f"{exc.strerror or exc}", out) from None
         out.append(_ok_row(row, chunk.spec, drawn, reason))
+    if any(row.status == "ok" for row in out):
+        sync_tree(chunk.image_root)
     return out
 
 
@@ -119,13 +121,17 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
 
 
 def split_months(series: Series, last: np.ndarray, reasons: list[str | None], spec: chart.Spec, preset: dict,
-                 image_root: str) -> list[Chunk]:
-    """Cut a series' windows into chunks of one calendar month (of the window end), each carrying
-    only the candle rows its windows need."""
+                 image_root: str, max_windows: int = 500) -> list[Chunk]:
+    """Cut a series' windows into chunks within one calendar month (of the window end) and of at most
+    `max_windows` windows, each carrying only the candle rows its windows need."""
     if len(last) == 0:
         return []
     months = series.times[last].astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
     bounds = np.flatnonzero(np.diff(months)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(last)]])
+    bounds = np.unique(np.concatenate([bounds] + [np.arange(s + max_windows, e, max_windows)
+                                                 for s, e in zip(starts, ends)])).astype(np.int64)
     chunks = []
     for part in np.split(np.arange(len(last)), bounds):
         lasts = last[part]

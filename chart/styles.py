@@ -6,6 +6,7 @@ spec_hash per image, so changing anything here that changes pixels must change t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -68,7 +69,7 @@ class Spec:
     # Library versions that decide pixels (mplfinance engine only: the raster engines need none).
     libraries: tuple[tuple[str, str], ...] = ()
 
-    @property
+    @functools.cached_property
     def spec_hash(self) -> str:
         """SHA-256 of a canonical JSON of the fields that affect pixels and the engine's DRAW_VERSION."""
         fields = asdict(self)

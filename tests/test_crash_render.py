@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, index_rows, render_cli, run_cli, tree_digest
+from conftest import REPO, index_rows, run_cli, tree_digest
 
 # Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
 CRASHER = r"""
@@ -87,24 +88,25 @@ def reference(sample_market: Path, tmp_path_factory) -> dict[str, str]:
     return tree_digest(folder / "image-cache")
 
 
-@pytest.fixture(scope="module")
-def run_seconds(sample_market: Path, tmp_path_factory) -> float:
-    """How long an uninterrupted run takes here, so that timed kills land inside it."""
-    folder = tmp_path_factory.mktemp("timing")
-    _prepare(folder, sample_market)
-    began = time.monotonic()
-    assert run_cli(folder, *ARGS, "--jobs", "1").returncode == 0
-    return time.monotonic() - began
-
-
 def _prepare(folder: Path, market: Path) -> None:
     from conftest import CONFIG
     shutil.copy(market, folder / "market.sqlite")
     (folder / "image_cache.toml").write_text(CONFIG)
 
 
+def _ok_rows(folder: Path) -> list[tuple]:
+    """Rows recorded as ok; a kill before the index schema was created leaves none."""
+    db = folder / "image_cache.sqlite"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'images'").fetchone():
+            return []
+    return index_rows(db, "WHERE status = 'ok'")
+
+
 def _assert_truthful_then_recovers(folder: Path, reference: dict[str, str], jobs: str) -> None:
-    for row in index_rows(folder / "image_cache.sqlite", "WHERE status = 'ok'"):
+    for row in _ok_rows(folder):
         path = folder / "image-cache" / row[3]
         assert path.is_file(), f"row without file: {row[3]}"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row[4], f"row with partial file: {row[3]}"
@@ -128,18 +130,21 @@ def test_kill_at_a_named_moment(tmp_path: Path, sample_market: Path, reference, 
     _assert_truthful_then_recovers(tmp_path, reference, "1")
 
 
+def _pngs(root: Path) -> int:
+    return sum(1 for _ in root.rglob("*.png")) if root.exists() else 0
+
+
 @pytest.mark.parametrize("jobs, seed", TIMED)
-def test_kill_at_a_random_moment(tmp_path: Path, sample_market: Path, reference, run_seconds: float, jobs: str,
-                                seed: int):
+def test_kill_at_a_random_moment(tmp_path: Path, sample_market: Path, reference, jobs: str, seed: int):
+    """Kill once a seeded number of images exist: a moment in the run's progress, whatever its speed."""
     _prepare(tmp_path, sample_market)
-    delay = random.Random(seed).uniform(0.35, 0.6) * run_seconds
+    target = random.Random(seed).randint(5, len(reference) * 2 // 3)
     process = subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), *ARGS, "--jobs", jobs],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    time.sleep(delay)
+    while process.poll() is None and _pngs(tmp_path / "image-cache") < target:
+        time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)  # the main process and its workers at once
-    assert process.wait() == -signal.SIGKILL
-    done = [r for r in index_rows(tmp_path / "image_cache.sqlite", "WHERE status = 'ok'")] \
-        if (tmp_path / "image_cache.sqlite").exists() else []
-    assert len(done) < len(reference), "the kill came after the run had finished"
+    assert process.wait() == -signal.SIGKILL, "the run finished before the kill"
+    assert len(_ok_rows(tmp_path)) < len(reference)
     _assert_truthful_then_recovers(tmp_path, reference, jobs)
