@@ -254,9 +254,12 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
     spec = make_spec(settings)
     began = time.monotonic()
     result = RenderResult(dry_run=dry_run)
-    with run_lock(settings, "render"):
+    # A dry run writes nothing: no lock file, and no index file where there is none yet.
+    lock = contextlib.nullcontext() if dry_run else run_lock(settings, "render")
+    with lock:
         market_conn = market.open_market(settings.market_db_path)
-        index_conn = index.connect(settings.image_index_db)
+        fresh = dry_run and not os.path.exists(settings.image_index_db)
+        index_conn = index.connect(":memory:" if fresh else settings.image_index_db)
         try:
             plans = plan(settings, filters, market_conn, index_conn, spec, warn)
             market_conn.close()

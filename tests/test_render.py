@@ -37,7 +37,9 @@ def test_dry_run_writes_nothing_and_plans_exactly(workdir: Path):
     assert dry.returncode == 0, dry.stderr
     planned = json.loads(dry.stdout)["plan"]
     assert set(planned) == {"BTCUSDT 1h", "BTCUSDT 4h", "ETHUSDT 1h", "ETHUSDT 4h"}
-    assert not (workdir / "image-cache").exists()
+    # Nothing of ours (SQLite itself adds the market's -wal/-shm files for any WAL reader).
+    assert sorted(p.name for p in workdir.iterdir() if not p.name.startswith("market.sqlite")) == \
+        ["image_cache.toml"]
     real = json.loads(render_cli(workdir, "--json").stdout)
     assert real["drawn"] == sum(c["new"] + c["stale"] for c in planned.values())
     assert real["missing"] == sum(c["gap"] + c["history"] for c in planned.values())
