@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
+
+from cache.system import syncfs
 
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
@@ -70,22 +69,7 @@ def parse_relative_path(path: str) -> ImageName | None:
 def sync_tree(root: str) -> None:
     """Flush everything written under `root` to disk: one syncfs for a chunk of images instead of
     an fdatasync per file, so that rows are committed only for files that survive a power loss."""
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        if _LIBC is None or _LIBC.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
+    syncfs(root)
 
 
 def is_temp_name(name: str) -> bool:

@@ -25,6 +25,7 @@ from console import Progress, no_progress, no_warn
 from cache import index, market, runner
 from cache.index import BatchWriter
 from cache.layout import ImageName, is_temp_name, parse_relative_path
+from cache.system import tune_allocator
 from cache.runner import Filters, preset_of
 from cache.windows import Series
 from cache.work import Chunk, adopt_chunk, draw_chunk, split_months
@@ -86,6 +87,7 @@ class VerifyResult:
 
 def check_files(root: str, items: list[tuple], deep: bool) -> list[tuple[int, str, str | None]]:
     """(id, status, reason) for each (id, path, size, width, height, sha256); runs in workers for --deep."""
+    tune_allocator()
     out = []
     for row_id, path, size, width, height, sha in items:
         full = os.path.join(root, path)

@@ -15,6 +15,7 @@ import numpy as np
 import chart
 from cache.index import Row
 from cache.layout import relative_path, sync_tree, write_atomic
+from cache.system import tune_allocator
 from cache.windows import Series, fingerprint, window_rows
 
 
@@ -68,6 +69,7 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
     A window the engine cannot draw (e.g. a jkx window with no price range) becomes a `missing`
     row with the engine's reason; any other error fails the chunk and is reported by the driver.
     """
+    tune_allocator()
     out = []
     for last, reason in zip(chunk.last, chunk.reason):
         end_ms = int(chunk.series.times[last])
@@ -100,6 +102,7 @@ def _ok_row(row: Row, spec: chart.Spec, drawn: chart.Drawn, reason: str | None) 
 def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     """For files on disk without rows: rows for those equal to a fresh render, and the paths of the
     others (which repair removes). Nothing is written."""
+    tune_allocator()
     adopted, rejected = [], []
     for last, reason in zip(chunk.last, chunk.reason):
         row = base_row(chunk, int(chunk.series.times[last]))
