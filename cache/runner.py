@@ -24,6 +24,7 @@ from cache import index, market
 from cache.index import BatchWriter
 from cache.windows import (DueWindows, Series, due_windows, fingerprint, month_digests, touches_months,
                            window_rows)
+from cache.system import tune_allocator
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
 from config import Settings
 from ingest.schema import INTERVAL_MS, LockHeld, MarketError, check_symbol, exclusive_lock, now_ms
@@ -154,14 +155,12 @@ def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: ch
 
 # ------------------------------------------------------------------------------------------ executors
 
-def _pool_results(fn: Callable[[Chunk], T], chunks: list[Chunk], workers: int) -> Iterator[T]:
+def _pool_results(pool: ProcessPoolExecutor, fn: Callable[[Chunk], T], chunks: list[Chunk],
+                  workers: int) -> Iterator[T]:
     """Results of chunks from a process pool, a bounded number in flight (flat memory).
 
     When a chunk fails, the chunks not yet started are cancelled before the error propagates.
     """
-    # forkserver: workers never inherit the parent's SQLite connections.
-    context = multiprocessing.get_context("forkserver")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
     pending: set[Future] = set()
     try:
         for chunk in chunks:
@@ -173,7 +172,8 @@ def _pool_results(fn: Callable[[Chunk], T], chunks: list[Chunk], workers: int) -
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (future.result() for future in done)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in pending:
+            future.cancel()
 
 
 def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str) -> Iterator[T]:
@@ -195,13 +195,30 @@ def chunk_windows(total: int, workers: int) -> int:
     return max(16, min(500, total // (workers * 8) or 16))
 
 
-def execute(fn: Callable[[Chunk], T], chunks: list[Chunk], settings: Settings) -> Iterator[T]:
-    """Results of `fn` over chunks, in completion order, on the configured executor."""
+Run = Callable[[Callable[[Chunk], T], list[Chunk]], Iterator[T]]
+
+
+@contextlib.contextmanager
+def executor(settings: Settings) -> Iterator[Run]:
+    """A function giving the results of `fn` over chunks, in completion order, on the configured executor.
+
+    A local pool starts its workers at once (they import the drawing code and tune their allocator)
+    so that they are ready when the driver has finished planning.
+    """
     if settings.executor == "dask":
-        return _dask_results(fn, chunks, settings.scheduler)
-    if settings.workers == 1 or len(chunks) <= 1:
-        return (fn(chunk) for chunk in chunks)
-    return _pool_results(fn, chunks, min(settings.workers, len(chunks)))
+        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler)
+        return
+    if settings.workers == 1:
+        yield lambda fn, chunks: (fn(chunk) for chunk in chunks)
+        return
+    # forkserver: workers never inherit the parent's SQLite connections.
+    pool = ProcessPoolExecutor(max_workers=settings.workers, mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        for _ in range(settings.workers):
+            pool.submit(tune_allocator)
+        yield lambda fn, chunks: _pool_results(pool, fn, chunks, settings.workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------ render
@@ -256,7 +273,7 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
     result = RenderResult(dry_run=dry_run)
     # A dry run writes nothing: no lock file, and no index file where there is none yet.
     lock = contextlib.nullcontext() if dry_run else run_lock(settings, "render")
-    with lock:
+    with lock, (contextlib.nullcontext(None) if dry_run else executor(settings)) as run:
         market_conn = market.open_market(settings.market_db_path)
         fresh = dry_run and not os.path.exists(settings.image_index_db)
         index_conn = index.connect(":memory:" if fresh else settings.image_index_db)
@@ -268,7 +285,7 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
             if not dry_run:
                 run_id = index.start_run(index_conn, "render", {**settings.__dict__, **filters.__dict__,
                                                                  "limit": limit})
-                _draw_plans(plans, spec, settings, index_conn, result, limit, progress, warn)
+                _draw_plans(plans, spec, settings, index_conn, run, result, limit, progress, warn)
                 result.seconds = time.monotonic() - began
                 index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
         finally:
@@ -277,8 +294,8 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
     return result
 
 
-def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_conn, result: RenderResult,
-                limit: int | None, progress: Progress, warn: Callable[[str], None]) -> None:
+def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_conn, run: Run,
+                result: RenderResult, limit: int | None, progress: Progress, warn: Callable[[str], None]) -> None:
     preset = preset_of(spec)
     # Absolute: workers (Dask ones especially) may run in another working directory.
     root = os.path.abspath(settings.image_root_dir)
@@ -306,7 +323,7 @@ def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, i
     bar = iter(progress(range(total), total=total, desc="render", unit="img"))
     logged = time.monotonic()
     try:
-        for rows in execute(draw_chunk, chunks, settings):
+        for rows in run(draw_chunk, chunks):
             writer.add(rows)
             for row in rows:
                 next(bar, None)

@@ -381,14 +381,15 @@ def _redraw_and_adopt(conn: sqlite3.Connection, settings: Settings, filters: Fil
     finally:
         market_conn.close()
     writer = BatchWriter(conn)
-    for rows in runner.execute(draw_chunk, draw_chunks, settings):
-        writer.add(rows)
-        result.redrawn += sum(row.status == "ok" for row in rows)
-    for rows, rejected in runner.execute(adopt_chunk, adopt_chunks, settings):
-        writer.add(rows)
-        result.adopted += len(rows)
-        for path in rejected:
-            _remove(settings, path, result)
+    with runner.executor(settings) as run:
+        for rows in run(draw_chunk, draw_chunks):
+            writer.add(rows)
+            result.redrawn += sum(row.status == "ok" for row in rows)
+        for rows, rejected in run(adopt_chunk, adopt_chunks):
+            writer.add(rows)
+            result.adopted += len(rows)
+            for path in rejected:
+                _remove(settings, path, result)
     writer.flush()
 
 
