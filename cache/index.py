@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest.schema import MarketError
+from ingest.schema import MarketError, immediate
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "missing", "corrupt", "stale")
@@ -131,13 +131,8 @@ def upsert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     sql = (f"INSERT INTO images ({', '.join(columns)}, created_utc, updated_utc) "
            f"VALUES ({', '.join('?' * len(columns))}, ?, ?) "
            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         conn.executemany(sql, ([getattr(row, c) for c in columns] + [now, now] for row in rows))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def set_status(conn: sqlite3.Connection, changes: Iterable[tuple[int, str, str | None]]) -> None:
@@ -146,10 +141,9 @@ def set_status(conn: sqlite3.Connection, changes: Iterable[tuple[int, str, str |
     if not changes:
         return
     now = utc_now()
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("UPDATE images SET status = ?, reason = ?, updated_utc = ? WHERE id = ?",
-                     ((status, reason, now, row_id) for row_id, status, reason in changes))
-    conn.execute("COMMIT")
+    with immediate(conn):
+        conn.executemany("UPDATE images SET status = ?, reason = ?, updated_utc = ? WHERE id = ?",
+                         ((status, reason, now, row_id) for row_id, status, reason in changes))
 
 
 @dataclass(frozen=True)
@@ -184,12 +178,11 @@ def read_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, inter
 
 def write_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, interval: str,
                         digests: dict[int, str]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("DELETE FROM month_digests WHERE preset = ? AND symbol = ? AND interval = ?",
-                 (preset, symbol, interval))
-    conn.executemany("INSERT INTO month_digests VALUES (?, ?, ?, ?, ?)",
-                     ((preset, symbol, interval, month, digest) for month, digest in digests.items()))
-    conn.execute("COMMIT")
+    with immediate(conn):
+        conn.execute("DELETE FROM month_digests WHERE preset = ? AND symbol = ? AND interval = ?",
+                     (preset, symbol, interval))
+        conn.executemany("INSERT INTO month_digests VALUES (?, ?, ?, ?, ?)",
+                         ((preset, symbol, interval, month, digest) for month, digest in digests.items()))
 
 
 def start_run(conn: sqlite3.Connection, command: str, arguments: dict[str, Any]) -> int:

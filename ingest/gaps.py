@@ -15,7 +15,7 @@ import numpy as np
 
 from console import no_progress, no_warn
 from ingest.schema import (check_interval, check_symbol, checkpoint, connect_writer, grid_index, grid_time,
-                           iso_utc, writer_lock)
+                           immediate, iso_utc, writer_lock)
 
 
 
@@ -146,13 +146,8 @@ def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[st
             for symbol in sorted(set(symbols or []) - {row[1] for row in todo}):
                 warn(f"{symbol}: no matching series")
             for sid, symbol, interval in progress(todo, total=len(todo), desc="gaps", unit="series"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(conn):
                     count, gaps = refresh_known_gaps(conn, sid, interval)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
                 result.series.append(SeriesGaps(symbol, interval, count, gaps))
             checkpoint(conn)
         finally:

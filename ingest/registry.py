@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ingest.schema import (MarketError, checkpoint, connect_writer, iso_utc, now_ms, series_id, upsert_candles,
-                           writer_lock)
+from ingest.schema import (MarketError, checkpoint, connect_writer, immediate, iso_utc, now_ms, series_id,
+                           upsert_candles, writer_lock)
 from ingest.validate import Validated
 
 @dataclass(frozen=True)
@@ -86,13 +86,8 @@ def _outcome(src: SourceFile, status: str, reason: str | None = None, **counts: 
 def record_only(conn: sqlite3.Connection, src: SourceFile, status: str, reason: str | None = None) -> FileOutcome:
     """Record a file that writes no candles (rejected or skipped), in its own transaction."""
     outcome = _outcome(src, status, reason)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         _record(conn, src, outcome)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return outcome
 
 
@@ -120,18 +115,13 @@ def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, 
     """Upsert one validated file and record it, in one transaction: all of it or none."""
     if src.symbol is None or src.interval is None:
         raise ValueError("a file to ingest needs a symbol and an interval")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         sid = series_id(conn, src.symbol, src.interval)
         counts = upsert_candles(conn, sid, parsed.candles)
         outcome = _outcome(src, "ok" if verified else "unverified", time_unit=parsed.time_unit,
                            rows_read=parsed.rows_read, rows_inserted=counts.inserted,
                            rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged)
         _record(conn, src, outcome)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return outcome
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from console import no_progress, no_warn
 from ingest.gaps import Gap, refresh_known_gaps
-from ingest.schema import (CANDLE_DTYPE, DAY_MS, INTERVAL_MS, WEEK_OFFSET_MS, MarketError, check_interval,
-                           check_symbol, checkpoint, connect_writer, grid_index, grid_time, iso_utc,
+from ingest.schema import (CANDLE_DTYPE, DAY_MS, INTERVAL_MS, MarketError, WEEK_OFFSET_MS, check_interval,
+                           check_symbol, checkpoint, connect_writer, grid_index, grid_time, immediate, iso_utc,
                            on_grid, read_candles, series_id, upsert_candles, writer_lock)
 
 
@@ -184,13 +184,8 @@ def resample(db: str, *, source: str = "1m", targets: list[str], symbols: list[s
             for symbol in progress(todo, total=len(todo), desc="resample", unit="series"):
                 base = read_candles(conn, series_id(conn, symbol, source))
                 for target in targets:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
+                    with immediate(conn):
                         report = write_resampled(conn, symbol, base, source, target)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
                     result.series.append(report)
                     if report.incomplete:
                         warn(f"{symbol} {target}: {len(report.incomplete)} incomplete bucket(s) not written")

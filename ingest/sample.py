@@ -24,9 +24,8 @@ import numpy as np
 from console import no_progress, no_warn
 from ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from ingest.resample import write_resampled
-from ingest.schema import (CANDLE_DTYPE, DAY_MS, MINUTE_MS, MarketError, check_symbol, checkpoint,
-                           connect_writer, iso_utc, series_id, split_symbol, upsert_candles, utc_ms,
-                           writer_lock)
+from ingest.schema import (CANDLE_DTYPE, DAY_MS, MINUTE_MS, MarketError, check_symbol, checkpoint, connect_writer,
+                           immediate, iso_utc, series_id, split_symbol, upsert_candles, utc_ms, writer_lock)
 
 
 SAMPLE_INTERVALS = ("5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w")
@@ -256,8 +255,7 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
                 base = generate_symbol(symbol, days=days, seed=seed, end_ms=end_ms, gaps=spans)
                 digest = candles_digest(base)
                 gaps = find_gaps("1m", base["open_time"])
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(conn):
                     seen = conn.execute("SELECT 1 FROM ingested_files WHERE source = 'sample' AND sha256 = ? "
                                         "AND status = 'ok' LIMIT 1", (digest,)).fetchone()
                     if seen:
@@ -275,10 +273,6 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
                             report.revised += written.revised
                     _register(conn, symbol, digest, base, params, report.status, report.inserted,
                               report.revised, start_ms, end_ms)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
                 if seen:
                     warn(f"{symbol}: this sample is already in {db}, skipped")
                 result.symbols.append(report)

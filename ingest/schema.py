@@ -258,6 +258,18 @@ def connect_writer(path: str) -> sqlite3.Connection:
     return conn
 
 
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Empty the WAL so that readers may open the file immutable."""
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
