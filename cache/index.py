@@ -153,22 +153,38 @@ class Indexed:
     end_ms: np.ndarray
     ok_current: np.ndarray  # status ok and drawn with the current spec hash
     gap_missing: np.ndarray  # recorded as missing because of a gap or short history
-    fingerprints: list[str | None]
+
+
+_PRESET_WHERE = ("symbol = ? AND interval = ? AND style_name = ? AND img_size_px = ? AND window_len = ? "
+                 "AND style_version = ?")
+
+
+def _preset_args(preset: dict[str, Any], symbol: str, interval: str) -> tuple:
+    return (symbol, interval, preset["style_name"], preset["img_size_px"], preset["window_len"],
+            preset["style_version"])
 
 
 def indexed_rows(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
                  spec_hash: str) -> Indexed:
+    """Only integers, so that a million rows load in about a second (fingerprints come on demand)."""
     rows = conn.execute(
         "SELECT end_open_time_ms, status = 'ok' AND spec_hash = ?, "
-        "status = 'missing' AND reason IN ('gap', 'history'), input_fingerprint FROM images "
-        "WHERE symbol = ? AND interval = ? AND style_name = ? AND img_size_px = ? AND window_len = ? "
-        "AND style_version = ? ORDER BY end_open_time_ms",
-        (spec_hash, symbol, interval, preset["style_name"], preset["img_size_px"], preset["window_len"],
-         preset["style_version"])).fetchall()
-    if not rows:
-        return Indexed(np.empty(0, np.int64), np.empty(0, bool), np.empty(0, bool), [])
-    end_ms, ok, gap, fps = zip(*rows)
-    return Indexed(np.array(end_ms, np.int64), np.array(ok, bool), np.array(gap, bool), list(fps))
+        f"status = 'missing' AND reason IN ('gap', 'history') FROM images WHERE {_PRESET_WHERE} "
+        "ORDER BY end_open_time_ms", (spec_hash, *_preset_args(preset, symbol, interval))).fetchall()
+    table = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    return Indexed(table[:, 0].copy(), table[:, 1].astype(bool), table[:, 2].astype(bool))
+
+
+def indexed_fingerprints(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
+                         end_ms: np.ndarray) -> dict[int, str | None]:
+    """Input fingerprints recorded for the windows ending at `end_ms` (sorted)."""
+    if len(end_ms) == 0:
+        return {}
+    rows = conn.execute(f"SELECT end_open_time_ms, input_fingerprint FROM images WHERE {_PRESET_WHERE} "
+                        "AND end_open_time_ms BETWEEN ? AND ?",
+                        (*_preset_args(preset, symbol, interval), int(end_ms[0]), int(end_ms[-1])))
+    wanted = set(end_ms.tolist())
+    return {end: fp for end, fp in rows if end in wanted}
 
 
 def read_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, interval: str) -> dict[int, str]:

@@ -8,6 +8,7 @@ most files without rows, which repair adopts.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import multiprocessing
 import os
 import time
@@ -92,44 +93,43 @@ def select_series(conn, settings: Settings, filters: Filters, warn: Callable[[st
 
 
 def plan_series(series: Series, indexed: index.Indexed, old_digests: dict[int, str], spec: chart.Spec,
-                settings: Settings, start_ms: int, end_ms: int, now: int) -> SeriesPlan:
-    """Compare the due windows of a series with the index: what to draw, what to record as missing."""
+                settings: Settings, start_ms: int, end_ms: int, now: int,
+                recorded_fingerprints: Callable[[np.ndarray], dict[int, str | None]]) -> SeriesPlan:
+    """Compare the due windows of a series with the index: what to draw, what to record as missing.
+
+    Vectorised: a nightly run over a million indexed windows touches each in numpy, and computes
+    input fingerprints only for windows in months whose digest changed.
+    """
     due: DueWindows = due_windows(series, spec.window_len, spec.history, settings.stride, start_ms, end_ms, now)
     digests = month_digests(series)
     changed = {m for m, d in digests.items() if old_digests.get(m) != d}
     end_times = series.times[due.last]
-    pos = np.searchsorted(indexed.end_ms, end_times)
-    pos_c = np.minimum(pos, max(len(indexed.end_ms) - 1, 0))
-    has_row = (pos < len(indexed.end_ms)) & (indexed.end_ms[pos_c] == end_times if len(indexed.end_ms) else False)
-    ok = has_row & (indexed.ok_current[pos_c] if len(indexed.end_ms) else False)
-    recorded_missing = has_row & (indexed.gap_missing[pos_c] if len(indexed.end_ms) else False)
-    recheck = ok & touches_months(series, due.last, spec.window_len, spec.history, changed)
-    counts = dict(new=0, stale=0, gap=0, history=0, up_to_date=0)
-    draw, reasons, missing, stale_input = [], [], [], []
-    for i in range(len(due.last)):
-        last = int(due.last[i])
-        if due.short_history[i] or (due.gap[i] and settings.gap_policy == "skip"):
-            why = "history" if due.short_history[i] else "gap"
-            counts[why] += 1
-            if not recorded_missing[i]:
-                missing.append((last, why))
-            continue
-        reason = "gap" if due.gap[i] else None
-        if ok[i] and recheck[i]:
-            fp = fingerprint(series, window_rows(last, spec.window_len, spec.history))
-            if fp == indexed.fingerprints[pos_c[i]]:
-                counts["up_to_date"] += 1
-                continue
-            counts["stale"] += 1
-            stale_input.append(last)
-        elif ok[i]:
-            counts["up_to_date"] += 1
-            continue
-        else:
-            counts["new" if not has_row[i] or recorded_missing[i] else "stale"] += 1
-        draw.append(last)
-        reasons.append(reason)
-    return SeriesPlan(series, np.array(draw, dtype=np.int64), reasons, missing, counts, digests, stale_input)
+    known = len(indexed.end_ms)
+    pos = np.minimum(np.searchsorted(indexed.end_ms, end_times), max(known - 1, 0))
+    has_row = (indexed.end_ms[pos] == end_times) if known else np.zeros(len(end_times), bool)
+    ok = has_row & indexed.ok_current[pos] if known else has_row
+    recorded_missing = has_row & indexed.gap_missing[pos] if known else has_row
+
+    skip = due.short_history | (due.gap & (settings.gap_policy == "skip"))
+    why = np.where(due.short_history, "history", "gap")
+    record = skip & ~recorded_missing
+    missing = list(zip(due.last[record].tolist(), why[record].tolist()))
+
+    drawable = ~skip
+    recheck = np.flatnonzero(drawable & ok & touches_months(series, due.last, spec.window_len, spec.history,
+                                                            changed))
+    recorded = recorded_fingerprints(end_times[recheck])
+    changed_input = [i for i in recheck.tolist() if recorded.get(int(end_times[i])) !=
+                     fingerprint(series, window_rows(int(due.last[i]), spec.window_len, spec.history))]
+    stale_input = np.zeros(len(due.last), bool)
+    stale_input[changed_input] = True
+    to_draw = drawable & (~ok | stale_input)
+    new = to_draw & (~has_row | recorded_missing)
+    counts = dict(new=int(new.sum()), stale=int((to_draw & ~new).sum()), gap=int((skip & ~due.short_history).sum()),
+                  history=int(due.short_history.sum()), up_to_date=int((drawable & ok & ~stale_input).sum()))
+    draw = due.last[to_draw]
+    reasons = [("gap" if g else None) for g in due.gap[to_draw].tolist()]
+    return SeriesPlan(series, draw, reasons, missing, counts, digests, due.last[stale_input].tolist())
 
 
 def read_margin_ms(interval: str, candles: int) -> int:
@@ -149,7 +149,8 @@ def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: ch
                                     start_ms - read_margin_ms(interval, spec.window_len + spec.history))
         indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
         old = index.read_month_digests(index_conn, preset_label(preset), symbol, interval)
-        plans.append(plan_series(series, indexed, old, spec, settings, start_ms, end_ms, now))
+        plans.append(plan_series(series, indexed, old, spec, settings, start_ms, end_ms, now,
+                                 partial(index.indexed_fingerprints, index_conn, preset, symbol, interval)))
     return plans
 
 
