@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.schema import INTERVAL_MS, MarketError, check_symbol, utc_ms
+from core.errors import MarketError
+from core.grid import INTERVAL_MS, check_symbol, utc_ms
 
 
 class ConfigError(MarketError):

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 from tqdm import tqdm
 
 from chart import ChartError
-from ingest.schema import LockHeld, MarketError
+from core.errors import LockHeld, MarketError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -22,19 +22,6 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 75
 
 T = TypeVar("T")
-
-# The hooks libraries take so that they never print: `progress` wraps an iterable (a bar on a
-# terminal), `warn` logs one line. The no-op defaults serve library callers and tests.
-Progress = Callable[..., Iterable[Any]]
-Warn = Callable[[str], None]
-
-
-def no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
-    return items
-
-
-def no_warn(message: str) -> None:
-    return None
 
 
 class Result(Protocol):

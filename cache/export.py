@@ -21,8 +21,9 @@ from cache import index, market
 from cache.runner import Filters, make_spec, preset_label, preset_of, read_margin_ms, run_lock, select_series
 from cache.windows import Series, fingerprint, window_rows
 from config import ConfigError, Settings
-from console import Warn, no_warn
-from ingest.schema import MarketError, close_time_ms, grid_index, iso_utc, now_ms, on_grid, utc_ms
+from core.hooks import Warn, no_warn
+from core.errors import MarketError
+from core.grid import close_time_ms, grid_index, iso_utc, now_ms, on_grid, utc_ms
 
 FORMATS = ("imagefolder", "webdataset", "parquet")
 DEFAULT_FRACTIONS = (("train", 70), ("val", 15), ("test", 15))

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from cache.export import DEFAULT_FRACTIONS, ExportOptions, Sample, Selection, Split
 from cache.runner import preset_label
 from config import Settings
-from ingest.schema import MarketError, iso_utc
+from core.errors import MarketError
+from core.grid import iso_utc
 
 PACKAGES = ("numpy", "pandas", "pillow", "pyarrow", "matplotlib", "mplfinance")
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ingest.schema import MarketError, immediate
+from core.db import immediate
+from core.errors import MarketError
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "missing", "corrupt", "stale")
@@ -175,16 +176,18 @@ def indexed_rows(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, 
     return Indexed(table[:, 0].copy(), table[:, 1].astype(bool), table[:, 2].astype(bool))
 
 
-def indexed_fingerprints(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
-                         end_ms: np.ndarray) -> dict[int, str | None]:
-    """Input fingerprints recorded for the windows ending at `end_ms` (sorted)."""
+def indexed_values(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
+                   end_ms: np.ndarray, column: str) -> dict[int, Any]:
+    """`column` (id or input_fingerprint) of the rows for the windows ending at `end_ms` (sorted), in one query."""
+    if column not in ("id", "input_fingerprint"):
+        raise ValueError(f"not a column to look up by window: {column}")
     if len(end_ms) == 0:
         return {}
-    rows = conn.execute(f"SELECT end_open_time_ms, input_fingerprint FROM images WHERE {_PRESET_WHERE} "
+    rows = conn.execute(f"SELECT end_open_time_ms, {column} FROM images WHERE {_PRESET_WHERE} "
                         "AND end_open_time_ms BETWEEN ? AND ?",
                         (*_preset_args(preset, symbol, interval), int(end_ms[0]), int(end_ms[-1])))
     wanted = set(end_ms.tolist())
-    return {end: fp for end, fp in rows if end in wanted}
+    return {end: value for end, value in rows if end in wanted}
 
 
 def read_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, interval: str) -> dict[int, str]:

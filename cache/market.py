@@ -12,7 +12,8 @@ import sqlite3
 import numpy as np
 
 from cache.windows import Series
-from ingest.schema import MarketError, lock_is_held, lock_path
+from core.db import lock_is_held, lock_path
+from core.errors import MarketError
 
 REQUIRED_TABLES = ("symbols", "intervals", "series", "candles")
 

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 from cache.export import LabelRule, Sample, select
 from cache.runner import Filters
 from config import Settings
-from console import Warn, no_warn
-from ingest.schema import MarketError
+from core.hooks import Warn, no_warn
+from core.errors import MarketError
 
 CELL = 256  # thumbnail edge in px
 TEXT_ROWS = 2

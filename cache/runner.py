@@ -9,29 +9,26 @@ from __future__ import annotations
 
 import contextlib
 from functools import partial
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 import chart
-from console import Progress, no_progress, no_warn
+from core.hooks import Progress, no_progress, no_warn
 from cache import index, market
+from cache.executors import Run, chunk_windows, executor
 from cache.index import BatchWriter
 from cache.windows import (DueWindows, Series, due_windows, fingerprint, month_digests, touches_months,
                            window_rows)
-from cache.system import tune_allocator
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
 from config import Settings
-from ingest.schema import INTERVAL_MS, LockHeld, MarketError, check_symbol, exclusive_lock, now_ms
-
-T = TypeVar("T")
-
+from core.db import exclusive_lock
+from core.errors import LockHeld, MarketError
+from core.grid import INTERVAL_MS, check_symbol, now_ms
 
 @contextlib.contextmanager
 def run_lock(settings: Settings, command: str) -> Iterator[None]:
@@ -150,76 +147,9 @@ def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: ch
         indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
         old = index.read_month_digests(index_conn, preset_label(preset), symbol, interval)
         plans.append(plan_series(series, indexed, old, spec, settings, start_ms, end_ms, now,
-                                 partial(index.indexed_fingerprints, index_conn, preset, symbol, interval)))
+                                 partial(index.indexed_values, index_conn, preset, symbol, interval,
+                                         column="input_fingerprint")))
     return plans
-
-
-# ------------------------------------------------------------------------------------------ executors
-
-def _pool_results(pool: ProcessPoolExecutor, fn: Callable[[Chunk], T], chunks: list[Chunk],
-                  workers: int) -> Iterator[T]:
-    """Results of chunks from a process pool, a bounded number in flight (flat memory).
-
-    When a chunk fails, the chunks not yet started are cancelled before the error propagates.
-    """
-    pending: set[Future] = set()
-    try:
-        for chunk in chunks:
-            pending.add(pool.submit(fn, chunk))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (future.result() for future in done)
-    finally:
-        for future in pending:
-            future.cancel()
-
-
-def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str) -> Iterator[T]:
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise MarketError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
-    with Client(scheduler) as client:
-        futures = client.map(fn, chunks, pure=False)
-        for future in as_completed(futures):
-            yield future.result()
-
-
-def chunk_windows(total: int, workers: int) -> int:
-    """Windows per chunk: small enough that every worker gets several chunks (even load), large
-    enough that per-chunk costs (pickling the candles, one syncfs) stay small per image."""
-    if workers <= 1:
-        return 500
-    return max(16, min(500, total // (workers * 8) or 16))
-
-
-Run = Callable[[Callable[[Chunk], T], list[Chunk]], Iterator[T]]
-
-
-@contextlib.contextmanager
-def executor(settings: Settings) -> Iterator[Run]:
-    """A function giving the results of `fn` over chunks, in completion order, on the configured executor.
-
-    A local pool starts its workers at once (they import the drawing code and tune their allocator)
-    so that they are ready when the driver has finished planning.
-    """
-    if settings.executor == "dask":
-        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler)
-        return
-    if settings.workers == 1:
-        yield lambda fn, chunks: (fn(chunk) for chunk in chunks)
-        return
-    # forkserver: workers never inherit the parent's SQLite connections.
-    pool = ProcessPoolExecutor(max_workers=settings.workers, mp_context=multiprocessing.get_context("forkserver"))
-    try:
-        for _ in range(settings.workers):
-            pool.submit(tune_allocator)
-        yield lambda fn, chunks: _pool_results(pool, fn, chunks, settings.workers)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------ render

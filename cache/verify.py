@@ -8,21 +8,22 @@ index from the files (`--reindex`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 import chart
-from console import Progress, no_progress, no_warn
-from cache import index, market, runner
+from core.hooks import Progress, no_progress, no_warn
+from cache import executors, index, market, runner
 from cache.index import BatchWriter
 from cache.layout import ImageName, is_temp_name, parse_relative_path
 from cache.system import tune_allocator
@@ -30,7 +31,8 @@ from cache.runner import Filters, preset_of
 from cache.windows import Series
 from cache.work import Chunk, adopt_chunk, draw_chunk, split_months
 from config import Settings
-from ingest.schema import MarketError, grid_index
+from core.errors import MarketError
+from core.grid import grid_index
 
 PROBLEMS = ("missing", "corrupt", "stale", "orphan", "temp")
 FILE_STATUSES = ("ok", "corrupt", "stale", "missing")
@@ -128,18 +130,16 @@ def _decodes(data: bytes) -> bool:
         return False
 
 
-def _check_all(root: str, items: list[tuple], deep: bool, workers: int,
+def _check_all(root: str, items: list[tuple], deep: bool, settings: Settings,
                progress: Progress) -> Iterable[tuple[int, str, str | None]]:
     size = 2000
     batches = [items[i:i + size] for i in range(0, len(items), size)]
-    if deep and workers > 1 and len(batches) > 1:
-        with ProcessPoolExecutor(workers, mp_context=runner.multiprocessing.get_context("forkserver")) as pool:
-            for found in progress(pool.map(check_files, [root] * len(batches), batches, [deep] * len(batches)),
-                                  total=len(batches), desc="verify", unit="batch"):
-                yield from found
-    else:
-        for batch in progress(batches, total=len(batches), desc="verify", unit="batch"):
-            yield from check_files(root, batch, deep)
+    # Fast mode is bound by stat and open: workers would only add start-up time.
+    where = settings if deep and len(batches) > 1 else dataclasses.replace(settings, jobs=1, executor="local")
+    with executors.executor(where) as run:
+        for found in progress(run(partial(check_files, root, deep=deep), batches),
+                              total=len(batches), desc="verify", unit="batch"):
+            yield from found
 
 
 # ------------------------------------------------------------------------------------------ verify
@@ -192,7 +192,7 @@ def verify_index(conn: sqlite3.Connection, settings: Settings, filters: Filters,
     result.checked = len(with_file)
     root = settings.image_root_dir
     findings: dict[int, tuple[str, str | None]] = {}
-    for row_id, status, reason in _check_all(root, [r[:6] for r in with_file], deep, settings.workers, progress):
+    for row_id, status, reason in _check_all(root, [r[:6] for r in with_file], deep, settings, progress):
         findings[row_id] = (status, reason)
     specs: dict[tuple, chart.Spec | None] = {}
     for row in with_file:
@@ -236,14 +236,11 @@ def _find_stale_inputs(conn: sqlite3.Connection, settings: Settings, filters: Fi
         market_conn.close()
     for p in plans:
         result.not_rendered += p.counts["new"]
-        for last in p.stale_input:
-            found = conn.execute(
-                "SELECT id FROM images WHERE symbol = ? AND interval = ? AND end_open_time_ms = ? AND style_name = ? "
-                "AND img_size_px = ? AND window_len = ? AND style_version = ?",
-                (p.series.symbol, p.series.interval, int(p.series.times[last]), preset["style_name"],
-                 preset["img_size_px"], preset["window_len"], preset["style_version"])).fetchone()
-            if found and findings.get(found[0], ("ok",))[0] == "ok":
-                findings[found[0]] = ("stale", "candles changed since drawn")
+        ids = index.indexed_values(conn, preset, p.series.symbol, p.series.interval,
+                                   p.series.times[p.stale_input], column="id")
+        for row_id in ids.values():
+            if findings.get(row_id, ("ok",))[0] == "ok":
+                findings[row_id] = ("stale", "candles changed since drawn")
 
 
 def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = False,
@@ -381,7 +378,7 @@ def _redraw_and_adopt(conn: sqlite3.Connection, settings: Settings, filters: Fil
     finally:
         market_conn.close()
     writer = BatchWriter(conn)
-    with runner.executor(settings) as run:
+    with executors.executor(settings) as run:
         for rows in run(draw_chunk, draw_chunks):
             writer.add(rows)
             result.redrawn += sum(row.status == "ok" for row in rows)

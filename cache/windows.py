@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.schema import close_time_ms, grid_index
+from core.grid import close_time_ms, grid_index
 
 FINGERPRINT_VERSION = b"fp1"
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 import console
-from ingest.schema import INTERVAL_MS
+from core.grid import INTERVAL_MS
 
 
 def _csv_list(value: str) -> list[str]:

@@ -26,10 +26,11 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from console import Progress, Warn, no_progress, no_warn
+from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.registry import (FileOutcome, IngestResult, SourceFile, already_ingested, ingest_file, reject, skipped,
                              write_file, writer)
-from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
+from core.errors import MarketError
+from core.grid import DAY_MS, check_interval, check_symbol, utc_ms
 from ingest.validate import Lines, Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
 
 KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume",

@@ -16,9 +16,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from console import Progress, Warn, no_progress, no_warn
+from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.registry import IngestResult, SourceFile, ingest_file, writer
-from ingest.schema import MarketError, check_interval, check_symbol
+from core.errors import MarketError
+from core.grid import check_interval, check_symbol
 from ingest.validate import Validated, detect_unit, fail, split_lines, to_ms, validate
 
 MAX_LINE_BYTES = 64 * 1024

@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from console import no_progress, no_warn
+from core.hooks import no_progress, no_warn
 from ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from ingest.registry import IngestResult
-from ingest.schema import DAY_MS, MarketError, check_interval, check_symbol, utc_ms
+from core.errors import MarketError
+from core.grid import DAY_MS, check_interval, check_symbol, utc_ms
 
 T = TypeVar("T")
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from console import no_progress, no_warn
-from ingest.schema import (check_interval, check_symbol, checkpoint, connect_writer, grid_index, grid_time,
-                           immediate, iso_utc, writer_lock)
+from core.hooks import no_progress, no_warn
+from core.db import checkpoint, immediate, writer_lock
+from core.grid import check_interval, check_symbol, grid_index, grid_time, iso_utc
+from ingest.schema import connect_writer
 
 
 

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ingest.schema import (MarketError, checkpoint, connect_writer, immediate, iso_utc, now_ms, series_id,
-                           upsert_candles, writer_lock)
+from core.db import checkpoint, immediate, writer_lock
+from core.errors import MarketError
+from core.grid import iso_utc, now_ms
+from ingest.schema import connect_writer, series_id, upsert_candles
 from ingest.validate import Validated
 
 @dataclass(frozen=True)

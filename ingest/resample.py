@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from console import no_progress, no_warn
+from core.hooks import no_progress, no_warn
 from ingest.gaps import Gap, refresh_known_gaps
-from ingest.schema import (CANDLE_DTYPE, DAY_MS, INTERVAL_MS, MarketError, WEEK_OFFSET_MS, check_interval,
-                           check_symbol, checkpoint, connect_writer, grid_index, grid_time, immediate, iso_utc,
-                           on_grid, read_candles, series_id, upsert_candles, writer_lock)
+from core.db import checkpoint, immediate, writer_lock
+from core.errors import MarketError
+from core.grid import (DAY_MS, INTERVAL_MS, WEEK_OFFSET_MS, check_interval, check_symbol, grid_index, grid_time, iso_utc, on_grid)
+from ingest.schema import CANDLE_DTYPE, connect_writer, read_candles, series_id, upsert_candles
 
 
 SUMMED = ("volume", "quote_asset_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")

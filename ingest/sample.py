@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from console import no_progress, no_warn
+from core.hooks import no_progress, no_warn
 from ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from ingest.resample import write_resampled
-from ingest.schema import (CANDLE_DTYPE, DAY_MS, MINUTE_MS, MarketError, check_symbol, checkpoint, connect_writer,
-                           immediate, iso_utc, series_id, split_symbol, upsert_candles, utc_ms, writer_lock)
+from core.db import checkpoint, immediate, writer_lock
+from core.errors import MarketError
+from core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
+from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 
 
 SAMPLE_INTERVALS = ("5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w")

@@ -11,7 +11,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.schema import MarketError, iso_utc
+from core.errors import MarketError
+from core.grid import iso_utc
 
 STATUSES = ("ok", "unverified", "skipped", "rejected")
 

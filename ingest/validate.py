@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE, INTERVAL_MS, MarketError, close_time_ms, iso_utc, on_grid
+from core.errors import MarketError
+from core.grid import INTERVAL_MS, close_time_ms, iso_utc, on_grid
+from ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE
 
 UTF8_BOM = b"\xef\xbb\xbf"
 PRICE_COLUMNS = ("open", "high", "low", "close")

@@ -10,7 +10,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from ingest.schema import INTERVAL_MS, utc_ms
+from core.grid import INTERVAL_MS, utc_ms
 
 FUTURES_HEADER = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,"
                   "taker_buy_volume,taker_buy_quote_volume,ignore")

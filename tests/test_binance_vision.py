@@ -12,7 +12,10 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive, zip_bytes
 from ingest.binance_vision import ingest_paths, parse_name, read_member
-from ingest.schema import MarketError, read_candles, utc_ms, writer_lock
+from core.db import writer_lock
+from core.errors import MarketError
+from core.grid import utc_ms
+from ingest.schema import read_candles
 
 REPO = Path(__file__).resolve().parents[1]
 

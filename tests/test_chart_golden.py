@@ -2,7 +2,7 @@
 
 A golden mismatch means the drawing changed: that requires bumping the engine's DRAW_VERSION in
 chart/styles.py (every image it drew goes stale), then regenerating the goldens with
-    cd /work/main && PYTHONPATH=. .venv/bin/python tests/test_chart_golden.py
+    PYTHONPATH=. .venv/bin/python tests/test_chart_golden.py   (from the repository root)
 and pasting its output over GOLDEN_PIXELS and GOLDEN_SPECS.
 """
 

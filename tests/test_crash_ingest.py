@@ -22,7 +22,8 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from ingest.binance_vision import ingest_paths
-from ingest.schema import DAY_MS, read_candles, utc_ms
+from core.grid import DAY_MS, utc_ms
+from ingest.schema import read_candles
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS_PER_DAY = 1440

@@ -18,7 +18,7 @@ import pytest
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from ingest.download import Archive, daily_fallback, download, is_recent, plan_interval
 
-ROOT = "/work/main"
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 # ---------------------------------------------------------------------------------------- plan

@@ -16,7 +16,7 @@ from cache.export import (Split, assign_splits, default_splits, forward_returns,
 from cache.windows import Series
 from config import ConfigError
 from conftest import CONFIG, render_cli, run_cli
-from ingest.schema import iso_utc, utc_ms
+from core.grid import iso_utc, utc_ms
 
 H = 3_600_000
 SPLIT = "train:..2024-06-26,val:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."

@@ -6,13 +6,15 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ingest.gaps import Gap, find_gaps, gap_arrays
-from ingest.schema import CANDLE_DTYPE, DAY_MS, MINUTE_MS, connect_writer, series_id, upsert_candles, utc_ms
+from core.grid import DAY_MS, MINUTE_MS, utc_ms
+from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 
-ROOT = "/work/main"
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def test_a_hole_in_minutes():

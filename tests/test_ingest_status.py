@@ -12,7 +12,8 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from ingest.binance_vision import ingest_paths
-from ingest.schema import MarketError, utc_ms
+from core.errors import MarketError
+from core.grid import utc_ms
 from ingest.status import status
 
 REPO = Path(__file__).resolve().parents[1]

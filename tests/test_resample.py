@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.resample import check_pair, resample_candles
-from ingest.schema import (CANDLE_DTYPE, DAY_MS, MINUTE_MS, MarketError, connect_writer, series_id,
-                           upsert_candles, utc_ms)
+from core.errors import MarketError
+from core.grid import DAY_MS, MINUTE_MS, utc_ms
+from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 
-ROOT = "/work/main"
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def make_candles(times: list[int], seed: int = 0) -> np.ndarray:

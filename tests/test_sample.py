@@ -6,14 +6,15 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ingest.resample import resample_candles
 from ingest.sample import base_price, generate_symbol, maintenance_spans
-from ingest.schema import DAY_MS, MINUTE_MS, utc_ms
+from core.grid import DAY_MS, MINUTE_MS, utc_ms
 
-ROOT = "/work/main"
+ROOT = str(Path(__file__).resolve().parents[1])
 END = utc_ms("2024-07-01")
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from ingest.binance_vision import ingest_paths
-from ingest.schema import SCHEMA_VERSION, utc_ms
+from core.grid import utc_ms
+from ingest.schema import SCHEMA_VERSION
 from ingest.status import status
 
 # The upstream DDL, as design.md describes it: no known_gaps, no registry, no user_version.

@@ -7,7 +7,8 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows
 from ingest.binance_vision import parse_klines
-from ingest.schema import MarketError, utc_ms
+from core.errors import MarketError
+from core.grid import utc_ms
 from ingest.validate import split_lines, validate
 
 NAME = "BTCUSDT-1m-2024-01.zip"

@@ -1,0 +1,21 @@
+"""The hooks libraries take so that they never print: `progress` wraps an iterable (a bar on a
+terminal), `warn` logs one line. The no-op defaults serve library callers and tests; console.py
+supplies the terminal versions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Progress = Callable[..., Iterable[Any]]
+Warn = Callable[[str], None]
+
+
+def no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
+    return items
+
+
+def no_warn(message: str) -> None:
+    return None
