@@ -1,6 +1,8 @@
-"""image_cache.sqlite: one row per image (per window and preset), the runs, and month digests.
+"""image_cache.sqlite: one row per image (per window and preset), the runs, and the month-digest memo.
 
-Only the main process writes here, in batched `BEGIN IMMEDIATE` transactions (WAL).
+Only the main process writes here, in batched `BEGIN IMMEDIATE` transactions (WAL). The file says
+what it is (`PRAGMA application_id`) and which schema it has (`PRAGMA user_version`, ordered
+migrations), so that no other SQLite file is ever taken for an index.
 """
 
 from __future__ import annotations
@@ -8,18 +10,26 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from core.db import immediate
 from core.errors import MarketError
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "missing", "corrupt", "stale")
+APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "stale", "corrupt", "missing", "undrawable")
+# Reasons of `undrawable` rows: no image can exist for the window (gap under policy skip, too little
+# history) or the engine refused it ("engine: …"). Such rows are counted, never failures.
+NO_IMAGE_REASONS = ("gap", "history")
+ENGINE_PREFIX = "engine: "
 
 IMAGE_COLUMNS = ("symbol", "interval", "end_open_time_ms", "img_size_px", "window_len", "style_version",
                  "style_name", "spec_hash", "file_path", "sha256", "pixel_hash", "width_px", "height_px",
@@ -27,9 +37,12 @@ IMAGE_COLUMNS = ("symbol", "interval", "end_open_time_ms", "img_size_px", "windo
 # The preset key: which image a row is, whatever its content (the spec hash says what drew it).
 KEY_COLUMNS = ("symbol", "interval", "end_open_time_ms", "style_name", "img_size_px", "window_len",
                "style_version")
+PRESET_COLUMNS = ("style_name", "img_size_px", "window_len", "style_version")
 
-DDL = f"""
-CREATE TABLE images (
+
+def _images_ddl(table: str, statuses: tuple[str, ...]) -> str:
+    return f"""
+CREATE TABLE {table} (
     id INTEGER PRIMARY KEY,
     symbol TEXT NOT NULL,
     interval TEXT NOT NULL,
@@ -48,10 +61,13 @@ CREATE TABLE images (
     input_fingerprint TEXT,
     created_utc TEXT NOT NULL,
     updated_utc TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN {STATUSES!r}),
+    status TEXT NOT NULL CHECK (status IN {statuses!r}),
     reason TEXT,
     UNIQUE ({', '.join(KEY_COLUMNS)})
-);
+);"""
+
+
+_V1 = _images_ddl("images", ("ok", "missing", "corrupt", "stale")) + """
 CREATE INDEX images_status ON images(status);
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
@@ -72,31 +88,140 @@ CREATE TABLE month_digests (
 );
 """
 
+# v2: status `undrawable` (was `missing` with reason gap/history/"undrawable: …"); an identity (meta);
+# month digests chain the previous candle's time, so the old memo is dropped (one full re-check).
+_V2 = _images_ddl("images_v2", STATUSES) + f"""
+INSERT INTO images_v2 SELECT id, symbol, interval, end_open_time_ms, img_size_px, window_len, style_version,
+    style_name, spec_hash, file_path, sha256, pixel_hash, width_px, height_px, file_size, input_fingerprint,
+    created_utc, updated_utc,
+    CASE WHEN status = 'missing' AND (reason IN ('gap', 'history') OR reason LIKE 'undrawable: %')
+         THEN 'undrawable' ELSE status END,
+    CASE WHEN status = 'missing' AND reason LIKE 'undrawable: %' THEN '{ENGINE_PREFIX}' || substr(reason, 13)
+         ELSE reason END
+FROM images;
+DROP TABLE images;
+ALTER TABLE images_v2 RENAME TO images;
+CREATE INDEX images_status ON images(status);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+DELETE FROM month_digests;
+"""
+
+MIGRATIONS = {1: _V1, 2: _V2}
+
+
+class IndexFileError(MarketError):
+    """The file at the index path is not (or no longer) a usable image index."""
+
+
+class NotAnIndex(IndexFileError):
+    """A file that is not an image index: never written to, never moved aside."""
+
+
+class DamagedIndex(IndexFileError):
+    """An image index (or what its image root says was one) that SQLite cannot read."""
+
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def identify(path: str) -> str:
+    """What the file at `path` is: 'absent', 'empty', 'index', 'other-sqlite', 'not-sqlite' or 'damaged'.
+
+    Opened read-only and never created; a non-regular file (a pipe, a folder) is 'not-sqlite'.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "absent"
+    if not stat.S_ISREG(info.st_mode):
+        return "not-sqlite"
+    if info.st_size == 0:
+        return "empty"
+    with open(path, "rb") as handle:
+        if handle.read(16) != _SQLITE_HEADER:
+            return "not-sqlite"
+    try:
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return "damaged"
+    if app_id == APPLICATION_ID:
+        return "index"
+    # Written by a version before the application id: recognised by its exact tables.
+    if app_id == 0 and version == 1 and {"images", "runs", "month_digests"} <= tables:
+        return "index"
+    return "other-sqlite"
+
+
+def _uri_path(path: str) -> str:
+    return quote(os.path.abspath(path))
+
+
 def connect(path: str, create: bool = True) -> sqlite3.Connection:
-    """Open (and create or migrate) the index; a damaged file is a clear error pointing to repair."""
-    if not create and not os.path.isfile(path):
-        raise MarketError(f"image index not found: {path} (run render first)")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Open (and create or migrate) the index. Any other file at `path` is refused, never touched."""
+    kind = identify(path)
+    if kind == "absent" and not create:
+        raise IndexFileError(f"image index not found: {path} (run render first)")
+    if kind == "other-sqlite":
+        raise NotAnIndex(f"{path} is an SQLite database but not an image index (is it the market "
+                         "database?); pass the index with --index-db")
+    if kind == "not-sqlite":
+        raise DamagedIndex(f"{path} is not an SQLite database: not an image index, or a damaged one")
+    if kind == "damaged":
+        raise DamagedIndex(f"image index {path} is damaged (SQLite cannot read it)")
+    if kind in ("absent", "empty"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise MarketError(f"image index {path} has schema version {version}, newer than this tool")
-        if version < 1:
-            conn.executescript(f"BEGIN IMMEDIATE; {DDL} PRAGMA user_version = 1; COMMIT;")
-        conn.execute("SELECT count(*) FROM images LIMIT 1").fetchone()
+        migrate(conn, path)
+    except sqlite3.OperationalError as exc:
+        raise MarketError(f"cannot open image index {path}: {_describe(exc)}") from None
     except sqlite3.DatabaseError as exc:
-        raise MarketError(f"image index {path} is damaged ({exc}); run `repair --reindex` to rebuild it "
-                          "from the image files") from None
+        raise DamagedIndex(f"image index {path} is damaged ({exc})") from None
     return conn
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "disk is full" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text:
+        return "the file or its folder is read-only"
+    return text
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise IndexFileError(f"image index {path} has schema version {version}, newer than this tool "
+                          f"({SCHEMA_VERSION}); upgrade image_cache")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]} PRAGMA user_version = {target}; "
+                           f"PRAGMA application_id = {APPLICATION_ID}; COMMIT;")
+    if conn.execute("SELECT value FROM meta WHERE key = 'index_id'").fetchone() is None:
+        with immediate(conn):
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('index_id', ?)", (uuid.uuid4().hex,))
+
+
+def index_id(conn: sqlite3.Connection) -> str:
+    return conn.execute("SELECT value FROM meta WHERE key = 'index_id'").fetchone()[0]
+
+
+def set_index_id(conn: sqlite3.Connection, value: str) -> None:
+    with immediate(conn):
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'index_id'", (value,))
 
 
 @dataclass
@@ -122,18 +247,25 @@ class Row:
     input_fingerprint: str | None = None
 
 
+def _upsert_sql() -> str:
+    columns = [c for c in IMAGE_COLUMNS if c not in ("created_utc", "updated_utc")]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns + ["updated_utc"] if c not in KEY_COLUMNS)
+    return (f"INSERT INTO images ({', '.join(columns)}, created_utc, updated_utc) "
+            f"VALUES ({', '.join('?' * len(columns))}, ?, ?) "
+            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}")
+
+
+_UPSERT = _upsert_sql()
+_UPSERT_COLUMNS = [c for c in IMAGE_COLUMNS if c not in ("created_utc", "updated_utc")]
+
+
 def upsert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
     """Insert or update rows by key in one transaction; created_utc is kept on update."""
     if not rows:
         return
     now = utc_now()
-    columns = [c for c in IMAGE_COLUMNS if c not in ("created_utc", "updated_utc")]
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns + ["updated_utc"] if c not in KEY_COLUMNS)
-    sql = (f"INSERT INTO images ({', '.join(columns)}, created_utc, updated_utc) "
-           f"VALUES ({', '.join('?' * len(columns))}, ?, ?) "
-           f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}")
     with immediate(conn):
-        conn.executemany(sql, ([getattr(row, c) for c in columns] + [now, now] for row in rows))
+        conn.executemany(_UPSERT, ([getattr(row, c) for c in _UPSERT_COLUMNS] + [now, now] for row in rows))
 
 
 def set_status(conn: sqlite3.Connection, changes: Iterable[tuple[int, str, str | None]]) -> None:
@@ -147,13 +279,57 @@ def set_status(conn: sqlite3.Connection, changes: Iterable[tuple[int, str, str |
                          ((status, reason, now, row_id) for row_id, status, reason in changes))
 
 
+def delete_rows(conn: sqlite3.Connection, ids: Iterable[int]) -> None:
+    ids = list(ids)
+    if ids:
+        with immediate(conn):
+            conn.executemany("DELETE FROM images WHERE id = ?", ((i,) for i in ids))
+
+
+def presets(conn: sqlite3.Connection, symbols: list[str] | None = None,
+            intervals: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every preset the index holds rows of (within the filters)."""
+    where, params = series_where(symbols, intervals)
+    return [dict(row) for row in conn.execute(
+        f"SELECT DISTINCT {', '.join(PRESET_COLUMNS)} FROM images{where} ORDER BY 1, 2, 3, 4", params)]
+
+
+def series_where(symbols: list[str] | None, intervals: list[str] | None) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if symbols:
+        clauses.append(f"symbol IN ({', '.join('?' * len(symbols))})")
+        params += symbols
+    if intervals:
+        clauses.append(f"interval IN ({', '.join('?' * len(intervals))})")
+        params += intervals
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def indexed_series(conn: sqlite3.Connection, preset: dict[str, Any]) -> list[tuple[str, str]]:
+    """(symbol, interval) of every series with rows of `preset`."""
+    where = " AND ".join(f"{c} = ?" for c in PRESET_COLUMNS)
+    return [(row["symbol"], row["interval"]) for row in conn.execute(
+        f"SELECT DISTINCT symbol, interval FROM images WHERE {where} ORDER BY 1, 2",
+        [preset[c] for c in PRESET_COLUMNS])]
+
+
+# Row states as small integers, so that a million rows load as one integer array in about a second.
+STATE_CODES = {"ok": 0, "stale": 1, "corrupt": 2, "missing": 3, "gap": 4, "history": 5, "engine": 6}
+
+
 @dataclass(frozen=True)
 class Indexed:
     """The index's rows of one series and preset, as arrays sorted by end time."""
 
     end_ms: np.ndarray
-    ok_current: np.ndarray  # status ok and drawn with the current spec hash
-    gap_missing: np.ndarray  # recorded as missing because of a gap or short history
+    row_id: np.ndarray
+    state: np.ndarray        # STATE_CODES: the status, and for undrawable rows the kind of reason
+    spec_current: np.ndarray  # drawn (or judged) with the current spec hash
+
+    @staticmethod
+    def empty() -> "Indexed":
+        none = np.empty(0, np.int64)
+        return Indexed(none, none, none, none.astype(bool))
 
 
 _PRESET_WHERE = ("symbol = ? AND interval = ? AND style_name = ? AND img_size_px = ? AND window_len = ? "
@@ -161,46 +337,51 @@ _PRESET_WHERE = ("symbol = ? AND interval = ? AND style_name = ? AND img_size_px
 
 
 def _preset_args(preset: dict[str, Any], symbol: str, interval: str) -> tuple:
-    return (symbol, interval, preset["style_name"], preset["img_size_px"], preset["window_len"],
-            preset["style_version"])
+    return (symbol, interval, *(preset[c] for c in PRESET_COLUMNS))
 
 
 def indexed_rows(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
                  spec_hash: str) -> Indexed:
-    """Only integers, so that a million rows load in about a second (fingerprints come on demand)."""
-    rows = conn.execute(
-        "SELECT end_open_time_ms, status = 'ok' AND spec_hash = ?, "
-        f"status = 'missing' AND reason IN ('gap', 'history') FROM images WHERE {_PRESET_WHERE} "
-        "ORDER BY end_open_time_ms", (spec_hash, *_preset_args(preset, symbol, interval))).fetchall()
-    table = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    return Indexed(table[:, 0].copy(), table[:, 1].astype(bool), table[:, 2].astype(bool))
+    """Only integers (fingerprints and paths come on demand, for the few windows that need them)."""
+    cursor = conn.execute(
+        "SELECT end_open_time_ms, id, CASE status WHEN 'ok' THEN 0 WHEN 'stale' THEN 1 WHEN 'corrupt' THEN 2 "
+        "WHEN 'missing' THEN 3 ELSE (CASE WHEN reason = 'gap' THEN 4 WHEN reason = 'history' THEN 5 ELSE 6 END) "
+        f"END, spec_hash = ? FROM images WHERE {_PRESET_WHERE} ORDER BY end_open_time_ms",
+        (spec_hash, *_preset_args(preset, symbol, interval)))
+    cursor.row_factory = None
+    table = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 4)
+    return Indexed(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy(), table[:, 3].astype(bool))
 
 
-def indexed_values(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
-                   end_ms: np.ndarray, column: str) -> dict[int, Any]:
-    """`column` (id or input_fingerprint) of the rows for the windows ending at `end_ms` (sorted), in one query."""
-    if column not in ("id", "input_fingerprint"):
-        raise ValueError(f"not a column to look up by window: {column}")
-    if len(end_ms) == 0:
-        return {}
-    rows = conn.execute(f"SELECT end_open_time_ms, {column} FROM images WHERE {_PRESET_WHERE} "
-                        "AND end_open_time_ms BETWEEN ? AND ?",
-                        (*_preset_args(preset, symbol, interval), int(end_ms[0]), int(end_ms[-1])))
-    wanted = set(end_ms.tolist())
-    return {end: value for end, value in rows if end in wanted}
+def values_by_id(conn: sqlite3.Connection, ids: Iterable[int], columns: Sequence[str]) -> dict[int, sqlite3.Row]:
+    """The named columns of the rows with these ids (in batches of 500 ids per query)."""
+    ids = [int(i) for i in ids]
+    bad = [c for c in columns if c not in IMAGE_COLUMNS]
+    if bad:
+        raise ValueError(f"not image columns: {bad}")
+    out: dict[int, sqlite3.Row] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        for row in conn.execute(f"SELECT id, {', '.join(columns)} FROM images "
+                                f"WHERE id IN ({', '.join('?' * len(part))})", part):
+            out[row["id"]] = row
+    return out
 
 
 def read_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, interval: str) -> dict[int, str]:
-    return dict(conn.execute("SELECT month, digest FROM month_digests WHERE preset = ? AND symbol = ? "
-                             "AND interval = ?", (preset, symbol, interval)))
+    return {row["month"]: row["digest"] for row in conn.execute(
+        "SELECT month, digest FROM month_digests WHERE preset = ? AND symbol = ? AND interval = ?",
+        (preset, symbol, interval))}
 
 
 def write_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, interval: str,
                         digests: dict[int, str]) -> None:
+    """Replace the memo of the given months (others are kept)."""
+    if not digests:
+        return
     with immediate(conn):
-        conn.execute("DELETE FROM month_digests WHERE preset = ? AND symbol = ? AND interval = ?",
-                     (preset, symbol, interval))
-        conn.executemany("INSERT INTO month_digests VALUES (?, ?, ?, ?, ?)",
+        conn.executemany("INSERT INTO month_digests VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                         "digest = excluded.digest",
                          ((preset, symbol, interval, month, digest) for month, digest in digests.items()))
 
 

@@ -1,7 +1,8 @@
 """Where images live: relative paths, file names, atomic writes, and parsing names back.
 
 `{SYM}/{IV}/{YYYY}/{MM}/{SYM}_{IV}_{YYYY-MM-DDTHH-MM-SS}_px{SIZE}_w{WINDOW}[_{TAG}]_v{VERSION}.png`
-The tag names non-default presets (jkx, mpl-<style>), so two presets never share a path.
+The tag names non-default presets (jkx, mpl-<style>: the style registry in chart/styles.py maps tags
+to styles), so two presets never share a path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
+import chart
 from cache.system import syncfs
 
 TEMP_PREFIX = "."
@@ -21,7 +23,7 @@ TEMP_SUFFIX = ".tmp"
 _NAME_RE = re.compile(
     r"^(?P<symbol>[A-Z0-9][A-Z0-9_-]{0,39})_(?P<interval>[0-9]+(?:s|m|h|d|w|mo))_"
     r"(?P<stamp>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})_px(?P<size>\d+(?:x\d+)?)_w(?P<window>\d+)"
-    r"(?:_(?P<tag>jkx|mpl-[a-z0-9_-]+))?_v(?P<version>\d+)\.png$")
+    r"(?:_(?P<tag>[a-z][a-z0-9-]*(?:_[a-z0-9-]+)*))?_v(?P<version>\d+)\.png$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ def parse_relative_path(path: str) -> ImageName | None:
     """The name's parts when `path` is exactly where such an image belongs, else None."""
     match = _NAME_RE.match(os.path.basename(path))
     if not match:
+        return None
+    try:  # the style registry knows every tag; an unknown one is not our file
+        chart.style_from_tag(match["tag"] or "")
+    except chart.ChartError:
         return None
     stamp = time.strptime(match["stamp"], "%Y-%m-%dT%H-%M-%S")
     end_ms = calendar.timegm(stamp) * 1000

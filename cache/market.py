@@ -75,3 +75,12 @@ def read_series(conn: sqlite3.Connection, symbol: str, interval: str, sid: int,
     # Epoch milliseconds stay below 2**53, so the round trip through float64 is exact.
     times = table[:, 0].astype(np.int64)
     return Series(symbol, interval, times, np.ascontiguousarray(table[:, 1:]))
+
+
+def read_start(conn: sqlite3.Connection, sid: int, start_ms: int, candles: int) -> int | None:
+    """Where to read a series so that a window ending at or after `start_ms` has all its `candles`
+    (history included), counted in candles rather than time so that a gap cannot cut it short:
+    None when the series has no more than that before `start_ms` (read it whole)."""
+    row = conn.execute("SELECT open_time FROM candles WHERE series_id = ? AND open_time < ? "
+                       "ORDER BY open_time DESC LIMIT 1 OFFSET ?", (sid, start_ms, candles)).fetchone()
+    return None if row is None else row[0]

@@ -8,27 +8,28 @@ most files without rows, which repair adopts.
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 import os
+import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 import chart
-from core.hooks import Progress, no_progress, no_warn
-from cache import index, market
+from cache import index, market, reconcile
 from cache.executors import Run, chunk_windows, executor
 from cache.index import BatchWriter
-from cache.windows import (DueWindows, Series, due_windows, fingerprint, month_digests, touches_months,
-                           window_rows)
+from cache.reconcile import DRAW, DRAWABLE, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
+from cache.root import Tree, claim
+from cache.windows import due_windows
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
 from config import Settings
-from core.db import exclusive_lock
+from core.db import exclusive_lock, immediate
 from core.errors import LockHeld, MarketError
 from core.grid import INTERVAL_MS, check_symbol, now_ms
+from core.hooks import Progress, Warn, no_progress, no_warn
 
 @contextlib.contextmanager
 def run_lock(settings: Settings, command: str) -> Iterator[None]:
@@ -60,20 +61,7 @@ class Filters:
     intervals: list[str] | None = None
 
 
-@dataclass
-class SeriesPlan:
-    """What one series needs: windows to draw (with a reason), rows to record as missing."""
-
-    series: Series
-    draw: np.ndarray
-    draw_reason: list[str | None]
-    missing: list[tuple[int, str]]
-    counts: dict[str, int]
-    digests: dict[int, str]
-    stale_input: list[int]  # windows drawn and ok, whose candles changed since
-
-
-def select_series(conn, settings: Settings, filters: Filters, warn: Callable[[str], None]) -> list[tuple[str, str, int]]:
+def select_series(conn, settings: Settings, filters: Filters, warn: Warn) -> list[tuple[str, str, int]]:
     """The (symbol, interval, series id) to draw: configured (or filtered) and present in the market."""
     present = market.list_series(conn)
     symbols = filters.symbols or list(settings.pairs)
@@ -89,79 +77,122 @@ def select_series(conn, settings: Settings, filters: Filters, warn: Callable[[st
     return [(s, iv, present[(s, iv)]) for s in symbols for iv in intervals if (s, iv) in present]
 
 
-def plan_series(series: Series, indexed: index.Indexed, old_digests: dict[int, str], spec: chart.Spec,
-                settings: Settings, start_ms: int, end_ms: int, now: int,
-                recorded_fingerprints: Callable[[np.ndarray], dict[int, str | None]]) -> SeriesPlan:
-    """Compare the due windows of a series with the index: what to draw, what to record as missing.
-
-    Vectorised: a nightly run over a million indexed windows touches each in numpy, and computes
-    input fingerprints only for windows in months whose digest changed.
-    """
-    due: DueWindows = due_windows(series, spec.window_len, spec.history, settings.stride, start_ms, end_ms, now)
-    digests = month_digests(series)
-    changed = {m for m, d in digests.items() if old_digests.get(m) != d}
-    end_times = series.times[due.last]
-    known = len(indexed.end_ms)
-    pos = np.minimum(np.searchsorted(indexed.end_ms, end_times), max(known - 1, 0))
-    has_row = (indexed.end_ms[pos] == end_times) if known else np.zeros(len(end_times), bool)
-    ok = has_row & indexed.ok_current[pos] if known else has_row
-    recorded_missing = has_row & indexed.gap_missing[pos] if known else has_row
-
-    skip = due.short_history | (due.gap & (settings.gap_policy == "skip"))
-    why = np.where(due.short_history, "history", "gap")
-    record = skip & ~recorded_missing
-    missing = list(zip(due.last[record].tolist(), why[record].tolist()))
-
-    drawable = ~skip
-    recheck = np.flatnonzero(drawable & ok & touches_months(series, due.last, spec.window_len, spec.history,
-                                                            changed))
-    recorded = recorded_fingerprints(end_times[recheck])
-    changed_input = [i for i in recheck.tolist() if recorded.get(int(end_times[i])) !=
-                     fingerprint(series, window_rows(int(due.last[i]), spec.window_len, spec.history))]
-    stale_input = np.zeros(len(due.last), bool)
-    stale_input[changed_input] = True
-    to_draw = drawable & (~ok | stale_input)
-    new = to_draw & (~has_row | recorded_missing)
-    counts = dict(new=int(new.sum()), stale=int((to_draw & ~new).sum()), gap=int((skip & ~due.short_history).sum()),
-                  history=int(due.short_history.sum()), up_to_date=int((drawable & ok & ~stale_input).sum()))
-    draw = due.last[to_draw]
-    reasons = [("gap" if g else None) for g in due.gap[to_draw].tolist()]
-    return SeriesPlan(series, draw, reasons, missing, counts, digests, due.last[stale_input].tolist())
-
-
 def read_margin_ms(interval: str, candles: int) -> int:
     """How far before `start` to read so that the first due window has all its candles."""
     return (candles + 1) * (31 * 86_400_000 if interval == "1mo" else INTERVAL_MS[interval])
 
 
+def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, spec: chart.Spec,
+                     symbol: str, interval: str, sid: int, gap_policy: str, start_ms: int | None = None,
+                     due_range: tuple[int, int, int] | None = None) -> SeriesReconcile:
+    """Read one series (from `start_ms` on, with the candles its first window needs; whole when None)
+    and its index rows, and reconcile them. `due_range` = (stride, end_ms, now_ms) also plans the due
+    windows from `start_ms` on that have no row yet."""
+    preset = preset_of(spec)
+    need = spec.window_len + spec.history
+    read_from = None if start_ms is None else market.read_start(market_conn, sid, start_ms, need)
+    series = market.read_series(market_conn, symbol, interval, sid, read_from)
+    due = None
+    if due_range is not None:
+        stride, end_ms, now = due_range
+        due = due_windows(series, spec.window_len, spec.history, stride, start_ms or -(2**62), end_ms, now)
+    indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
+    memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval)
+    fingerprints = lambda ids: {i: r["input_fingerprint"]  # noqa: E731
+                                for i, r in index.values_by_id(index_conn, ids, ["input_fingerprint"]).items()}
+    return reconcile.reconcile(series, read_from is None, indexed, memo, spec.window_len, spec.history,
+                               gap_policy, due, fingerprints)
+
+
+def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile) -> int:
+    """Record the rows found stale together with the memo that no longer re-checks them (one
+    transaction: the memo never vouches for a row still called ok). Returns how many were marked."""
+    stale = np.flatnonzero(rec.newly_stale)
+    label = preset_label(preset_of(spec))
+    now = index.utc_now()
+    with immediate(index_conn):
+        index_conn.executemany("UPDATE images SET status = 'stale', reason = ?, updated_utc = ? WHERE id = ?",
+                               ((rec.row_reason[i], now, int(rec.indexed.row_id[i])) for i in stale.tolist()))
+        index_conn.executemany(
+            "INSERT INTO month_digests VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET digest = excluded.digest",
+            ((label, rec.series.symbol, rec.series.interval, m, d) for m, d in rec.memo.items()))
+    return len(stale)
+
+
+@dataclass
+class SeriesPlan:
+    """What render does for one series: windows to draw (with the reason recorded with each image),
+    rows to record as having no image, files to retire."""
+
+    rec: SeriesReconcile
+    draw: np.ndarray
+    draw_reason: list[str | None]
+    record: list[tuple[int, str, str | None]]  # (window last index, reason, path of a file to retire)
+    counts: dict[str, int]
+    note: str | None = None
+
+
+def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None) -> SeriesPlan:
+    """Render's share of the reconciler's actions: those of the due windows (its filters and range)."""
+    series = rec.series
+    # Rows inside the render's range: in [start, end) of due windows on the stride grid are exactly
+    # the due ones; rows outside were judged (and marked) but are left to repair.
+    due_rows = np.zeros(len(rec.row_action), bool)
+    if rec.due_ends is not None:
+        due_rows = np.isin(rec.indexed.end_ms, rec.due_ends)
+    new_draw = rec.new_desired == DRAWABLE
+    row_draw = due_rows & (rec.row_action == DRAW)
+    last = np.concatenate([rec.new_last[new_draw], rec.row_last[row_draw]])
+    gaps = np.concatenate([rec.new_gap[new_draw], rec.row_gap[row_draw]])
+    order = np.argsort(last, kind="stable")
+    draw, gaps = last[order], gaps[order]
+    reasons = ["gap" if g else None for g in gaps.tolist()]
+
+    names = {GAP: "gap", HISTORY: "history"}
+    record = [(int(i), names[int(w)], None) for i, w in zip(rec.new_last[~new_draw], rec.new_desired[~new_draw])]
+    for i in np.flatnonzero(due_rows & np.isin(rec.row_action, (RECORD, RETIRE))).tolist():
+        retire = rec.row_action[i] == RETIRE
+        record.append((int(rec.row_last[i]), names[int(rec.row_desired[i])], "retire" if retire else None))
+    state = rec.indexed.state
+    settled = due_rows & (rec.row_action == 0)
+    counts = dict(new=int(new_draw.sum()), stale=int(row_draw.sum()),
+                  gap=int((rec.new_desired == GAP).sum() + (due_rows & (rec.row_desired == GAP)).sum()),
+                  history=int((rec.new_desired == HISTORY).sum() + (due_rows & (rec.row_desired == HISTORY)).sum()),
+                  undrawable=int((settled & (state == ENGINE)).sum()),
+                  up_to_date=int((settled & (state == OK)).sum()),
+                  marked_stale=int(rec.newly_stale.sum()))
+    note = None
+    if len(series.times) < spec.window_len:
+        note = (f"{series.symbol} {series.interval}: {len(series.times)} candles"
+                f"{' from --start on' if start_ms is not None else ''}, fewer than the {spec.window_len}-candle "
+                "window: no windows to draw")
+    return SeriesPlan(rec, draw, reasons, record, counts, note)
+
+
 def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: chart.Spec,
-         warn: Callable[[str], None]) -> list[SeriesPlan]:
+         warn: Warn) -> list[SeriesPlan]:
     start_ms = settings.start_ms
     now = now_ms()
     end_ms = settings.end_ms or now
-    preset = preset_of(spec)
     plans = []
     for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
-        series = market.read_series(market_conn, symbol, interval, sid,
-                                    start_ms - read_margin_ms(interval, spec.window_len + spec.history))
-        indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
-        old = index.read_month_digests(index_conn, preset_label(preset), symbol, interval)
-        plans.append(plan_series(series, indexed, old, spec, settings, start_ms, end_ms, now,
-                                 partial(index.indexed_values, index_conn, preset, symbol, interval,
-                                         column="input_fingerprint")))
+        rec = reconcile_series(market_conn, index_conn, spec, symbol, interval, sid, settings.gap_policy,
+                               start_ms, (settings.stride, end_ms, now))
+        plans.append(plan_render(rec, spec, start_ms))
     return plans
 
-
-# ------------------------------------------------------------------------------------------ render
 
 @dataclass
 class RenderResult:
     dry_run: bool
     plan: dict[str, dict[str, int]] = field(default_factory=dict)
     drawn: int = 0
-    missing: int = 0
-    undrawable: int = 0
+    recorded: int = 0       # windows recorded as having no image (gap under skip, history)
+    retired: int = 0        # images removed because their window may have none any more
+    undrawable: int = 0     # windows the engine refused (recorded, not re-attempted)
     up_to_date: int = 0
+    marked_stale: int = 0   # rows outside this run's range found stale (left to repair or a wider render)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
 
@@ -170,53 +201,74 @@ class RenderResult:
         return self.error is None
 
     @property
+    def attempted(self) -> int:
+        return self.drawn + self.recorded + self.retired + self.undrawable
+
+    @property
     def images_per_second(self) -> float:
         return self.drawn / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "missing": self.missing,
-                "undrawable": self.undrawable, "up_to_date": self.up_to_date,
-                "seconds": round(self.seconds, 3), "images_per_second": round(self.images_per_second, 1),
-                "error": self.error}
+        return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
+                "retired": self.retired, "undrawable": self.undrawable, "up_to_date": self.up_to_date,
+                "marked_stale": self.marked_stale, "notes": self.notes, "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
     def text(self) -> str:
+        lines = list(self.notes)
         if self.dry_run:
-            lines = ["series                new    stale    gap  history  up-to-date"]
+            lines.append("series                new    stale    gap  history  undrawable  up-to-date")
             for name, c in self.plan.items():
                 lines.append(f"{name:<20} {c['new']:>5} {c['stale']:>8} {c['gap']:>6} {c['history']:>8} "
-                             f"{c['up_to_date']:>11}")
-            total = sum(c["new"] + c["stale"] for c in self.plan.values())
-            lines.append(f"would draw {total} images (dry run: nothing written)")
-            return "\n".join(lines)
-        if self.drawn == 0 and self.missing == 0 and self.error is None:
-            return f"nothing to draw: {self.up_to_date} images up to date ({self.seconds:.2f} s)"
-        text = (f"drawn {self.drawn}, up to date {self.up_to_date}, missing {self.missing} (gaps/history), "
-                f"undrawable {self.undrawable}, {self.seconds:.2f} s, {self.images_per_second:.1f} images/s")
-        return text
+                             f"{c['undrawable']:>11} {c['up_to_date']:>11}")
+            lines.append(f"would draw {self.drawn} images (dry run: nothing written)")
+        elif self.attempted == 0 and self.error is None:
+            lines.append(f"nothing to draw: {self.up_to_date} images up to date, {self.undrawable} undrawable "
+                         f"({self.seconds:.2f} s)")
+        else:
+            lines.append(f"drawn {self.drawn}, up to date {self.up_to_date}, no image {self.recorded} "
+                         f"(gaps/history), undrawable {self.undrawable}, retired {self.retired}, "
+                         f"{self.seconds:.2f} s, {self.images_per_second:.1f} images/s")
+        if self.marked_stale:
+            lines.append(f"{self.marked_stale} images outside this run's range were found stale and marked "
+                         "(a render over their range, or repair, re-draws them)")
+        return "\n".join(lines)
 
 
 def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool = False, limit: int | None = None,
-           progress: Progress = no_progress, warn: Callable[[str], None] = no_warn) -> RenderResult:
-    """Draw the due windows the index does not hold as ok with the current spec and input."""
+           progress: Progress = no_progress, warn: Warn = no_warn) -> RenderResult:
+    """Apply the reconciler's draw and record actions to the due windows of the configured preset."""
     filters = filters or Filters()
+    if limit is not None and limit < 0:
+        raise MarketError(f"--limit must be 0 or more, got {limit}")
     spec = make_spec(settings)
     began = time.monotonic()
     result = RenderResult(dry_run=dry_run)
     # A dry run writes nothing: no lock file, and no index file where there is none yet.
     lock = contextlib.nullcontext() if dry_run else run_lock(settings, "render")
-    with lock, (contextlib.nullcontext(None) if dry_run else executor(settings)) as run:
+    with lock:
         market_conn = market.open_market(settings.market_db_path)
         fresh = dry_run and not os.path.exists(settings.image_index_db)
         index_conn = index.connect(":memory:" if fresh else settings.image_index_db)
         try:
+            if not dry_run:
+                is_new = index_conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0
+                claim(settings.image_root_dir, index.index_id(index_conn), settings.image_index_db, is_new)
             plans = plan(settings, filters, market_conn, index_conn, spec, warn)
             market_conn.close()
-            result.plan = {f"{p.series.symbol} {p.series.interval}": p.counts for p in plans}
+            _limit(plans, limit)
+            result.plan = {f"{p.rec.series.symbol} {p.rec.series.interval}": p.counts for p in plans}
             result.up_to_date = sum(p.counts["up_to_date"] for p in plans)
-            if not dry_run:
+            result.undrawable = sum(p.counts["undrawable"] for p in plans)
+            result.notes = [p.note for p in plans if p.note]
+            if dry_run:
+                result.drawn = sum(len(p.draw) for p in plans)
+                result.marked_stale = sum(p.counts["marked_stale"] for p in plans)
+            else:
                 run_id = index.start_run(index_conn, "render", {**settings.__dict__, **filters.__dict__,
                                                                  "limit": limit})
-                _draw_plans(plans, spec, settings, index_conn, run, result, limit, progress, warn)
+                with executor(settings) as run:
+                    _apply(plans, spec, settings, index_conn, run, result, progress, warn)
                 result.seconds = time.monotonic() - began
                 index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
         finally:
@@ -225,31 +277,38 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
     return result
 
 
-def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_conn, run: Run,
-                result: RenderResult, limit: int | None, progress: Progress, warn: Callable[[str], None]) -> None:
+def _limit(plans: list[SeriesPlan], limit: int | None) -> None:
+    """Keep the first `limit` windows to draw, series by series (records are cheap and always kept)."""
+    if limit is None:
+        return
+    for p in plans:
+        p.draw, p.draw_reason = p.draw[:limit], p.draw_reason[:limit]
+        limit -= len(p.draw)
+
+
+def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_conn, run: Run,
+           result: RenderResult, progress: Progress, warn: Warn) -> None:
     preset = preset_of(spec)
     # Absolute: workers (Dask ones especially) may run in another working directory.
     root = os.path.abspath(settings.image_root_dir)
+    tree = Tree(root)
     writer = BatchWriter(index_conn)
-    budget = limit if limit is not None else None
+    chunk_size = chunk_windows(sum(len(p.draw) for p in plans), settings.workers)
     chunks: list[Chunk] = []
-    complete: list[SeriesPlan] = []  # series whose whole plan runs in this render
-    planned = sum(len(p.draw) for p in plans) if budget is None else min(budget, sum(len(p.draw) for p in plans))
-    chunk_size = chunk_windows(planned, settings.workers)
     for p in plans:
-        for last, why in p.missing:
-            row = base_row(Chunk(spec, preset, root, p.series, np.empty(0, np.int64), ()), int(p.series.times[last]))
-            row.reason = why
-            row.input_fingerprint = fingerprint(p.series, window_rows(last, spec.window_len, spec.history))
+        result.marked_stale += record_findings(index_conn, spec, p.rec)
+        series = p.rec.series
+        for last, why, retire in p.record:
+            row = base_row(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()), int(series.times[last]))
+            row.status, row.reason = "undrawable", why
+            if retire:  # file first, then row: a crash in between leaves a row repair settles
+                tree.remove(row.file_path)
+                result.retired += 1
+            else:
+                result.recorded += 1
             writer.add([row])
-            result.missing += 1
-        draw, reasons = p.draw, p.draw_reason
-        if budget is not None:
-            draw, reasons = draw[:budget], reasons[:budget]
-            budget -= len(draw)
-        if len(draw) == len(p.draw):
-            complete.append(p)
-        chunks.extend(split_months(p.series, draw, reasons, spec, preset, root, chunk_size))
+        chunks.extend(split_months(series, p.draw, p.draw_reason, spec, preset, root, chunk_size))
+    writer.flush()
     total = sum(len(c.last) for c in chunks)
     bar = iter(progress(range(total), total=total, desc="render", unit="img"))
     logged = time.monotonic()
@@ -273,8 +332,5 @@ def _draw_plans(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, i
             result.drawn += len(exc.rows)
         detail = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         result.error = f"render stopped, a worker failed: {detail}"
-        complete = []
     finally:
         writer.flush()
-    for p in complete:
-        index.write_month_digests(index_conn, preset_label(preset), p.series.symbol, p.series.interval, p.digests)

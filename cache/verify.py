@@ -1,9 +1,11 @@
-"""verify and repair: compare the index with the files and the market, record what is wrong, mend it.
+"""verify and repair: thin drivers over the reconciler, plus the checks of what is on disk.
 
-verify never touches an image; it records statuses in the index. repair re-draws what is missing,
-corrupt or stale, adopts files that have no row when they equal a fresh render (a crash between
-file and row leaves such files), removes everything else that does not belong, and rebuilds a lost
-index from the files (`--reindex`).
+verify never touches an image: it records what it finds in the index (stale, corrupt, missing) and
+reports it, so that a second verify reports exactly the same. repair applies every action: it re-draws
+what is stale, corrupt or missing, removes images whose window may have none any more, adopts files
+that have no row when they equal a fresh render (a crash between file and row leaves such files),
+removes our temp files and our other files, and rebuilds a lost index from the files (`--reindex`).
+Files that are not ours (other names, links, pipes) are reported and never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -22,21 +24,21 @@ from typing import Any
 import numpy as np
 
 import chart
-from core.hooks import Progress, no_progress, no_warn
 from cache import executors, index, market, runner
-from cache.index import BatchWriter
-from cache.layout import ImageName, is_temp_name, parse_relative_path
+from cache.index import ENGINE_PREFIX, BatchWriter
+from cache.layout import parse_relative_path
+from cache.reconcile import DRAW, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
+from cache.root import Tree, check_owned, check_part, read_marker
+from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
-from cache.runner import Filters, preset_of
-from cache.windows import Series
-from cache.work import Chunk, adopt_chunk, draw_chunk, split_months
+from cache.windows import Series, window_gaps
+from cache.work import adopt_chunk, draw_chunk, split_months
 from config import Settings
 from core.errors import MarketError
-from core.grid import grid_index
+from core.hooks import Progress, Warn, no_progress, no_warn
 
 PROBLEMS = ("missing", "corrupt", "stale", "orphan", "temp")
-FILE_STATUSES = ("ok", "corrupt", "stale", "missing")
-NO_FILE_REASONS = ("gap", "history")
+NO_IMAGE = {GAP: "gap", HISTORY: "history"}
 
 
 @dataclass
@@ -51,7 +53,8 @@ class VerifyResult:
     deep: bool
     checked: int = 0
     problems: list[Problem] = field(default_factory=list)
-    gap_windows: int = 0
+    foreign: list[str] = field(default_factory=list)  # not ours: reported, never touched, not a failure
+    no_image: dict[str, int] = field(default_factory=dict)  # undrawable windows by reason: counts
     not_rendered: int = 0
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -68,20 +71,24 @@ class VerifyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"deep": self.deep, "checked": self.checked, "counts": self.counts(),
-                "problems": [p.__dict__ for p in self.problems], "gap_windows": self.gap_windows,
-                "not_rendered": self.not_rendered, "notes": self.notes, "seconds": round(self.seconds, 3),
-                "ok": self.ok}
+                "problems": [p.__dict__ for p in self.problems], "foreign": self.foreign,
+                "no_image": self.no_image, "not_rendered": self.not_rendered, "notes": self.notes,
+                "seconds": round(self.seconds, 3), "ok": self.ok}
 
     def text(self) -> str:
         mode = "deep" if self.deep else "fast"
         lines = [f"{p.kind:8} {p.path}: {p.detail}" for p in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"… and {len(self.problems) - 50} more (use --json for all)")
+        lines += [f"foreign  {path}: not ours, left alone" for path in self.foreign[:20]]
+        if len(self.foreign) > 20:
+            lines.append(f"… and {len(self.foreign) - 20} more foreign entries")
         lines += [f"note: {note}" for note in self.notes]
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items() if n)
-        lines.append(f"verify ({mode}): {self.checked} images checked, "
-                     f"{counts or 'no problems'}; {self.gap_windows} windows missing because of source gaps; "
-                     f"{self.not_rendered} due windows not rendered yet ({self.seconds:.2f} s)")
+        no_image = ", ".join(f"{n} {k}" for k, n in sorted(self.no_image.items()) if n) or "none"
+        lines.append(f"verify ({mode}): {self.checked} images checked, {counts or 'no problems'}; "
+                     f"windows without an image: {no_image}; {self.not_rendered} due windows not rendered yet "
+                     f"({self.seconds:.2f} s)")
         return "\n".join(lines)
 
 
@@ -90,18 +97,16 @@ class VerifyResult:
 def check_files(root: str, items: list[tuple], deep: bool) -> list[tuple[int, str, str | None]]:
     """(id, status, reason) for each (id, path, size, width, height, sha256); runs in workers for --deep."""
     tune_allocator()
+    tree = Tree(root)
     out = []
     for row_id, path, size, width, height, sha in items:
-        full = os.path.join(root, path)
         try:
-            actual = os.stat(full).st_size
-            with open(full, "rb") as handle:
-                data = handle.read() if deep else handle.read(33)
+            actual, data = tree.read(path, None if deep else 33)
         except FileNotFoundError:
             out.append((row_id, "missing", "file missing"))
             continue
-        except OSError as exc:
-            out.append((row_id, "corrupt", f"unreadable: {exc.strerror}"))
+        except (OSError, MarketError) as exc:
+            out.append((row_id, "corrupt", f"unreadable: {getattr(exc, 'strerror', None) or exc}"))
             continue
         if actual != size:
             out.append((row_id, "corrupt", f"size {actual} bytes, indexed {size}"))
@@ -142,115 +147,207 @@ def _check_all(root: str, items: list[tuple], deep: bool, settings: Settings,
             yield from found
 
 
-# ------------------------------------------------------------------------------------------ verify
+# ------------------------------------------------------------------------------------------ inspection
 
-def _where(filters: Filters) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if filters.symbols:
-        clauses.append(f"symbol IN ({', '.join('?' * len(filters.symbols))})")
-        params += filters.symbols
-    if filters.intervals:
-        clauses.append(f"interval IN ({', '.join('?' * len(filters.intervals))})")
-        params += filters.intervals
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _spec_of_row(style: str, size: int, window: int, version: int) -> chart.Spec | None:
+def spec_of_preset(preset: dict[str, Any]) -> chart.Spec | None:
     try:
-        return chart.make_spec(style, size, window, version, jkx_height=size)
+        return chart.make_spec(preset["style_name"], preset["img_size_px"], preset["window_len"],
+                               preset["style_version"], jkx_height=preset["img_size_px"])
     except chart.ChartError:
         return None
 
 
-def _scan_root(root: str, filters: Filters) -> tuple[list[str], list[str]]:
-    """Relative paths of every file under the image root (within the filters): (files, temp files)."""
-    tops = [root]
-    if filters.symbols:
-        tops = [os.path.join(root, s) for s in filters.symbols]
-        if filters.intervals:
-            tops = [os.path.join(t, iv) for t in tops for iv in filters.intervals]
-    files, temps = [], []
-    for top in tops:
-        for folder, _, names in os.walk(top):
-            for name in names:
-                rel = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-                (temps if is_temp_name(name) else files).append(rel)
-    return sorted(files), sorted(temps)
+@dataclass
+class Inspection:
+    """What verify found, and what repair needs to act on it."""
+
+    result: VerifyResult
+    series: dict[tuple[str, str], Series] = field(default_factory=dict)
+    redraw: dict[tuple[str, str, chart.Spec], list[int]] = field(default_factory=lambda: defaultdict(list))
+    retire: list[tuple[int, str, str]] = field(default_factory=list)  # (row id, path, reason)
+    drop: list[tuple[int, str]] = field(default_factory=list)  # (row id, path)
+    orphans: list[str] = field(default_factory=list)
+    temps: list[str] = field(default_factory=list)
+    unrepairable: list[str] = field(default_factory=list)
 
 
-def verify_index(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep: bool,
-                 progress: Progress, warn: Callable[[str], None]) -> VerifyResult:
-    """Check files, specs, inputs and the image root; record statuses; report every problem."""
+def check_filters(filters: Filters) -> None:
+    """Symbols and intervals become path components: validated before any file-system call."""
+    for symbol in filters.symbols or []:
+        check_part("symbol", symbol)
+    for interval in filters.intervals or []:
+        check_part("interval", interval)
+
+
+def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep: bool,
+            progress: Progress, warn: Warn) -> Inspection:
+    """Reconcile every preset of the index with the market and the files; record what is found."""
     began = time.monotonic()
-    result = VerifyResult(deep=deep)
-    where, params = _where(filters)
-    rows = conn.execute("SELECT id, file_path, file_size, width_px, height_px, sha256, status, reason, spec_hash, "
-                        "style_name, img_size_px, window_len, style_version FROM images" + where, params).fetchall()
-    by_id = {row[0]: row for row in rows}
-    with_file = [row for row in rows if not (row[6] == "missing" and row[7] in NO_FILE_REASONS)]
-    result.gap_windows = len(rows) - len(with_file)
-    result.checked = len(with_file)
+    found = Inspection(VerifyResult(deep=deep))
+    result = found.result
     root = settings.image_root_dir
-    findings: dict[int, tuple[str, str | None]] = {}
-    for row_id, status, reason in _check_all(root, [r[:6] for r in with_file], deep, settings, progress):
-        findings[row_id] = (status, reason)
-    specs: dict[tuple, chart.Spec | None] = {}
-    for row in with_file:
-        if findings[row[0]][0] != "ok":
-            continue
-        key = tuple(row[9:13])
-        if key not in specs:
-            specs[key] = _spec_of_row(*key)
-        if specs[key] is None or specs[key].spec_hash != row[8]:
-            findings[row[0]] = ("stale", "drawn with another render spec")
-    _find_stale_inputs(conn, settings, filters, findings, result, warn)
-    changes = []
-    for row_id, (status, reason) in findings.items():
-        row = by_id[row_id]
-        if status != "ok":
-            result.problems.append(Problem(status, row[1], reason or status))
-        if (status, reason) != (row[6], row[7]) and not (status == "ok" and row[6] == "ok"):
-            changes.append((row_id, status, reason))
-    index.set_status(conn, changes)
-    known = {path for (path,) in conn.execute("SELECT file_path FROM images")}
-    files, temps = _scan_root(root, filters)
-    result.problems += [Problem("orphan", path, "no index row") for path in files if path not in known]
-    result.problems += [Problem("temp", path, "leftover temporary file") for path in temps]
-    result.seconds = time.monotonic() - began
-    return result
-
-
-def _find_stale_inputs(conn: sqlite3.Connection, settings: Settings, filters: Filters,
-                       findings: dict[int, tuple[str, str | None]], result: VerifyResult,
-                       warn: Callable[[str], None]) -> None:
-    """Rows of the configured preset whose candles changed since they were drawn."""
-    if not os.path.isfile(settings.market_db_path):
+    where, params = index.series_where(filters.symbols, filters.intervals)
+    market_conn = None
+    if os.path.isfile(settings.market_db_path):
+        market_conn = market.open_market(settings.market_db_path)
+        present = market.list_series(market_conn)
+    else:
         result.notes.append(f"market database {settings.market_db_path} not found: inputs not checked")
-        return
-    spec = runner.make_spec(settings)
-    preset = preset_of(spec)
-    market_conn = market.open_market(settings.market_db_path)
+        present = {}
     try:
-        plans = runner.plan(settings, filters, market_conn, conn, spec, warn)
+        for preset in index.presets(conn, filters.symbols, filters.intervals):
+            _inspect_preset(conn, market_conn, present, preset, settings, filters, found)
+        _count_not_rendered(conn, market_conn, settings, filters, result, warn)
     finally:
-        market_conn.close()
-    for p in plans:
-        result.not_rendered += p.counts["new"]
-        ids = index.indexed_values(conn, preset, p.series.symbol, p.series.interval,
-                                   p.series.times[p.stale_input], column="id")
-        for row_id in ids.values():
-            if findings.get(row_id, ("ok",))[0] == "ok":
-                findings[row_id] = ("stale", "candles changed since drawn")
+        if market_conn is not None:
+            market_conn.close()
+
+    settled = {pid for pid, *_ in found.retire} | {pid for pid, _ in found.drop} | \
+        {pid for ids in found.redraw.values() for pid in ids}
+    with_file = [row for row in conn.execute(
+        "SELECT id, file_path, file_size, width_px, height_px, sha256 FROM images"
+        + (where + " AND" if where else " WHERE") + " status = 'ok'", params) if row["id"] not in settled]
+    result.checked = len(with_file)
+    changes = []
+    by_id = {row["id"]: row for row in with_file}
+    for row_id, status, reason in _check_all(root, [tuple(r) for r in with_file], deep, settings, progress):
+        if status != "ok":
+            changes.append((row_id, status, reason))
+            result.problems.append(Problem(status, by_id[row_id]["file_path"], reason or status))
+    index.set_status(conn, changes)
+    for row_id, status, _ in changes:
+        found.redraw[_redraw_key(conn, row_id, found)].append(row_id)
+
+    known = {row["file_path"] for row in conn.execute("SELECT file_path FROM images" + where, params)}
+    tops = [s for s in (filters.symbols or [""])]
+    if filters.symbols and filters.intervals:
+        tops = [f"{s}/{iv}" for s in filters.symbols for iv in filters.intervals]
+    for kind, path in Tree(root).walk(tops):
+        if kind == "temp":
+            found.temps.append(path)
+            result.problems.append(Problem("temp", path, "leftover temporary file"))
+        elif kind == "file" and path not in known:
+            if parse_relative_path(path) is None:
+                result.foreign.append(path)
+            else:
+                found.orphans.append(path)
+                result.problems.append(Problem("orphan", path, "no index row"))
+        elif kind == "foreign":
+            result.foreign.append(path)
+    result.seconds = time.monotonic() - began
+    return found
+
+
+def _redraw_key(conn: sqlite3.Connection, row_id: int, found: Inspection) -> tuple[str, str, chart.Spec]:
+    row = conn.execute(f"SELECT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images WHERE id = ?",
+                       (row_id,)).fetchone()
+    return row["symbol"], row["interval"], spec_of_preset(dict(row))
+
+
+def _inspect_preset(conn: sqlite3.Connection, market_conn, present: dict, preset: dict[str, Any],
+                    settings: Settings, filters: Filters, found: Inspection) -> None:
+    result = found.result
+    spec = spec_of_preset(preset)
+    label = preset_label(preset)
+    for symbol, interval in index.indexed_series(conn, preset):
+        if (filters.symbols and symbol not in filters.symbols) or \
+                (filters.intervals and interval not in filters.intervals):
+            continue
+        if spec is None:
+            for row in conn.execute("SELECT file_path FROM images WHERE symbol = ? AND interval = ? AND "
+                                    "style_name = ? AND status != 'undrawable'", (symbol, interval,
+                                                                                 preset["style_name"])):
+                found.unrepairable.append(f"{row['file_path']} (unknown style {preset['style_name']!r})")
+            continue
+        sid = present.get((symbol, interval))
+        if sid is None:
+            if market_conn is not None:
+                result.notes.append(f"{symbol} {interval} is not in the market database: {label} inputs not checked")
+            continue
+        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy)
+        found.series.setdefault((symbol, interval), rec.series)
+        runner.record_findings(conn, spec, rec)
+        _collect(conn, spec, rec, found)
+
+
+def _collect(conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile, found: Inspection) -> None:
+    """Turn one series' actions into problems to report and work for repair."""
+    result = found.result
+    series = rec.series
+    action = rec.row_action
+    interesting = np.flatnonzero(action != 0)
+    details = index.values_by_id(conn, rec.indexed.row_id[interesting], ["file_path", "status", "reason"])
+    records = []
+    for i in interesting.tolist():
+        row_id = int(rec.indexed.row_id[i])
+        row = details[row_id]
+        if action[i] == DRAW:
+            if row["status"] == "undrawable" and not (row["reason"] or "").startswith(ENGINE_PREFIX):
+                result.not_rendered += 1  # a gap filled, or history grown: drawable now
+                continue
+            found.redraw[(series.symbol, series.interval, spec)].append(row_id)
+            kind = row["status"] if row["status"] in ("corrupt", "missing") else "stale"
+            result.problems.append(Problem(kind, row["file_path"], rec.row_reason[i] or row["reason"] or kind))
+        elif action[i] == RETIRE:
+            found.retire.append((row_id, row["file_path"], NO_IMAGE[int(rec.row_desired[i])]))
+            result.problems.append(Problem("stale", row["file_path"], f"image should not exist: {rec.row_reason[i]}"))
+        elif action[i] == DROP:
+            found.drop.append((row_id, row["file_path"]))
+            result.problems.append(Problem("stale", row["file_path"], rec.row_reason[i]))
+        elif action[i] == RECORD:
+            records.append((row_id, "undrawable", NO_IMAGE[int(rec.row_desired[i])]))
+    index.set_status(conn, records)
+    for reason, count in conn.execute(
+            "SELECT CASE WHEN reason LIKE ? THEN 'engine' ELSE reason END, count(*) FROM images "
+            "WHERE status = 'undrawable' AND symbol = ? AND interval = ? AND style_name = ? AND img_size_px = ? "
+            "AND window_len = ? AND style_version = ? GROUP BY 1",
+            (ENGINE_PREFIX + "%", series.symbol, series.interval, *preset_of(spec).values())):
+        result.no_image[reason] = result.no_image.get(reason, 0) + count
+
+
+def _count_not_rendered(conn: sqlite3.Connection, market_conn, settings: Settings, filters: Filters,
+                        result: VerifyResult, warn: Warn) -> None:
+    """Due windows of the configured preset that have no row yet: a count, never a failure."""
+    if market_conn is None:
+        return
+    try:
+        spec = runner.make_spec(settings)
+    except chart.ChartError:
+        return
+    for plan in runner.plan(settings, filters, market_conn, conn, spec, warn):
+        result.not_rendered += plan.counts["new"]
+
+
+# ------------------------------------------------------------------------------------------ verify
+
+def open_owned(settings: Settings, create: bool = False) -> sqlite3.Connection:
+    """The index, and proof that the image root is the one it belongs to."""
+    try:
+        conn = index.connect(settings.image_index_db, create=create)
+    except index.DamagedIndex as exc:
+        # Advise a rebuild only where it is right: the image root names this file as its index.
+        marker = read_marker(settings.image_root_dir) if os.path.isdir(settings.image_root_dir) else None
+        if marker is not None and marker.index_path == os.path.abspath(settings.image_index_db):
+            raise index.DamagedIndex(f"{exc}; the image root {settings.image_root_dir} names it as its "
+                                     "index: run `repair --reindex` to rebuild it from the image files") from None
+        raise
+    try:
+        check_owned(settings.image_root_dir, index.index_id(conn))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = False,
-           progress: Progress = no_progress,
-           warn: Callable[[str], None] = no_warn) -> VerifyResult:
+           progress: Progress = no_progress, warn: Warn = no_warn) -> VerifyResult:
+    filters = filters or Filters()
+    check_filters(filters)
     with runner.run_lock(settings, "verify"):
-        conn = index.connect(settings.image_index_db, create=False)
+        conn = open_owned(settings)
         try:
-            run_id = index.start_run(conn, "verify", {"deep": deep, **(filters or Filters()).__dict__})
-            result = verify_index(conn, settings, filters or Filters(), deep, progress, warn)
+            run_id = index.start_run(conn, "verify", {"deep": deep, **filters.__dict__})
+            result = inspect(conn, settings, filters, deep, progress, warn).result
             index.finish_run(conn, run_id, result.counts(), 0 if result.ok else 1)
             return result
         finally:
@@ -265,6 +362,8 @@ class RepairResult:
     redrawn: int = 0
     adopted: int = 0
     removed: int = 0
+    retired: int = 0
+    foreign: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
     reindexed_from: str | None = None
     seconds: float = 0.0
@@ -275,22 +374,34 @@ class RepairResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"found": self.found, "redrawn": self.redrawn, "adopted": self.adopted, "removed": self.removed,
-                "unrepairable": self.unrepairable, "reindexed_from": self.reindexed_from,
-                "seconds": round(self.seconds, 3), "ok": self.ok}
+                "retired": self.retired, "foreign": self.foreign, "unrepairable": self.unrepairable,
+                "reindexed_from": self.reindexed_from, "seconds": round(self.seconds, 3), "ok": self.ok}
 
     def text(self) -> str:
         lines = [f"unrepairable: {path}" for path in self.unrepairable]
+        lines += [f"foreign: {path} (not ours, left alone)" for path in self.foreign[:20]]
         if self.reindexed_from:
             lines.append(f"damaged index moved aside to {self.reindexed_from}; rebuilt from the image files")
         found = ", ".join(f"{n} {k}" for k, n in self.found.items() if n) or "no problems"
         lines.append(f"repair: found {found}; re-drew {self.redrawn}, adopted {self.adopted}, "
-                     f"removed {self.removed} files ({self.seconds:.2f} s)")
+                     f"retired {self.retired}, removed {self.removed} files ({self.seconds:.2f} s)")
         return "\n".join(lines)
 
 
-def _move_aside(path: str) -> str | None:
-    if not os.path.exists(path):
+def _move_aside(settings: Settings) -> str | None:
+    """Move a damaged index aside for --reindex, only when it provably is (or was) our index."""
+    path = settings.image_index_db
+    kind = index.identify(path)
+    if kind == "absent":
         return None
+    if kind == "other-sqlite":
+        raise index.NotAnIndex(f"{path} is an SQLite database but not an image index: --reindex will not "
+                               "move it; pass the index path with --index-db")
+    if kind != "index":
+        marker = read_marker(settings.image_root_dir) if os.path.isdir(settings.image_root_dir) else None
+        if marker is None or marker.index_path != os.path.abspath(path):
+            raise index.NotAnIndex(f"{path} is not an image index, and the image root's marker does not name it "
+                                   "as its index: --reindex will not move it")
     aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
@@ -298,38 +409,31 @@ def _move_aside(path: str) -> str | None:
     return aside
 
 
-def _spec_of_name(name: ImageName) -> chart.Spec | None:
-    size = int(name.size_label.split("x")[-1])
-    try:
-        spec = chart.make_spec(chart.style_from_tag(name.file_tag), size, name.window_len, name.version,
-                               jkx_height=size)
-    except chart.ChartError:
-        return None
-    return spec if spec.size_label == name.size_label else None
-
-
 def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool = False,
-           progress: Progress = no_progress,
-           warn: Callable[[str], None] = no_warn) -> RepairResult:
+           progress: Progress = no_progress, warn: Warn = no_warn) -> RepairResult:
     filters = filters or Filters()
+    check_filters(filters)
     began = time.monotonic()
     result = RepairResult()
     with runner.run_lock(settings, "repair"):
         if reindex:
-            result.reindexed_from = _move_aside(settings.image_index_db)
-        elif not os.path.isfile(settings.image_index_db):
+            marker = check_owned(settings.image_root_dir, None)
+            result.reindexed_from = _move_aside(settings)
+            conn = index.connect(settings.image_index_db)
+            if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
+                index.set_index_id(conn, marker.index_id)
+            conn.close()
+        elif index.identify(settings.image_index_db) == "absent":
             raise MarketError(f"image index not found: {settings.image_index_db}; "
                               "run `repair --reindex` to rebuild it from the image files")
-        conn = index.connect(settings.image_index_db)
+        conn = open_owned(settings)
         try:
             run_id = index.start_run(conn, "repair", {"reindex": reindex, **filters.__dict__})
-            found = verify_index(conn, settings, filters, True, progress, warn)
-            result.found = found.counts()
-            for problem in found.problems:
-                if problem.kind == "temp":
-                    os.remove(os.path.join(settings.image_root_dir, problem.path))
-                    result.removed += 1
-            _redraw_and_adopt(conn, settings, filters, found, result, progress, warn)
+            found = inspect(conn, settings, filters, True, progress, warn)
+            result.found = found.result.counts()
+            result.foreign = found.result.foreign
+            result.unrepairable = list(found.unrepairable)
+            _apply(conn, settings, found, result)
             index.finish_run(conn, run_id, result.as_dict(), 0 if result.ok else 1)
         finally:
             conn.close()
@@ -337,46 +441,46 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
     return result
 
 
-def _redraw_and_adopt(conn: sqlite3.Connection, settings: Settings, filters: Filters, found: VerifyResult,
-                      result: RepairResult, progress: Progress, warn: Callable[[str], None]) -> None:
-    where, params = _where(filters)
-    clause = (where + " AND " if where else " WHERE ") + \
-        "(status IN ('corrupt', 'stale') OR (status = 'missing' AND reason NOT IN ('gap', 'history')))"
-    # (symbol, interval) -> spec -> [(end time, path, is orphan)]
-    wanted: dict[tuple[str, str], dict[chart.Spec, list[tuple[int, str, bool]]]] = defaultdict(lambda: defaultdict(list))
-    for symbol, interval, end_ms, style, size, window, version, path in conn.execute(
-            "SELECT symbol, interval, end_open_time_ms, style_name, img_size_px, window_len, style_version, "
-            "file_path FROM images" + clause, params):
-        spec = _spec_of_row(style, size, window, version)
-        if spec is None:
-            result.unrepairable.append(f"{path} (unknown style {style!r})")
-        else:
-            wanted[(symbol, interval)][spec].append((end_ms, path, False))
-    for problem in found.problems:
-        if problem.kind != "orphan":
+def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult) -> None:
+    root = os.path.abspath(settings.image_root_dir)
+    tree = Tree(root)
+    for path in found.temps:
+        result.removed += tree.remove(path)
+    retired = []
+    for row_id, path, reason in found.retire:  # file first, then row
+        tree.remove(path)
+        retired.append((row_id, "undrawable", reason))
+    index.set_status(conn, retired)
+    result.retired = len(retired)
+    for _, path in found.drop:
+        tree.remove(path)
+    index.delete_rows(conn, (row_id for row_id, _ in found.drop))
+    result.removed += len(found.drop)
+
+    draw_chunks, adopt_chunks = [], []
+    for (symbol, interval, spec), ids in sorted(found.redraw.items(), key=lambda kv: kv[0][:2]):
+        series = found.series.get((symbol, interval))
+        rows = index.values_by_id(conn, ids, ["end_open_time_ms", "file_path"])
+        items = sorted((rows[i]["end_open_time_ms"], rows[i]["file_path"]) for i in ids)
+        if spec is None or series is None:
+            result.unrepairable += [f"{path}: its candles are not in the market database" for _, path in items]
             continue
-        name = parse_relative_path(problem.path)
-        spec = _spec_of_name(name) if name else None
-        if spec is None:
-            _remove(settings, problem.path, result)
+        draw_chunks += _chunks(series, spec, [end for end, _ in items], root)
+    by_series: dict[tuple[str, str, chart.Spec], list[int]] = defaultdict(list)
+    for path in found.orphans:
+        name = parse_relative_path(path)
+        spec = _spec_of_name(name)
+        series = found.series.get((name.symbol, name.interval)) if spec else None
+        if series is None and spec is not None and os.path.isfile(settings.market_db_path):
+            series = _read_whole(settings, name.symbol, name.interval)
+            if series is not None:
+                found.series[(name.symbol, name.interval)] = series
+        if series is None or not _drawable(series, spec, name.end_open_time_ms, settings.gap_policy):
+            result.removed += tree.remove(path)
         else:
-            wanted[(name.symbol, name.interval)][spec].append((name.end_open_time_ms, problem.path, True))
-    if not wanted:
-        return
-    market_conn = market.open_market(settings.market_db_path)
-    try:
-        present = market.list_series(market_conn)
-        draw_chunks, adopt_chunks = [], []
-        for (symbol, interval), by_spec in sorted(wanted.items()):
-            sid = present.get((symbol, interval))
-            series = market.read_series(market_conn, symbol, interval, sid) if sid is not None else None
-            for spec, items in by_spec.items():
-                draw_chunks += _chunks(series, spec, [(e, p) for e, p, orphan in items if not orphan],
-                                       settings, result)
-                adopt_chunks += _chunks(series, spec, [(e, p) for e, p, orphan in items if orphan],
-                                        settings, result, orphans=True)
-    finally:
-        market_conn.close()
+            by_series[(name.symbol, name.interval, spec)].append(name.end_open_time_ms)
+    for (symbol, interval, spec), ends in by_series.items():
+        adopt_chunks += _chunks(found.series[(symbol, interval)], spec, sorted(ends), root)
     writer = BatchWriter(conn)
     with executors.executor(settings) as run:
         for rows in run(draw_chunk, draw_chunks):
@@ -386,40 +490,47 @@ def _redraw_and_adopt(conn: sqlite3.Connection, settings: Settings, filters: Fil
             writer.add(rows)
             result.adopted += len(rows)
             for path in rejected:
-                _remove(settings, path, result)
+                result.removed += tree.remove(path)
     writer.flush()
 
 
-def _remove(settings: Settings, path: str, result: RepairResult) -> None:
-    os.remove(os.path.join(settings.image_root_dir, path))
-    result.removed += 1
+def _spec_of_name(name) -> chart.Spec | None:
+    size = int(name.size_label.split("x")[-1])
+    try:
+        spec = chart.make_spec(chart.style_from_tag(name.file_tag), size, name.window_len, name.version,
+                               jkx_height=size)
+    except chart.ChartError:
+        return None
+    return spec if spec.size_label == name.size_label else None
 
 
-def _chunks(series: Series | None, spec: chart.Spec, items: list[tuple[int, str]], settings: Settings,
-            result: RepairResult, orphans: bool = False) -> list[Chunk]:
-    """Chunks for the windows ending at the given times. A window the market cannot give any more is
-    unrepairable; an orphan file of such a window is removed."""
-    if not items:
-        return []
-    items = sorted(items)
-    ends = np.array([end for end, _ in items], dtype=np.int64)
-    times = series.times if series is not None else np.empty(0, np.int64)
-    pos = np.searchsorted(times, ends)
-    found = (pos < len(times)) & (times[np.minimum(pos, max(len(times) - 1, 0))] == ends) if len(times) \
-        else np.zeros(len(ends), bool)
-    first = pos - (spec.window_len - 1) - spec.history
-    found &= first >= 0
-    for (_, path), ok in zip(items, found):
-        if ok:
-            continue
-        if orphans:
-            _remove(settings, path, result)
-        else:
-            result.unrepairable.append(f"{path}: its candles are no longer in the market database")
-    last = pos[found]
+def _read_whole(settings: Settings, symbol: str, interval: str) -> Series | None:
+    conn = market.open_market(settings.market_db_path)
+    try:
+        sid = market.list_series(conn).get((symbol, interval))
+        return None if sid is None else market.read_series(conn, symbol, interval, sid)
+    finally:
+        conn.close()
+
+
+def _drawable(series: Series, spec: chart.Spec, end_ms: int, gap_policy: str) -> bool:
+    """Whether the window ending at `end_ms` exists and may have an image."""
+    pos = int(np.searchsorted(series.times, end_ms))
+    if pos >= len(series.times) or series.times[pos] != end_ms or pos < spec.window_len - 1 + spec.history:
+        return False
+    gap, _ = window_gaps(series, np.array([pos]), spec.window_len, spec.history)
+    return not (gap[0] and gap_policy == "skip")
+
+
+def _chunks(series: Series, spec: chart.Spec, ends: list[int], root: str):
+    """Chunks for the windows ending at the given times (each present in `series`)."""
+    times = series.times
+    last = np.searchsorted(times, np.array(ends, dtype=np.int64))
+    ok = (last < len(times)) & (times[np.minimum(last, len(times) - 1)] == np.array(ends)) if len(times) else \
+        np.zeros(len(ends), bool)
+    last = last[ok & (last >= spec.window_len - 1)]
     if len(last) == 0:
         return []
-    slots = grid_index(series.interval, times)
-    gap = (slots[last] - slots[first[found]]) != (last - first[found])
-    reasons = ["gap" if g else None for g in gap]
-    return split_months(series, last, reasons, spec, preset_of(spec), os.path.abspath(settings.image_root_dir))
+    gap, _ = window_gaps(series, last, spec.window_len, spec.history)
+    reasons = ["gap" if g else None for g in gap.tolist()]
+    return split_months(series, last, reasons, spec, preset_of(spec), root)

@@ -44,6 +44,16 @@ class DueWindows:
     short_history: np.ndarray
 
 
+def window_gaps(series: Series, last: np.ndarray, window_len: int, history: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gap, short_history) of the windows ending at the indices `last` (each >= window_len - 1)."""
+    slots = grid_index(series.interval, series.times)
+    short_history = last < window_len - 1 + history
+    first = np.maximum(last - (window_len - 1) - history, 0)
+    # Unique ascending times: consecutive on the grid exactly when the slot span equals the index span.
+    gap = (slots[last] - slots[first]) != (last - first)
+    return gap, short_history
+
+
 def due_windows(series: Series, window_len: int, history: int, stride: int, start_ms: int,
                 end_ms: int, now_ms: int) -> DueWindows:
     times = series.times
@@ -51,16 +61,12 @@ def due_windows(series: Series, window_len: int, history: int, stride: int, star
     if n < window_len:
         empty = np.empty(0, dtype=np.int64)
         return DueWindows(empty, empty.astype(bool), empty.astype(bool))
-    slots = grid_index(series.interval, times)
     last = np.arange(window_len - 1, n, dtype=np.int64)
     t_last = times[last]
     keep = ((close_time_ms(series.interval, t_last) <= now_ms) & (t_last >= start_ms) & (t_last < end_ms)
-            & (slots[last] % stride == 0))
+            & (grid_index(series.interval, t_last) % stride == 0))
     last = last[keep]
-    short_history = last < window_len - 1 + history
-    first = np.maximum(last - (window_len - 1) - history, 0)
-    # Unique ascending times: consecutive on the grid exactly when the slot span equals the index span.
-    gap = (slots[last] - slots[first]) != (last - first)
+    gap, short_history = window_gaps(series, last, window_len, history)
     return DueWindows(last, gap, short_history)
 
 
@@ -83,12 +89,25 @@ def month_of(times: np.ndarray) -> np.ndarray:
 
 
 def month_digests(series: Series) -> dict[int, str]:
-    """One SHA-256 per calendar month of candles: a changed digest marks the months to re-check."""
+    """One SHA-256 per calendar month of candles: a changed digest marks the months to re-check.
+
+    Each month's digest also covers the open time of the candle before it, so that removing a
+    whole month changes the digest of the month after it (whose windows then span other candles).
+    """
     months = month_of(series.times)
+    if not len(months):
+        return {}
     bounds = np.flatnonzero(np.diff(months)) + 1
-    starts = np.concatenate([[0], bounds]) if len(months) else np.empty(0, dtype=np.int64)
-    ends = np.concatenate([bounds, [len(months)]]) if len(months) else np.empty(0, dtype=np.int64)
-    return {int(months[s]): fingerprint(series, slice(int(s), int(e))) for s, e in zip(starts, ends)}
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(months)]])
+    out = {}
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        previous = int(series.times[s - 1]) if s else -1
+        digest = hashlib.sha256(FINGERPRINT_VERSION + previous.to_bytes(8, "little", signed=True))
+        digest.update(np.ascontiguousarray(series.times[s:e], dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(series.ohlcv[s:e], dtype="<f8").tobytes())
+        out[int(months[s])] = digest.hexdigest()
+    return out
 
 
 def touches_months(series: Series, last: np.ndarray, window_len: int, history: int,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import chart
-from cache.index import Row
+from cache.index import ENGINE_PREFIX, Row
 from cache.layout import relative_path, sync_tree, write_atomic
 from cache.system import tune_allocator
 from cache.windows import Series, fingerprint, window_rows
@@ -57,17 +57,24 @@ def base_row(chunk: Chunk, end_ms: int) -> Row:
 
 
 def draw_window(chunk: Chunk, last: int) -> tuple[chart.Drawn, str]:
-    """The drawn image and the input fingerprint of one window."""
+    """The drawn image and the input fingerprint of one window (ChartError carries the fingerprint
+    as `fingerprint` when the engine refuses the window)."""
     rows = window_rows(int(last), chunk.spec.window_len, chunk.spec.history)
     s = chunk.series
-    return chart.render(chunk.spec, s.times[rows], s.ohlcv[rows]), fingerprint(s, rows)
+    input_fingerprint = fingerprint(s, rows)
+    try:
+        return chart.render(chunk.spec, s.times[rows], s.ohlcv[rows]), input_fingerprint
+    except chart.ChartError as exc:
+        exc.fingerprint = input_fingerprint
+        raise
 
 
 def draw_chunk(chunk: Chunk) -> list[Row]:
     """Draw each window, write its file (file first), and return the rows for the driver to index.
 
-    A window the engine cannot draw (e.g. a jkx window with no price range) becomes a `missing`
-    row with the engine's reason; any other error fails the chunk and is reported by the driver.
+    A window the engine cannot draw (e.g. a jkx window with no price range) becomes an `undrawable`
+    row with the engine's reason (and its input fingerprint, so that changed candles re-try it); any
+    other error fails the chunk and is reported by the driver.
     """
     tune_allocator()
     out = []
@@ -77,7 +84,8 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
         try:
             drawn, row.input_fingerprint = draw_window(chunk, last)
         except chart.ChartError as exc:
-            row.reason = f"undrawable: {exc}"
+            row.status, row.reason = "undrawable", f"{ENGINE_PREFIX}{exc}"
+            row.input_fingerprint = exc.fingerprint
             out.append(row)
             continue
         try:

@@ -57,9 +57,9 @@ def workdir(tmp_path: Path, sample_market: Path) -> Path:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Relative path -> SHA-256 of every file under root."""
+    """Relative path -> SHA-256 of every file under root but the root's marker (it names its index)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".image_cache_root"}
 
 
 def index_rows(db: Path, where: str = "") -> list[tuple]:

@@ -89,20 +89,26 @@ def test_orphan_matching_a_render_is_adopted(rendered: Path):
     assert [r[:7] for r in index_rows(rendered / "image_cache.sqlite")] == [r[:7] for r in rows_before]
 
 
-def test_foreign_orphans_and_temp_files_are_removed(rendered: Path):
+def test_our_orphans_and_temp_files_are_removed_foreign_files_kept(rendered: Path):
+    """Files named as ours but not equal to a render, and our temp files, go; anything else is
+    reported as foreign and left alone, byte for byte."""
     original = tree_digest(rendered / "image-cache")
     folder = _some_image(rendered).parent
-    (folder / "notes.txt").write_text("not an image")
+    notes = folder / "notes.txt"
+    notes.write_text("not an image")
     good_name = _some_image(rendered).name
     wrong = folder / good_name.replace("_v1.png", "_v7.png")
     wrong.write_bytes(_png((128, 128), 3))
     (folder / f".{good_name}.123.tmp").write_bytes(b"half")
     code, found = _verify(rendered)
     assert code == 1
-    assert (found["counts"]["orphan"], found["counts"]["temp"]) == (2, 1)
+    assert (found["counts"]["orphan"], found["counts"]["temp"]) == (1, 1)
+    assert found["foreign"] == [str(notes.relative_to(rendered / "image-cache"))]
     report = _repair(rendered)
-    assert report["removed"] == 3
+    assert report["removed"] == 2
     assert _verify(rendered, "--deep")[0] == 0
+    assert notes.read_text() == "not an image"
+    notes.unlink()
     assert tree_digest(rendered / "image-cache") == original
 
 

@@ -1,0 +1,220 @@
+"""Ownership of the image root: its marker, and the only ways cache/ reads, lists and removes files there.
+
+A folder is an image root only when it carries our marker, written by the first render and naming
+the index it belongs to; verify and repair refuse any other folder. Inside it, nothing outside the
+root is ever read or removed: links are never followed (walks do not descend into them, files are
+opened with O_NOFOLLOW, every folder's real path is checked to lie inside the root), non-regular
+files are never opened, and only regular files whose names are ours (images, temp files) are removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cache.layout import is_temp_name, parse_relative_path
+from core.errors import MarketError
+from core.grid import INTERVAL_MS, SYMBOL_RE
+
+MARKER = ".image_cache_root"
+MARKER_KIND = "image_cache image root"
+
+
+class RootError(MarketError):
+    """The image root is not ours, or a path would leave it."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    index_id: str
+    index_path: str
+
+
+def read_marker(root: str) -> Marker | None:
+    path = os.path.join(root, MARKER)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RootError(f"cannot read the image root marker {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RootError(f"{path} is not a regular file: not an image root marker")
+        data = os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    try:
+        content = json.loads(data)
+        if content.get("kind") != MARKER_KIND:
+            raise ValueError
+        return Marker(str(content["index_id"]), str(content["index_path"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RootError(f"{path} is not an image root marker written by image_cache") from None
+
+
+def write_marker(root: str, index_id: str, index_path: str) -> None:
+    """Mark `root` as ours (atomic: a temp file renamed into place)."""
+    os.makedirs(root, exist_ok=True)
+    temp = os.path.join(root, f"{MARKER}.{os.getpid()}.tmp")
+    with open(temp, "w") as handle:
+        json.dump({"kind": MARKER_KIND, "index_id": index_id, "index_path": os.path.abspath(index_path)}, handle)
+        handle.write("\n")
+    os.replace(temp, os.path.join(root, MARKER))
+
+
+def _looks_like_ours(root: str) -> bool:
+    """A folder written by a version before markers: only symbol folders (and nothing else) at the top."""
+    with os.scandir(root) as entries:
+        return all(entry.is_dir(follow_symlinks=False) and SYMBOL_RE.match(entry.name) for entry in entries)
+
+
+def claim(root: str, index_id: str, index_path: str, index_is_new: bool) -> None:
+    """Before render writes: make sure `root` is ours, marking it when it is new or empty.
+
+    A root marked for another index is refused unless this index is new (a lost index being rebuilt
+    by render adopts the root's marker). A folder holding anything else is refused.
+    """
+    if os.path.islink(root):
+        raise RootError(f"image root {root} is a symbolic link; give the real folder")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise RootError(f"image root {root} exists and is not a folder")
+    marker = read_marker(root) if os.path.isdir(root) else None
+    if marker is None:
+        if os.path.isdir(root) and not _looks_like_ours(root):
+            raise RootError(f"image root {root} is not empty and has no image_cache marker ({MARKER}): "
+                            "refusing to write images into a folder that is not ours; choose an empty or new folder")
+        write_marker(root, index_id, index_path)
+    elif marker.index_id != index_id:
+        if not index_is_new:
+            raise RootError(f"image root {root} belongs to another index ({marker.index_path}); "
+                            "pass that index with --index-db, or choose another --image-root")
+        write_marker(root, index_id, index_path)
+
+
+def check_owned(root: str, index_id: str | None) -> Marker:
+    """For verify and repair: `root` carries our marker (for this index, when `index_id` is given)."""
+    if os.path.islink(root):
+        raise RootError(f"image root {root} is a symbolic link; give the real folder")
+    if not os.path.isdir(root):
+        raise RootError(f"image root not found: {root}")
+    marker = read_marker(root)
+    if marker is None:
+        hint = " (written by a version before markers? run `render` once to mark it)" if _looks_like_ours(root) else ""
+        raise RootError(f"{root} is not an image root: it has no image_cache marker ({MARKER}){hint}; "
+                        "expected the folder render writes images into (--image-root)")
+    if index_id is not None and marker.index_id != index_id:
+        raise RootError(f"image root {root} belongs to another index ({marker.index_path}); "
+                        "pass that index with --index-db")
+    return marker
+
+
+def check_part(kind: str, value: str) -> str:
+    """A symbol or interval about to become a path component: validated before any file-system call."""
+    if kind == "symbol" and not SYMBOL_RE.match(value):
+        raise RootError(f"invalid symbol {value!r}: must match {SYMBOL_RE.pattern}")
+    if kind == "interval" and value not in INTERVAL_MS:
+        raise RootError(f"unknown interval {value!r}")
+    return value
+
+
+class Tree:
+    """Containment checks against one root, with each folder's real path resolved once."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
+        self._inside: dict[str, bool] = {}
+
+    def folder_inside(self, folder: str) -> bool:
+        known = self._inside.get(folder)
+        if known is None:
+            real = os.path.realpath(folder)
+            known = self._inside[folder] = real == self.real_root or real.startswith(self.real_root + os.sep)
+        return known
+
+    def full(self, rel_path: str) -> str:
+        """The absolute path of `rel_path`, refused when it would leave the root."""
+        parts = rel_path.split("/")
+        if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise RootError(f"path {rel_path!r} is not a plain path inside the image root")
+        full = os.path.join(self.root, *parts)
+        if not self.folder_inside(os.path.dirname(full)):
+            raise RootError(f"{full} lies outside the image root {self.root} (through a link)")
+        return full
+
+    def read(self, rel_path: str, limit: int | None = None) -> tuple[int, bytes]:
+        """(size, bytes) of a regular file inside the root, never through a link, never blocking.
+
+        Raises FileNotFoundError when absent and OSError (errno ELOOP for a link, EINVAL for a
+        non-regular file) when it cannot be read as an image.
+        """
+        fd = os.open(self.full(rel_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            chunks, left = [], info.st_size if limit is None else min(limit, info.st_size)
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return info.st_size, b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def remove(self, rel_path: str) -> bool:
+        """Remove one of our files: a regular file named as our image or temp file, inside the root.
+
+        Returns False (touching nothing) for anything else; a file already gone is True.
+        """
+        name = os.path.basename(rel_path)
+        if parse_relative_path(rel_path) is None and not is_temp_name(name):
+            return False
+        full = self.full(rel_path)
+        try:
+            info = os.lstat(full)
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        os.unlink(full)
+        return True
+
+    def walk(self, tops: list[str]) -> Iterator[tuple[str, str]]:
+        """(kind, relative path) of every entry below the given top folders (relative, '/'-separated):
+        kind is 'file' for regular files, 'temp' for our temp files, 'foreign' for links, pipes,
+        sockets and devices. Links to folders are reported, never entered."""
+        for top in tops:
+            start = os.path.join(self.root, *top.split("/")) if top else self.root
+            try:
+                info = os.lstat(start)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                yield "foreign", top
+                continue
+            yield from self._walk(start)
+
+    def _walk(self, folder: str) -> Iterator[tuple[str, str]]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            yield "foreign", os.path.relpath(folder, self.root).replace(os.sep, "/")
+            return
+        for entry in entries:
+            rel = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
+            if folder == self.root and entry.name == MARKER:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                yield ("temp" if is_temp_name(entry.name) else "file"), rel
+            else:
+                yield "foreign", rel
