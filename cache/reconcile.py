@@ -133,8 +133,9 @@ def reconcile(series: Series, from_start: bool, indexed: Indexed, memo: dict[int
             if recorded.get(int(indexed.row_id[i])) != now:
                 action[i] = DRAW
                 reason[i] = "candles changed since drawn"
-    # Recorded as stale with the memo, whether or not this run re-draws them (the memo vouches for them).
-    newly_stale = (action == DRAW) & np.isin(state, (OK, ENGINE))
+    # Recorded as stale with the memo, whether or not this run acts on them: the index never calls a
+    # row ok once its candles changed, its window went, or its window may have no image.
+    newly_stale = ((action == DRAW) & np.isin(state, (OK, ENGINE))) | (np.isin(action, (RETIRE, DROP)) & (state == OK))
 
     # Due windows without a row.
     if due is not None and len(due.last):

@@ -207,7 +207,9 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
     with_file = [row for row in conn.execute(
         "SELECT id, file_path, file_size, width_px, height_px, sha256 FROM images"
         + (where + " AND" if where else " WHERE") + " status = 'ok'", params) if row["id"] not in settled]
-    result.checked = len(with_file)
+    # Every row that has (or should have) a file, whatever this run found: the same figure twice.
+    result.checked = conn.execute("SELECT count(*) FROM images" + (where + " AND" if where else " WHERE")
+                                  + " status != 'undrawable'", params).fetchone()[0]
     changes = []
     by_id = {row["id"]: row for row in with_file}
     for row_id, status, reason in _check_all(root, [tuple(r) for r in with_file], deep, settings, progress):
@@ -234,6 +236,8 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
                 result.problems.append(Problem("orphan", path, "no index row"))
         elif kind == "foreign":
             result.foreign.append(path)
+    result.problems.sort(key=lambda p: (p.path, p.kind))
+    result.foreign.sort()
     result.seconds = time.monotonic() - began
     return found
 
