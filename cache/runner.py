@@ -189,7 +189,8 @@ class RenderResult:
     drawn: int = 0
     recorded: int = 0       # windows recorded as having no image (gap under skip, history)
     retired: int = 0        # images removed because their window may have none any more
-    undrawable: int = 0     # windows the engine refused (recorded, not re-attempted)
+    undrawable: int = 0     # windows the engine refuses (recorded once, then not re-attempted)
+    refused: int = 0        # of those, refused in this run
     up_to_date: int = 0
     marked_stale: int = 0   # rows outside this run's range found stale (left to repair or a wider render)
     notes: list[str] = field(default_factory=list)
@@ -202,7 +203,7 @@ class RenderResult:
 
     @property
     def attempted(self) -> int:
-        return self.drawn + self.recorded + self.retired + self.undrawable
+        return self.drawn + self.recorded + self.retired + self.refused
 
     @property
     def images_per_second(self) -> float:
@@ -210,7 +211,7 @@ class RenderResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
-                "retired": self.retired, "undrawable": self.undrawable, "up_to_date": self.up_to_date,
+                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "up_to_date": self.up_to_date,
                 "marked_stale": self.marked_stale, "notes": self.notes, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
@@ -321,8 +322,9 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
                     result.drawn += 1
                 else:
                     result.undrawable += 1
+                    result.refused += 1
             if time.monotonic() - logged > 10:
-                warn(f"render: {result.drawn + result.undrawable}/{total} images")
+                warn(f"render: {result.drawn + result.refused}/{total} images")
                 logged = time.monotonic()
     except Exception as exc:  # a failing worker: keep what is done, report the failure
         if isinstance(exc, (LockHeld, KeyboardInterrupt)):
