@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo-data
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench soak clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench
+
+# 10,000 random sequences over render/verify/repair with the invariants checked after every step.
+soak: venv
+	$(PY) tests/state_walk.py --sequences 10000 --steps 20
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/work .pytest_cache .hypothesis

@@ -21,7 +21,7 @@ import chart
 from cache import index, market, reconcile
 from cache.executors import Run, chunk_windows, executor
 from cache.index import BatchWriter
-from cache.reconcile import DRAW, DRAWABLE, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
+from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, claim
 from cache.windows import due_windows
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
@@ -127,12 +127,13 @@ class SeriesPlan:
     rec: SeriesReconcile
     draw: np.ndarray
     draw_reason: list[str | None]
-    record: list[tuple[int, str, str | None]]  # (window last index, reason, path of a file to retire)
+    record: list[tuple[int, str, str | None]]  # (window last index, reason, "retire" to remove its file)
+    drop: np.ndarray  # ids of rows whose window left the market (in the run's time range)
     counts: dict[str, int]
     note: str | None = None
 
 
-def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None) -> SeriesPlan:
+def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, end_ms: int) -> SeriesPlan:
     """Render's share of the reconciler's actions: those of the due windows (its filters and range)."""
     series = rec.series
     # Rows inside the render's range: in [start, end) of due windows on the stride grid are exactly
@@ -166,7 +167,9 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None) ->
         note = (f"{series.symbol} {series.interval}: {len(series.times)} candles"
                 f"{' from --start on' if start_ms is not None else ''}, fewer than the {spec.window_len}-candle "
                 "window: no windows to draw")
-    return SeriesPlan(rec, draw, reasons, record, counts, note)
+    ends = rec.indexed.end_ms
+    drop = rec.indexed.row_id[(rec.row_action == DROP) & (ends >= (start_ms or -(2**62))) & (ends < end_ms)]
+    return SeriesPlan(rec, draw, reasons, record, drop, counts, note)
 
 
 def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: chart.Spec,
@@ -178,7 +181,7 @@ def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: ch
     for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
         rec = reconcile_series(market_conn, index_conn, spec, symbol, interval, sid, settings.gap_policy,
                                start_ms, (settings.stride, end_ms, now))
-        plans.append(plan_render(rec, spec, start_ms))
+        plans.append(plan_render(rec, spec, start_ms, end_ms))
     return plans
 
 
@@ -308,6 +311,11 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
             else:
                 result.recorded += 1
             writer.add([row])
+        # Windows gone from the market: file first, then row.
+        for row in index.values_by_id(index_conn, p.drop, ["file_path"]).values():
+            tree.remove(row["file_path"])
+        index.delete_rows(index_conn, p.drop.tolist())
+        result.retired += len(p.drop)
         chunks.extend(split_months(series, p.draw, p.draw_reason, spec, preset, root, chunk_size))
     writer.flush()
     total = sum(len(c.last) for c in chunks)
