@@ -177,7 +177,10 @@ class Tree:
         name = os.path.basename(rel_path)
         if parse_relative_path(rel_path) is None and not is_temp_name(name):
             return False
-        full = self.full(rel_path)
+        try:
+            full = self.full(rel_path)
+        except RootError:
+            return False
         try:
             info = os.lstat(full)
         except FileNotFoundError:

@@ -32,7 +32,7 @@ from cache.root import Tree, check_owned, check_part, read_marker
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
 from cache.windows import Series, window_gaps
-from cache.work import adopt_chunk, draw_chunk, split_months
+from cache.work import WorkerError, adopt_chunk, draw_chunk, split_months
 from config import Settings
 from core.errors import MarketError
 from core.hooks import Progress, Warn, no_progress, no_warn
@@ -486,16 +486,22 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
     for (symbol, interval, spec), ends in by_series.items():
         adopt_chunks += _chunks(found.series[(symbol, interval)], spec, sorted(ends), root)
     writer = BatchWriter(conn)
-    with executors.executor(settings) as run:
-        for rows in run(draw_chunk, draw_chunks):
-            writer.add(rows)
-            result.redrawn += sum(row.status == "ok" for row in rows)
-        for rows, rejected in run(adopt_chunk, adopt_chunks):
-            writer.add(rows)
-            result.adopted += len(rows)
-            for path in rejected:
-                result.removed += tree.remove(path)
-    writer.flush()
+    try:
+        with executors.executor(settings) as run:
+            for rows in run(draw_chunk, draw_chunks):
+                writer.add(rows)
+                result.redrawn += sum(row.status == "ok" for row in rows)
+            for rows, rejected in run(adopt_chunk, adopt_chunks):
+                writer.add(rows)
+                result.adopted += len(rows)
+                for path in rejected:
+                    result.removed += tree.remove(path)
+    except WorkerError as exc:  # e.g. a folder that is a link, a read-only root, a full disk
+        writer.add(exc.rows)
+        result.redrawn += len(exc.rows)
+        result.unrepairable.append(str(exc))
+    finally:
+        writer.flush()
 
 
 def _spec_of_name(name) -> chart.Spec | None:

@@ -15,6 +15,7 @@ import numpy as np
 import chart
 from cache.index import ENGINE_PREFIX, Row
 from cache.layout import relative_path, sync_tree, write_atomic
+from cache.root import RootError, Tree
 from cache.system import tune_allocator
 from cache.windows import Series, fingerprint, window_rows
 
@@ -77,6 +78,7 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
     other error fails the chunk and is reported by the driver.
     """
     tune_allocator()
+    tree = Tree(chunk.image_root)
     out = []
     for last, reason in zip(chunk.last, chunk.reason):
         end_ms = int(chunk.series.times[last])
@@ -89,7 +91,10 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
             out.append(row)
             continue
         try:
+            tree.full(row.file_path)  # never write through a link to outside the root
             write_atomic(chunk.image_root, row.file_path, drawn.png)
+        except RootError as exc:
+            raise WorkerError(f"cannot write {row.file_path}: {exc}", out) from None
         except OSError as exc:
             raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
                               f"{exc.strerror or exc}", out) from None
@@ -120,9 +125,8 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
             rejected.append(row.file_path)
             continue
         try:
-            with open(os.path.join(chunk.image_root, row.file_path), "rb") as handle:
-                same = handle.read() == drawn.png
-        except OSError:
+            same = Tree(chunk.image_root).read(row.file_path)[1] == drawn.png
+        except (OSError, RootError):
             same = False
         if same:
             adopted.append(_ok_row(row, chunk.spec, drawn, reason))
