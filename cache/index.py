@@ -342,15 +342,18 @@ def _preset_args(preset: dict[str, Any], symbol: str, interval: str) -> tuple:
 
 def indexed_rows(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, interval: str,
                  spec_hash: str) -> Indexed:
-    """Only integers (fingerprints and paths come on demand, for the few windows that need them)."""
+    """Two integers a row (the state packed with the id), so that a million rows load in about a second;
+    fingerprints and paths come on demand, for the few windows that need them."""
     cursor = conn.execute(
-        "SELECT end_open_time_ms, id, CASE status WHEN 'ok' THEN 0 WHEN 'stale' THEN 1 WHEN 'corrupt' THEN 2 "
-        "WHEN 'missing' THEN 3 ELSE (CASE WHEN reason = 'gap' THEN 4 WHEN reason = 'history' THEN 5 ELSE 6 END) "
-        f"END, spec_hash = ? FROM images WHERE {_PRESET_WHERE} ORDER BY end_open_time_ms",
+        "SELECT end_open_time_ms, (id << 4) | ((CASE status WHEN 'ok' THEN 0 WHEN 'stale' THEN 1 "
+        "WHEN 'corrupt' THEN 2 WHEN 'missing' THEN 3 WHEN 'undrawable' THEN (CASE reason WHEN 'gap' THEN 4 "
+        "WHEN 'history' THEN 5 ELSE 6 END) END) << 1) | (spec_hash = ?) "
+        f"FROM images WHERE {_PRESET_WHERE} ORDER BY end_open_time_ms",
         (spec_hash, *_preset_args(preset, symbol, interval)))
     cursor.row_factory = None
-    table = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 4)
-    return Indexed(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy(), table[:, 3].astype(bool))
+    table = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+    packed = table[:, 1]
+    return Indexed(table[:, 0].copy(), packed >> 4, (packed >> 1) & 7, (packed & 1).astype(bool))
 
 
 def values_by_id(conn: sqlite3.Connection, ids: Iterable[int], columns: Sequence[str]) -> dict[int, sqlite3.Row]:

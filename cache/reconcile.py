@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache.index import STATE_CODES, Indexed
-from cache.windows import DueWindows, Series, fingerprint, month_digests, month_of, touches_months, window_gaps, window_rows
+from cache.windows import (DueWindows, Series, fingerprint, member_of_sorted, month_digests, month_of,
+                           touches_months, window_gaps, window_rows)
 
 OK, STALE, CORRUPT, MISSING = (STATE_CODES[s] for s in ("ok", "stale", "corrupt", "missing"))
 GAP, HISTORY, ENGINE = (STATE_CODES[s] for s in ("gap", "history", "engine"))
@@ -140,7 +141,7 @@ def reconcile(series: Series, from_start: bool, indexed: Indexed, memo: dict[int
     # Due windows without a row.
     if due is not None and len(due.last):
         t_due = times[due.last]
-        has_row = np.isin(t_due, end)
+        has_row = member_of_sorted(t_due, end)
         new_last = due.last[~has_row]
         new_desired, new_gap = desired(series, new_last, window_len, history, gap_policy)
     else:

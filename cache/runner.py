@@ -23,7 +23,7 @@ from cache.executors import Run, chunk_windows, executor
 from cache.index import BatchWriter
 from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, claim
-from cache.windows import due_windows
+from cache.windows import due_windows, member_of_sorted
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
 from config import Settings
 from core.db import exclusive_lock, immediate
@@ -82,26 +82,38 @@ def read_margin_ms(interval: str, candles: int) -> int:
     return (candles + 1) * (31 * 86_400_000 if interval == "1mo" else INTERVAL_MS[interval])
 
 
+@dataclass(frozen=True)
+class DueRange:
+    """Which windows are due: last candle closed by `now_ms`, inside [start_ms, end_ms), on the stride grid."""
+
+    start_ms: int
+    end_ms: int
+    stride: int
+    now_ms: int
+
+    @staticmethod
+    def of(settings: Settings) -> "DueRange":
+        now = now_ms()
+        return DueRange(settings.start_ms, settings.end_ms or now, settings.stride, now)
+
+
 def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, spec: chart.Spec,
-                     symbol: str, interval: str, sid: int, gap_policy: str, start_ms: int | None = None,
-                     due_range: tuple[int, int, int] | None = None) -> SeriesReconcile:
-    """Read one series (from `start_ms` on, with the candles its first window needs; whole when None)
-    and its index rows, and reconcile them. `due_range` = (stride, end_ms, now_ms) also plans the due
-    windows from `start_ms` on that have no row yet."""
+                     symbol: str, interval: str, sid: int, gap_policy: str, read_from_ms: int | None = None,
+                     due: DueRange | None = None) -> SeriesReconcile:
+    """Read one series (from `read_from_ms` on, with the candles its first window needs; whole when
+    None) and its index rows, and reconcile them; with `due`, also plan the due windows without a row."""
     preset = preset_of(spec)
     need = spec.window_len + spec.history
-    read_from = None if start_ms is None else market.read_start(market_conn, sid, start_ms, need)
+    read_from = None if read_from_ms is None else market.read_start(market_conn, sid, read_from_ms, need)
     series = market.read_series(market_conn, symbol, interval, sid, read_from)
-    due = None
-    if due_range is not None:
-        stride, end_ms, now = due_range
-        due = due_windows(series, spec.window_len, spec.history, stride, start_ms or -(2**62), end_ms, now)
+    windows = None if due is None else due_windows(series, spec.window_len, spec.history, due.stride,
+                                                    due.start_ms, due.end_ms, due.now_ms)
     indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
     memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval)
     fingerprints = lambda ids: {i: r["input_fingerprint"]  # noqa: E731
                                 for i, r in index.values_by_id(index_conn, ids, ["input_fingerprint"]).items()}
     return reconcile.reconcile(series, read_from is None, indexed, memo, spec.window_len, spec.history,
-                               gap_policy, due, fingerprints)
+                               gap_policy, windows, fingerprints)
 
 
 def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile) -> int:
@@ -140,7 +152,7 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
     # the due ones; rows outside were judged (and marked) but are left to repair.
     due_rows = np.zeros(len(rec.row_action), bool)
     if rec.due_ends is not None:
-        due_rows = np.isin(rec.indexed.end_ms, rec.due_ends)
+        due_rows = member_of_sorted(rec.indexed.end_ms, rec.due_ends)
     new_draw = rec.new_desired == DRAWABLE
     row_draw = due_rows & (rec.row_action == DRAW)
     last = np.concatenate([rec.new_last[new_draw], rec.row_last[row_draw]])
@@ -174,14 +186,12 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
 
 def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: chart.Spec,
          warn: Warn) -> list[SeriesPlan]:
-    start_ms = settings.start_ms
-    now = now_ms()
-    end_ms = settings.end_ms or now
+    due = DueRange.of(settings)
     plans = []
     for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
         rec = reconcile_series(market_conn, index_conn, spec, symbol, interval, sid, settings.gap_policy,
-                               start_ms, (settings.stride, end_ms, now))
-        plans.append(plan_render(rec, spec, start_ms, end_ms))
+                               due.start_ms, due)
+        plans.append(plan_render(rec, spec, due.start_ms, due.end_ms))
     return plans
 
 

@@ -27,7 +27,7 @@ import chart
 from cache import executors, index, market, runner
 from cache.index import ENGINE_PREFIX, BatchWriter
 from cache.layout import parse_relative_path
-from cache.reconcile import DRAW, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
+from cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, check_owned, check_part, read_marker
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
@@ -169,6 +169,7 @@ class Inspection:
     orphans: list[str] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
+    inspected: set[tuple[str, str, chart.Spec]] = field(default_factory=set)
 
 
 def check_filters(filters: Filters) -> None:
@@ -195,9 +196,11 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
         result.notes.append(f"market database {settings.market_db_path} not found: inputs not checked")
         present = {}
     try:
+        configured = _configured_preset(settings)
         for preset in index.presets(conn, filters.symbols, filters.intervals):
-            _inspect_preset(conn, market_conn, present, preset, settings, filters, found)
-        _count_not_rendered(conn, market_conn, settings, filters, result, warn)
+            _inspect_preset(conn, market_conn, present, preset, settings, filters, found, preset == configured)
+        if market_conn is not None and configured is not None:
+            _count_not_rendered(conn, market_conn, settings, filters, found, warn)
     finally:
         if market_conn is not None:
             market_conn.close()
@@ -248,8 +251,15 @@ def _redraw_key(conn: sqlite3.Connection, row_id: int, found: Inspection) -> tup
     return row["symbol"], row["interval"], spec_of_preset(dict(row))
 
 
+def _configured_preset(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return preset_of(runner.make_spec(settings))
+    except chart.ChartError:
+        return None
+
+
 def _inspect_preset(conn: sqlite3.Connection, market_conn, present: dict, preset: dict[str, Any],
-                    settings: Settings, filters: Filters, found: Inspection) -> None:
+                    settings: Settings, filters: Filters, found: Inspection, configured: bool) -> None:
     result = found.result
     spec = spec_of_preset(preset)
     label = preset_label(preset)
@@ -268,8 +278,12 @@ def _inspect_preset(conn: sqlite3.Connection, market_conn, present: dict, preset
             if market_conn is not None:
                 result.notes.append(f"{symbol} {interval} is not in the market database: {label} inputs not checked")
             continue
-        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy)
+        # The configured preset's due windows without a row are counted as not rendered yet.
+        due = runner.DueRange.of(settings) if configured else None
+        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy, None, due)
+        result.not_rendered += int((rec.new_desired == DRAWABLE).sum())
         found.series.setdefault((symbol, interval), rec.series)
+        found.inspected.add((symbol, interval, spec))
         runner.record_findings(conn, spec, rec)
         _collect(conn, spec, rec, found)
 
@@ -310,16 +324,15 @@ def _collect(conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile, f
 
 
 def _count_not_rendered(conn: sqlite3.Connection, market_conn, settings: Settings, filters: Filters,
-                        result: VerifyResult, warn: Warn) -> None:
-    """Due windows of the configured preset that have no row yet: a count, never a failure."""
-    if market_conn is None:
-        return
-    try:
-        spec = runner.make_spec(settings)
-    except chart.ChartError:
-        return
-    for plan in runner.plan(settings, filters, market_conn, conn, spec, warn):
-        result.not_rendered += plan.counts["new"]
+                        found: Inspection, warn: Warn) -> None:
+    """Due windows of the configured preset in series the index has no row of yet: a count, never a failure."""
+    spec = runner.make_spec(settings)
+    for symbol, interval, sid in runner.select_series(market_conn, settings, filters, warn):
+        if (symbol, interval, spec) in found.inspected:
+            continue
+        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy,
+                                      settings.start_ms, runner.DueRange.of(settings))
+        found.result.not_rendered += int((rec.new_desired == DRAWABLE).sum())
 
 
 # ------------------------------------------------------------------------------------------ verify

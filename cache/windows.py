@@ -70,6 +70,15 @@ def due_windows(series: Series, window_len: int, history: int, stride: int, star
     return DueWindows(last, gap, short_history)
 
 
+def member_of_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """For each value, whether it is in the ascending array `sorted_set` (np.isin without hashing:
+    a binary search, several times faster on a million end times)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[pos] == values
+
+
 def window_rows(last: int, window_len: int, history: int) -> slice:
     """The rows a window draws: its history, then its window_len candles (clipped at the series start)."""
     return slice(max(last - (window_len - 1) - history, 0), last + 1)

@@ -9,7 +9,6 @@ Used by tests/test_state_machine.py (a few hundred sequences in `make test`) and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
-import threading
 from pathlib import Path
-
-import pytest
 
 from conftest import render_cli, run_cli, tree_digest
 
