@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cache.layout import is_temp_name, parse_relative_path
+from cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path
 from core.errors import MarketError
 from core.grid import INTERVAL_MS, SYMBOL_RE
 
@@ -60,7 +60,7 @@ def read_marker(root: str) -> Marker | None:
 def write_marker(root: str, index_id: str, index_path: str) -> None:
     """Mark `root` as ours (atomic: a temp file renamed into place)."""
     os.makedirs(root, exist_ok=True)
-    temp = os.path.join(root, f"{MARKER}.{os.getpid()}.tmp")
+    temp = os.path.join(root, f"{MARKER}.{os.getpid()}{TEMP_SUFFIX}")
     with open(temp, "w") as handle:
         json.dump({"kind": MARKER_KIND, "index_id": index_id, "index_path": os.path.abspath(index_path)}, handle)
         handle.write("\n")
@@ -68,9 +68,11 @@ def write_marker(root: str, index_id: str, index_path: str) -> None:
 
 
 def _looks_like_ours(root: str) -> bool:
-    """A folder written by a version before markers: only symbol folders (and nothing else) at the top."""
+    """Only symbol folders (a folder written by a version before markers) and our temp files (a render
+    killed while writing the marker) at the top, and nothing else."""
     with os.scandir(root) as entries:
-        return all(entry.is_dir(follow_symlinks=False) and SYMBOL_RE.match(entry.name) for entry in entries)
+        return all((entry.is_dir(follow_symlinks=False) and SYMBOL_RE.match(entry.name))
+                   or (entry.is_file(follow_symlinks=False) and is_temp_name(entry.name)) for entry in entries)
 
 
 def claim(root: str, index_id: str, index_path: str, index_is_new: bool) -> None:

@@ -301,9 +301,11 @@ def run_sequence(seed: int, steps: int, folder: Path) -> list[str]:
     return walk.log
 
 
-def run_many(first_seed: int, count: int, steps: int) -> tuple[int, list[str]]:
+def run_many(first_seed: int, count: int, steps: int, report_every: int = 0) -> tuple[int, list[str]]:
     violations = []
     for seed in range(first_seed, first_seed + count):
+        if report_every and (seed - first_seed) % report_every == 0:
+            print(f"{seed - first_seed} sequences, {len(violations)} violations", file=sys.stderr, flush=True)
         # On tmpfs where there is one: the walk measures states, not the disk's flushes.
         folder = Path(tempfile.mkdtemp(prefix="walk-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         try:
@@ -322,7 +324,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1_000_000)
     args = parser.parse_args()
     began = time.monotonic()
-    count, violations = run_many(args.seed, args.sequences, args.steps)
+    count, violations = run_many(args.seed, args.sequences, args.steps, report_every=100)
     for text in violations[:5]:
         print(text, file=sys.stderr)
     print(json.dumps({"sequences": count, "steps_per_sequence": args.steps, "violations": len(violations),

@@ -110,7 +110,8 @@ def _assert_truthful_then_recovers(folder: Path, reference: dict[str, str], jobs
         path = folder / "image-cache" / row[3]
         assert path.is_file(), f"row without file: {row[3]}"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row[4], f"row with partial file: {row[3]}"
-    assert run_cli(folder, *ARGS, "--jobs", jobs).returncode == 0
+    rerun = run_cli(folder, *ARGS, "--jobs", jobs)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     repair = run_cli(folder, "repair", "--config", "image_cache.toml", "--size", "256")
     assert repair.returncode == 0, repair.stdout + repair.stderr
     verify = run_cli(folder, "verify", "--config", "image_cache.toml", "--size", "256", "--deep")

@@ -1,4 +1,4 @@
-"""Windows over a source gap: no image and a `missing`/`gap` row (skip), or drawn with reason gap (render)."""
+"""Windows over a source gap: no image and an `undrawable`/`gap` row (skip), or drawn with reason gap (render)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def _hole(workdir: Path) -> int:
     return hole
 
 
-def test_skip_records_missing_gap_rows(workdir: Path):
+def test_skip_records_undrawable_gap_rows(workdir: Path):
     hole = _hole(workdir)
     assert render_cli(workdir, "--symbol", "BTCUSDT", "--interval", "1h").returncode == 0
-    gap_rows = index_rows(workdir / "image_cache.sqlite", "WHERE status = 'missing'")
+    gap_rows = index_rows(workdir / "image_cache.sqlite", "WHERE status = 'undrawable'")
     # Every window whose 30 candles span the hole: the 29 following windows plus those the hole
     # interrupts; the hole itself ends no window.
     assert {r[2] for r in gap_rows} == {hole + k * HOUR for k in range(1, 30)}
@@ -35,8 +35,8 @@ def test_skip_records_missing_gap_rows(workdir: Path):
     assert not any((workdir / "image-cache" / r[3]).exists() for r in gap_rows)
     verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--json")
     assert verify.returncode == 0, verify.stdout
-    assert json.loads(verify.stdout)["gap_windows"] == 29
-    assert json.loads(render_cli(workdir, "--symbol", "BTCUSDT", "--interval", "1h", "--json").stdout)["missing"] == 0
+    assert json.loads(verify.stdout)["no_image"]["gap"] == 29
+    assert json.loads(render_cli(workdir, "--symbol", "BTCUSDT", "--interval", "1h", "--json").stdout)["recorded"] == 0
 
 
 def test_render_policy_draws_gap_windows(workdir: Path):

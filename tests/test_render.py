@@ -27,7 +27,7 @@ def test_second_render_draws_nothing(rendered: Path):
     second = render_cli(rendered, "--json")
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)
-    assert report["drawn"] == 0 and report["missing"] == 0 and report["up_to_date"] == len(before)
+    assert report["drawn"] == 0 and report["recorded"] == 0 and report["up_to_date"] == len(before)
     assert tree_digest(rendered / "image-cache") == before
     assert "nothing to draw" in render_cli(rendered).stdout
 
@@ -42,7 +42,7 @@ def test_dry_run_writes_nothing_and_plans_exactly(workdir: Path):
         ["image_cache.toml"]
     real = json.loads(render_cli(workdir, "--json").stdout)
     assert real["drawn"] == sum(c["new"] + c["stale"] for c in planned.values())
-    assert real["missing"] == sum(c["gap"] + c["history"] for c in planned.values())
+    assert real["recorded"] == sum(c["gap"] + c["history"] for c in planned.values())
 
 
 def test_limit_then_resume(workdir: Path):
