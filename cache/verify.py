@@ -186,7 +186,6 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
     began = time.monotonic()
     found = Inspection(VerifyResult(deep=deep))
     result = found.result
-    root = settings.image_root_dir
     where, params = index.series_where(filters.symbols, filters.intervals)
     market_conn = None
     if os.path.isfile(settings.market_db_path):
@@ -205,29 +204,48 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
         if market_conn is not None:
             market_conn.close()
 
+    _check_indexed_files(conn, settings, where, params, deep, progress, found)
+    _scan_root(conn, settings.image_root_dir, filters, where, params, found)
+    result.problems.sort(key=lambda p: (p.path, p.kind))
+    result.foreign.sort()
+    result.seconds = time.monotonic() - began
+    return found
+
+
+def _check_indexed_files(conn: sqlite3.Connection, settings: Settings, where: str, params: list, deep: bool,
+                         progress: Progress, found: Inspection) -> None:
+    """The files of `ok` rows the reconciler left alone: recorded `corrupt` or `missing` when they fail."""
+    result = found.result
+    and_where = where + " AND" if where else " WHERE"
     settled = {pid for pid, *_ in found.retire} | {pid for pid, _ in found.drop} | \
         {pid for ids in found.redraw.values() for pid in ids}
-    with_file = [row for row in conn.execute(
-        "SELECT id, file_path, file_size, width_px, height_px, sha256 FROM images"
-        + (where + " AND" if where else " WHERE") + " status = 'ok'", params) if row["id"] not in settled]
+    with_file = [row for row in conn.execute("SELECT id, file_path, file_size, width_px, height_px, sha256 "
+                                             f"FROM images{and_where} status = 'ok'", params)
+                 if row["id"] not in settled]
     # Every row that has (or should have) a file, whatever this run found: the same figure twice.
-    result.checked = conn.execute("SELECT count(*) FROM images" + (where + " AND" if where else " WHERE")
-                                  + " status != 'undrawable'", params).fetchone()[0]
+    result.checked = conn.execute(f"SELECT count(*) FROM images{and_where} status != 'undrawable'",
+                                  params).fetchone()[0]
     changes = []
     by_id = {row["id"]: row for row in with_file}
-    for row_id, status, reason in _check_all(root, [tuple(r) for r in with_file], deep, settings, progress):
+    for row_id, status, reason in _check_all(settings.image_root_dir, [tuple(r) for r in with_file], deep,
+                                             settings, progress):
         if status != "ok":
             changes.append((row_id, status, reason))
             result.problems.append(Problem(status, by_id[row_id]["file_path"], reason or status))
     index.set_status(conn, changes)
-    for row_id, status, _ in changes:
-        found.redraw[_redraw_key(conn, row_id, found)].append(row_id)
+    for row_id, _, _ in changes:
+        found.redraw[_redraw_key(conn, row_id)].append(row_id)
 
+
+def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str, params: list,
+               found: Inspection) -> None:
+    """Files without rows (ours: orphans; temp files) and anything that is not ours (foreign)."""
+    result = found.result
     known = {row["file_path"] for row in conn.execute("SELECT file_path FROM images" + where, params)}
-    tops = [s for s in (filters.symbols or [""])]
-    if filters.symbols and filters.intervals:
-        tops = [f"{s}/{iv}" for s in filters.symbols for iv in filters.intervals]
-    for kind, path in Tree(root).walk(tops):
+    for kind, path in Tree(root).walk(list(filters.symbols or [""])):
+        parts = path.split("/")
+        if filters.intervals and (len(parts) < 2 or parts[1] not in filters.intervals):
+            continue
         if kind == "temp":
             found.temps.append(path)
             result.problems.append(Problem("temp", path, "leftover temporary file"))
@@ -239,13 +257,9 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
                 result.problems.append(Problem("orphan", path, "no index row"))
         elif kind == "foreign":
             result.foreign.append(path)
-    result.problems.sort(key=lambda p: (p.path, p.kind))
-    result.foreign.sort()
-    result.seconds = time.monotonic() - began
-    return found
 
 
-def _redraw_key(conn: sqlite3.Connection, row_id: int, found: Inspection) -> tuple[str, str, chart.Spec]:
+def _redraw_key(conn: sqlite3.Connection, row_id: int) -> tuple[str, str, chart.Spec | None]:
     row = conn.execute(f"SELECT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images WHERE id = ?",
                        (row_id,)).fetchone()
     return row["symbol"], row["interval"], spec_of_preset(dict(row))
