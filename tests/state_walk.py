@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ class Walk:
         return f"repair: {result.as_dict()['found']}"
 
     def damage(self) -> str:
-        paths = self._ok_paths()
+        paths = [p for p in self._ok_paths() if (self.root / p).is_file()]
         if not paths:
             return "damage: nothing to damage"
         path = self.rng.choice(paths)
@@ -296,8 +297,9 @@ def run_sequence(seed: int, steps: int, folder: Path) -> list[str]:
         try:
             walk.log.append(walk.step())
             walk.check()
-        except Violation as exc:
-            raise Violation(f"seed {seed}, after steps:\n  " + "\n  ".join(walk.log) + f"\n{exc}") from None
+        except Exception as exc:  # an invariant broken, or a command failing where it must not
+            detail = str(exc) if isinstance(exc, Violation) else "".join(traceback.format_exception(exc))
+            raise Violation(f"seed {seed}, after steps:\n  " + "\n  ".join(walk.log) + f"\n{detail}") from None
     return walk.log
 
 
