@@ -1,15 +1,18 @@
 """What both command lines share: exit codes, one-line errors, JSON or text results, progress bars.
 
 The libraries (ingest/, chart/, cache/) never print and never exit; the two CLIs
-(`python -m ingest`, `python image_cache.py`) go through `run` here.
+(`python -m ingest`, `python image_cache.py`) parse with `Parser` and go through `run` here.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from tqdm import tqdm
 
@@ -20,6 +23,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 128 + signal.SIGINT    # 130, as a shell reports a Ctrl-C
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE   # 141, as a shell reports `cmd | head` killing cmd
+EXIT_TERMINATED = 128 + signal.SIGTERM    # 143, as a shell reports `kill`
 
 T = TypeVar("T")
 
@@ -35,8 +41,25 @@ class Result(Protocol):
     def ok(self) -> bool: ...
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `Error:` line (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"Error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run stops through the same cleanup as Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run(command: Callable[[], Result], as_json: bool) -> int:
-    """Run a command, print its result on stdout, map domain errors to exit codes."""
+    """Run a command, print its result on stdout, map domain errors and signals to exit codes."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         result = command()
     except LockHeld as exc:
@@ -45,13 +68,23 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     except (MarketError, ChartError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except Terminated:
+        print("Error: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
-        return 130
-    if as_json:
-        print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
-    else:
-        print(result.text())
+        return EXIT_INTERRUPTED
+    try:
+        if as_json:
+            print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
+        else:
+            print(result.text())
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`status | head`): say nothing more, and keep Python's exit-time flush of
+        # stdout from failing again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     # A run that stopped part-way still reports what it did (stdout), and why it stopped (stderr).
     if getattr(result, "error", None):
         print(f"Error: {result.error}", file=sys.stderr)

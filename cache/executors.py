@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
-from cache.system import tune_allocator
+from cache.system import die_with_driver, tune_allocator
 from cache.work import Chunk
 from config import Settings
 from core.errors import MarketError
@@ -78,10 +78,27 @@ def executor(settings: Settings) -> Iterator[Run]:
         yield lambda fn, chunks: (fn(chunk) for chunk in chunks)
         return
     # forkserver: workers never inherit the parent's SQLite connections.
-    pool = ProcessPoolExecutor(max_workers=settings.workers, mp_context=multiprocessing.get_context("forkserver"))
+    context = multiprocessing.get_context("forkserver")
+    lifeline, keep_alive = context.Pipe(duplex=False)  # workers hold the read end, this process the write end
+    pool = ProcessPoolExecutor(max_workers=settings.workers, mp_context=context,
+                               initializer=die_with_driver, initargs=(lifeline,))
     try:
         for _ in range(settings.workers):
             pool.submit(tune_allocator)
         yield lambda fn, chunks: _pool_results(pool, fn, chunks, settings.workers)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or failed: nobody will use the chunks in flight, so stop the
+        # workers now rather than wait for them. Their finished files have no rows yet; repair adopts them.
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        lifeline.close()
+        keep_alive.close()
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public way to stop its workers before Python 3.14 (terminate_workers).
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            process.terminate()

@@ -1,4 +1,5 @@
-"""The two Linux libc calls the cache needs, with portable fallbacks: syncfs and malloc tuning."""
+"""What worker processes need from the system: syncfs and malloc tuning (Linux libc calls with portable
+fallbacks), and dying with the run that started them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import signal
 import sys
+import threading
+from multiprocessing.connection import Connection
 
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -46,3 +50,23 @@ def tune_allocator() -> None:
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
         libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
+
+
+def die_with_driver(lifeline: Connection) -> None:
+    """End this worker process as soon as the driver ends, however it ends (even SIGKILL).
+
+    `lifeline` is the read end of a pipe whose only write end the driver holds: the kernel closes it
+    when the driver dies, and a thread blocked reading it then ends the worker. (A parent-death signal
+    cannot do this: a pool worker's parent is the forkserver, which stays alive as long as the workers
+    do.) Workers ignore SIGINT: on Ctrl-C the driver stops them, without a traceback from each.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_on_eof, args=(lifeline,), daemon=True, name="lifeline").start()
+
+
+def _exit_on_eof(lifeline: Connection) -> None:
+    try:
+        while True:
+            lifeline.recv_bytes()  # the driver never writes: this returns only at end of file
+    except (EOFError, OSError):
+        os._exit(1)
