@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import MarketError
+from core.db import check_sqlite_file
+from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS, check_interval, check_symbol, split_symbol
 
 CANDLE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_asset_volume",
@@ -107,13 +108,24 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 def connect_writer(path: str) -> sqlite3.Connection:
     """A read-write connection in WAL mode, migrated; the caller holds `writer_lock(path)`."""
+    check_sqlite_file(path, "market database", "candles")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise MarketError(os_error_message("create folder", directory, exc)) from None
     conn = sqlite3.connect(path, isolation_level=None, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    migrate(conn)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise MarketError(f"{path}: cannot open market database: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
