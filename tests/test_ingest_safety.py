@@ -1,7 +1,8 @@
-"""Ingest never answers bad surroundings with a traceback or a lost file.
+"""Ingest never answers bad surroundings with a traceback, a hang, a lost file or unbounded memory.
 
-`--db` naming something that is not a market and a full disk when the lock is written each end in
-a one-line error, and the files around are left as they were.
+`--db` naming something that is not a market, a full disk when the lock is written, a folder of
+zips with hostile members among valid ones, named pipes, and inputs sized to exhaust memory:
+each ends in a one-line error or a correct result, and the files around are left as they were.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from binance_fixtures import kline_csv, kline_rows, write_archive
+from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
+from ingest.binance_vision import MAX_MEMBER_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -24,6 +27,16 @@ GOOD_CSV = b"open_time,open,high,low,close,volume\n1705276800000,1,2,0.5,1.5,10\
 def cli(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ingest", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=ENV)
+
+
+def peak_rss_mb(cwd: Path, *args: str) -> tuple[int, float, str]:
+    """Exit code, peak resident memory (MB) and output of `python -m ingest ARGS`."""
+    with subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as proc:
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024, output
 
 
 def one_line_error(run: subprocess.CompletedProcess) -> str:
@@ -133,3 +146,92 @@ def test_a_disk_too_full_for_the_database_is_one_line(tmp_path: Path, full_disk:
     run = cli(tmp_path, args[0], "--db", str(full_disk / "market.sqlite"), *args[1:])
     # SQLite tells a full tmpfs as "disk I/O error" (its shared-memory file cannot grow).
     assert one_line_error(run).startswith(f"Error: {full_disk / 'market.sqlite'}: cannot open market database: ")
+
+
+# ---------------------------------------------------------------------------------------- folders and pipes
+
+def _encrypted(blob: bytes) -> bytes:
+    patched = bytearray(blob)
+    patched[6] |= 1
+    central = patched.rfind(b"PK\x01\x02")
+    patched[central + 8] |= 1
+    return bytes(patched)
+
+
+def test_hostile_members_in_a_folder_do_not_stop_the_valid_files(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    day = lambda d: kline_csv(kline_rows("1h", d, 24))  # noqa: E731
+    write_archive(folder, "BTCUSDT-1h-2024-01-14.zip", day("2024-01-14"))
+    encrypted = _encrypted(zip_bytes({"BTCUSDT-1h-2024-01-15.csv": day("2024-01-15")}))
+    (folder / "BTCUSDT-1h-2024-01-15.zip").write_bytes(encrypted)
+    (folder / "BTCUSDT-1h-2024-01-15.zip.CHECKSUM").write_text(checksum_text(encrypted, "BTCUSDT-1h-2024-01-15.zip"))
+    os.mkfifo(folder / "BTCUSDT-1h-2024-01-16.zip")
+    write_archive(folder, "BTCUSDT-1h-2024-01-17.zip", day("2024-01-17"), checksum=None)
+    (folder / "BTCUSDT-1h-2024-01-17.zip.CHECKSUM").mkdir()
+    write_archive(folder, "BTCUSDT-1h-2024-01-18.zip", day("2024-01-18"))
+    db = tmp_path / "market.sqlite"
+    run = cli(tmp_path, "binance-vision", "--db", str(db), str(folder))
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+    assert run.stdout.splitlines()[:3] == [
+        "rejected: BTCUSDT-1h-2024-01-15.zip: zip: member 'BTCUSDT-1h-2024-01-15.csv' is encrypted",
+        "rejected: BTCUSDT-1h-2024-01-16.zip: not a regular file: a named pipe; only regular files are read",
+        "rejected: BTCUSDT-1h-2024-01-17.zip: checksum: BTCUSDT-1h-2024-01-17.zip.CHECKSUM: not a regular file: "
+        "a directory; only regular files are read"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT file_name, status FROM ingested_files ORDER BY id").fetchall() == [
+            ("BTCUSDT-1h-2024-01-14.zip", "ok"), ("BTCUSDT-1h-2024-01-15.zip", "rejected"),
+            ("BTCUSDT-1h-2024-01-16.zip", "rejected"), ("BTCUSDT-1h-2024-01-17.zip", "rejected"),
+            ("BTCUSDT-1h-2024-01-18.zip", "ok")]
+        assert conn.execute("SELECT COUNT(*) FROM candles").fetchone()[0] == 48
+
+
+def test_a_csv_that_is_a_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "prices.csv")
+    run = cli(tmp_path, "csv", str(tmp_path / "prices.csv"), "--symbol", "BTCUSDT", "--interval", "1h", timeout=30)
+    assert one_line_error(run) == (f"Error: {tmp_path / 'prices.csv'}: not a regular file: a named pipe; "
+                                   "only regular files are read")
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+MEMORY_TARGET_MB = 300
+
+
+def test_a_huge_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path: Path) -> None:
+    """A 4 GB file (sparse: it costs no disk) is refused without being read into memory."""
+    path = tmp_path / "BTCUSDT-1h-2024-01-15.zip"
+    with open(path, "wb") as f:
+        f.write(b"1705276800000,")
+        f.truncate(4 * 2**30)
+    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
+    assert rc == 1 and "zip: not a zip archive (starts with b'1705')" in output, output
+    assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
+
+
+def test_a_small_zip_holding_a_huge_member_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """500 MB of one repeated row compress to ~1 MB; the member is refused, never held whole."""
+    row = b"1705276800000,1,1,1,1,0,1705276803599999,0,0,0,0,0\n"
+    path = tmp_path / "BTCUSDT-1h-2024-01-15.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("BTCUSDT-1h-2024-01-15.csv", "w", force_zip64=True) as member:
+        block = row * (2**20 // len(row))
+        for _ in range(500):
+            member.write(block)
+    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
+    assert rc == 1 and f"is larger than {MAX_MEMBER_BYTES} bytes uncompressed" in output, output
+    assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
+
+
+def test_a_member_at_the_cap_ingests_in_bounded_memory(tmp_path: Path) -> None:
+    """The worst case per byte: the shortest valid kline rows, as many as the cap admits."""
+    start = 1704067200000  # 2024-01-01, a monthly 1s file
+    row = lambda t: f"{t},1,1,1,1,0,{t + 999},0,0,0,0,0\n".encode()  # noqa: E731
+    count = MAX_MEMBER_BYTES // len(row(start))
+    path = tmp_path / "BTCUSDT-1s-2024-01.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive, \
+            archive.open("BTCUSDT-1s-2024-01.csv", "w") as member:
+        for first in range(0, count, 100_000):
+            member.write(b"".join(row(start + i * 1000) for i in range(first, min(count, first + 100_000))))
+    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
+    assert rc == 0 and f"rows: {count} inserted" in output, output
+    assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
