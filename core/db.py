@@ -102,6 +102,8 @@ def check_sqlite_file(path: str, what: str, table: str) -> None:
 
     A missing or empty file, or an SQLite file without tables, is fine: it becomes a new database.
     """
+    if path in ("", ":memory:"):  # SQLite's names for a database that vanishes when closed
+        raise MarketError(f"{path!r} names no {what} file")
     try:
         info = os.stat(path)
     except FileNotFoundError:

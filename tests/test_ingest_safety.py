@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.ingest_memory import peak_rss
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
 from ingest.binance_vision import MAX_MEMBER_BYTES
 
@@ -30,13 +31,9 @@ def cli(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProce
 
 
 def peak_rss_mb(cwd: Path, *args: str) -> tuple[int, float, str]:
-    """Exit code, peak resident memory (MB) and output of `python -m ingest ARGS`."""
-    with subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT) as proc:
-        output = proc.stdout.read().decode() if proc.stdout else ""
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, output
+    """Exit code, peak resident memory (MB) and output of `python -m ingest ARGS` (the kernel's high-water mark)."""
+    rc, peak, _, output = peak_rss(list(args), cwd)
+    return rc, peak, output
 
 
 def one_line_error(run: subprocess.CompletedProcess) -> str:
@@ -102,6 +99,15 @@ def test_the_db_refusal_says_why(tmp_path: Path, kind: str, reason: str) -> None
     db = _not_a_market(tmp_path, kind)
     run = cli(tmp_path, "sample", "--db", str(db), "--symbols", "BTCUSDT", "--days", "1")
     assert reason in one_line_error(run)
+
+
+@pytest.mark.parametrize("db", ["", ":memory:"])
+def test_a_db_path_sqlite_would_make_a_throwaway_database_of_is_refused(tmp_path: Path, db: str) -> None:
+    args = COMMANDS["binance-vision"](tmp_path)
+    before = _snapshot(tmp_path)
+    run = cli(tmp_path, args[0], "--db", db, *args[1:])
+    assert one_line_error(run) == f"Error: {db!r} names no market database file"
+    assert _snapshot(tmp_path) == before
 
 
 def test_a_market_path_with_hash_and_question_mark_is_read_as_named(tmp_path: Path) -> None:
