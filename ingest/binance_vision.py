@@ -390,13 +390,18 @@ def _finish(conn: sqlite3.Connection, item: Inspected, plan: str | Future[Valida
         return skipped(conn, item.src)
     if not item.verified:
         warn(_unverified_warning(item.src))
-    if isinstance(plan, str):  # a repeat, or a member parsed inline
-        return ingest_file(conn, item.src, item.load, verified=item.verified)
+    if isinstance(plan, str):  # a repeat (decided now that the earlier copy is recorded), or parsed inline
+        if already_ingested(conn, item.src, item.verified):
+            return skipped(conn, item.src)
+        load = item.load
+    else:
+        load = plan.result
+    # A file the market cannot take (its series holds foreign values) is rejected like a bad file:
+    # its transaction is rolled back and the next files still go in.
     try:
-        parsed = plan.result()
+        return write_file(conn, item.src, load(), verified=item.verified)
     except MarketError as exc:
         return reject(conn, item.src, str(exc))
-    return write_file(conn, item.src, parsed, verified=item.verified)
 
 
 def _ahead(items: Iterator[T], count: int) -> Iterator[T]:

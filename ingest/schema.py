@@ -163,7 +163,15 @@ def read_candles(conn: sqlite3.Connection, sid: int, start_ms: int | None = None
     rows = conn.execute(f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
                         "WHERE series_id = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
                         (sid, lo, hi)).fetchall()
-    return np.array(rows, dtype=CANDLE_DTYPE) if rows else np.empty(0, dtype=CANDLE_DTYPE)
+    try:
+        return np.array(rows, dtype=CANDLE_DTYPE) if rows else np.empty(0, dtype=CANDLE_DTYPE)
+    except (ValueError, TypeError):
+        # A market not written by us may hold TEXT or BLOB (or NULL) in number columns.
+        numeric = " AND ".join(f"typeof({c}) IN ('integer', 'real')" for c in CANDLE_COLUMNS)
+        bad = conn.execute(f"SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ? "
+                           f"AND NOT ({numeric}) ORDER BY open_time LIMIT 1", (sid, lo, hi)).fetchone()
+        raise MarketError(f"market database: candle of series {sid} at open_time {bad[0] if bad else '?'} "
+                          "holds a value that is not a number; fix or remove it to ingest into this series") from None
 
 
 def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> UpsertCounts:

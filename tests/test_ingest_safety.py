@@ -122,6 +122,42 @@ def test_a_market_path_with_hash_and_question_mark_is_read_as_named(tmp_path: Pa
     assert set(os.listdir(tmp_path)) - before <= {db.name + "-shm", db.name + "-wal"}
 
 
+def _foreign_market(db: Path, sql: str) -> None:
+    """A market written by another tool: our four core tables, one series, then `sql`."""
+    from ingest.schema import CORE_DDL
+    with sqlite3.connect(db) as conn:
+        conn.executescript(CORE_DDL + """
+            INSERT INTO symbols(symbol, base_asset, quote_asset) VALUES ('BTCUSDT', 'BTC', 'USDT');
+            INSERT INTO intervals(code, ms) VALUES ('1h', 3600000);
+            INSERT INTO series(symbol_id, interval_id) VALUES (1, 1);""" + sql)
+
+
+def test_text_in_a_foreign_market_rejects_that_file_and_the_others_go_in(tmp_path: Path) -> None:
+    db = tmp_path / "market.sqlite"
+    _foreign_market(db, "INSERT INTO candles VALUES (1, 1705276800000, 'abc', 1, 1, 1, 1, 1, 1, 1, 1);")
+    folder = tmp_path / "in"
+    write_archive(folder, "BTCUSDT-1h-2024-01-15.zip", kline_csv(kline_rows("1h", "2024-01-15", 24)))
+    write_archive(folder, "ETHUSDT-1h-2024-01-15.zip", kline_csv(kline_rows("1h", "2024-01-15", 24)))
+    run = cli(tmp_path, "binance-vision", "--db", str(db), str(folder))
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+    assert run.stdout.splitlines()[0] == (
+        "rejected: market database: candle of series 1 at open_time 1705276800000 holds a value that is not a "
+        "number; fix or remove it to ingest into this series")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT file_name, status FROM ingested_files ORDER BY id").fetchall() == [
+            ("BTCUSDT-1h-2024-01-15.zip", "rejected"), ("ETHUSDT-1h-2024-01-15.zip", "ok")]
+        assert conn.execute("SELECT series_id, COUNT(*) FROM candles GROUP BY series_id").fetchall() == [(1, 1), (2, 24)]
+
+
+def test_an_sqlite_error_while_writing_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "market.sqlite"
+    _foreign_market(db, "CREATE TRIGGER veto BEFORE INSERT ON candles BEGIN SELECT RAISE(ABORT, 'vetoed'); END;")
+    args = COMMANDS["binance-vision"](tmp_path)
+    assert one_line_error(cli(tmp_path, args[0], "--db", str(db), *args[1:])) == f"Error: {db}: vetoed"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM candles").fetchone()[0] == 0
+
+
 # ---------------------------------------------------------------------------------------- full disk
 
 @pytest.fixture
