@@ -7,10 +7,12 @@ import errno
 import fcntl
 import os
 import sqlite3
+import stat
 import time
+import urllib.parse
 from collections.abc import Iterator
 
-from core.errors import LockHeld
+from core.errors import LockHeld, MarketError, os_error_message
 
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -40,8 +42,11 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
     Waits up to `wait_seconds`, then raises LockHeld naming the holder. The lock dies with the
     process (flock), so a crash never leaves a stale lock behind.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise MarketError(os_error_message("create lock file", path, exc)) from None
     try:
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -50,12 +55,15 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
+                    raise MarketError(os_error_message("lock", path, exc)) from None
                 if time.monotonic() >= deadline:
                     raise LockHeld(path, os.pread(fd, 4096, 0).decode(errors="replace").strip()) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        except OSError as exc:
+            raise MarketError(os_error_message("write lock file", path, exc)) from None
         yield
     finally:
         os.close(fd)
@@ -79,5 +87,48 @@ def lock_is_held(path: str) -> bool:
 
 
 def writer_lock(db_path: str, purpose: str, wait_seconds: float = 30.0) -> contextlib.AbstractContextManager:
-    """The ingest writer lock of a market database."""
+    """The ingest writer lock of a market database; a path that is not one is refused before the lock file
+    is created next to it."""
+    check_sqlite_file(db_path, "market database", "candles")
     return exclusive_lock(lock_path(db_path), purpose, wait_seconds)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: str, what: str, table: str) -> None:
+    """Refuse, untouched, a path that exists and is not an SQLite file (a directory, a pipe, notes.txt),
+    or is an SQLite file of someone else's: tables, none of them `table`.
+
+    A missing or empty file, or an SQLite file without tables, is fine: it becomes a new database.
+    """
+    if path in ("", ":memory:"):  # SQLite's names for a database that vanishes when closed
+        raise MarketError(f"{path!r} names no {what} file")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MarketError(os_error_message(f"open {what}", path, exc)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise MarketError(f"{path}: not a {what}: not a regular file")
+    if info.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise MarketError(os_error_message(f"read {what}", path, exc)) from None
+    if head != SQLITE_HEADER:
+        raise MarketError(f"{path}: not a {what}: not an SQLite file (it starts with {head[:8]!r})")
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise MarketError(f"{path}: cannot read {what}: {exc}") from None
+    if tables and table not in tables:
+        raise MarketError(f"{path}: not a {what}: an SQLite file without a {table} table "
+                          f"(tables: {', '.join(sorted(tables)[:5])}); refusing to add tables to it")

@@ -8,9 +8,14 @@ Each command parses its arguments, calls one library function, and prints the re
 from __future__ import annotations
 
 import argparse
+import errno
+import sqlite3
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import console
+from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS
 
 
@@ -107,9 +112,26 @@ def command(args: argparse.Namespace):
     return lambda: status(args.db, failures=args.failures)
 
 
+def one_line_errors(call: Callable[[], Any], db: str) -> Callable[[], Any]:
+    """`call`, with the OS and SQLite errors that escape the library told as one-line domain errors.
+
+    The library turns the errors it expects into MarketError at their source; this is the last line
+    that keeps a traceback from the user (a disk filling up mid-write, an I/O error).
+    """
+    def wrapped() -> Any:
+        try:
+            return call()
+        except sqlite3.Error as exc:
+            raise MarketError(f"{db}: {exc}") from None
+        except OSError as exc:
+            raise MarketError(os_error_message("write" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "access",
+                                               exc.filename or db, exc)) from None
+    return wrapped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return console.run(command(args), args.json)
+    return console.run(one_line_errors(command(args), args.db), args.json)
 
 
 if __name__ == "__main__":

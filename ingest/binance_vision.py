@@ -2,17 +2,17 @@
 
 `ingest_paths` ingests local zips (files or directories, searched recursively); `ingest_archive`
 ingests one zip on an open writer connection, for callers (the downloader) that hold the lock.
-Zips are read in memory with a size cap and never extracted to disk.
+Zips are hashed and decompressed as streams, with a size cap, and never extracted to disk.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import re
 import sqlite3
+import struct
 import time
 import zipfile
 import zlib
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ from ingest.registry import (FileOutcome, IngestResult, SourceFile, already_inge
                              write_file, writer)
 from core.errors import MarketError
 from core.grid import DAY_MS, check_interval, check_symbol, utc_ms
+from ingest.inputs import CHUNK_BYTES, open_regular, sha256_stream
 from ingest.validate import Lines, Validated, detect_unit, fail, field_counts, is_number, split_lines, to_ms, validate
 
 KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume",
@@ -40,12 +41,21 @@ INT_FIELDS = ("open_time", "close_time", "trades")
 KLINE_DTYPES = {name: (np.int64 if name in INT_FIELDS else np.float64) for name in KLINE_FIELDS[:11]}
 # A kline row is ~150 bytes; anything far longer is not a kline file.
 MAX_LINE_BYTES = 4096
-# A monthly 1s file is ~2.7 M rows (~300 MB); more than this is not a kline archive but a zip bomb.
-MAX_MEMBER_BYTES = 512 * 2**20
+# Daily files of any interval (a 1s day: ~14 MB) and monthly files from 1m up (~6 MB) fit; a monthly
+# 1s file (~300 MB) does not: parsing one file whole would break the 300 MB peak-memory bound.
+MAX_MEMBER_BYTES = 16 * 2**20
+# A zip starts with a local file header (or, empty, with the end of central directory).
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Headers and directory of a one-member zip: a larger file cannot hold a member within the cap.
+ZIP_OVERHEAD_BYTES = 2**20
+ENCRYPTED_FLAG = 0x1
 T = TypeVar("T")
 # Files parsed ahead, in threads, while the main thread writes: zlib, the CSV parser, numpy and
 # SQLite all release the GIL.
 PARSE_THREADS = 2
+# Uncompressed member bytes parsed ahead at once; a member that does not fit is parsed at its turn.
+# With the member cap this bounds peak memory (parsing costs up to ~7 bytes per member byte).
+AHEAD_BYTES = 6 * 2**20
 
 NAME_RE = re.compile(r"^(?P<symbol>[^/\\]+?)-(?P<interval>[0-9]+(?:mo|[smhdw]))-"
                      r"(?P<period>(?P<year>[0-9]{4})-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2}))?)\.zip$")
@@ -86,12 +96,16 @@ def parse_name(file_name: str) -> ArchiveName:
 
 def read_checksum(zip_path: str) -> str | None:
     """The SHA-256 named by the sibling `.CHECKSUM` file, or None when there is none."""
-    try:
-        with open(zip_path + ".CHECKSUM", "rb") as f:
-            text = f.read(4096).decode("ascii", errors="replace")
-    except FileNotFoundError:
-        return None
     name = os.path.basename(zip_path)
+    if not os.path.lexists(zip_path + ".CHECKSUM"):
+        return None
+    try:
+        with open_regular(zip_path + ".CHECKSUM", name + ".CHECKSUM") as f:
+            text = f.read(4096).decode("ascii", errors="replace")
+    except MarketError as exc:
+        raise fail(name, None, "checksum", str(exc)) from None
+    except OSError as exc:
+        raise fail(name, None, "checksum", f"cannot read .CHECKSUM file ({exc.strerror or exc})") from None
     match = CHECKSUM_RE.match(text.strip())
     if not match:
         raise fail(name, None, "checksum", "malformed .CHECKSUM file (expected '<sha256>  <file name>')")
@@ -100,29 +114,46 @@ def read_checksum(zip_path: str) -> str | None:
     return match["hex"].lower()
 
 
-def read_member(name: str, blob: bytes, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
-    """The one CSV member of a zip, read in memory, at most `max_bytes` uncompressed."""
+def read_member(name: str, archive_file: bytes | BinaryIO, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+    """The one CSV member of a zip, decompressed as a stream and refused past `max_bytes`.
+
+    Only stored and deflated members are read: other methods (LZMA's dictionary, bzip2) have
+    their own memory needs, and Binance never uses them.
+    """
+    source = io.BytesIO(archive_file) if isinstance(archive_file, bytes) else archive_file
     try:
-        archive = zipfile.ZipFile(io.BytesIO(blob))
-        members = archive.infolist()
-        if len(members) != 1:
-            raise fail(name, None, "zip", f"expected exactly one CSV member, found {len(members)}")
-        member = members[0]
-        if "/" in member.filename or "\\" in member.filename or member.filename.startswith(".."):
-            raise fail(name, None, "zip", f"member name {member.filename!r} contains a path")
-        if not member.filename.lower().endswith(".csv"):
-            raise fail(name, None, "zip", f"member {member.filename!r} is not a .csv file")
-        too_big = fail(name, None, "zip", f"member {member.filename!r} is larger than {max_bytes} bytes uncompressed")
-        # The declared size may lie: the read itself is capped too.
-        if member.file_size > max_bytes:
-            raise too_big
-        with archive.open(member) as f:
-            data = f.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise too_big
-        return data
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        with zipfile.ZipFile(source) as archive:
+            members = archive.infolist()
+            if len(members) != 1:
+                raise fail(name, None, "zip", f"expected exactly one CSV member, found {len(members)}")
+            member = members[0]
+            if "/" in member.filename or "\\" in member.filename or member.filename.startswith(".."):
+                raise fail(name, None, "zip", f"member name {member.filename!r} contains a path")
+            if not member.filename.lower().endswith(".csv"):
+                raise fail(name, None, "zip", f"member {member.filename!r} is not a .csv file")
+            if member.flag_bits & ENCRYPTED_FLAG:
+                raise fail(name, None, "zip", f"member {member.filename!r} is encrypted")
+            if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise fail(name, None, "zip", f"member {member.filename!r} uses compression method "
+                                              f"{member.compress_type}; only stored and deflate are read")
+            too_big = fail(name, None, "zip",
+                           f"member {member.filename!r} is larger than {max_bytes} bytes uncompressed")
+            # The declared size may lie: the stream is counted too.
+            if member.file_size > max_bytes:
+                raise too_big
+            out = io.BytesIO()
+            with archive.open(member) as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    if out.tell() + len(chunk) > max_bytes:
+                        raise too_big
+                    out.write(chunk)
+            # getvalue() hands over the buffer without a copy: the member is held once.
+            return out.getvalue()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError,
+            OverflowError, struct.error, UnicodeDecodeError) as exc:
         raise fail(name, None, "zip", f"corrupt or unsupported archive ({exc})") from None
+    except OSError as exc:
+        raise fail(name, None, "cannot read", exc.strerror or str(exc)) from None
 
 
 def _locate_bad_field(name: str, body: bytes, first_line: int, error: Exception) -> MarketError:
@@ -199,28 +230,44 @@ class Inspected:
     verified: bool
     reason: str | None
     load: Callable[[], Validated] | None
+    # Uncompressed bytes the zip's directory declares (decompression never reads past them).
+    member_bytes: int = 0
 
 
 def inspect_archive(path: str, *, require_checksum: bool = False, source: str = "binance-vision",
                     max_member_bytes: int = MAX_MEMBER_BYTES) -> Inspected:
-    """Read and hash a zip, parse its name, verify its .CHECKSUM; `load` parses and validates it."""
+    """Hash a zip as a stream, parse its name, verify its .CHECKSUM; `load` parses and validates it.
+
+    A file that is not a regular file, does not start like a zip, or is larger than a zip whose
+    member is within the cap can be, is refused before it is read through.
+    """
     path = os.path.abspath(path)
     file_name = os.path.basename(path)
 
     def rejected(src: SourceFile, reason: str) -> Inspected:
         return Inspected(src, False, reason, None)
 
+    unread = SourceFile(path, file_name, None, None, source)
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
+        with open_regular(path, file_name) as f:
+            size = os.fstat(f.fileno()).st_size
+            unread = SourceFile(path, file_name, None, size, source)
+            head = f.read(len(ZIP_MAGIC[0]))
+            if head not in ZIP_MAGIC:
+                return rejected(unread, str(fail(file_name, None, "zip", f"not a zip archive (starts with {head!r})")))
+            if size > max_member_bytes + ZIP_OVERHEAD_BYTES:
+                return rejected(unread, str(fail(file_name, None, "zip", f"archive is {size} bytes, larger than "
+                                                 f"a zip of one member within {max_member_bytes} bytes can be")))
+            digest, size = sha256_stream(f, head)
+            member_bytes = _declared_bytes(f)
+    except MarketError as exc:
+        return rejected(unread, str(exc))
     except OSError as exc:
-        return rejected(SourceFile(path, file_name, None, None, source),
-                        str(fail(file_name, None, "cannot read", str(exc.strerror))))
-    digest = hashlib.sha256(blob).hexdigest()
-    src = SourceFile(path, file_name, digest, len(blob), source)
+        return rejected(unread, str(fail(file_name, None, "cannot read", exc.strerror or str(exc))))
+    src = SourceFile(path, file_name, digest, size, source)
     try:
         name = parse_name(file_name)
-        src = SourceFile(path, file_name, digest, len(blob), source, name.symbol, name.interval, name.period)
+        src = SourceFile(path, file_name, digest, size, source, name.symbol, name.interval, name.period)
         expected = read_checksum(path)
     except MarketError as exc:
         return rejected(src, str(exc))
@@ -228,9 +275,30 @@ def inspect_archive(path: str, *, require_checksum: bool = False, source: str = 
         return rejected(src, f"{file_name}: checksum: no .CHECKSUM file (--require-checksum)")
     if expected is not None and expected != digest:
         return rejected(src, f"{file_name}: checksum: mismatch, file SHA-256 {digest}, .CHECKSUM says {expected}")
-    return Inspected(src, expected is not None, None,
-                     lambda: parse_klines(file_name, read_member(file_name, blob, max_member_bytes),
-                                          name.interval, (name.start_ms, name.end_ms)))
+
+    def load() -> Validated:
+        # Opened again, and the bytes read are the bytes hashed: a file replaced in between is refused.
+        try:
+            with open_regular(path, file_name) as f:
+                if sha256_stream(f)[0] != digest:
+                    raise fail(file_name, None, "changed", "the file changed while it was being ingested")
+                f.seek(0)
+                member = read_member(file_name, f, max_member_bytes)
+        except OSError as exc:
+            raise fail(file_name, None, "cannot read", exc.strerror or str(exc)) from None
+        return parse_klines(file_name, member, name.interval, (name.start_ms, name.end_ms))
+
+    return Inspected(src, expected is not None, None, load, member_bytes)
+
+
+def _declared_bytes(f: BinaryIO) -> int:
+    """Uncompressed size the zip's central directory declares; 0 when unreadable (`load` says why)."""
+    try:
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+            return sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OverflowError, struct.error, UnicodeDecodeError, OSError):
+        return 0
 
 
 def _unverified_warning(src: SourceFile) -> str:
@@ -249,14 +317,19 @@ def ingest_archive(conn: sqlite3.Connection, path: str, *, require_checksum: boo
 
 
 def find_archives(paths: Sequence[str]) -> list[str]:
-    """Zip files named by `paths`: files as given, directories searched recursively (sorted)."""
+    """Zip files named by `paths`: files as given, directories searched recursively (sorted).
+
+    Every name ending in .zip is taken, whatever its kind (a pipe, a link): inspection reports
+    those it will not read, so that nothing is skipped silently.
+    """
     found: list[str] = []
     for path in paths:
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 found.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(".zip"))
-        elif os.path.isfile(path):
+        elif os.path.lexists(path):
+            # Anything else named is inspected, and refused there if it is not a regular file.
             found.append(path)
         else:
             raise MarketError(f"no such file or directory: {path}")
@@ -276,9 +349,11 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
     started = time.perf_counter()
     archives = find_archives(paths)
     result = IngestResult()
+    ahead_bytes = 0  # member bytes submitted to the pool and not yet written
     with writer(db, f"ingest {source}", lock_wait) as conn, ThreadPoolExecutor(max_workers=PARSE_THREADS) as pool:
 
         def planned() -> Iterator[tuple[Inspected, str | Future[Validated]]]:
+            nonlocal ahead_bytes
             # Skips are decided before the files ahead are written: a repeat of a file earlier in
             # this run is decided only when its turn comes, once the earlier copy is recorded.
             seen: set[tuple[str | None, ...]] = set()
@@ -292,12 +367,18 @@ def ingest_paths(db: str, paths: Sequence[str], *, require_checksum: bool = Fals
                     yield item, "repeat"
                 elif already_ingested(conn, item.src, item.verified):
                     yield item, "skipped"
+                elif ahead_bytes + item.member_bytes > AHEAD_BYTES:
+                    seen.add(key)
+                    yield item, "inline"
                 else:
                     seen.add(key)
+                    ahead_bytes += item.member_bytes
                     yield item, pool.submit(item.load)
 
         for item, plan in progress(_ahead(planned(), PARSE_THREADS), total=len(archives), desc="ingest", unit="file"):
             result.files.append(_finish(conn, item, plan, warn))
+            if isinstance(plan, Future):
+                ahead_bytes -= item.member_bytes
     result.seconds = time.perf_counter() - started
     return result
 
@@ -309,13 +390,18 @@ def _finish(conn: sqlite3.Connection, item: Inspected, plan: str | Future[Valida
         return skipped(conn, item.src)
     if not item.verified:
         warn(_unverified_warning(item.src))
-    if isinstance(plan, str):  # a repeat
-        return ingest_file(conn, item.src, item.load, verified=item.verified)
+    if isinstance(plan, str):  # a repeat (decided now that the earlier copy is recorded), or parsed inline
+        if already_ingested(conn, item.src, item.verified):
+            return skipped(conn, item.src)
+        load = item.load
+    else:
+        load = plan.result
+    # A file the market cannot take (its series holds foreign values) is rejected like a bad file:
+    # its transaction is rolled back and the next files still go in.
     try:
-        parsed = plan.result()
+        return write_file(conn, item.src, load(), verified=item.verified)
     except MarketError as exc:
         return reject(conn, item.src, str(exc))
-    return write_file(conn, item.src, parsed, verified=item.verified)
 
 
 def _ahead(items: Iterator[T], count: int) -> Iterator[T]:

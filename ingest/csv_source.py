@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core.hooks import Progress, Warn, no_progress, no_warn
+from ingest.inputs import open_regular
 from ingest.registry import IngestResult, SourceFile, ingest_file, writer
 from core.errors import MarketError
 from core.grid import check_interval, check_symbol
@@ -120,7 +121,7 @@ def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: s
     check_interval(interval)
     path = os.path.abspath(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, path) as f:
             data = f.read()
     except OSError as exc:
         raise MarketError(f"cannot read {path}: {exc.strerror}") from None

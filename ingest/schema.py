@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import MarketError
+from core.db import check_sqlite_file
+from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS, check_interval, check_symbol, split_symbol
 
 CANDLE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_asset_volume",
@@ -107,13 +108,24 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 def connect_writer(path: str) -> sqlite3.Connection:
     """A read-write connection in WAL mode, migrated; the caller holds `writer_lock(path)`."""
+    check_sqlite_file(path, "market database", "candles")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise MarketError(os_error_message("create folder", directory, exc)) from None
     conn = sqlite3.connect(path, isolation_level=None, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    migrate(conn)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise MarketError(f"{path}: cannot open market database: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -151,7 +163,15 @@ def read_candles(conn: sqlite3.Connection, sid: int, start_ms: int | None = None
     rows = conn.execute(f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
                         "WHERE series_id = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
                         (sid, lo, hi)).fetchall()
-    return np.array(rows, dtype=CANDLE_DTYPE) if rows else np.empty(0, dtype=CANDLE_DTYPE)
+    try:
+        return np.array(rows, dtype=CANDLE_DTYPE) if rows else np.empty(0, dtype=CANDLE_DTYPE)
+    except (ValueError, TypeError):
+        # A market not written by us may hold TEXT or BLOB (or NULL) in number columns.
+        numeric = " AND ".join(f"typeof({c}) IN ('integer', 'real')" for c in CANDLE_COLUMNS)
+        bad = conn.execute(f"SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ? "
+                           f"AND NOT ({numeric}) ORDER BY open_time LIMIT 1", (sid, lo, hi)).fetchone()
+        raise MarketError(f"market database: candle of series {sid} at open_time {bad[0] if bad else '?'} "
+                          "holds a value that is not a number; fix or remove it to ingest into this series") from None
 
 
 def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> UpsertCounts:
@@ -190,12 +210,12 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
 # Rows per INSERT statement: binding one flat parameter list per 64 rows is ~3x faster than one
 # statement per row (the per-row statement overhead dominates bulk ingest).
 _ROWS_PER_STATEMENT = 64
+_ROWS_PER_BLOCK = _ROWS_PER_STATEMENT * 1024
 
 
 def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
     """Upsert CANDLE_DTYPE rows. All values are bound as floats: the INTEGER affinity of open_time and
     trades stores them back as exact integers (< 2**53), and one float array flattens fastest."""
-    flat = np.column_stack([rows[c].astype(np.float64) for c in CANDLE_COLUMNS]).ravel().tolist()
     width = len(CANDLE_COLUMNS)
     values = f"({int(sid)}, {', '.join('?' * width)})"
     updates = ", ".join(f"{c} = excluded.{c}" for c in CANDLE_COLUMNS[1:])
@@ -204,9 +224,13 @@ def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None
         return (f"INSERT INTO candles(series_id, {', '.join(CANDLE_COLUMNS)}) VALUES {', '.join([values] * count)} "
                 f"ON CONFLICT(series_id, open_time) DO UPDATE SET {updates}")
 
-    step = _ROWS_PER_STATEMENT * width
-    full = len(rows) // _ROWS_PER_STATEMENT * step
-    if full:
-        conn.executemany(statement(_ROWS_PER_STATEMENT), (flat[i:i + step] for i in range(0, full, step)))
-    if full < len(flat):
-        conn.execute(statement((len(flat) - full) // width), flat[full:])
+    # Flattened a block at a time: a Python float list of the whole file would cost ~320 bytes a row.
+    for block in range(0, len(rows), _ROWS_PER_BLOCK):
+        part = rows[block:block + _ROWS_PER_BLOCK]
+        flat = np.column_stack([part[c].astype(np.float64) for c in CANDLE_COLUMNS]).ravel().tolist()
+        step = _ROWS_PER_STATEMENT * width
+        full = len(part) // _ROWS_PER_STATEMENT * step
+        if full:
+            conn.executemany(statement(_ROWS_PER_STATEMENT), (flat[i:i + step] for i in range(0, full, step)))
+        if full < len(flat):
+            conn.execute(statement((len(flat) - full) // width), flat[full:])

@@ -9,11 +9,13 @@ that the whole path (CLI, writer session, registry) holds for every kind of bad 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sqlite3
 import struct
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +69,48 @@ def declared_size(blob: bytes, size: int) -> bytes:
     return bytes(patched)
 
 
+def flagged_encrypted(blob: bytes) -> bytes:
+    """The zip with the "encrypted" bit set on its member (local header and central directory)."""
+    patched = bytearray(blob)
+    struct.pack_into("<H", patched, 6, struct.unpack_from("<H", patched, 6)[0] | 1)
+    central = patched.rfind(b"PK\x01\x02")
+    struct.pack_into("<H", patched, central + 8, struct.unpack_from("<H", patched, central + 8)[0] | 1)
+    return bytes(patched)
+
+
+def compressed(method: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as z:
+        z.writestr(MEMBER, VALID)
+    return buffer.getvalue()
+
+
+def fifo(name: str = NAME, *, target: bool = False) -> Callable[[Path], list[str]]:
+    """A named pipe as the archive (or, with `target`, a link to one): never opened blocking."""
+    def build(d: Path) -> list[str]:
+        d.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(d / ("pipe" if target else name))
+        if target:
+            (d / name).symlink_to(d / "pipe")
+        return ["binance-vision", str(d / name)]
+    return build
+
+
+def dangling(d: Path) -> list[str]:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / NAME).symlink_to(d / "nowhere.zip")
+    return ["binance-vision", str(d / NAME)]
+
+
+def checksum_kind(make: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    """A valid zip whose .CHECKSUM is made by `make` (a directory, a pipe)."""
+    def build(d: Path) -> list[str]:
+        path = write_archive(d, NAME, VALID, checksum=None)
+        make(d / (NAME + ".CHECKSUM"))
+        return ["binance-vision", str(path)]
+    return build
+
+
 def archive(data: bytes, name: str = NAME, **kwargs) -> Callable[[Path], list[str]]:
     return lambda d: ["binance-vision", str(write_archive(d, name, data, **kwargs))]
 
@@ -105,7 +149,34 @@ CASES = [
                                                                                                checksum=None))],
      f"{NAME}: checksum: no .CHECKSUM file (--require-checksum)"),
     ("truncated-zip", blob(lambda: zip_bytes({MEMBER: VALID})[:-40]), f"{NAME}: zip: corrupt or unsupported archive"),
-    ("zero-byte-zip", blob(lambda: b""), f"{NAME}: zip: corrupt or unsupported archive"),
+    ("zero-byte-zip", blob(lambda: b""), f"{NAME}: zip: not a zip archive (starts with b'')"),
+    # Not a zip: recognised from the first bytes, never read through.
+    ("csv-named-zip", blob(lambda: VALID), f"{NAME}: zip: not a zip archive (starts with b'1705')"),
+    ("gzip-named-zip", blob(lambda: b"\x1f\x8b\x08\x00" + bytes(100)), "zip: not a zip archive (starts with "),
+    ("html-error-page", blob(lambda: b"<html><body>404 Not Found</body></html>"), "zip: not a zip archive"),
+    ("larger-than-any-kline-zip", blob(lambda: b"PK\x03\x04" + bytes(MAX_MEMBER_BYTES + 2**20)),
+     f"{NAME}: zip: archive is {MAX_MEMBER_BYTES + 2**20 + 4} bytes, larger than a zip of one member within"),
+    ("empty-zip", blob(lambda: zip_bytes({})), f"{NAME}: zip: expected exactly one CSV member, found 0"),
+    ("encrypted-member", blob(lambda: flagged_encrypted(zip_bytes({MEMBER: VALID}))),
+     f"{NAME}: zip: member '{MEMBER}' is encrypted"),
+    ("lzma-member", blob(lambda: compressed(zipfile.ZIP_LZMA)),
+     f"{NAME}: zip: member '{MEMBER}' uses compression method 14; only stored and deflate are read"),
+    ("bzip2-member", blob(lambda: compressed(zipfile.ZIP_BZIP2)), "uses compression method 12"),
+    ("directory-member", members({"data/": b""}), f"{NAME}: zip: member name 'data/' contains a path"),
+    ("bad-crc", blob(lambda: (lambda z: z[:z.rfind(b"PK\x01\x02") + 16] + b"\0\0\0\0" + z[z.rfind(b"PK\x01\x02") + 20:])(
+        zip_bytes({MEMBER: VALID}))), f"{NAME}: zip: corrupt or unsupported archive (Bad CRC-32"),
+    # Not regular files: refused without a blocking open.
+    ("archive-is-a-pipe", fifo(), f"{NAME}: not a regular file: a named pipe"),
+    ("archive-links-to-a-pipe", fifo(target=True), f"{NAME}: not a regular file: a named pipe"),
+    ("archive-dangling-link", dangling, f"{NAME}: cannot read: No such file or directory"),
+    ("checksum-is-a-directory", checksum_kind(lambda p: p.mkdir()),
+     f"{NAME}: checksum: {NAME}.CHECKSUM: not a regular file: a directory"),
+    ("checksum-is-a-pipe", checksum_kind(os.mkfifo), f"{NAME}: checksum: {NAME}.CHECKSUM: not a regular file: a named pipe"),
+    ("checksum-empty", lambda d: ["binance-vision", str(_with_checksum_text(d, ""))],
+     f"{NAME}: checksum: malformed .CHECKSUM file"),
+    ("checksum-other-name", lambda d: ["binance-vision", str(_with_checksum_text(
+        d, checksum_text(zip_bytes({MEMBER: VALID}), "ETHUSDT-1h-2024-01-15.zip")))],
+     f"{NAME}: checksum: .CHECKSUM names another file, 'ETHUSDT-1h-2024-01-15.zip'"),
     ("two-members", members({MEMBER: VALID, "b.csv": VALID}), f"{NAME}: zip: expected exactly one CSV member, found 2"),
     ("member-dotdot", members({"../" + MEMBER: VALID}), f"{NAME}: zip: member name '../{MEMBER}' contains a path"),
     ("member-absolute", members({"/tmp/" + MEMBER: VALID}),
@@ -128,6 +199,22 @@ CASES = [
     ("nan", archive(put(4, 4, "NaN")), f"{NAME}: line 5: finite decimal: close is "),
     ("inf", archive(put(4, 5, "inf")), f"{NAME}: line 5: finite decimal: volume is inf"),
     ("negative-price", archive(put(4, 3, "-1")), f"{NAME}: line 5: price > 0: low is -1.0"),
+    ("negative-volume", archive(put(4, 5, "-1")), f"{NAME}: line 5: volume >= 0: volume is -1.0"),
+    ("negative-trades", archive(put(4, 8, "-3")), f"{NAME}: line 5: trades >= 0: trades is -3"),
+    ("fractional-trades", archive(put(4, 8, "10.5")), f"{NAME}: line 5: integer trades: trades is '10.5'"),
+    ("empty-field", archive(put(4, 2, "")), f"{NAME}: line 5: decimal number: high is ''"),
+    ("quoted-field", archive(put(4, 2, '"106"')), f"{NAME}: line 5: decimal number: high is '\"106\"'"),
+    ("hex-price", archive(put(4, 2, "0x10")), f"{NAME}: line 5: decimal number: high is '0x10'"),
+    ("overflowing-price", archive(put(4, 2, "1e400")), f"{NAME}: line 5: finite decimal: high is inf"),
+    ("time-11-digits", archive(put(4, 0, "17052768000")), f"{NAME}: line 5: time unit: open_time 17052768000 has 11 "),
+    ("close-time-in-us", archive(edit(lambda t: [row.__setitem__(6, row[6] + "999") for row in t])),
+     f"{NAME}: line 1: time unit: open_time is in ms but close_time in us"),
+    ("before-the-period", archive(kline_csv(kline_rows("1h", "2024-01-14", 24)[-1:] + rows()[1:])),
+     f"{NAME}: line 1: period: open_time 2024-01-14T23:00:00Z is outside the file's period"),
+    ("blank-line", archive(edit(lambda t: t.insert(4, []))), f"{NAME}: line 5: blank line: no fields"),
+    ("spaces-line", archive(edit(lambda t: t.insert(4, ["   "]))), f"{NAME}: line 5: field count: 1 fields, expected 12"),
+    ("lone-cr", archive(VALID.replace(b"\n", b"\r", 1)), f"{NAME}: line 1: line ends: carriage return without line feed"),
+    ("utf16", archive(b"\xff\xfe" + VALID.decode().encode("utf-16-le")), f"{NAME}: line 1: encoding: byte 0xff is not UTF-8"),
     ("high-below-low", archive(put(4, 2, "1")), f"{NAME}: line 5: high >= max(open, close): high 1.0"),
     ("open-above-high", archive(put(4, 1, "1000")),
      f"{NAME}: line 5: high >= max(open, close): high 105.5, open 1000.0"),
@@ -152,6 +239,10 @@ CASES = [
     ("name-undecodable-byte", archive(VALID, "BTC\udcffUSDT-1h-2024-01-15.zip", checksum=None, members={MEMBER: VALID}),
      "file name: invalid symbol 'BTC\\udcffUSDT'"),
     ("unknown-interval", archive(VALID, "BTCUSDT-7m-2024-01-15.zip"), "file name: unknown interval code '7m'"),
+    ("name-invalid-day", archive(VALID, "BTCUSDT-1h-2024-02-30.zip"), "file name: invalid date '2024-02-30'"),
+    ("name-month-13", archive(VALID, "BTCUSDT-1h-2024-13.zip"), "file name: invalid date '2024-13'"),
+    ("name-lowercase", archive(VALID, "btcusdt-1h-2024-01-15.zip"), "file name: invalid symbol 'btcusdt'"),
+    ("name-not-zip", archive(VALID, "BTCUSDT-1h-2024-01-15.txt"), "file name: expected SYMBOL-INTERVAL-YYYY-MM[-DD].zip"),
     # Generic CSV files.
     ("csv-no-time-column", csv_file(b"when,open,high,low,close,volume\n1705276800000,1,2,0.5,1.5,10\n"),
      "prices.csv: line 1: header: no time column (looked for open_time"),
@@ -191,26 +282,40 @@ def assert_a_valid_file_follows(tmp_path: Path, db: Path) -> None:
     assert np.array_equal(stored_day(db), expected_day())
 
 
-@pytest.mark.parametrize("build, message", [pytest.param(b, m, id=i) for i, b, m in CASES])
-def test_hostile_input_is_rejected_end_to_end(tmp_path: Path, build, message: str) -> None:
+# Refused before they are read through: the registry records no hash for them.
+UNREAD = {"zero-byte-zip", "csv-named-zip", "gzip-named-zip", "html-error-page", "larger-than-any-kline-zip",
+          "archive-is-a-pipe", "archive-links-to-a-pipe", "archive-dangling-link"}
+
+
+def test_the_corpus_holds_at_least_60_ingest_inputs() -> None:
+    assert len(CASES) + len(HOSTILE_SYMBOLS) + len(ACCEPTED_VARIANTS) >= 60
+    assert len({case[0] for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case, build, message", [pytest.param(i, b, m, id=i) for i, b, m in CASES])
+def test_hostile_input_is_rejected_end_to_end(tmp_path: Path, case: str, build, message: str) -> None:
     db = tmp_path / "market.sqlite"
     args = build(tmp_path / "in")
     run = cli(tmp_path, args[0], "--db", str(db), *args[1:])
     assert run.returncode == 1, run.stdout + run.stderr
-    assert run.stderr == ""
+    assert run.stderr == ""  # no traceback, no warning
     lines = run.stdout.splitlines()
     assert len(lines) == 2 and lines[1].startswith("files: 0 ok, 0 skipped, 1 rejected, 0 unverified; rows: 0 "), lines
     assert lines[0].startswith("rejected: ") and message in lines[0], lines[0]
     reason = lines[0].removeprefix("rejected: ")
     source = Path(args[-1] if args[0] == "binance-vision" else args[1])
     stored_name = source.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    digest = None if case in UNREAD else hashlib.sha256(source.read_bytes()).hexdigest()
     assert registry(db) == [(stored_name, "rejected", reason, digest)]
     assert counts(db) == (0, 0, 0)
     assert_a_valid_file_follows(tmp_path, db)
 
 
-@pytest.mark.parametrize("symbol", ["../BTCUSDT", "BTC/USDT", "BTC USDT", "BTCÜSDT", "A" * 41])
+HOSTILE_SYMBOLS = ["../BTCUSDT", "BTC/USDT", "BTC USDT", "BTCÜSDT", "A" * 41]
+ACCEPTED_VARIANTS = ["crlf", "bom"]
+
+
+@pytest.mark.parametrize("symbol", HOSTILE_SYMBOLS)
 def test_a_hostile_symbol_argument_is_refused_before_any_file(tmp_path: Path, symbol: str) -> None:
     (tmp_path / "prices.csv").write_bytes(GOOD_CSV)
     db = tmp_path / "market.sqlite"
@@ -221,7 +326,7 @@ def test_a_hostile_symbol_argument_is_refused_before_any_file(tmp_path: Path, sy
     assert_a_valid_file_follows(tmp_path, db)
 
 
-@pytest.mark.parametrize("variant", ["crlf", "bom"])
+@pytest.mark.parametrize("variant", ACCEPTED_VARIANTS)
 def test_crlf_and_bom_are_accepted_by_design(tmp_path: Path, variant: str) -> None:
     """Not hostile: spreadsheet exports carry CRLF line ends and a UTF-8 BOM, and validate.py accepts both
     (see its split_lines docstring). They must ingest exactly as the plain file does."""
