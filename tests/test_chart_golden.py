@@ -1,15 +1,17 @@
-"""Golden pixel hashes and spec hashes of every preset, and byte-identical PNGs across calls and processes.
+"""Golden pixel hashes, file hashes and spec hashes of every preset, and byte-identical PNGs across calls and processes.
 
 A golden mismatch means the drawing changed: that requires bumping the engine's DRAW_VERSION in
 chart/styles.py (every image it drew goes stale), then regenerating the goldens with
     PYTHONPATH=. .venv/bin/python tests/test_chart_golden.py   (from the repository root)
-and pasting its output over GOLDEN_PIXELS and GOLDEN_SPECS.
+and pasting its output over GOLDEN_PIXELS, GOLDEN_FILES and GOLDEN_SPECS.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +59,24 @@ GOLDEN_PIXELS = {
     "mplfinance:yahoo-256-w40-normal": "16b6f2ebc54935d196a667d9b2663c007ff242c1b480597f163fb7071a55d8ea",
 }
 
+# SHA-256 of the PNG files of the numpy engines: an encoder change (filter, packing, deflate level,
+# chunk layout) must not change a file, or every cached image would differ from a fresh render.
+# ISA-L's output is pinned on x86-64 only, so the test runs there.
+GOLDEN_FILES = {
+    "mike-1280-w150-normal": "9132788e5d0ad5b003977604fb405cfd9ca06519b3de34be254a15d17b38d022",
+    "mike-1280-w150-flat": "314d7abc8c888e05da787ce0b786fa19ff0be8707a4bd27d1e97e2b4a399e5b7",
+    "mike-1280-w150-zero_volume": "d4062982e166eb525e1238fb3304da159cfc16bdcac0b0284afa3ea40040b69b",
+    "mike-1280-w150-tiny": "9132788e5d0ad5b003977604fb405cfd9ca06519b3de34be254a15d17b38d022",
+    "mike-1280-w150-huge": "9132788e5d0ad5b003977604fb405cfd9ca06519b3de34be254a15d17b38d022",
+    "mike-1280-w150-huge_candle": "e19c8ddcab60f3ef85ec7f8bc0477b535705b3526c727673b52bfa379818338a",
+    "mike-224-w60-normal": "3dabf3564bef9e9fc4c8dca9c29abc443770b58b8bc97e2d0c254a18bfef2f1c",
+    "jkx-w5-normal": "d72339d74d129020c08b328d11423dba44f0f033bc09eede2caf2002f275d5ff",
+    "jkx-w20-normal": "4ecfec50325ebbbc7c8030a8965d35b82588135401f03d96a565c07af71e441d",
+    "jkx-w60-normal": "9dc940dec925054dfc10f21f88a870b4a1737f399290391b80ffaac7adab0169",
+    "jkx-w60-huge_candle": "7baf0e79c6ae2d09d56f83cd6573ea4f9d4f72856473921cec83428a0ac689bb",
+    "jkx-w30-h48-normal": "136ada2ca80ec557dc9f54bef1c5cad8071a35ff90199f9eeb514b4e2e3f8185",
+}
+
 # name -> (style, size, window_len, jkx_height)
 SPEC_CASES = {
     "mike-1280-w150": ("mike", 1280, 150, 64),
@@ -91,6 +111,12 @@ def test_pixel_hash_is_golden(name):
     assert drawn.pixel_hash == GOLDEN_PIXELS[name]
     # The hash recorded at drawing time is the one verify recomputes from the file.
     assert chart.pixel_hash(drawn.png) == drawn.pixel_hash
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ISA-L bytes are pinned on x86-64")
+@pytest.mark.parametrize("name", sorted(GOLDEN_FILES))
+def test_file_bytes_are_golden(name):
+    assert hashlib.sha256(draw_case(name).png).hexdigest() == GOLDEN_FILES[name]
 
 
 def test_golden_cases_are_distinct_images():
@@ -157,6 +183,10 @@ if __name__ == "__main__":
     print("GOLDEN_PIXELS = {")
     for case in CASES:
         print(f'    "{case}": "{draw_case(case).pixel_hash}",')
+    print("}")
+    print("GOLDEN_FILES = {")
+    for case in GOLDEN_FILES:
+        print(f'    "{case}": "{hashlib.sha256(draw_case(case).png).hexdigest()}",')
     print("}")
     print("GOLDEN_SPECS = {")
     for case, args in SPEC_CASES.items():
