@@ -1,9 +1,11 @@
-"""`make bench` (`python -m bench`): every figure of issue 4, measured side by side in one run.
+"""`make bench` (`python -m bench`): every figure of issues 4 and 13, measured side by side in one run.
 
 Builds its data under bench/work/ (a sample market, Binance-style zips), runs each case as a real
-subprocess several times, and writes bench/RESULTS.md with medians, ratios to the baseline measured
-in the same run, PNG bytes per image, and peak memory (RSS of the process and its workers, sampled).
-Not part of `make test`: the machines are shared and noisy, so targets are reported, never asserted.
+subprocess several times, and writes bench/RESULTS.md: the mplfinance baseline per image in a warm
+process and as a whole command, the engine per preset with a stage breakdown, the pipeline per preset
+(`--jobs 1` up to the cores present) and its ratio to the engine, a no-op nightly render, verify,
+ingest and memory. Not part of `make test`: the machines are shared and noisy, so targets are
+reported, never asserted. The sections run in the order of SECTIONS.
 """
 
 from __future__ import annotations
@@ -12,123 +14,24 @@ import argparse
 import hashlib
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-WORK = REPO / "bench" / "work"
-MARKET = WORK / "market.sqlite"
-PY = sys.executable
+from bench.report import MARKET, PY, REPO, WORK, Context, Figure, Section, Target, fresh, json_of, run_measured
+
 END = "2024-07-01"
-
-
-@dataclass
-class Figure:
-    name: str
-    runs: list[float] = field(default_factory=list)  # seconds per repetition
-    count: int = 0  # items per repetition (images, candles, files)
-    unit: str = "images/s"
-    png_bytes: float | None = None
-    peak_mb: float | None = None
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.count / statistics.median(self.runs)
-
-
-def run_measured(args: list[str], cwd: Path = REPO) -> tuple[float, float, list[float]]:
-    """Run a command; (seconds, peak RSS in MB summed over the process and its workers, the samples).
-
-    RSS is sampled every 20 ms (psutil): wait4's maxrss would count the bench's own memory, which a
-    forked child carries until it execs.
-    """
-    import psutil
-
-    began = time.perf_counter()
-    process = psutil.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
-    samples = []
-    while process.poll() is None:
-        total = 0
-        for proc in [process, *process.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                pass
-        samples.append(total / 2**20)
-        time.sleep(0.02)
-    seconds = time.perf_counter() - began
-    if process.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(args)} failed:\n{process.stderr.read().decode()}")
-    return seconds, max(samples, default=0.0), samples
-
-
-def fresh(folder: Path) -> Path:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def render_case(name: str, flags: list[str], count: int, reps: int) -> Figure:
-    """Whole pipeline through the CLI: read market, plan, draw, encode, write files, index."""
-    figure = Figure(name, count=count)
-    for _ in range(reps):
-        folder = fresh(WORK / "case")
-        seconds, peak, _ = run_measured([PY, str(REPO / "image_cache.py"), "render", "--market-db", str(MARKET),
-                                      "--index-db", str(folder / "index.sqlite"), "--image-root",
-                                      str(folder / "img"), "--pairs", "BTCUSDT,ETHUSDT", "--start", "2024-05-01",
-                                      "--limit", str(count), *flags])
-        figure.runs.append(seconds)
-        figure.peak_mb = max(figure.peak_mb or 0, peak)
-    sizes = [p.stat().st_size for p in (WORK / "case" / "img").rglob("*.png")]
-    assert len(sizes) == count, f"{name}: drew {len(sizes)} images, expected {count}"
-    figure.png_bytes = statistics.mean(sizes)
-    return figure
-
-
-BASELINE = r"""
-import io, sqlite3, sys, time
-import matplotlib; matplotlib.use("Agg")
-import mplfinance as mpf, pandas as pd
-market, out, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-conn = sqlite3.connect(f"file:{market}?mode=ro", uri=True)
-index = sqlite3.connect(f"{out}/index.sqlite")
-index.execute("CREATE TABLE images (path TEXT PRIMARY KEY, end_open_time_ms INTEGER)")
-sid = conn.execute("SELECT se.id FROM series se JOIN symbols s ON s.id = se.symbol_id JOIN intervals i "
-                   "ON i.id = se.interval_id WHERE s.symbol = 'BTCUSDT' AND i.code = '15m'").fetchone()[0]
-ends = [r[0] for r in conn.execute("SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? "
-                                   "ORDER BY open_time LIMIT ?", (sid, 1714521600000, count))]
-for end in ends:
-    rows = conn.execute("SELECT open_time, open, high, low, close, volume FROM candles WHERE series_id = ? "
-                        "AND open_time <= ? ORDER BY open_time DESC LIMIT 150", (sid, end)).fetchall()[::-1]
-    frame = pd.DataFrame(rows, columns=["t", "Open", "High", "Low", "Close", "Volume"])
-    frame.index = pd.to_datetime(frame.pop("t"), unit="ms")
-    path = f"{out}/BTCUSDT_15m_{end}.png"
-    mpf.plot(frame, type="candle", style="mike", volume=True, figsize=(12.8, 12.8),
-             savefig=dict(fname=path, dpi=100))
-    index.execute("INSERT INTO images VALUES (?, ?)", (path, end))
-    index.commit()
-"""
-
-
-def baseline_case(count: int, reps: int) -> Figure:
-    figure = Figure("1. baseline: SQL per window + mplfinance.plot (mike, 1280 px)", count=count)
-    for _ in range(reps):
-        folder = fresh(WORK / "baseline")
-        seconds, peak, _ = run_measured([PY, "-c", BASELINE, str(MARKET), str(folder), str(count)])
-        figure.runs.append(seconds)
-        figure.peak_mb = max(figure.peak_mb or 0, peak)
-    figure.png_bytes = statistics.mean(p.stat().st_size for p in (WORK / "baseline").glob("*.png"))
-    return figure
+# The presets issue 13 sets pipeline targets for: label -> render flags (15m windows, BTCUSDT and ETHUSDT).
+PRESETS = {
+    "mike 1280 w150": [],
+    "mike 224 w60": ["--size", "224", "--window", "60"],
+    "jkx w20": ["--style", "jkx", "--window", "20"],
+}
+PRESET_IMAGES = {"mike 1280 w150": 2000, "mike 224 w60": 6000, "jkx w20": 6000}
 
 
 def build_market(days: int) -> None:
@@ -139,11 +42,200 @@ def build_market(days: int) -> None:
                   "--days", str(days), "--end", END])
 
 
-def noop_case(rows_target: int) -> Figure:
-    """A nightly render with nothing to do over an index of `rows_target` rows (1m windows)."""
+def render_case(name: str, flags: list[str], count: int, reps: int) -> Figure:
+    """Whole pipeline through the CLI: read market, plan, draw, encode, write files, index.
+
+    `runs` are whole commands (start-up included); the note keeps the render's own seconds (what
+    `render --json` reports: after imports, from opening the databases to the last index row).
+    """
+    figure = Figure(name, count=count)
+    own = []
+    for _ in range(reps):
+        folder = fresh(WORK / "case")
+        seconds, peak, _, out = run_measured([PY, str(REPO / "image_cache.py"), "render", "--market-db", str(MARKET),
+                                              "--index-db", str(folder / "index.sqlite"), "--image-root",
+                                              str(folder / "img"), "--pairs", "BTCUSDT,ETHUSDT", "--start",
+                                              "2024-05-01", "--limit", str(count), "--json", *flags])
+        figure.runs.append(seconds)
+        own.append(json_of(out)["seconds"])
+        figure.peak_mb = max(figure.peak_mb or 0, peak)
+    sizes = [p.stat().st_size for p in (WORK / "case" / "img").rglob("*.png")]
+    assert len(sizes) == count, f"{name}: drew {len(sizes)} images, expected {count}"
+    figure.png_bytes = statistics.mean(sizes)
+    figure.note = f"the render itself (no start-up): {statistics.median(own):.2f} s, " \
+                  f"{count / statistics.median(own):,.1f} images/s"
+    figure.own_seconds = statistics.median(own)
+    return figure
+
+
+# --------------------------------------------------------------------------------------- baseline
+
+BASELINE = r"""
+import json, sqlite3, sys, time
+import matplotlib; matplotlib.use("Agg")
+import mplfinance as mpf, pandas as pd
+market, out, count, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "warm"
+conn = sqlite3.connect(f"file:{market}?mode=ro", uri=True)
+index = sqlite3.connect(f"{out}/index.sqlite")
+index.execute("CREATE TABLE images (path TEXT PRIMARY KEY, end_open_time_ms INTEGER)")
+sid = conn.execute("SELECT se.id FROM series se JOIN symbols s ON s.id = se.symbol_id JOIN intervals i "
+                   "ON i.id = se.interval_id WHERE s.symbol = 'BTCUSDT' AND i.code = '15m'").fetchone()[0]
+ends = [r[0] for r in conn.execute("SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? "
+                                   "ORDER BY open_time LIMIT ?", (sid, 1714521600000, count + warm))]
+seconds = []
+for end in ends:
+    began = time.perf_counter()
+    rows = conn.execute("SELECT open_time, open, high, low, close, volume FROM candles WHERE series_id = ? "
+                        "AND open_time <= ? ORDER BY open_time DESC LIMIT 150", (sid, end)).fetchall()[::-1]
+    frame = pd.DataFrame(rows, columns=["t", "Open", "High", "Low", "Close", "Volume"])
+    frame.index = pd.to_datetime(frame.pop("t"), unit="ms")
+    path = f"{out}/BTCUSDT_15m_{end}.png"
+    mpf.plot(frame, type="candle", style="mike", volume=True, figsize=(12.8, 12.8),
+             savefig=dict(fname=path, dpi=100))
+    index.execute("INSERT INTO images VALUES (?, ?)", (path, end))
+    index.commit()
+    seconds.append(time.perf_counter() - began)
+# warm: the first image (imports resolved lazily, font cache, first figure) is left out
+print(json.dumps(seconds[1:] if warm else seconds))
+"""
+
+
+def baseline_section(ctx: Context) -> Section:
+    """The usual way: one SQL query and one mplfinance.plot per image (mike, 1280 px, 150 candles).
+
+    Timed per image in a warm process (the figure ratios use) and as a whole command (start-up,
+    imports and the first figure included, which flatters every ratio taken against it)."""
+    count = ctx.n(20)
+    warm = Figure("1a. baseline per image, warm process: SQL + mplfinance.plot (mike, 1280 px)", count=1,
+                  compare=False)
+    folder = fresh(WORK / "baseline")
+    _, peak, _, out = run_measured([PY, "-c", BASELINE, str(MARKET), str(folder), str(count), "warm"])
+    warm.runs = json_of(out)
+    warm.peak_mb = peak
+    warm.note = (f"median of {len(warm.runs)} images after one warm-up image: {warm.seconds * 1000:,.0f} ms per "
+                 f"image; every × baseline below is against this figure")
+    whole = Figure("1b. baseline as a whole command (start-up included)", count=count, compare=False)
+    for _ in range(ctx.reps):
+        folder = fresh(WORK / "baseline")
+        seconds, peak, _, _ = run_measured([PY, "-c", BASELINE, str(MARKET), str(folder), str(count), "cold"])
+        whole.runs.append(seconds)
+        whole.peak_mb = max(whole.peak_mb or 0, peak)
+    whole.png_bytes = statistics.mean(p.stat().st_size for p in folder.glob("*.png"))
+    whole.note = f"{whole.seconds / count * 1000:,.0f} ms per image over {count} images, start-up included"
+    ctx.found["baseline_rate"] = warm.rate
+    return Section(figures=[warm, whole])
+
+
+# --------------------------------------------------------------------------------------- engine
+
+ENGINE_TARGETS_MS = {"mike 1280 w150": 0.8, "mike 224 w60": 0.15, "jkx w20": 0.12}
+
+
+def engine_section(ctx: Context) -> Section:
+    """The drawing engine alone on one core (bench/chart_speed.py in a fresh process)."""
+    from bench.chart_speed import STAGES
+
+    _, _, _, out = run_measured([PY, "-m", "bench.chart_speed", "--json"])
+    results = json_of(out)
+    base = ctx.found["baseline_rate"]
+    md = ["## Engine, one core (`python -m bench.chart_speed`)", "",
+          "chart.render only (draw, encode, pixel hash; no market, no files), best of 5 rounds. CPU ms is the "
+          "time this thread spent (robust to other processes on a shared machine); wall ms includes waiting "
+          "for a core.", "",
+          "| preset | CPU ms | wall ms | images/s (CPU) | × baseline | PNG bytes |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        md.append(f"| {r['case']} | {r['cpu_ms']:.3f} | {r['wall_ms']:.3f} | {1000 / r['cpu_ms']:,.0f} | "
+                  f"{1000 / r['cpu_ms'] / base:,.0f}× | {r['png_bytes']:,} |")
+    md += ["", "Stage breakdown, CPU ms per image (png: the rest of chart.render, the total less the stages):", "",
+           "| preset | " + " | ".join(STAGES) + " | total |", "|---|" + "---:|" * (len(STAGES) + 1)]
+    for r in results:
+        md.append(f"| {r['case']} | " + " | ".join(f"{r['stages'][s]:.3f}" for s in STAGES)
+                  + f" | {r['cpu_ms']:.3f} |")
+    by_case = {r["case"]: r for r in results}
+    ctx.found["engine"] = by_case
+    targets = [Target(f"engine {case} ≤ {limit} ms per image, one core", f"{by_case[case]['cpu_ms']:.3f} ms CPU, "
+                      f"{by_case[case]['wall_ms']:.3f} ms wall", by_case[case]["cpu_ms"] <= limit)
+               for case, limit in ENGINE_TARGETS_MS.items()]
+    return Section(markdown=md, targets=targets)
+
+
+# --------------------------------------------------------------------------------------- pipeline
+
+def pipeline_section(ctx: Context) -> Section:
+    """The whole render command per preset, one worker; the mplfinance engine for comparison."""
+    common = ["--intervals", "15m", "--jobs", "1"]
+    figures = [render_case("2. engine `mplfinance:mike`, 1280 px", [*common, "--style", "mplfinance:mike"],
+                           ctx.n(20), ctx.reps)]
+    ctx.found["pipeline"] = {}
+    for k, (label, flags) in enumerate(PRESETS.items()):
+        figure = render_case(f"{3 + k}. pipeline `{label}`, `--jobs 1`", [*common, *flags],
+                             ctx.n(PRESET_IMAGES[label]), ctx.reps)
+        figures.append(figure)
+        ctx.found["pipeline"][(label, 1)] = figure
+    return Section(figures=figures)
+
+
+def worker_counts(cores: int) -> list[int]:
+    """1, 2, 4, … up to the cores present, and the core count itself."""
+    counts = [1]
+    while counts[-1] * 2 <= cores:
+        counts.append(counts[-1] * 2)
+    return counts + ([cores] if counts[-1] != cores else [])
+
+
+def scaling_section(ctx: Context) -> Section:
+    """`--jobs N` for N = 1, 2, 4, … up to the cores present, per preset; and one worker against the engine."""
+    counts = worker_counts(ctx.cores)
+    pipeline = ctx.found["pipeline"]
+    for label, flags in PRESETS.items():
+        for jobs in counts[1:]:
+            pipeline[(label, jobs)] = render_case(f"pipeline `{label}`, `--jobs {jobs}`",
+                                                  ["--intervals", "15m", "--jobs", str(jobs), *flags],
+                                                  ctx.n(PRESET_IMAGES[label]), ctx.reps)
+    own = {key: f.count / f.own_seconds for key, f in pipeline.items() if f.own_seconds}
+    md = ["## Scaling: the render command with `--jobs N`", "",
+          f"images/s of the render itself (median of {ctx.reps}; start-up excluded), and the speed-up over "
+          f"`--jobs 1`; {ctx.cores} cores here.", "",
+          "| preset | " + " | ".join(f"--jobs {j}" for j in counts) + " |", "|---|" + "---:|" * len(counts)]
+    targets = []
+    for label in PRESETS:
+        cells = [f"{own[(label, j)]:,.0f} ({own[(label, j)] / own[(label, 1)]:.2f}×)" for j in counts]
+        md.append(f"| {label} | " + " | ".join(cells) + " |")
+        if 2 in counts:
+            speedup = own[(label, 2)] / own[(label, 1)]
+            targets.append(Target(f"{label}: `--jobs 2` ≥ 1.85× `--jobs 1` (2 cores)", f"{speedup:.2f}×",
+                                  speedup >= 1.85))
+        if 16 in counts:
+            speedup = own[(label, 16)] / own[(label, 1)]
+            targets.append(Target(f"{label}: `--jobs 16` ≥ 14× `--jobs 1` (16 cores)", f"{speedup:.2f}×",
+                                  speedup >= 14))
+        else:
+            targets.append(Target(f"{label}: `--jobs 16` ≥ 14× `--jobs 1`", "not measured", False,
+                                  machine="needs a 16-core machine"))
+    engine = ctx.found["engine"]
+    md += ["", "## Pipeline, one worker, against the engine", "",
+           "Engine: wall ms per image of chart.render on one core (best of 5 rounds, engine section). Pipeline: "
+           "the render command with `--jobs 1` (reads the market, plans, draws, writes each file, flushes, "
+           "indexes), images/s of the render itself.", "",
+           "| preset | engine images/s | pipeline images/s | pipeline / engine |", "|---|---:|---:|---:|"]
+    for label in PRESETS:
+        engine_rate = 1000 / engine[label]["wall_ms"]
+        ratio = own[(label, 1)] / engine_rate
+        md.append(f"| {label} | {engine_rate:,.0f} | {own[(label, 1)]:,.0f} | {ratio:.0%} |")
+        targets.append(Target(f"{label}: pipeline with one worker ≥ 80 % of the engine", f"{ratio:.0%}",
+                              ratio >= 0.8))
+    figures = [f for (label, jobs), f in pipeline.items() if jobs > 1]
+    return Section(figures=figures, markdown=md, targets=targets)
+
+
+# --------------------------------------------------------------------------------------- index and files
+
+def noop_section(ctx: Context) -> Section:
+    """A nightly render with nothing to do over an index of about a million rows (1m windows)."""
     from cache import index, market, runner
     from config import load
 
+    rows_target = 200_000 if ctx.quick else 1_000_000
     folder = fresh(WORK / "noop")
     db = folder / "noop-market.sqlite"
     days = rows_target // (2 * 1440) + 1
@@ -175,16 +267,73 @@ def noop_case(rows_target: int) -> Figure:
     mconn.close()
     figure = Figure(f"7. no-op nightly render over {total:,} indexed images", count=total, unit="s")
     for _ in range(3):
-        seconds, peak, _ = run_measured([PY, str(REPO / "image_cache.py"), "render", "--market-db", str(db),
-                                      "--index-db", settings.image_index_db, "--image-root",
-                                      settings.image_root_dir, "--pairs", "BTCUSDT,ETHUSDT", "--intervals", "1m",
-                                      "--start", "2000-01-01", "--size", "224", "--window", "60"])
+        seconds, peak, _, _ = run_measured([PY, str(REPO / "image_cache.py"), "render", "--market-db", str(db),
+                                            "--index-db", settings.image_index_db, "--image-root",
+                                            settings.image_root_dir, "--pairs", "BTCUSDT,ETHUSDT", "--intervals",
+                                            "1m", "--start", "2000-01-01", "--size", "224", "--window", "60"])
         figure.runs.append(seconds)
         figure.peak_mb = max(figure.peak_mb or 0, peak)
-    return figure
+    target = Target(f"no-op nightly render over {total:,} indexed images < 10 s", f"{figure.seconds:.2f} s",
+                    figure.seconds < 10)
+    return Section(figures=[figure], targets=[target])
 
 
-def verify_cases(reps: int) -> list[Figure]:
+WRITER_ROWS = 100_000
+
+
+def driver_section(ctx: Context) -> Section:
+    """What the driver alone sustains: index rows written through BatchWriter (as render writes them,
+    500 per transaction, WAL, synchronous=NORMAL) into a fresh index, and planning a run from scratch."""
+    from cache import index, market, runner
+    from cache.layout import relative_path
+    from config import load
+
+    count = ctx.n(WRITER_ROWS)
+    runs = []
+    row_bytes = 0.0
+    for _ in range(ctx.reps):
+        folder = fresh(WORK / "writer")
+        conn = index.connect(str(folder / "index.sqlite"))
+        rows = [index.Row(symbol="BTCUSDT", interval="1m", end_open_time_ms=1_700_000_000_000 + 60_000 * k,
+                          img_size_px=224, window_len=60, style_version=1, style_name="mike", spec_hash="s" * 64,
+                          file_path=relative_path("BTCUSDT", "1m", 1_700_000_000_000 + 60_000 * k, "224", 60, "", 1),
+                          status="ok", sha256="a" * 64, pixel_hash="b" * 64,
+                          width_px=224, height_px=224, file_size=1500, input_fingerprint="c" * 64)
+                for k in range(count)]
+        began = time.perf_counter()
+        writer = index.BatchWriter(conn)
+        for k in range(0, count, 500):  # render hands the writer one chunk's rows at a time
+            writer.add(rows[k:k + 500])
+        writer.flush()
+        runs.append(time.perf_counter() - began)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        row_bytes = (folder / "index.sqlite").stat().st_size / count
+    writer_figure = Figure(f"10. driver: index rows through BatchWriter ({count:,} rows)", runs=runs, count=count,
+                           unit="rows/s")
+    writer_figure.note = f"index file: {row_bytes:,.0f} bytes per row (real paths and hashes)"
+    settings = load(None, {"market_db_path": str(MARKET), "image_index_db": str(WORK / "plan" / "index.sqlite"),
+                           "image_root_dir": str(WORK / "plan" / "img"), "pairs": "BTCUSDT,ETHUSDT",
+                           "intervals": "1m,15m", "start": "2000-01-01", "img_size_px": "224", "window_len": "60"})
+    fresh(WORK / "plan")
+    spec = runner.make_spec(settings)
+    plan_runs, windows = [], 0
+    for _ in range(ctx.reps):
+        conn, mconn = index.connect(settings.image_index_db), market.open_market(str(MARKET))
+        began = time.perf_counter()
+        plans = runner.plan(settings, runner.Filters(), mconn, conn, spec, lambda _: None)
+        plan_runs.append(time.perf_counter() - began)
+        windows = sum(len(p.draw) + len(p.missing) for p in plans)
+        conn.close()
+        mconn.close()
+    plan_figure = Figure(f"11. driver: planning {windows:,} windows from scratch (empty index)", runs=plan_runs,
+                         count=windows, unit="windows/s")
+    target = Target("driver: ≥ 100,000 index rows/s", f"{writer_figure.rate:,.0f} rows/s",
+                    writer_figure.rate >= 100_000)
+    return Section(figures=[writer_figure, plan_figure], targets=[target])
+
+
+def verify_section(ctx: Context) -> Section:
     """verify fast and deep over the images of a 224 px render."""
     folder = fresh(WORK / "verify")
     flags = ["--market-db", str(MARKET), "--index-db", str(folder / "index.sqlite"), "--image-root",
@@ -195,18 +344,18 @@ def verify_cases(reps: int) -> list[Figure]:
     figures = []
     for mode in ([], ["--deep"]):
         figure = Figure(f"8. verify {'deep' if mode else 'fast'} ({count:,} files)", count=count, unit="files/s")
-        for _ in range(reps):
-            seconds, peak, _ = run_measured([PY, str(REPO / "image_cache.py"), "verify", *flags, *mode])
+        for _ in range(ctx.reps):
+            seconds, peak, _, _ = run_measured([PY, str(REPO / "image_cache.py"), "verify", *flags, *mode])
             figure.runs.append(seconds)
             figure.peak_mb = max(figure.peak_mb or 0, peak)
         figures.append(figure)
-    return figures
+    return Section(figures=figures)
 
 
-def ingest_case(reps: int) -> Figure:
+def ingest_section(ctx: Context) -> Section:
     """12 monthly Binance Vision zips of 1m candles for one symbol (a year, 525,600 rows minus gaps)."""
     from ingest.sample import generate_symbol
-    from ingest.schema import utc_ms
+    from core.grid import utc_ms
 
     mirror = WORK / "zips"
     if not mirror.exists():
@@ -231,17 +380,19 @@ def ingest_case(reps: int) -> Figure:
         with zipfile.ZipFile(path) as archive:
             rows += archive.read(archive.namelist()[0]).count(b"\n")
     figure = Figure(f"9. ingest: 12 monthly 1m zips ({rows:,} candles)", count=rows, unit="candles/s")
-    for _ in range(reps):
+    for _ in range(ctx.reps):
         folder = fresh(WORK / "ingest")
-        seconds, peak, _ = run_measured([PY, "-m", "ingest", "binance-vision", "--db", str(folder / "m.sqlite"),
-                                      str(mirror)])
+        seconds, peak, _, _ = run_measured([PY, "-m", "ingest", "binance-vision", "--db",
+                                            str(folder / "m.sqlite"), str(mirror)])
         figure.runs.append(seconds)
         figure.peak_mb = max(figure.peak_mb or 0, peak)
-    return figure
+    target = Target("ingest ≥ 300,000 candles/s", f"{figure.rate:,.0f} candles/s", figure.rate >= 300_000)
+    return Section(figures=[figure], targets=[target])
 
 
-def memory_case(count: int) -> Figure:
+def memory_section(ctx: Context) -> Section:
     """Peak and over-time RSS of a long render (224 px, 60-candle windows, 1m series)."""
+    count = ctx.n(100_000)
     folder = fresh(WORK / "memory")
     db = folder / "m.sqlite"
     run_measured([PY, "-m", "ingest", "sample", "--db", str(db), "--symbols", "BTCUSDT,ETHUSDT", "--days",
@@ -250,55 +401,71 @@ def memory_case(count: int) -> Figure:
             str(folder / "index.sqlite"), "--image-root", str(folder / "img"), "--pairs", "BTCUSDT,ETHUSDT",
             "--intervals", "1m", "--start", "2000-01-01", "--size", "224", "--window", "60", "--limit", str(count),
             "--jobs", "2"]
-    seconds, peak, samples = run_measured(args)
+    seconds, peak, samples, _ = run_measured(args)
     # RSS after warm-up: at a quarter, half, three quarters and the end of the run.
     quarter = [samples[max(int(len(samples) * f) - 1, 0)] for f in (0.25, 0.5, 0.75, 1.0)] if samples else []
-    figure = Figure(f"memory: render of {count:,} images (224 px, w60, `--jobs 2`)", runs=[seconds], count=count, peak_mb=peak)
+    figure = Figure(f"memory: render of {count:,} images (224 px, w60, `--jobs 2`)", runs=[seconds], count=count,
+                    peak_mb=peak)
     figure.note = "RSS at 25/50/75/100 % of the run: " + " / ".join(f"{mb:.0f}" for mb in quarter) + " MB"
-    return figure
+    target = Target(f"peak memory of a {count:,}-image render < 500 MB", f"{peak:,.0f} MB", peak < 500)
+    return Section(figures=[figure], targets=[target])
 
 
-def write_results(figures: list[Figure], baseline: Figure, args: argparse.Namespace, seconds: float) -> str:
-    by_name = {f.name[:2]: f for f in figures}
-    def ratio(key: str) -> float:
-        return by_name[key].rate / baseline.rate
+# Sections of RESULTS.md, in order. A standalone bench module adds its rows with one line here: a
+# function `section(ctx: Context) -> Section` (bench/report.py), e.g. `ingest_speed.section` from
+# bench/ingest_speed.py, `ingest_memory.section`, `export_speed.section`; it may read what earlier
+# sections left in ctx.found (the baseline rate, engine and pipeline figures).
+SECTIONS: list[Callable[[Context], Section]] = [
+    baseline_section,
+    engine_section,
+    pipeline_section,
+    scaling_section,
+    driver_section,
+    noop_section,
+    verify_section,
+    ingest_section,
+    memory_section,
+]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_results(sections: list[Section], ctx: Context, seconds: float, load: tuple[float, float]) -> str:
+    base = ctx.found["baseline_rate"]
     lines = [
         "# Benchmark results", "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}; `make bench` "
-        f"({'quick' if args.quick else 'full'} mode, {seconds:.0f} s). Each figure is the median of "
-        f"{args.reps} repetitions of the whole command (process start, read, plan, draw, encode, write, index); "
-        "ratios are to the baseline measured in this same run. The machine is shared: expect noise.", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {cpu_model()}, "
+        f"{ctx.cores} cores, Python {platform.python_version()}; `make bench` ({'quick' if ctx.quick else 'full'} "
+        f"mode, {seconds:.0f} s). Load average at start and end: {load[0]:.1f} and {load[1]:.1f}; the machine is "
+        "shared, expect noise (wall figures suffer most; engine CPU figures least). Each table row is the median "
+        f"of {ctx.reps} repetitions of the whole command (process start, read, plan, draw, encode, write, index); "
+        "× baseline is against the mplfinance baseline's per-image time in a warm process, measured in this "
+        "same run. Every figure comes from this machine.", "",
         "| case | images | median s | rate | × baseline | PNG bytes | peak MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    figures = [f for s in sections for f in s.figures]
     for f in figures:
-        rate = f"{statistics.median(f.runs):.2f} s" if f.unit == "s" else f"{f.rate:,.1f} {f.unit}"
-        times_base = f"{f.rate / baseline.rate:,.1f}×" if f.unit == "images/s" else ""
+        rate = f"{f.seconds:.2f} s" if f.unit == "s" else f"{f.rate:,.1f} {f.unit}"
+        times_base = f"{f.rate / base:,.1f}×" if f.unit == "images/s" and f.compare else ""
         png = f"{f.png_bytes:,.0f}" if f.png_bytes else ""
         peak = f"{f.peak_mb:,.0f}" if f.peak_mb else ""
-        lines.append(f"| {f.name} | {f.count:,} | {statistics.median(f.runs):.2f} | {rate} | {times_base} | "
-                     f"{png} | {peak} |")
-    notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
-    lines += [""] + notes
-    targets = [("raster `mike` 1280, one process ≥ 50× baseline", f"{ratio('3.'):.1f}×", ratio("3.") >= 50),
-               ("raster 224 px (60-candle window), one process ≥ 1,000 images/s",
-                f"{by_name['4.'].rate:,.0f} images/s", by_name["4."].rate >= 1000),
-               ("`--jobs 2` over `--jobs 1` ≥ 1.8×", f"{by_name['6.'].rate / by_name['3.'].rate:.2f}×",
-                by_name["6."].rate / by_name["3."].rate >= 1.8)]
-    if "7." in by_name:
-        noop = statistics.median(by_name["7."].runs)
-        targets.append((f"no-op nightly render over {by_name['7.'].count:,} indexed images < 10 s",
-                        f"{noop:.2f} s", noop < 10))
-    if "9." in by_name:
-        targets.append(("ingest ≥ 300,000 candles/s", f"{by_name['9.'].rate:,.0f} candles/s",
-                        by_name["9."].rate >= 300_000))
-    memory = next((f for f in figures if f.name.startswith("memory")), None)
-    if memory and memory.peak_mb:
-        targets.append((f"peak memory of a {memory.count:,}-image render < 500 MB", f"{memory.peak_mb:,.0f} MB",
-                        memory.peak_mb < 500))
-    lines += ["", "## Targets (issue 4 and issue 2)", "", "| target | measured | met |", "|---|---:|---|"]
-    lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets]
+        lines.append(f"| {f.name} | {f.count:,} | {f.seconds:.2f} | {rate} | {times_base} | {png} | {peak} |")
+    lines += [""] + [f"- {f.name}: {f.note}" for f in figures if f.note]
+    for s in sections:
+        if s.markdown:
+            lines += [""] + s.markdown
+    targets = [t for s in sections for t in s.targets]
+    lines += ["", "## Targets (issues 2, 4 and 13)", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += [f"| {t.name} | {t.measured} | {t.machine or ('yes' if t.met else '**no**')} |" for t in targets]
     return "\n".join(lines) + "\n"
 
 
@@ -307,30 +474,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images and repetitions (a smoke run)")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    if args.quick:
-        args.reps = 1
-    scale = 0.2 if args.quick else 1.0
+    ctx = Context(reps=1 if args.quick else args.reps, quick=args.quick, cores=os.cpu_count() or 1)
     began = time.perf_counter()
+    load_start = os.getloadavg()[0]
     build_market(days=75)
-    n = lambda base: max(10, int(base * scale))  # noqa: E731
-    figures = []
-    baseline = baseline_case(n(20), args.reps)
-    figures.append(baseline)
-    common = ["--intervals", "15m", "--jobs", "1"]
-    figures.append(render_case("2. engine `mplfinance:mike`, 1280 px", [*common, "--style", "mplfinance:mike"],
-                               n(20), args.reps))
-    figures.append(render_case("3. raster `mike`, 1280 px, w150", common, n(2000), args.reps))
-    figures.append(render_case("4. raster `mike`, 224 px, w60", [*common, "--size", "224", "--window", "60"],
-                               n(10000), args.reps))
-    figures.append(render_case("5. `jkx` 20-period (60×64 px)", [*common, "--style", "jkx", "--window", "20"],
-                               n(10000), args.reps))
-    figures.append(render_case("6. raster `mike`, 1280 px, w150, `--jobs 2`", ["--intervals", "15m", "--jobs", "2"],
-                               n(2000), args.reps))
-    figures.append(noop_case(200_000 if args.quick else 1_000_000))
-    figures += verify_cases(args.reps)
-    figures.append(ingest_case(args.reps))
-    figures.append(memory_case(n(100_000)))
-    text = write_results(figures, baseline, args, time.perf_counter() - began)
+    sections = [section(ctx) for section in SECTIONS]
+    text = write_results(sections, ctx, time.perf_counter() - began, (load_start, os.getloadavg()[0]))
     (REPO / "bench" / "RESULTS.md").write_text(text)
     print(text)
 

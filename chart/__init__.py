@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from chart import jkx, raster
-from chart.png import Drawn, decode, encode_gray, encode_palette, encode_rgb, pixel_hash, png_size
+from chart.png import (PIXEL_HASH_VERSION, Drawn, decode, encode_gray, encode_palette, encode_rgb, pixel_hash,
+                       png_size)
 from chart.styles import STYLES, STYLES_HELP, ChartError, Spec, make_spec, style_from_tag
 
-__all__ = ["STYLES", "STYLES_HELP", "ChartError", "Drawn", "Spec", "decode", "make_spec", "pixel_hash", "png_size",
-           "render", "style_from_tag"]
+__all__ = ["PIXEL_HASH_VERSION", "STYLES", "STYLES_HELP", "ChartError", "Drawn", "Spec", "decode", "make_spec",
+           "pixel_hash", "png_size", "render", "style_from_tag"]
 
 
 def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:

@@ -18,10 +18,10 @@ def moving_average(closes: np.ndarray, length: int) -> np.ndarray:
 
     Summed column by column in a fixed order, so the floats are the same on every platform.
     """
-    windows = np.lib.stride_tricks.sliding_window_view(closes, length)
-    total = windows[:, 0].copy()
+    count = len(closes) - length + 1
+    total = closes[:count].copy()
     for k in range(1, length):
-        total += windows[:, k]
+        total += closes[k:k + count]
     return total / length
 
 
@@ -59,11 +59,9 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     if not np.isfinite((high - low) * (price_h - 1)):
         raise ChartError(f"price range {low:g}..{high:g} is too wide to draw")
 
-    def rows(values: np.ndarray) -> np.ndarray:
-        y = np.rint((values - low) * (price_h - 1) / (high - low)).astype(np.int64)
-        return price_h - 1 - y
-
-    o, h, lo, c = (rows(window[:, k]) for k in range(4))
+    # Rows of the window's open, high, low, close and of the MA, computed in one pass.
+    scaled = np.rint((np.concatenate([window.T.ravel(), ma]) - low) * (price_h - 1) / (high - low))
+    o, h, lo, c, ma_rows = (price_h - 1 - scaled.astype(np.int64)).reshape(5, n)
     img = np.zeros((height, spec.width), dtype=np.uint8)
     centre = 3 * np.arange(n) + 1
     r = np.arange(price_h)[:, None]
@@ -71,10 +69,10 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     img[o, centre - 1] = MARK
     img[c, centre + 1] = MARK
     if n > 1:
-        px, py = line_pixels(centre, rows(ma))
+        px, py = line_pixels(centre, ma_rows)
         img[py, px] = MARK
     else:
-        img[rows(ma), centre] = MARK
+        img[ma_rows, centre] = MARK
 
     volume = ohlcv[spec.history:, 4]
     top = float(volume.max())

@@ -7,17 +7,26 @@ and the output depends only on the pixels and the pinned isal version: ISA-L giv
 every x86-64 CPU from SSE4.2 up (other platforms may compress differently). The pixel hash does not
 depend on compression at all, so it is what identifies an image; the file SHA-256 guards integrity.
 Decoding (verify, tests) uses Pillow.
+
+Pixel hash, version 2 ("pixels-v2"): BLAKE3-256 of b"pixels-v2 ", the PNG mode ("P", "L" or "RGB"),
+width and height as big-endian uint32, the palette (RGB triples, palette images only) and the rows
+as PNG stores them before filtering (palettes of up to 16 colours at 4 bits per pixel, first pixel
+in the high nibble, odd widths padded with a zero nibble; else 8 bits per sample). Version 1 was the
+SHA-256 of the same bytes with the prefix b"pixels-v1 "; BLAKE3 is a cryptographic hash with the
+same 256-bit output and an exact specification, and twice as fast here (0.28 ms instead of 0.57 ms
+for the 819 KB of a 1280 px chart).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from blake3 import blake3
 from isal import isal_zlib
 from PIL import Image
 
@@ -28,6 +37,12 @@ COMPRESS_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UP_FILTER = 2
 COLOUR_TYPES = {"L": 0, "RGB": 2, "P": 3}
+# Bumped whenever the pixel hash's definition changes (the index records which one its rows hold).
+PIXEL_HASH_VERSION = 2
+_PIXEL_HASH_PREFIX = b"pixels-v2 "
+# Per-thread filtered-row buffers, kept between images of one size (Dask runs tasks in threads):
+# a fresh buffer costs more in page faults than the Up filter itself.
+_scratch = threading.local()
 
 
 @dataclass(frozen=True)
@@ -44,32 +59,41 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _pack_rows(pixels: np.ndarray, mode: str, palette: bytes) -> tuple[np.ndarray, int]:
     """Rows of samples as stored: palettes of up to 16 colours at 4 bits per pixel, else 8 bits."""
+    height, width = pixels.shape[:2]
     if mode != "P" or len(palette) > 16 * 3:
-        return np.ascontiguousarray(pixels, dtype=np.uint8).reshape(pixels.shape[0], -1), 8
-    even = pixels if pixels.shape[1] % 2 == 0 else np.pad(pixels, ((0, 0), (0, 1)))
-    # Two indices per byte, first pixel in the high nibble: a uint16 view pairs them without copies.
-    pairs = np.ascontiguousarray(even, dtype=np.uint8).view("<u2")
-    return ((pairs << 4) | (pairs >> 8)).astype(np.uint8), 4
+        return np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, -1), 8
+    # Pillow's C packer: two indices per byte, first pixel in the high nibble, odd widths padded with 0.
+    image = Image.frombuffer("L", (width, height), np.ascontiguousarray(pixels, dtype=np.uint8), "raw", "L", 0, 1)
+    return np.frombuffer(image.tobytes("raw", "L;4"), dtype=np.uint8).reshape(height, -1), 4
 
 
 def _canonical_hash(mode: str, width: int, height: int, palette: bytes, rows: np.ndarray) -> str:
-    """SHA-256 of mode, size, palette and the packed, unfiltered rows: no encoder choice affects it."""
-    digest = hashlib.sha256(b"pixels-v1 " + mode.encode() + struct.pack(">II", width, height))
+    """The pixel hash (module docstring) of packed, unfiltered rows: no encoder choice affects it."""
+    digest = blake3(_PIXEL_HASH_PREFIX + mode.encode() + struct.pack(">II", width, height))
     digest.update(palette)
     digest.update(rows.data)
     return digest.hexdigest()
 
 
+def _filtered(rows: np.ndarray) -> np.ndarray:
+    """Rows with the Up filter applied, each after its filter-type byte, in this thread's buffer."""
+    shape = (rows.shape[0], rows.shape[1] + 1)
+    stored = getattr(_scratch, "stored", None)
+    if stored is None or stored.shape != shape:
+        stored = np.empty(shape, dtype=np.uint8)
+        stored[:, 0] = UP_FILTER
+        _scratch.stored = stored
+    stored[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=stored[1:, 1:])  # modulo 256, as the Up filter defines
+    return stored
+
+
 def _encode(pixels: np.ndarray, mode: str, palette: bytes = b"") -> Drawn:
     height, width = pixels.shape[:2]
     rows, depth = _pack_rows(pixels, mode, palette)
-    stored = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
-    stored[:, 0] = UP_FILTER
-    stored[:, 1:] = rows
-    stored[1:, 1:] -= rows[:-1]  # modulo 256, as the Up filter defines
     header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[mode], 0, 0, 0)
     png = (PNG_SIGNATURE + _chunk(b"IHDR", header) + (_chunk(b"PLTE", palette) if palette else b"")
-           + _chunk(b"IDAT", isal_zlib.compress(stored.data, COMPRESS_LEVEL)) + _chunk(b"IEND", b""))
+           + _chunk(b"IDAT", isal_zlib.compress(_filtered(rows).data, COMPRESS_LEVEL)) + _chunk(b"IEND", b""))
     return Drawn(png, _canonical_hash(mode, width, height, palette, rows))
 
 

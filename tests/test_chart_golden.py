@@ -1,15 +1,17 @@
-"""Golden pixel hashes and spec hashes of every preset, and byte-identical PNGs across calls and processes.
+"""Golden pixel hashes, file hashes and spec hashes of every preset, and byte-identical PNGs across calls and processes.
 
 A golden mismatch means the drawing changed: that requires bumping the engine's DRAW_VERSION in
 chart/styles.py (every image it drew goes stale), then regenerating the goldens with
     PYTHONPATH=. .venv/bin/python tests/test_chart_golden.py   (from the repository root)
-and pasting its output over GOLDEN_PIXELS and GOLDEN_SPECS.
+and pasting its output over GOLDEN_PIXELS, GOLDEN_FILES and GOLDEN_SPECS.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -41,20 +43,38 @@ CASES = {
 }
 
 GOLDEN_PIXELS = {
-    "mike-1280-w150-normal": "251588cf2ddb374d4d8bd8c61cb6347ed3693812c257362d972526a8c5621c7d",
-    "mike-1280-w150-flat": "a1bebedce6fa893867d64a9467db9d283e90050b3794b535c7a63b8c519a4615",
-    "mike-1280-w150-zero_volume": "8adf286d3fa3fb966413b246b98e83cb6e7fbc934d9cf344d5dfdbefad0115de",
-    "mike-1280-w150-tiny": "251588cf2ddb374d4d8bd8c61cb6347ed3693812c257362d972526a8c5621c7d",
-    "mike-1280-w150-huge": "251588cf2ddb374d4d8bd8c61cb6347ed3693812c257362d972526a8c5621c7d",
-    "mike-1280-w150-huge_candle": "0970c19f60b03eb8c474f093dee97a7de6d03fc96fe9e3fc3bb0d8e780ea16ad",
-    "mike-224-w60-normal": "7c9aee36f71718947d93161684e51d1cf12fccad63d4cb529c9362bd8590cd64",
-    "jkx-w5-normal": "758cecbb765a262a643f22d42c0672116f3cfa2b814380d9b270485c2ab9557d",
-    "jkx-w20-normal": "fdd64779a92b1f747ffc45c5c105c265375eb450e13d06df87c0fdfdb21286d0",
-    "jkx-w60-normal": "87384753f46309aeccb16a5e9f3841f48f3c235b3d18e31402f9427337ef1a6a",
-    "jkx-w60-huge_candle": "8319ee914949ece1673c3f83e6c9a7b2b32e16b50ae7244e3914576b8458ba7a",
-    "jkx-w30-h48-normal": "e8825f5c3d1734ab8e50b280c02fb96196cca9ec23221b001a19e91523d1a868",
-    "mplfinance:mike-256-w40-normal": "cde0cd33266ae4bf50faa11214a3c67baa91fa9508704e8e8266029571318f15",
-    "mplfinance:yahoo-256-w40-normal": "16b6f2ebc54935d196a667d9b2663c007ff242c1b480597f163fb7071a55d8ea",
+    "mike-1280-w150-normal": "30e8b892bac78d07ae48440db8e7fbf778435aa6fac203cac44ab75f6df66112",
+    "mike-1280-w150-flat": "4da0ee293769877e71e4f02f4d3678ef8f59cf4d24afa2877d571d6610f2497d",
+    "mike-1280-w150-zero_volume": "e69a9426b6481efd0afc479edc507527ed4e2b025bc97c13bdf53075c354ade6",
+    "mike-1280-w150-tiny": "30e8b892bac78d07ae48440db8e7fbf778435aa6fac203cac44ab75f6df66112",
+    "mike-1280-w150-huge": "30e8b892bac78d07ae48440db8e7fbf778435aa6fac203cac44ab75f6df66112",
+    "mike-1280-w150-huge_candle": "e7aff866ecfd5d24748e9464c65fe9e15730deb598f11f3bf024979e4d41b6bc",
+    "mike-224-w60-normal": "da463db0749f9fdb12111a7eee8e792bd01c762b75cef4b20f45db6876cc85d2",
+    "jkx-w5-normal": "24f3f019880d268244773838b2c1e76e34193505a5ee3dfe8d97730ea0d3ab5c",
+    "jkx-w20-normal": "ca4b4eb7bbf43dbea933aa7f754db405f7a098a1e768e0d0c38e7540a9efec04",
+    "jkx-w60-normal": "138fd7442d95d2bee0837268d1572b66ad9b371e71356d4f422ecce4c586ff1b",
+    "jkx-w60-huge_candle": "52dc7c5a6226d700475ec61e08a59f907accf00a95ae4988d2c334df0abc10e6",
+    "jkx-w30-h48-normal": "17d39d90f38f5f65e30cb351a11a73e48321330ff24d9c4b3f063969fcf64945",
+    "mplfinance:mike-256-w40-normal": "e15d6b4ce43d834df5647bf741ed37a7eb43d7500d8a77568ba4168c36177d8b",
+    "mplfinance:yahoo-256-w40-normal": "b550ce068844c252090e1e03ebfe5ee14c633a7433808e30f8daa68aa3e225c2",
+}
+
+# SHA-256 of the PNG files of the numpy engines: an encoder change (filter, packing, deflate level,
+# chunk layout) must not change a file, or every cached image would differ from a fresh render.
+# ISA-L's output is pinned on x86-64 only, so the test runs there.
+GOLDEN_FILES = {
+    "mike-1280-w150-normal": "9132788e5d0ad5b003977604fb405cfd9ca06519b3de34be254a15d17b38d022",
+    "mike-1280-w150-flat": "314d7abc8c888e05da787ce0b786fa19ff0be8707a4bd27d1e97e2b4a399e5b7",
+    "mike-1280-w150-zero_volume": "d4062982e166eb525e1238fb3304da159cfc16bdcac0b0284afa3ea40040b69b",
+    "mike-1280-w150-tiny": "9132788e5d0ad5b003977604fb405cfd9ca06519b3de34be254a15d17b38d022",
+    "mike-1280-w150-huge": "9132788e5d0ad5b003977604fb405cfd9ca06519b3de34be254a15d17b38d022",
+    "mike-1280-w150-huge_candle": "e19c8ddcab60f3ef85ec7f8bc0477b535705b3526c727673b52bfa379818338a",
+    "mike-224-w60-normal": "3dabf3564bef9e9fc4c8dca9c29abc443770b58b8bc97e2d0c254a18bfef2f1c",
+    "jkx-w5-normal": "d72339d74d129020c08b328d11423dba44f0f033bc09eede2caf2002f275d5ff",
+    "jkx-w20-normal": "4ecfec50325ebbbc7c8030a8965d35b82588135401f03d96a565c07af71e441d",
+    "jkx-w60-normal": "9dc940dec925054dfc10f21f88a870b4a1737f399290391b80ffaac7adab0169",
+    "jkx-w60-huge_candle": "7baf0e79c6ae2d09d56f83cd6573ea4f9d4f72856473921cec83428a0ac689bb",
+    "jkx-w30-h48-normal": "136ada2ca80ec557dc9f54bef1c5cad8071a35ff90199f9eeb514b4e2e3f8185",
 }
 
 # name -> (style, size, window_len, jkx_height)
@@ -91,6 +111,12 @@ def test_pixel_hash_is_golden(name):
     assert drawn.pixel_hash == GOLDEN_PIXELS[name]
     # The hash recorded at drawing time is the one verify recomputes from the file.
     assert chart.pixel_hash(drawn.png) == drawn.pixel_hash
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ISA-L bytes are pinned on x86-64")
+@pytest.mark.parametrize("name", sorted(GOLDEN_FILES))
+def test_file_bytes_are_golden(name):
+    assert hashlib.sha256(draw_case(name).png).hexdigest() == GOLDEN_FILES[name]
 
 
 def test_golden_cases_are_distinct_images():
@@ -157,6 +183,10 @@ if __name__ == "__main__":
     print("GOLDEN_PIXELS = {")
     for case in CASES:
         print(f'    "{case}": "{draw_case(case).pixel_hash}",')
+    print("}")
+    print("GOLDEN_FILES = {")
+    for case in GOLDEN_FILES:
+        print(f'    "{case}": "{hashlib.sha256(draw_case(case).png).hexdigest()}",')
     print("}")
     print("GOLDEN_SPECS = {")
     for case, args in SPEC_CASES.items():
