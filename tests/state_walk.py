@@ -314,6 +314,8 @@ def run_many(first_seed: int, count: int, steps: int, report_every: int = 0) -> 
             run_sequence(seed, steps, folder)
         except Violation as exc:
             violations.append(str(exc))
+            if report_every:
+                print(exc, file=sys.stderr, flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return count, violations
@@ -327,8 +329,6 @@ def main() -> int:
     args = parser.parse_args()
     began = time.monotonic()
     count, violations = run_many(args.seed, args.sequences, args.steps, report_every=100)
-    for text in violations[:5]:
-        print(text, file=sys.stderr)
     print(json.dumps({"sequences": count, "steps_per_sequence": args.steps, "violations": len(violations),
                       "seconds": round(time.monotonic() - began, 1)}))
     return 1 if violations else 0
