@@ -24,7 +24,7 @@ from core.db import immediate
 from core.errors import MarketError
 
 APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "stale", "corrupt", "missing", "undrawable")
 # Reasons of `undrawable` rows: no image can exist for the window (gap under policy skip, too little
 # history) or the engine refused it ("engine: …"). Such rows are counted, never failures.
@@ -33,7 +33,8 @@ ENGINE_PREFIX = "engine: "
 
 IMAGE_COLUMNS = ("symbol", "interval", "end_open_time_ms", "img_size_px", "window_len", "style_version",
                  "style_name", "spec_hash", "file_path", "sha256", "pixel_hash", "width_px", "height_px",
-                 "file_size", "input_fingerprint", "created_utc", "updated_utc", "status", "reason")
+                 "file_size", "input_fingerprint", "created_utc", "updated_utc", "status", "reason",
+                 "pixel_hash_version")
 # The preset key: which image a row is, whatever its content (the spec hash says what drew it).
 KEY_COLUMNS = ("symbol", "interval", "end_open_time_ms", "style_name", "img_size_px", "window_len",
                "style_version")
@@ -106,7 +107,13 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 DELETE FROM month_digests;
 """
 
-MIGRATIONS = {1: _V1, 2: _V2}
+# v3: which definition of the pixel hash a row holds (chart.PIXEL_HASH_VERSION; rows before it: 1).
+_V3 = """
+ALTER TABLE images ADD COLUMN pixel_hash_version INTEGER;
+UPDATE images SET pixel_hash_version = 1 WHERE pixel_hash IS NOT NULL;
+"""
+
+MIGRATIONS = {1: _V1, 2: _V2, 3: _V3}
 
 
 class IndexFileError(MarketError):
@@ -245,6 +252,7 @@ class Row:
     height_px: int | None = None
     file_size: int | None = None
     input_fingerprint: str | None = None
+    pixel_hash_version: int | None = None
 
 
 def _upsert_sql() -> str:

@@ -107,7 +107,7 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
 def _ok_row(row: Row, spec: chart.Spec, drawn: chart.Drawn, reason: str | None) -> Row:
     row.status, row.reason = "ok", reason
     row.sha256 = hashlib.sha256(drawn.png).hexdigest()
-    row.pixel_hash = drawn.pixel_hash
+    row.pixel_hash, row.pixel_hash_version = drawn.pixel_hash, chart.PIXEL_HASH_VERSION
     row.width_px, row.height_px, row.file_size = spec.width, spec.height, len(drawn.png)
     return row
 

@@ -189,6 +189,7 @@ def test_old_index_migrates_in_place(workdir: Path):
     with sqlite3.connect(db) as conn:  # make it look like a version-1 index
         conn.executescript("""
             PRAGMA application_id = 0; PRAGMA user_version = 1; DROP TABLE meta;
+            ALTER TABLE images DROP COLUMN pixel_hash_version;
             CREATE TABLE images_v1 AS SELECT * FROM images; DROP TABLE images;
             ALTER TABLE images_v1 RENAME TO images;
             UPDATE images SET status = 'missing', reason = 'gap' WHERE status = 'undrawable';""")
@@ -198,7 +199,7 @@ def test_old_index_migrates_in_place(workdir: Path):
     assert runner.render(s).attempted == 0
     assert rows(workdir, "WHERE status = 'ok'") == before
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
     assert verify.verify(s, deep=True).ok
 
