@@ -252,17 +252,17 @@ def noop_section(ctx: Context) -> Section:
     total = 0
     conn.execute("BEGIN")
     for p in plans:
-        ends = p.series.times[p.draw]
+        ends = p.rec.series.times[p.draw]
         total += len(ends)
         conn.executemany(
             "INSERT INTO images (symbol, interval, end_open_time_ms, img_size_px, window_len, style_version, "
             "style_name, spec_hash, file_path, status, input_fingerprint, created_utc, updated_utc) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', 'x', '', '')",
-            ((p.series.symbol, "1m", int(e), preset["img_size_px"], preset["window_len"], preset["style_version"],
-              preset["style_name"], spec.spec_hash, f"{p.series.symbol}/{int(e)}.png") for e in ends))
+            ((p.rec.series.symbol, "1m", int(e), preset["img_size_px"], preset["window_len"], preset["style_version"],
+              preset["style_name"], spec.spec_hash, f"{p.rec.series.symbol}/{int(e)}.png") for e in ends))
     conn.execute("COMMIT")
     for p in plans:
-        index.write_month_digests(conn, runner.preset_label(preset), p.series.symbol, "1m", p.digests)
+        index.write_month_digests(conn, runner.preset_label(preset), p.rec.series.symbol, "1m", p.rec.memo)
     conn.close()
     mconn.close()
     figure = Figure(f"7. no-op nightly render over {total:,} indexed images", count=total, unit="s")
@@ -323,7 +323,7 @@ def driver_section(ctx: Context) -> Section:
         began = time.perf_counter()
         plans = runner.plan(settings, runner.Filters(), mconn, conn, spec, lambda _: None)
         plan_runs.append(time.perf_counter() - began)
-        windows = sum(len(p.draw) + len(p.missing) for p in plans)
+        windows = sum(len(p.draw) + len(p.record) for p in plans)
         conn.close()
         mconn.close()
     plan_figure = Figure(f"11. driver: planning {windows:,} windows from scratch (empty index)", runs=plan_runs,
