@@ -139,17 +139,18 @@ class SeriesPlan:
     rec: SeriesReconcile
     draw: np.ndarray
     draw_reason: list[str | None]
-    record: list[tuple[int, str, str | None]]  # (window last index, reason, "retire" to remove its file)
+    record: list[tuple[int, str, bool]]  # (window end time, reason, whether to remove its file first)
     drop: np.ndarray  # ids of rows whose window left the market (in the run's time range)
     counts: dict[str, int]
     note: str | None = None
 
 
 def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, end_ms: int) -> SeriesPlan:
-    """Render's share of the reconciler's actions: those of the due windows (its filters and range)."""
+    """Render's share of the reconciler's actions: draws of the due windows (its filters, range and
+    stride), and the records, retirements and drops of rows in its range; the rest is left to repair."""
     series = rec.series
-    # Rows inside the render's range: in [start, end) of due windows on the stride grid are exactly
-    # the due ones; rows outside were judged (and marked) but are left to repair.
+    ends = rec.indexed.end_ms
+    in_range = (ends >= (start_ms if start_ms is not None else -(2**62))) & (ends < end_ms)
     due_rows = np.zeros(len(rec.row_action), bool)
     if rec.due_ends is not None:
         due_rows = member_of_sorted(rec.indexed.end_ms, rec.due_ends)
@@ -162,10 +163,10 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
     reasons = ["gap" if g else None for g in gaps.tolist()]
 
     names = {GAP: "gap", HISTORY: "history"}
-    record = [(int(i), names[int(w)], None) for i, w in zip(rec.new_last[~new_draw], rec.new_desired[~new_draw])]
-    for i in np.flatnonzero(due_rows & np.isin(rec.row_action, (RECORD, RETIRE))).tolist():
-        retire = rec.row_action[i] == RETIRE
-        record.append((int(rec.row_last[i]), names[int(rec.row_desired[i])], "retire" if retire else None))
+    record = [(int(t), names[int(w)], False) for t, w in zip(series.times[rec.new_last[~new_draw]],
+                                                            rec.new_desired[~new_draw])]
+    for i in np.flatnonzero(in_range & np.isin(rec.row_action, (RECORD, RETIRE))).tolist():
+        record.append((int(ends[i]), names[int(rec.row_desired[i])], bool(rec.row_action[i] == RETIRE)))
     state = rec.indexed.state
     settled = due_rows & (rec.row_action == 0)
     counts = dict(new=int(new_draw.sum()), stale=int(row_draw.sum()),
@@ -179,8 +180,7 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
         note = (f"{series.symbol} {series.interval}: {len(series.times)} candles"
                 f"{' from --start on' if start_ms is not None else ''}, fewer than the {spec.window_len}-candle "
                 "window: no windows to draw")
-    ends = rec.indexed.end_ms
-    drop = rec.indexed.row_id[(rec.row_action == DROP) & (ends >= (start_ms or -(2**62))) & (ends < end_ms)]
+    drop = rec.indexed.row_id[in_range & (rec.row_action == DROP)]
     return SeriesPlan(rec, draw, reasons, record, drop, counts, note)
 
 
@@ -312,8 +312,8 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     for p in plans:
         result.marked_stale += record_findings(index_conn, spec, p.rec)
         series = p.rec.series
-        for last, why, retire in p.record:
-            row = base_row(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()), int(series.times[last]))
+        for end, why, retire in p.record:
+            row = base_row(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()), end)
             row.status, row.reason = "undrawable", why
             if retire:  # file first, then row: a crash in between leaves a row repair settles
                 tree.remove(row.file_path)
