@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -303,32 +304,43 @@ def run_sequence(seed: int, steps: int, folder: Path) -> list[str]:
     return walk.log
 
 
-def run_many(first_seed: int, count: int, steps: int, report_every: int = 0) -> tuple[int, list[str]]:
+def run_many(first_seed: int, count: int, steps: int) -> tuple[int, list[str]]:
     violations = []
     for seed in range(first_seed, first_seed + count):
-        if report_every and (seed - first_seed) % report_every == 0:
-            print(f"{seed - first_seed} sequences, {len(violations)} violations", file=sys.stderr, flush=True)
         # On tmpfs where there is one: the walk measures states, not the disk's flushes.
         folder = Path(tempfile.mkdtemp(prefix="walk-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         try:
             run_sequence(seed, steps, folder)
         except Violation as exc:
             violations.append(str(exc))
-            if report_every:
-                print(exc, file=sys.stderr, flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return count, violations
 
 
+def _block(args: tuple[int, int, int]) -> tuple[int, list[str]]:
+    return run_many(*args)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Soak: random sequences over the cache's state machine")
     parser.add_argument("--sequences", type=int, default=10_000)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     began = time.monotonic()
-    count, violations = run_many(args.seed, args.sequences, args.steps, report_every=100)
+    block = 50
+    blocks = [(seed, min(block, args.seed + args.sequences - seed), args.steps)
+              for seed in range(args.seed, args.seed + args.sequences, block)]
+    count, violations = 0, []
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for done, (n, found) in enumerate(pool.map(_block, blocks), 1):
+            count += n
+            violations += found
+            for text in found:
+                print(text, file=sys.stderr, flush=True)
+            print(f"{count} sequences, {len(violations)} violations", file=sys.stderr, flush=True)
     print(json.dumps({"sequences": count, "steps_per_sequence": args.steps, "violations": len(violations),
                       "seconds": round(time.monotonic() - began, 1)}))
     return 1 if violations else 0
