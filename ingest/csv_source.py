@@ -8,18 +8,21 @@ offset is given).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.registry import IngestResult, SourceFile, ingest_file, writer
+from ingest.sources import Source
 from core.errors import MarketError
-from core.grid import check_interval, check_symbol
+from core.grid import INTERVAL_MS, check_interval, check_symbol
 from ingest.validate import Validated, detect_unit, fail, split_lines, to_ms, validate
 
 MAX_LINE_BYTES = 64 * 1024
@@ -134,3 +137,19 @@ def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: s
                 verified=True))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="FILE")
+    p.add_argument("--symbol", required=True)
+    p.add_argument("--interval", required=True, choices=list(INTERVAL_MS))
+    p.add_argument("--time-column", help="name of the time column (default: detected)")
+    p.add_argument("--time-unit", choices=TIME_UNITS, help="(default: detected)")
+
+
+def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> IngestResult:
+    return ingest_csv(args.db, args.path, symbol=args.symbol, interval=args.interval,
+                      time_column=args.time_column, time_unit=args.time_unit, lock_wait=args.lock_wait, **hooks)
+
+
+SOURCE = Source("csv", "ingest a generic OHLCV CSV file", _arguments, _run)
