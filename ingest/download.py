@@ -464,8 +464,11 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
 def add_archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default="https://data.binance.vision/", help="Binance Vision layout root")
     p.add_argument("--mirror", default="mirror", help="local mirror folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: %(default)s)")
     p.add_argument("--retry-failed", action="store_true", help="download again files recorded as failed")
+
+
+def add_jobs_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: %(default)s)")
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -475,6 +478,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", help="UTC date to stop before (default: today)")
     p.add_argument("--market", choices=tuple(MARKET_ROOTS), default="spot")
     add_archive_arguments(p)
+    add_jobs_argument(p)
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> DownloadResult:

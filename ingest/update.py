@@ -20,7 +20,7 @@ from typing import Any
 from core.errors import MarketError
 from core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, now_ms, utc_ms
 from core.hooks import Progress, Warn, no_progress, no_warn
-from ingest.download import DownloadResult, add_archive_arguments, download
+from ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
 from ingest.registry import writer
 from ingest.rest import ApiResult, Client, add_market_arguments, check_api_url, check_market, fetch_tails
 from ingest.sources import Source, csv_list
@@ -182,6 +182,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", help="first UTC date for series with no archives yet")
     add_market_arguments(p)
     add_archive_arguments(p)
+    add_jobs_argument(p)
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> UpdateResult:
