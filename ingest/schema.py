@@ -192,7 +192,16 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
 _ROWS_PER_STATEMENT = 64
 
 
+# Rows flattened into Python floats at a time: bounds the memory of a large file's write.
+_ROWS_PER_BATCH = 2**16
+
+
 def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
+    for start in range(0, len(rows), _ROWS_PER_BATCH):
+        _write_batch(conn, sid, rows[start:start + _ROWS_PER_BATCH])
+
+
+def _write_batch(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
     """Upsert CANDLE_DTYPE rows. All values are bound as floats: the INTEGER affinity of open_time and
     trades stores them back as exact integers (< 2**53), and one float array flattens fastest."""
     flat = np.column_stack([rows[c].astype(np.float64) for c in CANDLE_COLUMNS]).ravel().tolist()
