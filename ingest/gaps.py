@@ -131,6 +131,24 @@ def refresh_known_gaps(conn: sqlite3.Connection, sid: int, interval: str) -> tup
     return len(times), gaps
 
 
+def refresh_gaps_between(conn: sqlite3.Connection, sid: int, interval: str, lo: int, hi: int) -> None:
+    """Bring one series' `known_gaps` up to date after its rows in [lo, hi] changed, inside the caller's
+    transaction: only the gaps between the nearest candles outside that span are recomputed."""
+    before = conn.execute("SELECT MAX(open_time) FROM candles WHERE series_id = ? AND open_time < ?",
+                          (sid, lo)).fetchone()[0]
+    after = conn.execute("SELECT MIN(open_time) FROM candles WHERE series_id = ? AND open_time > ?",
+                         (sid, hi)).fetchone()[0]
+    a = -(2**63) if before is None else before
+    b = 2**63 - 1 if after is None else after
+    rows = conn.execute("SELECT open_time FROM candles WHERE series_id = ? AND open_time BETWEEN ? AND ? "
+                        "ORDER BY open_time", (sid, a, b)).fetchall()
+    conn.execute("DELETE FROM known_gaps WHERE series_id = ? AND start_open_time > ? AND start_open_time < ?",
+                 (sid, a, b))
+    gaps = find_gaps(interval, np.array([r[0] for r in rows], dtype=np.int64))
+    conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) VALUES (?, ?, ?)",
+                     [(sid, g.first, g.last) for g in gaps])
+
+
 def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[str] | None = None,
                 lock_wait: float = 30.0, progress: Callable = no_progress,
                 warn: Callable[[str], None] = no_warn) -> GapsResult:

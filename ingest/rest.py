@@ -250,8 +250,9 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
     except MarketError as exc:
         return reject(conn, src, str(exc))
     span = f"{iso_utc(int(parsed.candles['open_time'][0]))}..{iso_utc(int(parsed.candles['open_time'][-1]))}"
+    # No period: a REST batch vouches for the candles it served, not for a whole day or month.
     src = SourceFile(url, f"{tail.symbol}-{tail.interval}-rest-{span}", hashlib.sha256(parsed.candles.tobytes())
-                     .hexdigest(), None, "rest", tail.symbol, tail.interval, span)
+                     .hexdigest(), None, "rest", tail.symbol, tail.interval)
     return write_file(conn, src, parsed, verified=True)
 
 

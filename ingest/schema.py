@@ -20,7 +20,7 @@ CANDLE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_
 CANDLE_DTYPE = np.dtype([(name, np.int64 if name in ("open_time", "trades") else np.float64)
                          for name in CANDLE_COLUMNS])
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------- DDL
@@ -90,7 +90,18 @@ CREATE INDEX IF NOT EXISTS ingested_files_sha256 ON ingested_files(sha256);
 CREATE INDEX IF NOT EXISTS ingested_files_name ON ingested_files(file_name);
 """
 
-MIGRATIONS = {1: CORE_DDL + INGEST_DDL}
+# 2: rows a re-issued file no longer holds are withdrawn and counted; known_gaps is kept current by
+# every write from now on, so it is computed once here for the series written before.
+MIGRATIONS = {1: CORE_DDL + INGEST_DDL,
+              2: "ALTER TABLE ingested_files ADD COLUMN rows_withdrawn INTEGER NOT NULL DEFAULT 0;"}
+
+
+def _all_gaps(conn: sqlite3.Connection) -> None:
+    from ingest.gaps import refresh_known_gaps  # gaps.py builds on this module
+    for sid, code in conn.execute("SELECT se.id, i.code FROM series se JOIN intervals i ON i.id = se.interval_id "
+                                  "ORDER BY se.id").fetchall():
+        if code in INTERVAL_MS:
+            refresh_known_gaps(conn, sid, code)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -100,7 +111,18 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise MarketError(f"market database schema version {version} is newer than this tool "
                           f"({SCHEMA_VERSION}); upgrade image_cache")
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]} PRAGMA user_version = {target}; COMMIT;")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if target == 2:
+                _all_gaps(conn)
+            conn.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 # ---------------------------------------------------------------------------------------- connections

@@ -29,8 +29,6 @@ def market(tmp_path: Path) -> Path:
     db = tmp_path / "market.sqlite"
     ingest_paths(str(db), [str(mirror)])
     ingest_paths(str(db), [str(mirror)])
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO known_gaps VALUES (1, ?, ?)", (utc_ms("2024-01-16"), utc_ms("2024-01-16T23:00")))
     return db
 
 
@@ -52,6 +50,28 @@ def test_failures_list_files_whose_latest_record_is_a_rejection(market: Path, tm
     ingest_paths(str(market), [str(tmp_path / "m" / "BTCUSDT-1h-2024-01-16.zip")])
     result = status(str(market), failures=True)
     assert result.failures == [] and result.files["rejected"] == 2 and result.series[0].candles == 72
+    assert result.series[0].gaps == 0  # the day that filled the gap closed it
+
+
+def test_gap_counts_are_current_after_every_write(tmp_path: Path) -> None:
+    mirror = tmp_path / "m"
+    db = str(tmp_path / "market.sqlite")
+    for day in ("2024-01-15", "2024-01-17"):
+        write_archive(mirror, f"BTCUSDT-1h-{day}.zip", kline_csv(kline_rows("1h", day, 24)))
+    ingest_paths(db, [str(mirror)])
+    assert status(db).series[0].gaps == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT start_open_time, end_open_time FROM known_gaps").fetchall() == [
+            (utc_ms("2024-01-16"), utc_ms("2024-01-16T23:00"))]
+    rows = kline_rows("1h", "2024-01-16", 24)
+    write_archive(mirror, "BTCUSDT-1h-2024-01-16.zip", kline_csv(rows[:5] + rows[7:]))
+    ingest_paths(db, [str(mirror / "BTCUSDT-1h-2024-01-16.zip")])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT start_open_time, end_open_time FROM known_gaps").fetchall() == [
+            (utc_ms("2024-01-16T05:00"), utc_ms("2024-01-16T06:00"))]
+    write_archive(mirror, "BTCUSDT-1h-2024-01-16.zip", kline_csv(rows))
+    ingest_paths(db, [str(mirror / "BTCUSDT-1h-2024-01-16.zip")])
+    assert status(db).series[0].gaps == 0 and status(db).series[0].candles == 72
 
 
 def test_missing_database_is_an_error_and_is_not_created(tmp_path: Path) -> None:
