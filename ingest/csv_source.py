@@ -233,22 +233,28 @@ def parse_csv_stream(name: str, f: BinaryIO, interval: str, *, time_column: str 
     if not header.endswith(b"\n") and len(header) > MAX_LINE_BYTES:
         raise fail(name, 1, "line length", f"over {MAX_LINE_BYTES} bytes")
     layout = Layout(name, header.rstrip(b"\r\n"), time_column)
-    chunks: list[np.ndarray] = []
+    start = f.tell()
+    remaining = f.seek(0, io.SEEK_END) - start
+    f.seek(start)
+    # Candles go straight into one array sized from the first chunk's bytes per line: a list of
+    # chunks joined at the end would hold them twice (glibc keeps freed chunks in its heap).
+    candles = np.empty(0, dtype=CANDLE_DTYPE)
+    at = 0
     line = 2
     unit = time_unit
     for data in _line_chunks(f, CHUNK_BYTES):
         chunk, unit = _parse_chunk(name, data, layout, line, unit)
-        chunks.append(chunk)
-        line += len(chunk)
-    if not chunks:
-        raise fail(name, None, "no rows", "the file has a header and no data rows")
-    # Chunks are moved into one array one at a time: the peak is the candles plus one chunk.
-    candles = np.empty(sum(len(c) for c in chunks), dtype=CANDLE_DTYPE)
-    at = 0
-    while chunks:
-        chunk = chunks.pop(0)
+        if at + len(chunk) > len(candles):
+            estimate = int(remaining / max(len(data), 1) * len(chunk) * 1.05) + 1 if at == 0 else len(candles) * 5 // 4
+            grown = np.empty(max(estimate, at + len(chunk)), dtype=CANDLE_DTYPE)
+            grown[:at] = candles[:at]
+            candles = grown
         candles[at:at + len(chunk)] = chunk
         at += len(chunk)
+        line += len(chunk)
+    if at == 0:
+        raise fail(name, None, "no rows", "the file has a header and no data rows")
+    candles = candles[:at]
     times = candles["open_time"]
     label = time_label
     if label is None:

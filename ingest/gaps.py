@@ -16,7 +16,7 @@ import numpy as np
 from core.hooks import no_progress, no_warn
 from core.db import checkpoint, immediate, writer_lock
 from core.grid import check_interval, check_symbol, grid_index, grid_time, iso_utc
-from ingest.schema import connect_writer
+from ingest.schema import connect_writer, open_times
 
 
 
@@ -114,8 +114,7 @@ def select_series(conn: sqlite3.Connection, symbols: list[str] | None,
 
 
 def series_open_times(conn: sqlite3.Connection, sid: int) -> np.ndarray:
-    rows = conn.execute("SELECT open_time FROM candles WHERE series_id = ? ORDER BY open_time", (sid,)).fetchall()
-    return np.array([r[0] for r in rows], dtype=np.int64)
+    return open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? ORDER BY open_time", (sid,))
 
 
 def refresh_known_gaps(conn: sqlite3.Connection, sid: int, interval: str) -> tuple[int, list[Gap]]:
@@ -140,11 +139,11 @@ def refresh_gaps_between(conn: sqlite3.Connection, sid: int, interval: str, lo: 
                          (sid, hi)).fetchone()[0]
     a = -(2**63) if before is None else before
     b = 2**63 - 1 if after is None else after
-    rows = conn.execute("SELECT open_time FROM candles WHERE series_id = ? AND open_time BETWEEN ? AND ? "
-                        "ORDER BY open_time", (sid, a, b)).fetchall()
+    times = open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? AND open_time BETWEEN ? AND ? "
+                             "ORDER BY open_time", (sid, a, b))
     conn.execute("DELETE FROM known_gaps WHERE series_id = ? AND start_open_time > ? AND start_open_time < ?",
                  (sid, a, b))
-    gaps = find_gaps(interval, np.array([r[0] for r in rows], dtype=np.int64))
+    gaps = find_gaps(interval, times)
     conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) VALUES (?, ?, ?)",
                      [(sid, g.first, g.last) for g in gaps])
 

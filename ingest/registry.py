@@ -20,7 +20,7 @@ from core.db import checkpoint, immediate, writer_lock
 from core.errors import MarketError
 from core.grid import DAY_MS, iso_utc, now_ms
 from ingest.gaps import refresh_gaps_between
-from ingest.schema import connect_writer, series_id, upsert_candles
+from ingest.schema import connect_writer, open_times, series_id, upsert_candles
 from ingest.validate import Validated
 
 PERIOD_RE = re.compile(r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
@@ -139,9 +139,8 @@ def period_span(period: str | None) -> tuple[int, int] | None:
 
 def withdraw(conn: sqlite3.Connection, sid: int, span: tuple[int, int], keep: np.ndarray) -> int:
     """Delete the series' rows in `span` whose open time is not in `keep` (sorted); how many."""
-    stored = np.array([r[0] for r in conn.execute(
-        "SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ?",
-        (sid, *span))], dtype=np.int64)
+    stored = open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ?",
+                        (sid, *span))
     gone = stored[~np.isin(stored, keep, assume_unique=True)] if len(stored) else stored
     conn.executemany("DELETE FROM candles WHERE series_id = ? AND open_time = ?", [(sid, int(t)) for t in gone])
     return len(gone)

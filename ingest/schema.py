@@ -21,6 +21,8 @@ CANDLE_DTYPE = np.dtype([(name, np.int64 if name in ("open_time", "trades") else
                          for name in CANDLE_COLUMNS])
 
 SCHEMA_VERSION = 2
+# Rows converted between SQLite and numpy at a time: bounds the memory of a large file's read or write.
+_ROWS_PER_BATCH = 2**16
 
 
 # ---------------------------------------------------------------------------------------- DDL
@@ -170,10 +172,12 @@ def read_candles(conn: sqlite3.Connection, sid: int, start_ms: int | None = None
     """Candles of one series with `start_ms <= open_time < end_ms`, ordered, as CANDLE_DTYPE."""
     lo = -(2**63) if start_ms is None else start_ms
     hi = 2**63 - 1 if end_ms is None else end_ms
-    rows = conn.execute(f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
-                        "WHERE series_id = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
-                        (sid, lo, hi)).fetchall()
-    return np.array(rows, dtype=CANDLE_DTYPE) if rows else np.empty(0, dtype=CANDLE_DTYPE)
+    cursor = conn.execute(f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
+                          "WHERE series_id = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
+                          (sid, lo, hi))
+    # Converted a batch at a time: a long span never holds all its rows as Python tuples.
+    parts = [np.array(batch, dtype=CANDLE_DTYPE) for batch in iter(lambda: cursor.fetchmany(_ROWS_PER_BATCH), [])]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=CANDLE_DTYPE)
 
 
 def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> UpsertCounts:
@@ -204,7 +208,9 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
     else:
         write = np.arange(len(candles))
     inserted = int(new_mask.sum())
-    if len(write):
+    if len(write) == len(candles):
+        _write_candles(conn, sid, candles)
+    elif len(write):
         _write_candles(conn, sid, candles[np.sort(write)])
     return UpsertCounts(inserted, revised, len(candles) - inserted - revised)
 
@@ -212,10 +218,6 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
 # Rows per INSERT statement: binding one flat parameter list per 64 rows is ~3x faster than one
 # statement per row (the per-row statement overhead dominates bulk ingest).
 _ROWS_PER_STATEMENT = 64
-
-
-# Rows flattened into Python floats at a time: bounds the memory of a large file's write.
-_ROWS_PER_BATCH = 2**16
 
 
 def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
@@ -241,3 +243,8 @@ def _write_batch(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
         conn.executemany(statement(_ROWS_PER_STATEMENT), (flat[i:i + step] for i in range(0, full, step)))
     if full < len(flat):
         conn.execute(statement((len(flat) - full) // width), flat[full:])
+
+
+def open_times(conn: sqlite3.Connection, sql: str, params: tuple) -> np.ndarray:
+    """The first column of `sql`'s rows as int64, without holding them all as Python tuples."""
+    return np.fromiter((row[0] for row in conn.execute(sql, params)), dtype=np.int64)
