@@ -139,6 +139,11 @@ def period_span(period: str | None) -> tuple[int, int] | None:
 
 def withdraw(conn: sqlite3.Connection, sid: int, span: tuple[int, int], keep: np.ndarray) -> int:
     """Delete the series' rows in `span` whose open time is not in `keep` (sorted); how many."""
+    inside = int(np.count_nonzero((keep >= span[0]) & (keep < span[1])))
+    # After the upsert every kept row is stored: equal counts mean there is nothing else there.
+    if conn.execute("SELECT COUNT(*) FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ?",
+                    (sid, *span)).fetchone()[0] == inside:
+        return 0
     stored = open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ?",
                         (sid, *span))
     gone = stored[~np.isin(stored, keep, assume_unique=True)] if len(stored) else stored
@@ -164,7 +169,9 @@ def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, 
         if (span := period_span(src.period)) is not None:
             withdrawn = withdraw(conn, sid, span, times)
             lo, hi = min(lo, span[0]), max(hi, span[1] - 1)
-        refresh_gaps_between(conn, sid, src.interval, lo, hi)
+        # After a withdrawal the archive's period holds exactly its rows.
+        refresh_gaps_between(conn, sid, src.interval, lo, hi, times, exact=span is not None and
+                             span[0] <= times[0] and times[-1] < span[1])
         outcome = _outcome(src, "ok" if verified else "unverified", time_unit=parsed.time_unit,
                            rows_read=parsed.rows_read, rows_inserted=counts.inserted,
                            rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged,
