@@ -161,46 +161,58 @@ class Client:
 
 # ---------------------------------------------------------------------------------------- klines
 
-def _columns(name: str, rows: list[Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Kline arrays (12 fields, numbers or decimal strings) as candle columns and close times."""
-    try:
-        table = np.array([row[:11] for row in rows], dtype=np.float64)
-    except (TypeError, ValueError, IndexError):
-        raise fail(name, None, "response", "klines are not arrays of 12 numeric fields") from None
-    if table.ndim != 2 or table.shape[1] != 11 or any(len(row) != 12 for row in rows):
+_NAMES = ("open_time", "open", "high", "low", "close", "volume", None, "quote_asset_volume", "trades",
+          "taker_buy_base_volume", "taker_buy_quote_volume")
+
+
+def _table(name: str, page: list[Any]) -> np.ndarray:
+    """A page of klines (12-field arrays of numbers or decimal strings) as an (n, 11) float table.
+
+    Pages are converted as they come, so a long fetch holds 88 bytes per candle, not Python lists.
+    """
+    if not all(isinstance(row, list) and len(row) == 12 for row in page):
         raise fail(name, None, "response", "klines are not arrays of 12 fields")
+    try:
+        table = np.array([row[:11] for row in page], dtype=np.float64).reshape(-1, 11)
+    except (TypeError, ValueError):
+        raise fail(name, None, "response", "klines are not arrays of 12 numeric fields") from None
     ints = table[:, [0, 6, 8]]
     # An integer field that is not an exact integer (or too large for one) is refused, not rounded.
     if (bad := np.flatnonzero(~np.isfinite(ints).all(axis=1) | (np.abs(ints) >= 2**53).any(axis=1)
                               | (ints != np.round(ints)).any(axis=1))).size:
-        raise fail(name, int(bad[0]) + 1, "integer", f"kline {rows[int(bad[0])]!r}")
-    names = ("open_time", "open", "high", "low", "close", "volume", None, "quote_asset_volume", "trades",
-             "taker_buy_base_volume", "taker_buy_quote_volume")
-    columns = {col: table[:, i] for i, col in enumerate(names) if col}
+        raise fail(name, None, "integer", f"kline {page[int(bad[0])]!r}")
+    return table
+
+
+def _columns(table: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Candle columns and close times of a kline table."""
+    columns = {col: table[:, i] for i, col in enumerate(_NAMES) if col}
     columns["open_time"] = columns["open_time"].astype(np.int64)
     columns["trades"] = columns["trades"].astype(np.int64)
     return columns, table[:, 6].astype(np.int64)
 
 
 def fetch_klines(client: Client, symbol: str, interval: str, start_ms: int, end_ms: int,
-                 now: int) -> list[Any]:
-    """Raw klines with `start_ms <= open time < end_ms` that closed by `now`, paged at the maximum limit."""
+                 now: int) -> np.ndarray:
+    """Klines with `start_ms <= open time < end_ms` that closed by `now`, paged at the maximum limit,
+    as an (n, 11) table (the 12th field, `ignore`, is dropped)."""
     market = client.market
-    rows: list[Any] = []
+    pages: list[np.ndarray] = []
     cursor = start_ms
     while cursor < end_ms:
         page = client.get(market.klines, {"symbol": symbol, "interval": API_INTERVAL.get(interval, interval),
                                           "startTime": cursor, "endTime": end_ms - 1, "limit": market.max_limit})
         if not isinstance(page, list):
             raise MarketError(f"{symbol} {interval}: the klines response is not a list")
-        keep = [row for row in page if isinstance(row, list) and row and isinstance(row[0], int)
-                and cursor <= row[0] < end_ms and close_time_ms(interval, row[0]) <= now]
-        rows.extend(keep)
+        table = _table(f"{symbol}-{interval} klines", page)
+        opens = table[:, 0].astype(np.int64)
+        keep = (opens >= cursor) & (opens < end_ms) & (np.asarray(close_time_ms(interval, opens)) <= now)
+        pages.append(table[keep])
         # A short page, or one reaching candles still open, means the server has nothing more for us.
-        if len(page) < market.max_limit or len(keep) < len(page) or not keep:
+        if len(page) < market.max_limit or not keep.all():
             break
-        cursor = keep[-1][0] + 1
-    return rows
+        cursor = int(opens[-1]) + 1
+    return np.concatenate(pages) if pages else np.empty((0, 11))
 
 
 @dataclass(frozen=True)
@@ -241,10 +253,10 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
     name = f"{tail.symbol}-{tail.interval}-rest-{iso_utc(tail.start_ms)}"
     src = SourceFile(url, name, None, None, "rest", tail.symbol, tail.interval)
     try:
-        rows = fetch_klines(client, tail.symbol, tail.interval, tail.start_ms, tail.end_ms, now)
-        if not rows:
+        table = fetch_klines(client, tail.symbol, tail.interval, tail.start_ms, tail.end_ms, now)
+        if not len(table):
             return None
-        columns, close_ms = _columns(name, rows)
+        columns, close_ms = _columns(table)
         parsed = validate(name, tail.interval, columns, first_line=1, time_unit="ms",
                           close_ms=close_ms, period=(tail.start_ms, tail.end_ms))
     except MarketError as exc:
