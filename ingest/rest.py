@@ -24,7 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from core.grid import check_interval, check_symbol, close_time_ms, grid_index, g
 from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
 from ingest.sources import Source, csv_list
-from ingest.validate import Validated, fail, validate
+from ingest.validate import fail, validate
 
 
 @dataclass(frozen=True)
