@@ -3,8 +3,8 @@
 The klines endpoints take the real parameters (symbol, interval, startTime, endTime, limit) and
 enforce the real limits (spot at most 1000 rows per call, futures 1500; error -1130 above), answer
 with 12-field kline arrays (decimal strings, like the exchange) and the used weight in
-`X-MBX-USED-WEIGHT-1M`. Faults are scripted per request: `429` (with Retry-After), `418`, `5xx`
-and `slow:SECONDS`. Any other path is served from `root` (a Binance Vision layout for the downloader).
+`X-MBX-USED-WEIGHT-1M`. Faults are scripted per request: `429` (with Retry-After), `418`, `5xx`,
+`slow:SECONDS` and `malformed`. Any other path is served from `root` (a Binance Vision layout for the downloader).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def _handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
             if fault is not None:
                 if fault in ("429", "418"):
                     return self._error(int(fault), -1003, "Too many requests", {"Retry-After": "1"})
+                if fault == "malformed":  # 200 OK, but klines of 11 fields
+                    return self._send(200, json.dumps([[0, "1", "1", "1", "1", "1", 59_999, "1", 1, "1", "1"]]).encode())
                 if fault.startswith("slow:"):
                     time.sleep(float(fault[5:]))
                 else:

@@ -168,3 +168,17 @@ def test_update_cli_takes_quote_assets_and_symbol_files(tmp_path, fake):
     assert summary["symbols"] == ["SOLBNB", "BTCUSDT", "ETHUSDT"]
     for symbol in ("BTCUSDT", "ETHUSDT", "SOLBNB"):
         assert len(stored(tmp_path / "market.sqlite", symbol, "1d")) == 3
+
+
+def test_a_malformed_answer_rejects_the_batch_and_writes_nothing(tmp_path, fake):
+    fake.add_series("spot", "BTCUSDT", "1h", utc_ms("2024-01-01"), 24)
+    fake.faults = ["malformed"]
+    db = str(tmp_path / "market.sqlite")
+    result = api(db, symbols=["BTCUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url,
+                 now=utc_ms("2024-01-02"))
+    assert not result.ok
+    assert result.files[0].reason == "BTCUSDT-1h klines: response: klines are not arrays of 12 fields"
+    assert stored(Path(db), interval="1h") == []
+    # The next run asks again and gets the candles.
+    assert api(db, symbols=["BTCUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url,
+               now=utc_ms("2024-01-02")).totals()["rows_inserted"] == 24
