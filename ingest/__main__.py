@@ -17,10 +17,7 @@ from typing import Any
 import console
 from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS
-
-
-def _csv_list(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+from ingest.sources import csv_list, sources
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,38 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="reject archives without a .CHECKSUM file (default: ingest them as unverified)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("binance-vision", parents=[common, checksum],
-                       help="ingest local Binance Vision kline zips (files or directories)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-
-    p = sub.add_parser("download", parents=[common, checksum],
-                       help="fetch Binance Vision archives into a local mirror, then ingest them")
-    p.add_argument("--symbols", type=_csv_list, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    p.add_argument("--intervals", type=_csv_list, required=True, help="comma-separated, e.g. 1m,1h")
-    p.add_argument("--start", required=True, help="first UTC date, YYYY-MM-DD")
-    p.add_argument("--end", help="UTC date to stop before (default: today)")
-    p.add_argument("--market", choices=("spot", "um", "cm"), default="spot")
-    p.add_argument("--base-url", default="https://data.binance.vision/", help="Binance Vision layout root")
-    p.add_argument("--mirror", default="mirror", help="local mirror folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: %(default)s)")
-    p.add_argument("--retry-failed", action="store_true", help="download again files recorded as failed")
-
-    p = sub.add_parser("csv", parents=[common], help="ingest a generic OHLCV CSV file")
-    p.add_argument("path", metavar="FILE")
-    p.add_argument("--symbol", required=True)
-    p.add_argument("--interval", required=True, choices=list(INTERVAL_MS))
-    p.add_argument("--time-column", help="name of the time column (default: detected)")
-    p.add_argument("--time-unit", choices=("ms", "s", "us", "iso"), help="(default: detected)")
-
-    p = sub.add_parser("sample", parents=[common], help="build a deterministic synthetic market")
-    p.add_argument("--symbols", type=_csv_list, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
-    p.add_argument("--days", type=int, default=90)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--end", default="2024-07-01", help="UTC date the sample ends before (default: %(default)s)")
+    for source in sources():
+        p = sub.add_parser(source.name, parents=[common, checksum] if source.checksums else [common],
+                           help=source.help)
+        source.arguments(p)
 
     p = sub.add_parser("resample", parents=[common], help="derive higher intervals from a base interval")
     p.add_argument("--from", dest="source", default="1m", choices=list(INTERVAL_MS))
-    p.add_argument("--to", dest="targets", type=_csv_list, required=True)
+    p.add_argument("--to", dest="targets", type=csv_list, required=True)
     p.add_argument("--symbol", action="append", dest="symbols", help="repeatable (default: all)")
 
     p = sub.add_parser("gaps", parents=[common], help="find and record the gaps of each series")
@@ -81,25 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def command(args: argparse.Namespace):
     """The library call behind each command, as a zero-argument callable."""
     hooks = dict(progress=console.progress, warn=console.log)
-    if args.command == "binance-vision":
-        from ingest.binance_vision import ingest_paths
-        return lambda: ingest_paths(args.db, args.paths, require_checksum=args.require_checksum,
-                                    lock_wait=args.lock_wait, **hooks)
-    if args.command == "download":
-        from ingest.download import download
-        return lambda: download(args.db, symbols=args.symbols, intervals=args.intervals, start=args.start,
-                                end=args.end, market=args.market, base_url=args.base_url, mirror=args.mirror,
-                                jobs=args.jobs, retry_failed=args.retry_failed,
-                                require_checksum=args.require_checksum, lock_wait=args.lock_wait, **hooks)
-    if args.command == "csv":
-        from ingest.csv_source import ingest_csv
-        return lambda: ingest_csv(args.db, args.path, symbol=args.symbol, interval=args.interval,
-                                  time_column=args.time_column, time_unit=args.time_unit,
-                                  lock_wait=args.lock_wait, **hooks)
-    if args.command == "sample":
-        from ingest.sample import build_sample
-        return lambda: build_sample(args.db, symbols=args.symbols, days=args.days, seed=args.seed,
-                                    end=args.end, lock_wait=args.lock_wait, **hooks)
+    for source in sources():
+        if args.command == source.name:
+            return lambda: source.run(args, hooks)
     if args.command == "resample":
         from ingest.resample import resample
         return lambda: resample(args.db, source=args.source, targets=args.targets, symbols=args.symbols,

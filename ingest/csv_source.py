@@ -1,30 +1,44 @@
 """A generic OHLCV CSV file: a header row naming the columns, in any case and order.
 
-Required: open, high, low, close, volume, and a time column (`--time-column`, or the first of
-TIME_NAMES). Quote volume, trades and taker volumes are optional and become 0 when missing. Times
-are epoch s/ms/µs (detected by digit count, one unit per file) or ISO 8601 dates (UTC unless an
-offset is given).
+Required: open, high, low, close, volume, and a time column (`--time-column`, else the first of
+TIME_NAMES, else an unnamed first column as pandas' `DataFrame.to_csv()` writes a date index, else a
+close-time column). Quote volume, trades and taker volumes are optional and become 0 when missing.
+The delimiter is sniffed from the header (comma, semicolon or tab). Times are epoch s/ms/µs
+(detected by digit count, one unit per file) or ISO 8601 dates (UTC unless an offset is given).
+
+A time may label a candle's open (the default) or its close (`--time-label close`; detected when
+the time column is a close-time column, when every stamp is a day's 23:59:59, or for 1mo data
+when every stamp is a month's last day, as pandas labels months). The file is read in chunks of
+lines, so that memory follows the candles kept, not the text.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import io
 import os
 import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from core.hooks import Progress, Warn, no_progress, no_warn
-from ingest.inputs import open_regular
-from ingest.registry import IngestResult, SourceFile, ingest_file, writer
 from core.errors import MarketError
-from core.grid import check_interval, check_symbol
-from ingest.validate import Validated, detect_unit, fail, split_lines, to_ms, validate
+from core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
+from core.hooks import Progress, Warn, no_progress, no_warn
+from ingest.inputs import open_regular, sha256_stream
+from ingest.registry import IngestResult, SourceFile, ingest_file, writer
+from ingest.schema import CANDLE_DTYPE
+from ingest.sources import Source
+from ingest.validate import (UTF8_BOM, Validated, detect_unit, fail, field_counts, looks_like, split_lines, to_ms,
+                             validate)
 
 MAX_LINE_BYTES = 64 * 1024
+# Text parsed at a time: a chunk's strings cost ~10x its bytes while it is converted.
+CHUNK_BYTES = 2 * 2**20
 TIME_NAMES = ("open_time", "opentime", "open time", "timestamp", "time", "datetime", "date")
+CLOSE_TIME_NAMES = ("close_time", "closetime", "close time")
 ALIASES = {
     "open": ("open",), "high": ("high",), "low": ("low",), "close": ("close",), "volume": ("volume",),
     "quote_asset_volume": ("quote_asset_volume", "quote_volume", "quote volume", "quote asset volume"),
@@ -34,14 +48,14 @@ ALIASES = {
 }
 REQUIRED = ("open", "high", "low", "close", "volume")
 TIME_UNITS = ("ms", "s", "us", "iso")
+TIME_LABELS = ("open", "close")
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+# Integer counts beyond this lose their last digits as floats.
+MAX_COUNT = 2**53
 
 
-def _find_column(header: dict[str, str], names: tuple[str, ...]) -> str | None:
-    return next((header[n] for n in names if n in header), None)
-
-
-def _numbers(name: str, frame: pd.DataFrame, column: str, label: str, first_line: int, integer: bool) -> np.ndarray:
-    text = frame[column].astype(str).str.strip()
+def _numbers(name: str, text: pd.Series, label: str, first_line: int, integer: bool) -> np.ndarray:
+    text = text.str.strip()
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
     nan_text = text.str.lower().isin(("nan", "+nan", "-nan")).to_numpy(dtype=bool)
     if (bad := np.flatnonzero(np.isnan(values) & ~nan_text)).size:
@@ -51,11 +65,20 @@ def _numbers(name: str, frame: pd.DataFrame, column: str, label: str, first_line
         if (bad := np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))).size:
             row = int(bad[0])
             raise fail(name, first_line + row, "integer", f"{label} is {text.iloc[row]!r}")
+        if (bad := np.flatnonzero(np.abs(values) >= MAX_COUNT)).size:
+            row = int(bad[0])
+            raise fail(name, first_line + row, "integer", f"{label} is {text.iloc[row]!r}, too large for a count "
+                                                          f"(at most {MAX_COUNT - 1})")
     return values
 
 
-def _times(name: str, frame: pd.DataFrame, column: str, unit: str | None, first_line: int) -> tuple[np.ndarray, str]:
-    text = frame[column].astype(str).str.strip()
+def _times(name: str, text: pd.Series, column: str, unit: str | None, first_line: int) -> tuple[np.ndarray, str]:
+    if text.dtype == np.int64 and unit != "iso":
+        raw = text.to_numpy()
+        detected = detect_unit(name, column, raw, first_line,
+                               allowed=("s", "ms", "us") if unit in (None, "epoch") else (unit,))
+        return to_ms(raw, detected), detected
+    text = text.str.strip()
     integers = text.str.fullmatch(r"-?[0-9]{1,18}").to_numpy(dtype=bool)
     if unit is None:
         unit = "epoch" if integers.all() else "iso"
@@ -74,64 +97,239 @@ def _times(name: str, frame: pd.DataFrame, column: str, unit: str | None, first_
     return to_ms(raw, detected), detected
 
 
-def parse_csv(name: str, data: bytes, interval: str, *, time_column: str | None = None,
-              time_unit: str | None = None) -> Validated:
-    """Validated candles of a generic OHLCV CSV (row i of the data is line i + 2)."""
-    lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES)
-    if len(lines) == 1:
-        raise fail(name, None, "no rows", "the file has a header and no data rows")
+class Layout:
+    """What the header says: delimiter, column names, and where each candle field comes from."""
+
+    def __init__(self, name: str, header: bytes, time_column: str | None):
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise fail(name, 1, "encoding", f"byte 0x{header[exc.start]:02x} is not UTF-8") from None
+        counts = {d: text.count(d) for d in DELIMITERS}
+        self.delimiter = max(counts, key=lambda d: counts[d])
+        if counts[self.delimiter] == 0:
+            raise fail(name, 1, "header", "one column only: expected comma, semicolon or tab separated names")
+        self.names = [n.strip().strip('"').strip() for n in text.split(self.delimiter)]
+        lowered = {n.lower(): i for i, n in reversed(list(enumerate(self.names))) if n}
+        self.close_labelled = False
+        if time_column is not None:
+            if time_column.strip().lower() not in lowered:
+                raise fail(name, 1, "header", f"no column named {time_column!r}")
+            self.time = lowered[time_column.strip().lower()]
+        elif (found := next((lowered[n] for n in TIME_NAMES if n in lowered), None)) is not None:
+            self.time = found
+        elif self.names[0] == "":
+            self.time = 0  # pandas' date index: the unnamed first column
+        elif (found := next((lowered[n] for n in CLOSE_TIME_NAMES if n in lowered), None)) is not None:
+            self.time, self.close_labelled = found, True
+        else:
+            raise fail(name, 1, "header", f"no time column (looked for {', '.join(TIME_NAMES)}, an unnamed first "
+                                          f"column, {', '.join(CLOSE_TIME_NAMES)}; use --time-column)")
+        self.time_name = self.names[self.time] or "the unnamed first column"
+        self.fields: dict[str, int | None] = {}
+        for target, aliases in ALIASES.items():
+            index = next((lowered[n] for n in aliases if n in lowered), None)
+            if index is None and target in REQUIRED:
+                raise fail(name, 1, "header", f"no {target!r} column")
+            self.fields[target] = index
+
+
+def _line_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
+    """Whole lines, about `size` bytes at a time (the last chunk may lack its final newline)."""
+    rest = b""
+    while block := f.read(size):
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        if cut == 0 and len(block) <= MAX_LINE_BYTES:
+            rest = block
+            continue
+        cut = cut or len(block)  # an over-long line: let split_lines report it
+        rest = block[cut:]
+        yield block[:cut]
+    if rest:
+        yield rest
+
+
+def _check_field_counts(name: str, data: bytes, lines: Any, layout: Layout, first_line: int) -> None:
+    if b'"' in data:  # quoted fields may hold delimiters: left to the CSV parser
+        return
+    counts = field_counts(lines, layout.delimiter.encode())
+    if (wrong := np.flatnonzero(counts != len(layout.names))).size:
+        row = int(wrong[0])
+        detail = f"{int(counts[row])} fields, the header has {len(layout.names)}"
+        if int(counts[row]) == len(layout.names) + 1 and lines.line(row).endswith(layout.delimiter.encode()):
+            detail += " (a trailing delimiter at the end of the line)"
+        raise fail(name, first_line + row, "field count", detail)
+
+
+def _read(name: str, data: bytes, layout: Layout, first_line: int, typed: bool,
+          time_dtype: Any = str) -> pd.DataFrame:
+    """The used columns of a chunk: typed (floats, and `time_dtype` for the time), or all as text."""
+    used = sorted({layout.time, *(i for i in layout.fields.values() if i is not None)})
+    dtype: Any = str
+    if typed:
+        dtype = {i: np.float64 for i in layout.fields.values() if i is not None} | {layout.time: time_dtype}
     try:
-        frame = pd.read_csv(io.BytesIO(lines.data), dtype=str, keep_default_na=False, na_filter=False,
-                            skipinitialspace=True, engine="c")
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise fail(name, None, "csv", str(exc).strip().splitlines()[0]) from None
-    header = {str(c).strip().lower(): c for c in frame.columns}
-    first_line = 2
-    if time_column is not None:
-        time_col = header.get(time_column.strip().lower())
-        if time_col is None:
-            raise fail(name, 1, "header", f"no column named {time_column!r}")
-    else:
-        time_col = _find_column(header, TIME_NAMES)
-        if time_col is None:
-            raise fail(name, 1, "header", f"no time column (looked for {', '.join(TIME_NAMES)}; use --time-column)")
+        return pd.read_csv(io.BytesIO(data), sep=layout.delimiter, header=None, usecols=used, dtype=dtype,
+                           keep_default_na=False, na_filter=False, engine="c")
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
+        if typed:
+            raise
+        raise fail(name, first_line, "csv", str(exc).strip().splitlines()[0]) from None
+
+
+def _whole(values: np.ndarray) -> bool:
+    return bool((np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < MAX_COUNT)).all())
+
+
+def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, unit: str | None
+                 ) -> tuple[np.ndarray, str]:
+    """One chunk of whole lines as candles; numbers parsed typed, as text only to locate an error."""
+    lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES, line_offset=first_line - 1)
+    _check_field_counts(name, data, lines, layout, first_line)
+    fields = {target: index for target, index in layout.fields.items() if index is not None}
+    try:
+        try:
+            frame = _read(name, lines.data, layout, first_line, typed=True, time_dtype=np.int64)
+        except (ValueError, OverflowError):  # ISO dates, or a bad field somewhere
+            frame = _read(name, lines.data, layout, first_line, typed=True)
+        chunk = np.zeros(len(frame), dtype=CANDLE_DTYPE)
+        for target, index in fields.items():
+            values = frame[index].to_numpy(dtype=np.float64)
+            if target == "trades" and not _whole(values):
+                raise ValueError("trades")
+            chunk[target] = values
+    except (ValueError, OverflowError):
+        frame = _read(name, lines.data, layout, first_line, typed=False)
+        chunk = np.zeros(len(frame), dtype=CANDLE_DTYPE)
+        for target, index in fields.items():
+            chunk[target] = _numbers(name, frame[index], target, first_line, integer=target == "trades")
+    chunk["open_time"], unit = _times(name, frame[layout.time], layout.time_name, unit, first_line)
+    return chunk, unit
+
+
+def close_labelled(interval: str, times: np.ndarray) -> str | None:
+    """Why these stamps look like period ends, or None: every one a day's 23:59:59, or a month's last day."""
+    if (times % DAY_MS >= DAY_MS - 1000).all():
+        return "every time is a day's 23:59:59"
+    if interval == "1mo":
+        day = times.astype("datetime64[ms]").astype("datetime64[D]")
+        if (day.astype("datetime64[M]") != (day + 1).astype("datetime64[M]")).all():
+            return "every time is the last day of a month"
+    return None
+
+
+def parse_csv_stream(name: str, f: BinaryIO, interval: str, *, time_column: str | None = None,
+                     time_unit: str | None = None, time_label: str | None = None,
+                     warn: Warn = no_warn) -> Validated:
+    """Validated candles of a generic OHLCV CSV read from `f` (row i of the data is line i + 2)."""
     if time_unit is not None and time_unit not in TIME_UNITS:
         raise MarketError(f"unknown time unit {time_unit!r} (known: {' '.join(TIME_UNITS)})")
-    columns: dict[str, np.ndarray] = {}
-    n = len(frame)
-    for target, names in ALIASES.items():
-        source = _find_column(header, names)
-        if source is None:
-            if target in REQUIRED:
-                raise fail(name, 1, "header", f"no {target!r} column")
-            columns[target] = np.zeros(n, dtype=np.int64 if target == "trades" else np.float64)
-            continue
-        values = _numbers(name, frame, source, target, first_line, integer=target == "trades")
-        columns[target] = values.astype(np.int64) if target == "trades" else values
-    columns["open_time"], unit = _times(name, frame, time_col, time_unit, first_line)
-    return validate(name, interval, columns, first_line=first_line, time_unit=unit)
+    if time_label is not None and time_label not in TIME_LABELS:
+        raise MarketError(f"unknown time label {time_label!r} (known: {' '.join(TIME_LABELS)})")
+    header = f.readline(MAX_LINE_BYTES + 1).removeprefix(UTF8_BOM)
+    if not header.strip():
+        raise fail(name, None, "empty file", "no data")
+    if not header.endswith(b"\n") and len(header) > MAX_LINE_BYTES:
+        raise fail(name, 1, "line length", f"over {MAX_LINE_BYTES} bytes")
+    layout = Layout(name, header.rstrip(b"\r\n"), time_column)
+    start = f.tell()
+    remaining = f.seek(0, io.SEEK_END) - start
+    f.seek(start)
+    # Candles go straight into one array sized from the first chunk's bytes per line: a list of
+    # chunks joined at the end would hold them twice (glibc keeps freed chunks in its heap).
+    candles = np.empty(0, dtype=CANDLE_DTYPE)
+    at = 0
+    line = 2
+    unit = time_unit
+    for data in _line_chunks(f, CHUNK_BYTES):
+        chunk, unit = _parse_chunk(name, data, layout, line, unit)
+        if at + len(chunk) > len(candles):
+            estimate = int(remaining / max(len(data), 1) * len(chunk) * 1.05) + 1 if at == 0 else len(candles) * 5 // 4
+            grown = np.empty(max(estimate, at + len(chunk)), dtype=CANDLE_DTYPE)
+            grown[:at] = candles[:at]
+            candles = grown
+        candles[at:at + len(chunk)] = chunk
+        at += len(chunk)
+        line += len(chunk)
+    if at == 0:
+        raise fail(name, None, "no rows", "the file has a header and no data rows")
+    candles = candles[:at]
+    times = candles["open_time"]
+    label = time_label
+    if label is None:
+        why = "the time column is a close time" if layout.close_labelled else close_labelled(interval, times)
+        if why:
+            label = "close"
+            warn(f"{name}: {why}: read as the candles' close (--time-label open to override)")
+    if label == "close":
+        # A close stamp lies in its candle's last moment or at its exclusive end: the slot of t - 1 ms.
+        candles["open_time"] = grid_time(interval, grid_index(interval, times - 1))
+    try:
+        return validate(name, interval, candles, first_line=2, time_unit=unit or "iso")
+    except MarketError as exc:
+        # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
+        if label is None and ": interval: " in str(exc) and len(times) > 1 \
+                and looks_like(np.unique(times)) == interval:
+            raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None
+        raise
+
+
+def parse_csv(name: str, data: bytes, interval: str, **options: Any) -> Validated:
+    """parse_csv_stream on bytes in memory."""
+    return parse_csv_stream(name, io.BytesIO(data), interval, **options)
+
+
+def _sha256(path: str) -> tuple[str, int]:
+    with open_regular(path, path) as f:  # a pipe or device is refused, never read blocking
+        return sha256_stream(f)
 
 
 def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: str | None = None,
-               time_unit: str | None = None, lock_wait: float = 30.0, progress: Progress = no_progress,
-               warn: Warn = no_warn) -> IngestResult:
+               time_unit: str | None = None, time_label: str | None = None, lock_wait: float = 30.0,
+               progress: Progress = no_progress, warn: Warn = no_warn) -> IngestResult:
     """Ingest one generic OHLCV CSV file as the series (symbol, interval)."""
     started = time.perf_counter()
     check_symbol(symbol)
     check_interval(interval)
     path = os.path.abspath(path)
     try:
-        with open_regular(path, path) as f:
-            data = f.read()
+        sha, size = _sha256(path)
     except OSError as exc:
         raise MarketError(f"cannot read {path}: {exc.strerror}") from None
     file_name = os.path.basename(path)
-    src = SourceFile(path, file_name, hashlib.sha256(data).hexdigest(), len(data), "csv", symbol, interval)
+    src = SourceFile(path, file_name, sha, size, "csv", symbol, interval)
+
+    def load() -> Validated:
+        try:
+            with open_regular(path, path) as f:
+                return parse_csv_stream(file_name, f, interval, time_column=time_column, time_unit=time_unit,
+                                        time_label=time_label, warn=warn)
+        except OSError as exc:
+            raise MarketError(f"cannot read {path}: {exc.strerror}") from None
+
     result = IngestResult()
     with writer(db, "ingest csv", lock_wait) as conn:
         for _ in progress([src], total=1, desc="ingest", unit="file"):
-            result.files.append(ingest_file(
-                conn, src, lambda: parse_csv(file_name, data, interval, time_column=time_column, time_unit=time_unit),
-                verified=True))
+            result.files.append(ingest_file(conn, src, load, verified=True))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="FILE")
+    p.add_argument("--symbol", required=True)
+    p.add_argument("--interval", required=True, choices=list(INTERVAL_MS))
+    p.add_argument("--time-column", help="name of the time column (default: detected)")
+    p.add_argument("--time-unit", choices=TIME_UNITS, help="(default: detected)")
+    p.add_argument("--time-label", choices=TIME_LABELS,
+                   help="whether times stamp the candle's open or its close (default: detected)")
+
+
+def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> IngestResult:
+    return ingest_csv(args.db, args.path, symbol=args.symbol, interval=args.interval,
+                      time_column=args.time_column, time_unit=args.time_unit, time_label=args.time_label,
+                      lock_wait=args.lock_wait, **hooks)
+
+
+SOURCE = Source("csv", "ingest a generic OHLCV CSV file", _arguments, _run)

@@ -10,6 +10,7 @@ bodies) are retried with exponential backoff, a bounded number of times. A 404 i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import http.client
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 from core.hooks import no_progress, no_warn
 from ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from ingest.registry import IngestResult
+from ingest.sources import Source, csv_list
 from core.errors import MarketError
 from core.grid import DAY_MS, check_interval, check_symbol, utc_ms
 
@@ -457,3 +459,34 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
                                      progress=progress, warn=warn)
     result.seconds = time.monotonic() - started
     return result
+
+
+def add_archive_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-url", default="https://data.binance.vision/", help="Binance Vision layout root")
+    p.add_argument("--mirror", default="mirror", help="local mirror folder (default: %(default)s)")
+    p.add_argument("--retry-failed", action="store_true", help="download again files recorded as failed")
+
+
+def add_jobs_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: %(default)s)")
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--symbols", type=csv_list, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--intervals", type=csv_list, required=True, help="comma-separated, e.g. 1m,1h")
+    p.add_argument("--start", required=True, help="first UTC date, YYYY-MM-DD")
+    p.add_argument("--end", help="UTC date to stop before (default: today)")
+    p.add_argument("--market", choices=tuple(MARKET_ROOTS), default="spot")
+    add_archive_arguments(p)
+    add_jobs_argument(p)
+
+
+def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> DownloadResult:
+    return download(args.db, symbols=args.symbols, intervals=args.intervals, start=args.start, end=args.end,
+                    market=args.market, base_url=args.base_url, mirror=args.mirror, jobs=args.jobs,
+                    retry_failed=args.retry_failed, require_checksum=args.require_checksum,
+                    lock_wait=args.lock_wait, **hooks)
+
+
+SOURCE = Source("download", "fetch Binance Vision archives into a local mirror, then ingest them",
+                _arguments, _run, checksums=True)

@@ -16,7 +16,7 @@ import numpy as np
 from core.hooks import no_progress, no_warn
 from core.db import checkpoint, immediate, writer_lock
 from core.grid import check_interval, check_symbol, grid_index, grid_time, iso_utc
-from ingest.schema import connect_writer
+from ingest.schema import connect_writer, open_times
 
 
 
@@ -114,8 +114,7 @@ def select_series(conn: sqlite3.Connection, symbols: list[str] | None,
 
 
 def series_open_times(conn: sqlite3.Connection, sid: int) -> np.ndarray:
-    rows = conn.execute("SELECT open_time FROM candles WHERE series_id = ? ORDER BY open_time", (sid,)).fetchall()
-    return np.array([r[0] for r in rows], dtype=np.int64)
+    return open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? ORDER BY open_time", (sid,))
 
 
 def refresh_known_gaps(conn: sqlite3.Connection, sid: int, interval: str) -> tuple[int, list[Gap]]:
@@ -129,6 +128,38 @@ def refresh_known_gaps(conn: sqlite3.Connection, sid: int, interval: str) -> tup
     conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) VALUES (?, ?, ?)",
                      [(sid, g.first, g.last) for g in gaps])
     return len(times), gaps
+
+
+def refresh_gaps_between(conn: sqlite3.Connection, sid: int, interval: str, lo: int, hi: int,
+                         written: np.ndarray | None = None, exact: bool = False) -> None:
+    """Bring one series' `known_gaps` up to date after its rows in [lo, hi] changed, inside the caller's
+    transaction: only the gaps between the nearest candles outside that span are recomputed.
+
+    `written`: the sorted open times just written. When the stored rows in [lo, hi] are exactly those
+    (`exact`, or equal counts), they are not read back: a bulk write stays a write.
+    """
+    before = conn.execute("SELECT MAX(open_time) FROM candles WHERE series_id = ? AND open_time < ?",
+                          (sid, lo)).fetchone()[0]
+    after = conn.execute("SELECT MIN(open_time) FROM candles WHERE series_id = ? AND open_time > ?",
+                         (sid, hi)).fetchone()[0]
+    a = -(2**63) if before is None else before
+    b = 2**63 - 1 if after is None else after
+    inside = None if written is None else written[(written >= lo) & (written <= hi)]
+    if inside is not None and not exact and conn.execute(
+            "SELECT COUNT(*) FROM candles WHERE series_id = ? AND open_time BETWEEN ? AND ?",
+            (sid, lo, hi)).fetchone()[0] != len(inside):
+        inside = None
+    if inside is None:
+        times = open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? AND open_time BETWEEN ? AND ? "
+                                 "ORDER BY open_time", (sid, a, b))
+    else:
+        times = np.concatenate([[before] if before is not None else [], inside,
+                                [after] if after is not None else []]).astype(np.int64)
+    conn.execute("DELETE FROM known_gaps WHERE series_id = ? AND start_open_time > ? AND start_open_time < ?",
+                 (sid, a, b))
+    first, last, _ = gap_arrays(interval, times)
+    conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) VALUES (?, ?, ?)",
+                     [(sid, int(f), int(la)) for f, la in zip(first, last)])
 
 
 def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[str] | None = None,

@@ -8,16 +8,22 @@ the summary result a command returns.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from core.db import checkpoint, immediate, writer_lock
 from core.errors import MarketError
-from core.grid import iso_utc, now_ms
-from ingest.schema import connect_writer, series_id, upsert_candles
+from core.grid import DAY_MS, iso_utc, now_ms
+from ingest.gaps import refresh_gaps_between
+from ingest.schema import connect_writer, open_times, series_id, upsert_candles
 from ingest.validate import Validated
+
+PERIOD_RE = re.compile(r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -48,6 +54,7 @@ class FileOutcome:
     rows_revised: int = 0
     rows_dropped: int = 0
     rows_flagged: int = 0
+    rows_withdrawn: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,12 +80,13 @@ def _storable(text: str) -> str:
 def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
     conn.execute(
         """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
-               status, reason, rows_read, rows_inserted, rows_revised, rows_dropped, rows_flagged, ingested_utc)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               status, reason, rows_read, rows_inserted, rows_revised, rows_dropped, rows_flagged, rows_withdrawn,
+               ingested_utc)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (_storable(src.path), _storable(src.file_name), src.sha256, src.size_bytes, src.source, src.symbol,
          src.interval, src.period,
          outcome.status, outcome.reason, outcome.rows_read, outcome.rows_inserted, outcome.rows_revised,
-         outcome.rows_dropped, outcome.rows_flagged, iso_utc(now_ms())))
+         outcome.rows_dropped, outcome.rows_flagged, outcome.rows_withdrawn, iso_utc(now_ms())))
 
 
 def _outcome(src: SourceFile, status: str, reason: str | None = None, **counts: Any) -> FileOutcome:
@@ -98,31 +106,76 @@ def reject(conn: sqlite3.Connection, src: SourceFile, reason: str) -> FileOutcom
 
 
 def already_ingested(conn: sqlite3.Connection, src: SourceFile, verified: bool) -> bool:
-    """True when these exact bytes were ingested before as the same series and nothing would change now.
+    """True when these exact bytes are the current version of this file and nothing would change now.
 
-    An earlier unverified ingest is redone once a checksum verifies the file, so that the
-    registry ends up saying `ok`.
+    A file is known by its series and period (archives) or its name (other files). The registry
+    keeps every version: ingesting an older version again after a re-issue is a revision, not a
+    repeat; the same bytes under another period's name are parsed (and rejected for their rows).
+    An earlier unverified ingest is redone once a checksum verifies the file, so that the registry
+    ends up saying `ok`.
     """
-    statuses = {row[0] for row in conn.execute(
-        "SELECT DISTINCT status FROM ingested_files WHERE sha256 = ? AND symbol IS ? AND interval IS ? "
-        "AND status IN ('ok', 'unverified')", (src.sha256, src.symbol, src.interval))}
-    return "ok" in statuses or ("unverified" in statuses and not verified)
+    key, value = ("period", src.period) if src.period is not None else ("file_name", _storable(src.file_name))
+    latest = conn.execute(
+        f"SELECT sha256, status FROM ingested_files WHERE symbol IS ? AND interval IS ? AND {key} = ? "
+        "AND status IN ('ok', 'unverified') ORDER BY id DESC LIMIT 1", (src.symbol, src.interval, value)).fetchone()
+    if latest is None or latest[0] != src.sha256:
+        return False
+    return latest[1] == "ok" or not verified
 
 
 def skipped(conn: sqlite3.Connection, src: SourceFile) -> FileOutcome:
     return record_only(conn, src, "skipped", "same SHA-256 as an earlier ingest")
 
 
+def period_span(period: str | None) -> tuple[int, int] | None:
+    """[start, end) in epoch ms of an archive period, `YYYY-MM` or `YYYY-MM-DD`; None for anything else."""
+    if period is None or not PERIOD_RE.match(period):
+        return None
+    day = np.datetime64(period if len(period) == 10 else period + "-01", "ms")
+    end = day + np.timedelta64(DAY_MS, "ms") if len(period) == 10 else \
+        (day.astype("datetime64[M]") + 1).astype("datetime64[ms]")
+    return int(day.astype(np.int64)), int(end.astype(np.int64))
+
+
+def withdraw(conn: sqlite3.Connection, sid: int, span: tuple[int, int], keep: np.ndarray) -> int:
+    """Delete the series' rows in `span` whose open time is not in `keep` (sorted); how many."""
+    inside = int(np.count_nonzero((keep >= span[0]) & (keep < span[1])))
+    # After the upsert every kept row is stored: equal counts mean there is nothing else there.
+    if conn.execute("SELECT COUNT(*) FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ?",
+                    (sid, *span)).fetchone()[0] == inside:
+        return 0
+    stored = open_times(conn, "SELECT open_time FROM candles WHERE series_id = ? AND open_time >= ? AND open_time < ?",
+                        (sid, *span))
+    gone = stored[~np.isin(stored, keep, assume_unique=True)] if len(stored) else stored
+    conn.executemany("DELETE FROM candles WHERE series_id = ? AND open_time = ?", [(sid, int(t)) for t in gone])
+    return len(gone)
+
+
 def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, verified: bool) -> FileOutcome:
-    """Upsert one validated file and record it, in one transaction: all of it or none."""
+    """Upsert one validated file and record it, in one transaction: all of it or none.
+
+    An archive holds the whole of its period: rows stored there that it lacks (a re-issue that
+    dropped them, or REST rows the archive does not confirm) are withdrawn. The series' known
+    gaps are brought up to date in the same transaction.
+    """
     if src.symbol is None or src.interval is None:
         raise ValueError("a file to ingest needs a symbol and an interval")
     with immediate(conn):
         sid = series_id(conn, src.symbol, src.interval)
         counts = upsert_candles(conn, sid, parsed.candles)
+        times = parsed.candles["open_time"]
+        lo, hi = int(times[0]), int(times[-1])
+        withdrawn = 0
+        if (span := period_span(src.period)) is not None:
+            withdrawn = withdraw(conn, sid, span, times)
+            lo, hi = min(lo, span[0]), max(hi, span[1] - 1)
+        # After a withdrawal the archive's period holds exactly its rows.
+        refresh_gaps_between(conn, sid, src.interval, lo, hi, times, exact=span is not None and
+                             span[0] <= times[0] and times[-1] < span[1])
         outcome = _outcome(src, "ok" if verified else "unverified", time_unit=parsed.time_unit,
                            rows_read=parsed.rows_read, rows_inserted=counts.inserted,
-                           rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged)
+                           rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged,
+                           rows_withdrawn=withdrawn)
         _record(conn, src, outcome)
     return outcome
 
@@ -163,6 +216,7 @@ class IngestResult:
             "rows_read": rows,
             "rows_inserted": sum(f.rows_inserted for f in written),
             "rows_revised": sum(f.rows_revised for f in written),
+            "rows_withdrawn": sum(f.rows_withdrawn for f in written),
             "rows_dropped": sum(f.rows_dropped for f in written),
             "rows_flagged": sum(f.rows_flagged for f in written),
             "seconds": round(self.seconds, 3),
@@ -179,6 +233,6 @@ class IngestResult:
         lines.append(
             f"files: {files['ok']} ok, {files['skipped']} skipped, {files['rejected']} rejected, "
             f"{files['unverified']} unverified; rows: {t['rows_inserted']} inserted, {t['rows_revised']} revised, "
-            f"{t['rows_dropped']} dropped; {t['rows_flagged']} flagged; "
+            f"{t['rows_dropped']} dropped; {t['rows_flagged']} flagged; {t['rows_withdrawn']} withdrawn; "
             f"{t['seconds']:.2f} s, {t['rows_per_second']} rows/s")
         return "\n".join(lines)

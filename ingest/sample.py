@@ -10,6 +10,7 @@ functions (exp, log, cos), whose last bit may differ between platforms.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import time
@@ -28,6 +29,7 @@ from core.db import checkpoint, immediate, writer_lock
 from core.errors import MarketError
 from core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
 from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
+from ingest.sources import Source, csv_list
 
 
 SAMPLE_INTERVALS = ("5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w")
@@ -283,3 +285,18 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
             conn.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--symbols", type=csv_list, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+    p.add_argument("--days", type=int, default=90)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--end", default="2024-07-01", help="UTC date the sample ends before (default: %(default)s)")
+
+
+def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> SampleResult:
+    return build_sample(args.db, symbols=args.symbols, days=args.days, seed=args.seed, end=args.end,
+                        lock_wait=args.lock_wait, **hooks)
+
+
+SOURCE = Source("sample", "build a deterministic synthetic market", _arguments, _run)

@@ -21,7 +21,9 @@ CANDLE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_
 CANDLE_DTYPE = np.dtype([(name, np.int64 if name in ("open_time", "trades") else np.float64)
                          for name in CANDLE_COLUMNS])
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Rows converted between SQLite and numpy at a time: bounds the memory of a large file's read or write.
+_ROWS_PER_BATCH = 2**16
 
 
 # ---------------------------------------------------------------------------------------- DDL
@@ -91,7 +93,18 @@ CREATE INDEX IF NOT EXISTS ingested_files_sha256 ON ingested_files(sha256);
 CREATE INDEX IF NOT EXISTS ingested_files_name ON ingested_files(file_name);
 """
 
-MIGRATIONS = {1: CORE_DDL + INGEST_DDL}
+# 2: rows a re-issued file no longer holds are withdrawn and counted; known_gaps is kept current by
+# every write from now on, so it is computed once here for the series written before.
+MIGRATIONS = {1: CORE_DDL + INGEST_DDL,
+              2: "ALTER TABLE ingested_files ADD COLUMN rows_withdrawn INTEGER NOT NULL DEFAULT 0;"}
+
+
+def _all_gaps(conn: sqlite3.Connection) -> None:
+    from ingest.gaps import refresh_known_gaps  # gaps.py builds on this module
+    for sid, code in conn.execute("SELECT se.id, i.code FROM series se JOIN intervals i ON i.id = se.interval_id "
+                                  "ORDER BY se.id").fetchall():
+        if code in INTERVAL_MS:
+            refresh_known_gaps(conn, sid, code)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -101,7 +114,18 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise MarketError(f"market database schema version {version} is newer than this tool "
                           f"({SCHEMA_VERSION}); upgrade image_cache")
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]} PRAGMA user_version = {target}; COMMIT;")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if target == 2:
+                _all_gaps(conn)
+            conn.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 # ---------------------------------------------------------------------------------------- connections
@@ -160,11 +184,12 @@ def read_candles(conn: sqlite3.Connection, sid: int, start_ms: int | None = None
     """Candles of one series with `start_ms <= open_time < end_ms`, ordered, as CANDLE_DTYPE."""
     lo = -(2**63) if start_ms is None else start_ms
     hi = 2**63 - 1 if end_ms is None else end_ms
-    rows = conn.execute(f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
-                        "WHERE series_id = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
-                        (sid, lo, hi)).fetchall()
+    cursor = conn.execute(f"SELECT {', '.join(CANDLE_COLUMNS)} FROM candles "
+                          "WHERE series_id = ? AND open_time >= ? AND open_time < ? ORDER BY open_time",
+                          (sid, lo, hi))
     try:
-        return np.array(rows, dtype=CANDLE_DTYPE) if rows else np.empty(0, dtype=CANDLE_DTYPE)
+        # Converted a batch at a time: a long span never holds all its rows as Python tuples.
+        parts = [np.array(batch, dtype=CANDLE_DTYPE) for batch in iter(lambda: cursor.fetchmany(_ROWS_PER_BATCH), [])]
     except (ValueError, TypeError):
         # A market not written by us may hold TEXT or BLOB (or NULL) in number columns.
         numeric = " AND ".join(f"typeof({c}) IN ('integer', 'real')" for c in CANDLE_COLUMNS)
@@ -172,6 +197,7 @@ def read_candles(conn: sqlite3.Connection, sid: int, start_ms: int | None = None
                            f"AND NOT ({numeric}) ORDER BY open_time LIMIT 1", (sid, lo, hi)).fetchone()
         raise MarketError(f"market database: candle of series {sid} at open_time {bad[0] if bad else '?'} "
                           "holds a value that is not a number; fix or remove it to ingest into this series") from None
+    return np.concatenate(parts) if parts else np.empty(0, dtype=CANDLE_DTYPE)
 
 
 def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> UpsertCounts:
@@ -202,7 +228,9 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
     else:
         write = np.arange(len(candles))
     inserted = int(new_mask.sum())
-    if len(write):
+    if len(write) == len(candles):
+        _write_candles(conn, sid, candles)
+    elif len(write):
         _write_candles(conn, sid, candles[np.sort(write)])
     return UpsertCounts(inserted, revised, len(candles) - inserted - revised)
 
@@ -210,12 +238,17 @@ def upsert_candles(conn: sqlite3.Connection, sid: int, candles: np.ndarray) -> U
 # Rows per INSERT statement: binding one flat parameter list per 64 rows is ~3x faster than one
 # statement per row (the per-row statement overhead dominates bulk ingest).
 _ROWS_PER_STATEMENT = 64
-_ROWS_PER_BLOCK = _ROWS_PER_STATEMENT * 1024
 
 
 def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
+    for start in range(0, len(rows), _ROWS_PER_BATCH):
+        _write_batch(conn, sid, rows[start:start + _ROWS_PER_BATCH])
+
+
+def _write_batch(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None:
     """Upsert CANDLE_DTYPE rows. All values are bound as floats: the INTEGER affinity of open_time and
     trades stores them back as exact integers (< 2**53), and one float array flattens fastest."""
+    flat = np.column_stack([rows[c].astype(np.float64) for c in CANDLE_COLUMNS]).ravel().tolist()
     width = len(CANDLE_COLUMNS)
     values = f"({int(sid)}, {', '.join('?' * width)})"
     updates = ", ".join(f"{c} = excluded.{c}" for c in CANDLE_COLUMNS[1:])
@@ -224,13 +257,14 @@ def _write_candles(conn: sqlite3.Connection, sid: int, rows: np.ndarray) -> None
         return (f"INSERT INTO candles(series_id, {', '.join(CANDLE_COLUMNS)}) VALUES {', '.join([values] * count)} "
                 f"ON CONFLICT(series_id, open_time) DO UPDATE SET {updates}")
 
-    # Flattened a block at a time: a Python float list of the whole file would cost ~320 bytes a row.
-    for block in range(0, len(rows), _ROWS_PER_BLOCK):
-        part = rows[block:block + _ROWS_PER_BLOCK]
-        flat = np.column_stack([part[c].astype(np.float64) for c in CANDLE_COLUMNS]).ravel().tolist()
-        step = _ROWS_PER_STATEMENT * width
-        full = len(part) // _ROWS_PER_STATEMENT * step
-        if full:
-            conn.executemany(statement(_ROWS_PER_STATEMENT), (flat[i:i + step] for i in range(0, full, step)))
-        if full < len(flat):
-            conn.execute(statement((len(flat) - full) // width), flat[full:])
+    step = _ROWS_PER_STATEMENT * width
+    full = len(rows) // _ROWS_PER_STATEMENT * step
+    if full:
+        conn.executemany(statement(_ROWS_PER_STATEMENT), (flat[i:i + step] for i in range(0, full, step)))
+    if full < len(flat):
+        conn.execute(statement((len(flat) - full) // width), flat[full:])
+
+
+def open_times(conn: sqlite3.Connection, sql: str, params: tuple) -> np.ndarray:
+    """The first column of `sql`'s rows as int64, without holding them all as Python tuples."""
+    return np.fromiter((row[0] for row in conn.execute(sql, params)), dtype=np.int64)

@@ -7,12 +7,13 @@ The happy path is vectorised; the per-line detail is only computed once a rule h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.errors import MarketError
-from core.grid import INTERVAL_MS, close_time_ms, iso_utc, on_grid
+from core.grid import DAY_MS, INTERVAL_MS, close_time_ms, grid_index, iso_utc, on_grid
 from ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -58,37 +59,38 @@ def fail(name: str, line: int | None, rule: str, detail: str) -> MarketError:
     return MarketError(f"{where}: {rule}: {detail}")
 
 
-def split_lines(name: str, data: bytes, *, max_line_bytes: int) -> Lines:
-    """Check the text layer and split into lines.
+def split_lines(name: str, data: bytes, *, max_line_bytes: int, line_offset: int = 0) -> Lines:
+    """Check the text layer and split into lines (`line_offset`: lines before `data` in its file).
 
     Documented choices: a UTF-8 BOM is ignored and CRLF line ends are accepted as LF (spreadsheet
     exports have both); a lone CR, blank lines, non-UTF-8 bytes and over-long lines are errors.
     """
-    if data.startswith(UTF8_BOM):
+    if line_offset == 0 and data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM):]
     if not data:
         raise fail(name, None, "empty file", "no data")
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
         if (pos := data.find(b"\r")) >= 0:
-            raise fail(name, data.count(b"\n", 0, pos) + 1, "line ends", "carriage return without line feed")
+            raise fail(name, line_offset + data.count(b"\n", 0, pos) + 1, "line ends",
+                       "carriage return without line feed")
     if not data.isascii():
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise fail(name, data.count(b"\n", 0, exc.start) + 1, "encoding",
+            raise fail(name, line_offset + data.count(b"\n", 0, exc.start) + 1, "encoding",
                        f"byte 0x{data[exc.start]:02x} is not UTF-8") from None
     newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
     ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
     starts = np.concatenate(([0], ends[:-1] + 1))
     lengths = ends - starts
     if (long := np.flatnonzero(lengths > max_line_bytes)).size:
-        raise fail(name, int(long[0]) + 1, "line length",
+        raise fail(name, line_offset + int(long[0]) + 1, "line length",
                    f"{int(lengths[long[0]])} bytes, the limit is {max_line_bytes}")
     if (blank := np.flatnonzero(lengths == 0)).size:
         if blank.size == lengths.size:
             raise fail(name, None, "empty file", "no data")
-        raise fail(name, int(blank[0]) + 1, "blank line", "no fields")
+        raise fail(name, line_offset + int(blank[0]) + 1, "blank line", "no fields")
     return Lines(data, starts, ends)
 
 
@@ -168,15 +170,56 @@ def check_period(name: str, open_ms: np.ndarray, first_line: int, period: tuple[
                    f"{iso_utc(start)} .. {iso_utc(end)}")
 
 
-def validate(name: str, interval: str, columns: dict[str, np.ndarray], *, first_line: int,
+def _spacing(ms: int) -> str:
+    for unit, size in (("d", DAY_MS), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms} ms"
+
+
+def looks_like(times: np.ndarray) -> str:
+    """The interval sorted, unique open times (two or more) look like: the code of their usual spacing."""
+    diffs = np.diff(times)
+    usual = int(np.median(diffs))
+    codes = {ms: code for code, ms in INTERVAL_MS.items() if code != "1mo"}
+    if usual in codes:
+        return codes[usual]
+    if 28 * DAY_MS <= usual <= 31 * DAY_MS:
+        return "1mo"
+    return f"no known interval (rows {_spacing(usual)} apart)"
+
+
+def check_interval_fit(name: str, interval: str, times: np.ndarray, line_of: Callable[[int], int]) -> np.ndarray:
+    """Reject data of another interval; return the mask of the few off-grid candles kept as flagged.
+
+    Mostly off the grid, or never two candles in adjacent grid slots, means the rows are another
+    interval's data. A few off-grid candles are real (Binance's early 2018 files): kept, flagged.
+    """
+    off = ~np.asarray(on_grid(interval, times), dtype=bool)
+    if off.sum() * 2 > len(times):
+        bad = int(np.flatnonzero(off)[0])
+        hint = f"; the rows look like {looks_like(times)} data" if len(times) > 1 else ""
+        raise fail(name, line_of(bad), "interval",
+                   f"{int(off.sum())} of {len(times)} open times are off the {interval} grid "
+                   f"(first {iso_utc(int(times[bad]))}){hint}")
+    if len(times) >= 3:
+        slots = np.diff(np.asarray(grid_index(interval, times), dtype=np.int64))
+        if slots.min() > 1:
+            raise fail(name, line_of(1), "interval",
+                       f"no two candles are one {interval} apart; the rows look like {looks_like(times)} data")
+    return off
+
+
+def validate(name: str, interval: str, columns: dict[str, np.ndarray] | np.ndarray, *, first_line: int,
              time_unit: str, close_ms: np.ndarray | None = None,
              period: tuple[int, int] | None = None) -> Validated:
     """Validate parsed rows of one file and return them sorted, de-duplicated, as CANDLE_DTYPE.
 
-    `columns` holds every CANDLE_COLUMNS array with open_time already in ms; row i is line
-    `first_line + i`. Exact duplicate rows are dropped; same open time with other values rejects
-    the file. Candles off the interval grid, or whose `close_ms` is not the interval's last
-    millisecond, are kept and counted as flagged.
+    `columns` holds every CANDLE_COLUMNS array with open_time already in ms (or is a CANDLE_DTYPE
+    array, used without a copy); row i is line `first_line + i`. Exact duplicate rows are dropped;
+    same open time with other values rejects the file. Data of another interval is rejected
+    (check_interval_fit); the odd candle off the interval grid, or whose `close_ms` is not the
+    interval's last millisecond, is kept and counted as flagged.
     """
     if interval not in INTERVAL_MS:
         raise fail(name, None, "interval", f"unknown interval code {interval!r}")
@@ -188,9 +231,12 @@ def validate(name: str, interval: str, columns: dict[str, np.ndarray], *, first_
     if period is not None:
         check_period(name, open_ms, first_line, period)
 
-    candles = np.empty(n, dtype=CANDLE_DTYPE)
-    for col in CANDLE_COLUMNS:
-        candles[col] = columns[col]
+    if isinstance(columns, np.ndarray):
+        candles = columns
+    else:
+        candles = np.empty(n, dtype=CANDLE_DTYPE)
+        for col in CANDLE_COLUMNS:
+            candles[col] = columns[col]
     closes = close_ms
     order = None
     if n > 1 and (np.diff(open_ms) < 0).any():
@@ -218,9 +264,17 @@ def validate(name: str, interval: str, columns: dict[str, np.ndarray], *, first_
         candles = candles[keep]
         closes = None if closes is None else closes[keep]
         dropped = int(n - keep.sum())
+    else:
+        keep = None
 
     times = candles["open_time"]
-    flagged = ~on_grid(interval, times)
+    kept = None if keep is None else np.flatnonzero(keep)
+
+    def source_line(i: int) -> int:
+        row = int(i) if kept is None else int(kept[i])
+        return first_line + (row if order is None else int(order[row]))
+
+    flagged = check_interval_fit(name, interval, times, source_line)
     if closes is not None:
         flagged |= closes != close_time_ms(interval, times) - 1
     return Validated(candles, n, dropped, int(flagged.sum()), time_unit)

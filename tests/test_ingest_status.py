@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from ingest.binance_vision import ingest_paths
+from ingest.csv_source import ingest_csv
+from ingest.gaps import find_gaps
 from core.errors import MarketError
 from core.grid import utc_ms
 from ingest.status import status
@@ -29,8 +32,6 @@ def market(tmp_path: Path) -> Path:
     db = tmp_path / "market.sqlite"
     ingest_paths(str(db), [str(mirror)])
     ingest_paths(str(db), [str(mirror)])
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO known_gaps VALUES (1, ?, ?)", (utc_ms("2024-01-16"), utc_ms("2024-01-16T23:00")))
     return db
 
 
@@ -52,6 +53,39 @@ def test_failures_list_files_whose_latest_record_is_a_rejection(market: Path, tm
     ingest_paths(str(market), [str(tmp_path / "m" / "BTCUSDT-1h-2024-01-16.zip")])
     result = status(str(market), failures=True)
     assert result.failures == [] and result.files["rejected"] == 2 and result.series[0].candles == 72
+    assert result.series[0].gaps == 0  # the day that filled the gap closed it
+
+
+def test_gap_counts_are_current_after_every_write(tmp_path: Path) -> None:
+    mirror = tmp_path / "m"
+    db = str(tmp_path / "market.sqlite")
+    for day in ("2024-01-15", "2024-01-17"):
+        write_archive(mirror, f"BTCUSDT-1h-{day}.zip", kline_csv(kline_rows("1h", day, 24)))
+    ingest_paths(db, [str(mirror)])
+    assert status(db).series[0].gaps == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT start_open_time, end_open_time FROM known_gaps").fetchall() == [
+            (utc_ms("2024-01-16"), utc_ms("2024-01-16T23:00"))]
+    rows = kline_rows("1h", "2024-01-16", 24)
+    write_archive(mirror, "BTCUSDT-1h-2024-01-16.zip", kline_csv(rows[:5] + rows[7:]))
+    ingest_paths(db, [str(mirror / "BTCUSDT-1h-2024-01-16.zip")])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT start_open_time, end_open_time FROM known_gaps").fetchall() == [
+            (utc_ms("2024-01-16T05:00"), utc_ms("2024-01-16T06:00"))]
+    write_archive(mirror, "BTCUSDT-1h-2024-01-16.zip", kline_csv(rows))
+    ingest_paths(db, [str(mirror / "BTCUSDT-1h-2024-01-16.zip")])
+    assert status(db).series[0].gaps == 0 and status(db).series[0].candles == 72
+    # A CSV with holes, after a gap: the incremental refresh equals a full recount.
+    hours = [h for h in range(80, 110) if h % 7]
+    csv = "time,open,high,low,close,volume\n" + "".join(
+        f"{utc_ms('2024-01-15') + h * 3_600_000},1,2,0.5,1.5,1\n" for h in hours)
+    (tmp_path / "holes.csv").write_text(csv)
+    ingest_csv(db, str(tmp_path / "holes.csv"), symbol="BTCUSDT", interval="1h")
+    with sqlite3.connect(db) as conn:
+        recorded = conn.execute("SELECT start_open_time, end_open_time FROM known_gaps ORDER BY 1").fetchall()
+        times = np.array([r[0] for r in conn.execute("SELECT open_time FROM candles ORDER BY open_time")])
+    assert recorded == [(g.first, g.last) for g in find_gaps("1h", times)]
+    assert len(recorded) == 5 and status(db).series[0].gaps == 5
 
 
 def test_missing_database_is_an_error_and_is_not_created(tmp_path: Path) -> None:
