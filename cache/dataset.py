@@ -133,12 +133,13 @@ class ChartStream:
     instead of indexing them (the class is chosen when the stream is made; torch is never imported here).
     """
 
-    _torch_classes: dict[type, type] = {}
+    _torch_classes: dict[tuple[type, type], type] = {}
 
     def __new__(cls, *args, **kwargs):
         data = sys.modules.get("torch.utils.data")
         if data is not None and not issubclass(cls, data.IterableDataset):
-            cls = cls._torch_classes.setdefault(cls, type(cls.__name__, (cls, data.IterableDataset), {}))
+            key = (cls, data.IterableDataset)
+            cls = cls._torch_classes.setdefault(key, type(cls.__name__, key, {}))
         return object.__new__(cls)
 
     def __init__(self, dataset: ChartDataset, seed: int | None = None) -> None:
