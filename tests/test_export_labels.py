@@ -188,3 +188,10 @@ def test_default_splits_are_recorded_in_the_card(cache: Path, tmp_path: Path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "train 70%, validation 15%, test 15%" in card
     assert f"`validation:{iso_utc(splits[1]['start'])}..{iso_utc(splits[1]['end'])}`" in card
+
+
+def test_class_names_sort_in_class_order():
+    # Folder loaders (torchvision, Hugging Face) number classes by sorted folder name.
+    assert parse_label("sign").names == ("0", "1")
+    names = parse_label("bucket:" + ",".join(str(k / 100) for k in range(10))).names
+    assert len(names) == 11 and list(names) == sorted(names) and names[10] == "10" and names[2] == "02"

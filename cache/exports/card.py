@@ -96,8 +96,8 @@ class Card:
             + (f" (absolute: `{job.image_root}`; manifest paths are relative to it)" if o.format == "manifest"
                else ""),
             f"- series: {', '.join(sorted({f'{s.symbol} {s.interval}' for s in samples}))}",
-            f"- window ends from {iso_utc(min(s.end_ms for s in samples))} to {iso_utc(max(s.end_ms for s in samples))} "
-            f"(UTC, open time of each window's last candle)"
+            f"- window ends from {iso_utc(min(s.end_ms for s in samples))} to "
+            f"{iso_utc(max(s.end_ms for s in samples))} (UTC, open time of each window's last candle)"
             + (f", every {self.settings.stride}th window on the interval grid" if self.settings.stride > 1 else ""),
             f"- preset: style {p['style_name']}, size {p['img_size_px']} px, window {p['window_len']} candles, "
             f"style version {p['style_version']}; spec hash `{job.selection.spec_hash}`", "",
@@ -107,7 +107,8 @@ class Card:
             "candles strictly after the window.",
             f"Label rule: {o.label.describe()}. Class names: {', '.join(f'`{n}`' for n in names)} (the class "
             "number, zero-padded so that sorted names keep the class order). `label` (WebDataset `.cls`, the "
-            f"imagefolder class folder) is the class of the first horizon, h = {o.horizons[0]}; `label_hH` and `return_hH` hold every horizon.",
+            f"imagefolder class folder) is the class of the first horizon, h = {o.horizons[0]}; `label_hH` and "
+            "`return_hH` hold every horizon.",
             "A window has no label, and is left out, when a candle between t and t+h is missing (a gap) or t+h "
             f"is not closed yet: {c['unlabeled']} windows. `label_end_open_time_ms` is the open time of t+max(h).",
             "", "## Splits", "",

@@ -62,6 +62,7 @@ def open_index(path: str) -> sqlite3.Connection:
         raise MarketError(f"image index not found: {path} (run render first)")
     try:
         conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, isolation_level=None)
+        conn.row_factory = sqlite3.Row
         conn.execute("BEGIN")  # one snapshot for the whole selection
         columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
     except sqlite3.DatabaseError as exc:
@@ -76,7 +77,6 @@ def open_index(path: str) -> sqlite3.Connection:
 def _index_rows(conn: sqlite3.Connection, preset: dict[str, Any], spec_hash: str, symbol: str, interval: str,
                 settings: Settings) -> tuple[list[sqlite3.Row], int]:
     """The ok rows drawn with the current spec in the date range and on the stride grid, and how many others."""
-    conn.row_factory = sqlite3.Row
     rows = conn.execute(
         "SELECT end_open_time_ms, status = 'ok' AND spec_hash = ? AS current, file_path, sha256, pixel_hash, "
         "width_px, height_px, input_fingerprint FROM images WHERE symbol = ? AND interval = ? AND style_name = ? "

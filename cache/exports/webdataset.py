@@ -53,7 +53,7 @@ def snippets(job: Job) -> list[tuple[str, str]]:
                        '.to_tuple("png", "cls", "json")\n'
                        '# torch: DataLoader(train, batch_size=None, num_workers=len(shards)) works as is'),
         ("datasets", 'from datasets import load_dataset\n\n'
-                     f'ds = load_dataset("OUT")  # columns __key__, png, cls, json'),
+                     'ds = load_dataset("OUT")  # columns __key__, png, cls, json'),
     ]
 
 
