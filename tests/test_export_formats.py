@@ -342,3 +342,15 @@ def test_failed_export_leaves_nothing(cache: Path, tmp_path: Path):
     assert result.returncode == 1
     assert f"cannot read {victim}" in result.stderr and "run verify, then repair" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["cache"]  # neither OUT nor its temp folder
+
+
+def test_numpy_palette_maps_every_image_onto_one_palette():
+    from cache.exports.npy import Palette
+    palette = Palette()
+    first = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), "P")
+    first.putpalette(b"\x00\x00\x00" b"\xff\x00\x00" b"\x00\xff\x00")
+    second = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    second.putpalette(b"\x00\xff\x00" b"\x00\x00\xff")  # one shared colour, one new, in another order
+    assert palette.indices(first).tolist() == [[0, 1], [2, 1]]
+    assert palette.indices(second).tolist() == [[2, 3], [3, 2]]
+    assert palette.array().tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]

@@ -24,12 +24,11 @@ class Palette:
 
     def __init__(self) -> None:
         self.colours: list[bytes] = []
-        self._lookup: dict[bytes, np.ndarray] = {}
+        self._lookup: dict[bytes, np.ndarray | None] = {}  # an image palette -> index map (None: identity)
 
     def indices(self, image: Image.Image) -> np.ndarray:
         raw = bytes(image.getpalette() or b"")
-        table = self._lookup.get(raw)
-        if table is None:
+        if raw not in self._lookup:
             table = np.zeros(256, dtype=np.uint8)
             for k in range(len(raw) // 3):
                 colour = raw[3 * k:3 * k + 3]
@@ -38,8 +37,11 @@ class Palette:
                         raise MarketError("the images use more than 256 colours together: no common palette")
                     self.colours.append(colour)
                 table[k] = self.colours.index(colour)
-            self._lookup[raw] = table
-        return table[np.asarray(image)]
+            # The usual case, one palette for every image: its indices are already ours, no remapping.
+            self._lookup[raw] = None if (table[:len(raw) // 3] == np.arange(len(raw) // 3)).all() else table
+        table = self._lookup[raw]
+        pixels = np.asarray(image)
+        return pixels if table is None else table[pixels]
 
     def array(self) -> np.ndarray:
         return np.frombuffer(b"".join(self.colours), dtype=np.uint8).reshape(-1, 3)
