@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sign (1 if the forward return > 0, else 0) or bucket:EDGES, e.g. bucket:-0.01,0.01")
     p = sub.add_parser("export", parents=[common, labels], help="write an ML dataset: labels, time splits, format")
     p.add_argument("out", metavar="OUT", help="new (or empty) output folder")
-    p.add_argument("--format", required=True, choices=export_formats(), help="imagefolder, parquet, webdataset, "
-                   "numpy, or manifest (paths into the cache, no copies)")
+    formats = export_formats()
+    p.add_argument("--format", required=True, choices=list(formats),
+                   help="; ".join(f"{name}: {fmt.help}" for name, fmt in formats.items()))
     p.add_argument("--split", metavar="SPLITS", help="NAME:START..END,... on window end times "
                    "(default: train/validation/test 70/15/15 of the range)")
     p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="webdataset: samples per shard at most")
@@ -83,9 +84,9 @@ def command(args: argparse.Namespace):
     return lambda: status(settings.image_index_db)
 
 
-def export_formats() -> list[str]:
+def export_formats() -> dict:
     from cache.exports.registry import FORMATS
-    return list(FORMATS)
+    return FORMATS
 
 
 def _dataset_command(args: argparse.Namespace, settings: config.Settings, filters: Filters):

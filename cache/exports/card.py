@@ -60,7 +60,7 @@ class Card:
     def front_matter(self, split_bytes: dict[str, int]) -> list[str]:
         o, present = self.job.options, self.job.present()
         total = sum(len(self.job.per_split[s]) for s in present)
-        lines = ["---", f"license: {o.license}", "task_categories:", "- image-classification",
+        lines = ["---", f"license: {_q(o.license)}", "task_categories:", "- image-classification",
                  "tags:", "- finance", "- candlestick-charts", "- time-series",
                  "size_categories:", f"- {_size_category(total)}",
                  f"pretty_name: {_q('Candlestick charts ' + self.settings.style_name + ' with forward-return labels')}"]

@@ -86,7 +86,8 @@ def no_features(job: Job) -> list[Feature]:
 def snippets(job: Job) -> list[tuple[str, str]]:
     first = job.present()[0]
     return [("numpy", 'import numpy as np\nimport pandas as pd\n\n'
-                      f'images = np.load("OUT/{first}/images.npy", mmap_mode="r")  # (N, H, W) uint8\n'
+                      f'images = np.asarray(np.load("OUT/{first}/images.npy", mmap_mode="r"))  # (N, H, W) uint8, '
+                      'mapped\n'
                       f'labels = pd.read_parquet("OUT/{first}/labels.parquet").label.to_numpy()  # same order')]
 
 
