@@ -46,14 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sign (1 if the forward return > 0, else 0) or bucket:EDGES, e.g. bucket:-0.01,0.01")
     p = sub.add_parser("export", parents=[common, labels], help="write an ML dataset: labels, time splits, format")
     p.add_argument("out", metavar="OUT", help="new (or empty) output folder")
-    p.add_argument("--format", required=True, choices=("imagefolder", "webdataset", "parquet"))
-    p.add_argument("--split", metavar="SPLITS",
-                   help="NAME:START..END,... on window end times (default: train/val/test 70/15/15 of the range)")
-    p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="samples per WebDataset shard")
+    formats = export_formats()
+    p.add_argument("--format", required=True, choices=list(formats),
+                   help="; ".join(f"{name}: {fmt.help}" for name, fmt in formats.items()))
+    p.add_argument("--split", metavar="SPLITS", help="NAME:START..END,... on window end times "
+                   "(default: train/validation/test 70/15/15 of the range)")
+    p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="webdataset: samples per shard at most")
+    p.add_argument("--min-shards", type=int, default=8, metavar="N", help="webdataset: shards per split at least")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="webdataset: seed of the shuffle before sharding")
+    p.add_argument("--license", default="other", metavar="ID", help="license in the dataset card (default other)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an export written by this tool")
 
     p = sub.add_parser("preview", parents=[common, labels], help="a contact sheet of sample images with labels")
-    p.add_argument("out", metavar="OUT.png", help="PNG file to write")
+    p.add_argument("out", metavar="OUT.png", help="PNG file to write (new)")
     p.add_argument("--n", type=int, default=16, metavar="N", help="images on the sheet (default 16)")
+    p.add_argument("--force", action="store_true", help="replace OUT.png if it is a sheet written by preview")
     return parser
 
 
@@ -77,22 +84,31 @@ def command(args: argparse.Namespace):
     return lambda: status(settings.image_index_db)
 
 
-def _dataset_command(args: argparse.Namespace, settings: config.Settings, filters: Filters):
-    from cache import export
+def export_formats() -> dict:
+    from cache.exports.registry import FORMATS
+    return FORMATS
 
-    horizons, label = export.parse_horizons(args.horizons), export.parse_label(args.label)
+
+def _dataset_command(args: argparse.Namespace, settings: config.Settings, filters: Filters):
+    from cache.exports.labels import parse_horizons, parse_label, parse_splits
+
+    horizons, label = parse_horizons(args.horizons), parse_label(args.label)
     if args.command == "preview":
         from cache.preview import preview
         if args.n < 1:
             raise config.ConfigError(f"--n must be at least 1, got {args.n}")
-        return lambda: preview(settings, filters, args.out, args.n, horizons, label, warn=console.log)
-    if args.shard_size < 1:
-        raise config.ConfigError(f"--shard-size must be at least 1, got {args.shard_size}")
-    options = export.ExportOptions(
+        return lambda: preview(settings, filters, args.out, args.n, horizons, label, force=args.force,
+                               warn=console.log)
+    from cache.export import ExportOptions, export
+    for flag, value in (("--shard-size", args.shard_size), ("--min-shards", args.min_shards)):
+        if value < 1:
+            raise config.ConfigError(f"{flag} must be at least 1, got {value}")
+    options = ExportOptions(
         format=args.format, horizons=horizons, label=label,
-        splits=export.parse_splits(args.split) if args.split else None, shard_size=args.shard_size,
+        splits=parse_splits(args.split) if args.split else None, shard_size=args.shard_size,
+        min_shards=args.min_shards, seed=args.seed, license=args.license, force=args.force,
         command=shlex.join(["python", "image_cache.py", *args.argv]))
-    return lambda: export.export(settings, filters, args.out, options, warn=console.log)
+    return lambda: export(settings, filters, args.out, options, warn=console.log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,19 +1,22 @@
 """`preview`: a contact sheet of labelled sample images, for a person to see what a model will see.
 
 Not part of the determinism contract (it draws text with Pillow's default font), but the sample is
-deterministic: images spread evenly over the selected samples in key order.
+deterministic: images spread evenly over the selected samples in key order. A sheet carries a text
+chunk naming it as ours: `--force` replaces such a sheet and nothing else.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from cache.export import LabelRule, Sample, select
+from cache.exports.labels import LabelRule
+from cache.exports.select import Sample, select
 from cache.runner import Filters
 from config import Settings
 from core.hooks import Warn, no_warn
@@ -23,6 +26,7 @@ CELL = 256  # thumbnail edge in px
 TEXT_ROWS = 2
 LINE_PX = 14
 MARGIN = 6
+SHEET_KEY, SHEET_VALUE = "image_cache", "preview sheet"  # the PNG text chunk that makes a sheet ours
 
 
 @dataclass
@@ -77,9 +81,33 @@ def contact_sheet(paths: list[str], captions: list[tuple[str, str]]) -> Image.Im
     return sheet
 
 
+def is_our_sheet(path: str) -> bool:
+    """A regular file (not a link) that is a PNG carrying our text chunk."""
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
+            if not os.path.isfile(path) or handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            handle.seek(0)
+            with Image.open(handle, formats=["PNG"]) as image:
+                return image.text.get(SHEET_KEY) == SHEET_VALUE
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def check_target(out: str, force: bool) -> None:
+    """Refuse an existing OUT, unless `force` and it is a sheet we wrote."""
+    if not os.path.lexists(out):
+        return
+    if not force:
+        raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)")
+    if not is_our_sheet(out):
+        raise MarketError(f"{out} is not a preview sheet written by this tool: not replacing it")
+
+
 def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tuple[int, ...], label: LabelRule,
-            warn: Warn = no_warn) -> PreviewResult:
-    """Write a contact sheet of n labelled images of the configured preset to `out` (PNG)."""
+            force: bool = False, warn: Warn = no_warn) -> PreviewResult:
+    """Write a contact sheet of n labelled images of the configured preset to `out` (a new PNG)."""
+    check_target(out, force)
     samples = sorted(select(settings, filters, horizons, label, warn).samples, key=lambda s: s.key)
     if not samples:
         raise MarketError("nothing to preview: no labelled images of this preset in range (run render first?)")
@@ -90,13 +118,40 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
                               [caption(s, horizons) for s in chosen])
     except OSError as exc:
         raise MarketError(f"cannot read an image for the preview: {exc} (run verify)") from None
+    _save(sheet, out, force)
+    return PreviewResult(out, [s.key for s in chosen], len(samples))
+
+
+def _link_new(temp: str, target: str) -> None:
+    """`target` as a new name of the finished temp file; a plain exclusive create where links are not allowed."""
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        with open(temp, "rb") as source, open(target, "xb") as handle:
+            shutil.copyfileobj(source, handle)
+
+
+def _save(sheet: Image.Image, out: str, force: bool) -> None:
+    """Write next to OUT, then link it into place (which never replaces a file that appeared meanwhile),
+    or, with `force`, rename it over a sheet of ours."""
     target = os.path.abspath(out)
     temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(SHEET_KEY, SHEET_VALUE)
     try:
-        sheet.save(temp, format="PNG")
-        os.replace(temp, target)
+        sheet.save(temp, format="PNG", pnginfo=info)
+        if force and os.path.lexists(target):
+            check_target(out, force)
+            os.replace(temp, target)
+        else:
+            _link_new(temp, target)
+    except FileExistsError:
+        raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)") \
+            from None
     except OSError as exc:
-        if os.path.exists(temp):
-            os.remove(temp)
         raise MarketError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return PreviewResult(out, [s.key for s in chosen], len(samples))
+    finally:
+        if os.path.lexists(temp):
+            os.remove(temp)

@@ -1,35 +1,47 @@
-"""Export formats: each loads by its ecosystem's rules, re-exports are byte-identical, SHA256SUMS checks."""
+"""Export formats, loaded with their real clients: splits, counts, labels recomputed from market.sqlite,
+ClassLabel names, the torchvision folder rule, shards for multi-worker loaders, and byte-identical re-exports."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import tarfile
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before datasets is imported: never look for a hub
+
+import datasets
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
+import yaml
 from PIL import Image
 
-import config
-from cache.export import ExportOptions, export, parse_splits
-from cache.runner import Filters
+import chart
 from conftest import CONFIG, index_rows, render_cli, run_cli, tree_digest
 
-SPLIT = "train:..2024-06-26,val:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
+H = 3_600_000
+SPLITS = ("train", "validation", "test")
+SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
 ARGS = ("--config", "image_cache.toml", "--start", "2024-06-22", "--split", SPLIT, "--horizons", "2,4")
+FORMATS = ("imagefolder", "parquet", "webdataset", "numpy", "manifest")
+
+datasets.disable_progress_bars()
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, sample_market: Path) -> Path:
-    """BTCUSDT 1h rendered from 2024-06-22: about 200 images, shared by this module's tests."""
+    """BTCUSDT and ETHUSDT 1h rendered from 2024-06-22, shared by this module's tests."""
     folder = tmp_path_factory.mktemp("cache")
     shutil.copy(sample_market, folder / "market.sqlite")
-    (folder / "image_cache.toml").write_text(CONFIG.replace('"ETHUSDT", ', "").replace(', "4h"', ""))
+    (folder / "image_cache.toml").write_text(CONFIG.replace(', "4h"', ""))
     result = render_cli(folder, "--start", "2024-06-22")
     assert result.returncode == 0, result.stderr
     return folder
@@ -44,110 +56,254 @@ def exports(cache: Path, tmp_path_factory) -> dict[str, Path]:
     """One export per format (imagefolder into an existing empty folder, which is allowed)."""
     folder = tmp_path_factory.mktemp("exports")
     (folder / "imagefolder").mkdir()
-    for fmt, extra in (("imagefolder", ()), ("webdataset", ("--shard-size", "40")), ("parquet", ())):
-        result = export_cli(cache, folder / fmt, fmt, *extra)
+    for fmt in FORMATS:
+        result = export_cli(cache, folder / fmt, fmt)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("exported ") and f"({fmt})" in result.stdout
-    return {fmt: folder / fmt for fmt in ("imagefolder", "webdataset", "parquet")}
+    return {fmt: folder / fmt for fmt in FORMATS}
+
+
+@pytest.fixture(scope="module")
+def expected(cache: Path) -> dict[str, int]:
+    """key -> label (h = 2) recomputed from market.sqlite for every window, whatever the split."""
+    with sqlite3.connect(cache / "market.sqlite") as conn:
+        rows = conn.execute("SELECT s.symbol, i.code, c.open_time, c.close FROM candles c "
+                            "JOIN series se ON se.id = c.series_id JOIN symbols s ON s.id = se.symbol_id "
+                            "JOIN intervals i ON i.id = se.interval_id WHERE i.code = '1h'").fetchall()
+    closes = {(symbol, t): close for symbol, _, t, close in rows}
+    labels = {}
+    for (symbol, t), close in closes.items():
+        later = closes.get((symbol, t + 2 * H))
+        if later is not None:
+            stamp = pd.Timestamp(t, unit="ms").strftime("%Y%m%dT%H%M%S")
+            labels[f"{symbol}_1h_{stamp}"] = int(later > close)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def keys(exports: dict[str, Path]) -> dict[str, list[str]]:
+    """The keys of each split, in key order, from the manifest (the reference for the other formats)."""
+    frame = pd.read_parquet(exports["manifest"] / "manifest.parquet")
+    return {name: sorted(frame.key[frame.split == name]) for name in SPLITS}
+
+
+def check_split_keys(got: dict[str, list[str]], keys: dict[str, list[str]]) -> None:
+    assert list(got) == list(SPLITS) and all(len(keys[name]) > 10 for name in SPLITS)
+    assert {name: sorted(k) for name, k in got.items()} == keys
+    everything = [k for group in got.values() for k in group]
+    assert len(everything) == len(set(everything))  # no key in two splits
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_imagefolder_follows_the_loader_rules(cache: Path, exports: dict[str, Path]):
+def key_of(path: str) -> str:
+    return os.path.basename(path).removesuffix(".png")
+
+
+def test_imagefolder_first_level_folders_are_the_classes(exports: dict[str, Path], expected: dict[str, int]):
     out = exports["imagefolder"]
-    card = out / "README.md"
-    splits = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert splits == ["test", "train", "val"]
-    front = card.read_text().split("---\n")[1]
-    for name in splits:
-        assert f"  - split: {name}\n    path: \"{name}/**\"\n" in front
-        records = [json.loads(line) for line in (out / name / "metadata.jsonl").read_text().splitlines()]
-        assert records and [r["key"] for r in records] == sorted(r["key"] for r in records)
-        for record in records:
-            image = out / name / record["file_name"]
-            assert not os.path.isabs(record["file_name"]) and record["split"] == name
-            assert sha256(image) == record["sha256"]
-            with Image.open(image) as decoded:
-                assert decoded.size == (record["width"], record["height"]) == (128, 128)
-        folders = {p.parent for p in (out / name).rglob("*.png")}
-        assert all(len(os.listdir(f)) <= 10_000 for f in folders)
-        for h in ("h2", "h4"):
-            ones = sum(r[f"label_{h}"] for r in records)
-            assert f"| {name} | {h} | {len(records) - ones} | {ones} |" in card.read_text()
-    # Hard links into the cache: the same file, no copy.
-    record = json.loads((out / "train" / "metadata.jsonl").read_text().splitlines()[0])
-    cached = index_rows(cache / "image_cache.sqlite", f"WHERE sha256 = '{record['sha256']}'")[0][3]
-    assert os.path.samefile(out / "train" / record["file_name"], cache / "image-cache" / cached)
+    for name in SPLITS:
+        classes = sorted(p.name for p in (out / name).iterdir())
+        assert classes == ["0", "1"]  # torchvision's ImageFolder(OUT/split) takes exactly these as classes
+        for cls in classes:
+            entries = list((out / name / cls).iterdir())
+            assert entries and all(p.is_file() and p.suffix == ".png" for p in entries)
+            assert all(expected[key_of(p.name)] == int(cls) for p in entries)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".image_cache-export.json", "README.md", "SHA256SUMS", "samples.jsonl", *SPLITS])
 
 
-def test_imagefolder_splits_folders_past_the_folder_size(cache: Path, tmp_path: Path):
-    paths = {key: str(cache / value) for key, value in (("market_db_path", "market.sqlite"),
-                                                         ("image_index_db", "image_cache.sqlite"),
-                                                         ("image_root_dir", "image-cache"))}
-    settings = config.load(str(cache / "image_cache.toml"), {**paths, "start": "2024-06-22"})
-    options = ExportOptions(format="imagefolder", horizons=(2, 4), splits=parse_splits(SPLIT), folder_size=25)
-    result = export(settings, Filters(), str(tmp_path / "out"), options)
-    train = tmp_path / "out" / "train"
-    folders = sorted(p for p in train.iterdir() if p.is_dir())
-    sizes = [len(os.listdir(f)) for f in folders]
-    exported = next(s["exported"] for s in result.splits if s["name"] == "train")
-    assert [f.name for f in folders] == [f"{k:06d}" for k in range(len(folders))]
-    assert sizes == [25] * (exported // 25) + ([exported % 25] if exported % 25 else [])
-    assert "at most 25 files per folder" in (tmp_path / "out" / "README.md").read_text()
+@pytest.mark.parametrize("how", ["card", "data_dir"])
+def test_imagefolder_loads_with_datasets(exports: dict[str, Path], keys, expected, tmp_path: Path, how: str):
+    out = str(exports["imagefolder"])
+    loaded = (datasets.load_dataset(out, cache_dir=str(tmp_path)) if how == "card" else
+              datasets.load_dataset("imagefolder", data_dir=out, cache_dir=str(tmp_path)))
+    got = {}
+    for name, split in loaded.items():
+        assert split.features["label"] == datasets.ClassLabel(names=["0", "1"])
+        paths = split.cast_column("image", datasets.Image(decode=False))["image"]
+        got[name] = [key_of(p["path"]) for p in paths]
+        assert list(split["label"]) == [expected[k] for k in got[name]]
+    check_split_keys(got, keys)
+    first = loaded["train"][0]["image"]
+    assert first.size == (128, 128)
 
 
-def test_webdataset_shards_follow_the_key_rule(exports: dict[str, Path]):
-    out = exports["webdataset"]
-    shards = sorted(p.name for p in out.glob("*.tar"))
-    assert "train-000000.tar" in shards and "val-000000.tar" in shards and "test-000000.tar" in shards
-    for shard in shards:
-        with tarfile.open(out / shard) as tar:
-            members = tar.getmembers()
-            names = [m.name for m in members]
-            assert all(m.mtime == 0 and m.uid == m.gid == 0 and m.uname == m.gname == "" and m.mode == 0o644
-                       for m in members)
-            keys = [name.split(".", 1)[0] for name in names[::3]]
-            assert len(keys) <= 40 and keys == sorted(keys) and all("." not in key for key in keys)
-            assert names == [f"{key}.{ext}" for key in keys for ext in ("cls", "json", "png")]
-            for key in keys:
-                record = json.loads(tar.extractfile(f"{key}.json").read())
-                png = tar.extractfile(f"{key}.png").read()
-                assert hashlib.sha256(png).hexdigest() == record["sha256"] and png[:4] == b"\x89PNG"
-                assert int(tar.extractfile(f"{key}.cls").read()) == record["label"] == record["label_h2"]
-                assert shard.startswith(record["split"] + "-")
+def test_imagefolder_metadata_lists_every_image(exports: dict[str, Path], cache: Path):
+    out = exports["imagefolder"]
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == sorted(r["key"] for r in records if r["split"] == "train") + sorted(
+        r["key"] for r in records if r["split"] == "validation") + sorted(
+        r["key"] for r in records if r["split"] == "test")
+    for record in records:
+        image = out / record["file_name"]
+        assert record["file_name"] == f"{record['split']}/{record['label']}/{record['key']}.png"
+        assert sha256(image) == record["sha256"] and {"return_h2", "return_h4", "label_h4"} <= set(record)
 
 
-def test_parquet_manifest_loads_and_points_at_the_images(cache: Path, exports: dict[str, Path]):
-    path = exports["parquet"] / "manifest.parquet"
+def test_exported_images_share_no_inode_and_editing_them_leaves_the_cache_clean(cache: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = export_cli(cache, out, "imagefolder")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    exported = out / record["file_name"]
+    cached = cache / "image-cache" / index_rows(cache / "image_cache.sqlite",
+                                                f"WHERE sha256 = '{record['sha256']}'")[0][3]
+    assert not os.path.samefile(exported, cached) and os.stat(exported).st_nlink == 1
+    with Image.open(exported) as image:
+        image.resize((64, 64)).save(exported)  # a user editing the export in place
+    assert sha256(cached) == record["sha256"]
+    result = run_cli(cache, "verify", "--config", "image_cache.toml", "--deep")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_parquet_is_self_contained_and_loads_with_datasets(exports: dict[str, Path], keys, expected,
+                                                           tmp_path: Path):
+    out = exports["parquet"]
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path))
+    got = {}
+    for name, split in loaded.items():
+        assert split.features["label"] == split.features["label_h4"] == datasets.ClassLabel(names=["0", "1"])
+        assert isinstance(split.features["image"], datasets.Image)
+        got[name] = list(split["key"])
+        assert list(split["label"]) == [expected[k] for k in got[name]] and set(split["split"]) == {name}
+    check_split_keys(got, keys)
+    row = loaded["test"].cast_column("image", datasets.Image(decode=False))[0]
+    assert hashlib.sha256(row["image"]["bytes"]).hexdigest() == row["sha256"]
+    # pandas alone, without the cache: the bytes are in the file.
+    frame = pd.read_parquet(out / "data" / "validation-00000-of-00001.parquet")
+    with Image.open(io.BytesIO(frame.image[0]["bytes"])) as image:
+        assert image.size == (128, 128)
+
+
+def test_manifest_points_into_the_cache(cache: Path, exports: dict[str, Path], keys):
+    path = exports["manifest"] / "manifest.parquet"
     frame = pd.read_parquet(path)
-    schema = pq.read_schema(path)
-    assert schema.names[:4] == ["key", "path", "sha256", "pixel_hash"]
-    assert schema.names[-1] == "label_end_open_time_ms" and {"label_h2", "return_h4"} <= set(schema.names)
-    assert set(frame.split) == {"train", "val", "test"} and frame.key.is_unique
+    assert pq.read_schema(path).names[:2] == ["path", "key"]
+    check_split_keys({name: list(frame.key[frame.split == name]) for name in SPLITS}, keys)
     for row in frame.itertuples():
         assert sha256(cache / "image-cache" / row.path) == row.sha256
-    assert sorted(os.listdir(exports["parquet"])) == ["README.md", "SHA256SUMS", "manifest.parquet"]
+    assert sorted(os.listdir(exports["manifest"])) == [".image_cache-export.json", "README.md", "SHA256SUMS",
+                                                      "manifest.parquet"]
 
 
-@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset", "parquet"])
+def test_webdataset_is_shuffled_into_equal_shards(exports: dict[str, Path], keys, expected):
+    out = exports["webdataset"]
+    got = {}
+    for name in SPLITS:
+        shards = sorted(out.glob(f"{name}-*.tar"))
+        assert [p.name for p in shards] == [f"{name}-{k:06d}.tar" for k in range(8)]  # --min-shards 8
+        sizes, order = [], []
+        for shard in shards:
+            with tarfile.open(shard) as tar:
+                members = tar.getmembers()
+                assert all(m.mtime == 0 and m.uid == m.gid == 0 and m.uname == m.gname == "" and m.mode == 0o644
+                           for m in members)
+                names = [m.name for m in members]
+                shard_keys = [n.split(".", 1)[0] for n in names[::3]]
+                assert names == [f"{k}.{ext}" for k in shard_keys for ext in ("cls", "json", "png")]
+                sizes.append(len(shard_keys))
+                order += shard_keys
+        assert max(sizes) - min(sizes) <= 1
+        assert order != sorted(order)  # shuffled before sharding
+        samples = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False).decode("pil")
+                       .to_tuple("__key__", "png", "cls", "json"))
+        got[name] = [key for key, _, _, _ in samples]
+        assert got[name] == order
+        for key, image, cls, record in samples:
+            assert cls == expected[key] == record["label"] and record["split"] == name and image.size == (128, 128)
+    check_split_keys(got, keys)
+
+
+def test_webdataset_feeds_more_workers_than_one_shard(exports: dict[str, Path], keys,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    # webdataset splits shards by worker from WORKER/NUM_WORKERS (or torch's worker info): 4 workers over
+    # the validation split, which the old export wrote as one shard ("No samples found" in 3 of 4 workers).
+    shards = [str(p) for p in sorted(exports["webdataset"].glob("validation-*.tar"))]
+    seen = []
+    for worker in range(4):
+        monkeypatch.setenv("WORKER", str(worker))
+        monkeypatch.setenv("NUM_WORKERS", "4")
+        part = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+        assert part
+        seen += part
+    assert sorted(seen) == keys["validation"]
+
+
+def test_webdataset_loads_with_datasets(exports: dict[str, Path], keys, expected, tmp_path: Path):
+    loaded = datasets.load_dataset(str(exports["webdataset"]), cache_dir=str(tmp_path))
+    got = {name: list(split["__key__"]) for name, split in loaded.items()}
+    check_split_keys(got, keys)
+    assert list(loaded["train"]["cls"]) == [expected[k] for k in got["train"]]
+
+
+def test_numpy_images_open_memory_mapped_in_label_order(exports: dict[str, Path], keys, expected):
+    out = exports["numpy"]
+    palette = np.load(out / "palette.npy")
+    assert palette.dtype == np.uint8 and palette.shape[1] == 3
+    colours = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in palette]
+    got = {}
+    for name in SPLITS:
+        images = np.load(out / name / "images.npy", mmap_mode="r")
+        labels = pd.read_parquet(out / name / "labels.parquet")
+        assert isinstance(images, np.memmap) and images.dtype == np.uint8
+        assert images.shape == (len(labels), 128, 128)
+        got[name] = list(labels.key)
+        assert list(labels.label) == [expected[k] for k in got[name]]
+        for k in (0, len(labels) - 1):  # pixels equal the cached file's (same pixel hash)
+            assert chart.encode_palette(np.asarray(images[k]), colours).pixel_hash == labels.pixel_hash[k]
+    check_split_keys(got, keys)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_card_is_hub_metadata_with_a_snippet_per_client(exports: dict[str, Path], fmt: str):
+    card = (exports[fmt] / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "other" and meta["task_categories"] == ["image-classification"]
+    info = meta["dataset_info"]
+    assert [s["name"] for s in info["splits"]] == list(SPLITS) and all(s["num_examples"] > 10
+                                                                       for s in info["splits"])
+    if fmt in ("imagefolder", "parquet"):
+        label = next(f for f in info["features"] if f["name"] == "label")
+        assert label["dtype"]["class_label"]["names"] == {"0": "0", "1": "1"}
+        assert [c["split"] for c in meta["configs"][0]["data_files"]] == list(SPLITS)
+    clients = {"imagefolder": ("datasets", "torchvision", "pandas"), "parquet": ("datasets", "pandas"),
+               "webdataset": ("webdataset", "datasets"), "numpy": ("numpy",), "manifest": ("pandas",)}[fmt]
+    for client in clients:
+        assert f"With `{client}`" in body
+    assert "| validation | ETHUSDT | 1h |" in body and "| train | h4 |" in body
+    assert f"python image_cache.py export {exports[fmt]} --format {fmt}" in body
+
+
+def test_stride_samples_windows_on_the_grid(cache: Path, tmp_path: Path, keys):
+    result = export_cli(cache, tmp_path / "out", "manifest", "--stride", "3")
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert len(frame) > 10 and ((frame.window_end_open_time_ms // H) % 3 == 0).all()
+    every = [k for name in SPLITS for k in keys[name]]
+    assert set(frame.key) < set(every) and len(frame) < len(every) / 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_reexport_is_byte_identical(cache: Path, tmp_path: Path, fmt: str):
     # Two working folders, same absolute paths: the recorded command line is the same too.
-    toml = CONFIG.replace('"ETHUSDT", ', "").replace(', "4h"', "")
+    toml = CONFIG.replace(', "4h"', "")
     for name in ("market.sqlite", "image_cache.sqlite", "image-cache"):
         toml = toml.replace(f'"{name}"', f'"{cache / name}"')
     digests = []
     for run in ("first", "second"):
         (tmp_path / run).mkdir()
         (tmp_path / run / "image_cache.toml").write_text(toml)
-        result = export_cli(tmp_path / run, "out", fmt, "--shard-size", "40")
+        result = export_cli(tmp_path / run, "out", fmt)
         assert result.returncode == 0, result.stderr
         digests.append(tree_digest(tmp_path / run / "out"))
-    assert digests[0] == digests[1] and len(digests[0]) > 2
+    assert digests[0] == digests[1] and len(digests[0]) > 3
 
 
-@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset", "parquet"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_sha256sums_check_passes_and_catches_a_change(exports: dict[str, Path], tmp_path: Path, fmt: str):
     out = exports[fmt]
     listed = [line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()]
@@ -156,34 +312,25 @@ def test_sha256sums_check_passes_and_catches_a_change(exports: dict[str, Path], 
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     copy = tmp_path / "copy"
-    shutil.copytree(out, copy)  # copies: the hard-linked images in the cache stay untouched
+    shutil.copytree(out, copy)
     with open(copy / listed[-1], "ab") as handle:
         handle.write(b"\0")
     check = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=copy, capture_output=True, text=True)
     assert check.returncode == 1 and f"{listed[-1]}: FAILED" in check.stdout
 
 
-@pytest.mark.parametrize("extra, code, message", [
-    (("--split", "train:2024-06-26"), 2, "--split 'train:2024-06-26': expected NAME:START..END"),
-    (("--label", "median"), 2, "--label 'median': expected sign or bucket:EDGES"),
-    (("--horizons", "5,0"), 2, "each horizon must be a distinct integer"),
+@pytest.mark.parametrize("extra, message", [
+    (("--split", "train:2024-06-26"), "--split 'train:2024-06-26': expected NAME:START..END"),
+    (("--label", "median"), "--label 'median': expected sign or bucket:EDGES"),
+    (("--horizons", "5,0"), "each horizon must be a distinct integer"),
+    (("--min-shards", "0"), "--min-shards must be at least 1, got 0"),
+    (("--stride", "0"), "--stride"),
 ])
-def test_bad_arguments_are_usage_errors(cache: Path, tmp_path: Path, extra, code, message):
+def test_bad_arguments_are_usage_errors(cache: Path, tmp_path: Path, extra, message):
     result = run_cli(cache, "export", str(tmp_path / "out"), "--format", "parquet", "--config",
                      "image_cache.toml", *extra)
-    assert result.returncode == code and result.stderr.startswith("Error: ") and message in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_non_empty_or_file_out_is_refused(cache: Path, tmp_path: Path):
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "keep.txt").write_text("mine")
-    (tmp_path / "file").write_text("mine")
-    for out in ("busy", "file"):
-        result = export_cli(cache, tmp_path / out, "parquet")
-        assert result.returncode == 1
-        assert result.stderr == f"Error: {tmp_path / out} exists and is not an empty folder: choose a new OUT\n"
-    assert os.listdir(tmp_path / "busy") == ["keep.txt"] and (tmp_path / "file").read_text() == "mine"
+    assert result.returncode == 2 and result.stderr.startswith("Error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_failed_export_leaves_nothing(cache: Path, tmp_path: Path):
@@ -195,3 +342,15 @@ def test_failed_export_leaves_nothing(cache: Path, tmp_path: Path):
     assert result.returncode == 1
     assert f"cannot read {victim}" in result.stderr and "run verify, then repair" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["cache"]  # neither OUT nor its temp folder
+
+
+def test_numpy_palette_maps_every_image_onto_one_palette():
+    from cache.exports.npy import Palette
+    palette = Palette()
+    first = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), "P")
+    first.putpalette(b"\x00\x00\x00" b"\xff\x00\x00" b"\x00\xff\x00")
+    second = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    second.putpalette(b"\x00\xff\x00" b"\x00\x00\xff")  # one shared colour, one new, in another order
+    assert palette.indices(first).tolist() == [[0, 1], [2, 1]]
+    assert palette.indices(second).tolist() == [[2, 3], [3, 2]]
+    assert palette.array().tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]

@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cache.export import (Split, assign_splits, default_splits, forward_returns, parse_horizons, parse_label,
-                          parse_splits, purge_candles)
+from cache.exports.labels import (Split, assign_splits, default_splits, forward_returns, parse_horizons,
+                                  parse_label, parse_splits, purge_candles)
 from cache.windows import Series
 from config import ConfigError
 from conftest import CONFIG, render_cli, run_cli
 from core.grid import iso_utc, utc_ms
 
 H = 3_600_000
-SPLIT = "train:..2024-06-26,val:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
+SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
 HORIZONS = (2, 4)
 PURGE = 30 + 0 + 4  # window + mike's history + longest horizon
 
@@ -37,7 +37,7 @@ def cache(tmp_path_factory, sample_market: Path) -> Path:
 
 def export_parquet(folder: Path, out: Path) -> tuple[dict, pd.DataFrame]:
     result = run_cli(folder, "export", str(out), "--config", "image_cache.toml", "--start", "2024-06-22",
-                     "--format", "parquet", "--split", SPLIT, "--horizons", ",".join(map(str, HORIZONS)), "--json")
+                     "--format", "manifest", "--split", SPLIT, "--horizons", ",".join(map(str, HORIZONS)), "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), pd.read_parquet(out / "manifest.parquet")
 
@@ -131,7 +131,7 @@ def test_no_label_uses_a_candle_at_or_before_the_window_end(cache: Path, exporte
 
 def test_nothing_in_a_purge_gap_is_exported_and_splits_do_not_overlap(exported):
     report, rows = exported
-    bounds = {"train": (None, "2024-06-26"), "val": ("2024-06-26", "2024-06-28T12:00"),
+    bounds = {"train": (None, "2024-06-26"), "validation": ("2024-06-26", "2024-06-28T12:00"),
               "test": ("2024-06-28T12:00", None)}
     iv = rows.interval.map({"1h": H, "4h": 4 * H})
     for name, (start, end) in bounds.items():
@@ -144,7 +144,7 @@ def test_nothing_in_a_purge_gap_is_exported_and_splits_do_not_overlap(exported):
             assert (part.label_end_open_time_ms + part_iv <= pd.Timestamp(end, tz="UTC").value // 10**6).all()
     spans = {name: (group.window_start_open_time_ms.min(), (group.label_end_open_time_ms + iv[group.index]).max())
              for name, group in rows.groupby("split")}
-    assert spans["train"][1] <= spans["val"][0] and spans["val"][1] <= spans["test"][0]
+    assert spans["train"][1] <= spans["validation"][0] and spans["validation"][1] <= spans["test"][0]
     counts = report["counts"]
     assert counts["purged"] == sum(counts["purged_per_split"].values()) > 0
     assert counts["selected"] == (counts["exported"] + counts["purged"] + counts["unlabeled"]
@@ -179,12 +179,19 @@ def test_default_splits_are_70_15_15_of_the_time_range():
 
 def test_default_splits_are_recorded_in_the_card(cache: Path, tmp_path: Path):
     result = run_cli(cache, "export", str(tmp_path / "out"), "--config", "image_cache.toml", "--start",
-                     "2024-06-22", "--format", "parquet", "--horizons", "1", "--json")
+                     "2024-06-22", "--format", "manifest", "--horizons", "1", "--json")
     assert result.returncode == 0, result.stderr
     splits = json.loads(result.stdout)["splits"]
-    assert [s["name"] for s in splits] == ["train", "val", "test"]
+    assert [s["name"] for s in splits] == ["train", "validation", "test"]
     assert splits[0]["start"] is None and splits[2]["end"] is None
     assert splits[0]["end"] == splits[1]["start"] < splits[1]["end"] == splits[2]["start"]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "train 70%, val 15%, test 15%" in card
-    assert f"`val:{iso_utc(splits[1]['start'])}..{iso_utc(splits[1]['end'])}`" in card
+    assert "train 70%, validation 15%, test 15%" in card
+    assert f"`validation:{iso_utc(splits[1]['start'])}..{iso_utc(splits[1]['end'])}`" in card
+
+
+def test_class_names_sort_in_class_order():
+    # Folder loaders (torchvision, Hugging Face) number classes by sorted folder name.
+    assert parse_label("sign").names == ("0", "1")
+    names = parse_label("bucket:" + ",".join(str(k / 100) for k in range(10))).names
+    assert len(names) == 11 and list(names) == sorted(names) and names[10] == "10" and names[2] == "02"

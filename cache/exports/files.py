@@ -1,0 +1,83 @@
+"""File helpers shared by the format writers: checked reads, copies that share no inode with the cache,
+deterministic tar members, SHA256SUMS and the export marker."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import tarfile
+from typing import Any
+
+from cache.exports.select import Sample
+from core.errors import MarketError
+
+FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone of a whole file (btrfs, XFS); never a shared inode
+MARKER = ".image_cache-export.json"  # names a folder as an export we wrote, which `--force` may replace
+MARKER_TEXT = '{"written_by": "image_cache export"}\n'
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _read_checked(handle, path: str, sample: Sample) -> bytes:
+    data = handle.read()
+    if hashlib.sha256(data).hexdigest() != sample.sha256:
+        raise MarketError(f"{path} differs from its index row (run verify --deep, then repair)")
+    return data
+
+
+def checked_bytes(image_root: str, sample: Sample) -> bytes:
+    """The image's bytes, refused unless they hash to the index's SHA-256 (links are not followed)."""
+    path = os.path.join(image_root, sample.file_path)
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            return _read_checked(handle, path, sample)
+    except OSError as exc:
+        raise MarketError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)") from None
+
+
+def copy_image(image_root: str, sample: Sample, target: str) -> None:
+    """A checked copy of the image at `target`: a copy-on-write clone where the file system has them,
+    else the bytes; never a hard link, so editing the export cannot change the cache."""
+    path = os.path.join(image_root, sample.file_path)
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
+            data = _read_checked(source, path, sample)
+            with open(target, "xb") as out:
+                try:
+                    fcntl.ioctl(out.fileno(), FICLONE, source.fileno())
+                except OSError:
+                    out.write(data)
+    except OSError as exc:
+        raise MarketError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)") from None
+
+
+def tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """A member with fixed mtime, owner and mode, so that the same samples give the same tar bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_sha256sums(folder: str) -> int:
+    """SHA256SUMS of every other file, sorted by path, in `sha256sum -c` format; returns the file count."""
+    entries = []
+    for parent, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in names:
+            path = os.path.join(parent, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            entries.append((os.path.relpath(path, folder).replace(os.sep, "/"), digest.hexdigest()))
+    entries.sort()
+    with open(os.path.join(folder, "SHA256SUMS"), "w", encoding="ascii") as handle:
+        handle.writelines(f"{digest}  {path}\n" for path, digest in entries)
+    return len(entries) + 1

@@ -1,0 +1,109 @@
+"""The in-memory training dataset: export's keys, labels and splits, and the cached files' pixels."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import chart
+import config
+from cache.dataset import ChartDataset, ChartStream
+from cache.exports.labels import parse_splits
+from conftest import CONFIG, render_cli, run_cli
+
+SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
+
+
+@pytest.fixture(scope="module", params=["mike", "jkx"])
+def cache(request, tmp_path_factory, sample_market: Path) -> tuple[Path, pd.DataFrame]:
+    """Both symbols at 1h, rendered and exported (manifest) with one preset."""
+    folder = tmp_path_factory.mktemp(request.param)
+    shutil.copy(sample_market, folder / "market.sqlite")
+    toml = CONFIG.replace(', "4h"', "")
+    if request.param == "jkx":  # grayscale, with moving-average history before each window
+        toml = toml.replace("window_len = 30", "window_len = 20") + 'style_name = "jkx"\n'
+    (folder / "image_cache.toml").write_text(toml)
+    result = render_cli(folder, "--start", "2024-06-22")
+    assert result.returncode == 0, result.stderr
+    result = run_cli(folder, "export", "out", "--format", "manifest", "--config", "image_cache.toml", "--start",
+                     "2024-06-22", "--split", SPLIT, "--horizons", "2,4")
+    assert result.returncode == 0, result.stderr
+    return folder, pd.read_parquet(folder / "out" / "manifest.parquet")
+
+
+def settings_of(folder: Path) -> config.Settings:
+    paths = {key: str(folder / value) for key, value in (("market_db_path", "market.sqlite"),
+                                                         ("image_index_db", "image_cache.sqlite"),
+                                                         ("image_root_dir", "image-cache"))}
+    return config.load(str(folder / "image_cache.toml"), {**paths, "start": "2024-06-22"})
+
+
+def pixel_hash(ds: ChartDataset, pixels: np.ndarray) -> str:
+    if ds.palette is not None:
+        return chart.encode_palette(pixels, ds.palette).pixel_hash
+    return chart.encode_gray(pixels).pixel_hash
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_same_keys_labels_and_pixels_as_the_export(cache, split: str):
+    folder, manifest = cache
+    ds = ChartDataset(settings_of(folder), split, horizons=(2, 4), splits=parse_splits(SPLIT))
+    part = manifest[manifest.split == split].sort_values("key")
+    assert len(ds) == len(part) > 10
+    assert ds.keys == list(part.key) and ds.labels.tolist() == list(part.label)
+    for k in range(len(ds)):
+        pixels, label, key = ds[k]
+        assert pixels.dtype == np.uint8 and pixels.shape == (part.height.iloc[k], part.width.iloc[k])
+        assert (label, key) == (part.label.iloc[k], part.key.iloc[k])
+        assert pixel_hash(ds, pixels) == part.pixel_hash.iloc[k]
+
+
+def test_default_splits_match_the_export(cache, tmp_path: Path):
+    folder, _ = cache
+    result = run_cli(folder, "export", str(tmp_path / "out"), "--format", "manifest", "--config",
+                     "image_cache.toml", "--start", "2024-06-22", "--horizons", "2")
+    assert result.returncode == 0, result.stderr
+    exported = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    for split in ("train", "validation", "test"):
+        ds = ChartDataset(settings_of(folder), split, horizons=(2,))
+        assert ds.keys == sorted(exported.key[exported.split == split])
+
+
+def test_stream_shards_deterministically_across_workers(cache):
+    folder, _ = cache
+    ds = ChartDataset(settings_of(folder), "validation", horizons=(2, 4), splits=parse_splits(SPLIT))
+    stream = ds.stream(seed=3)
+    parts = [[key for _, _, key in stream.shard(w, 3)] for w in range(3)]
+    assert all(parts) and sorted(k for p in parts for k in p) == ds.keys
+    assert parts == [[key for _, _, key in ds.stream(seed=3).shard(w, 3)] for w in range(3)]
+    assert [key for _, _, key in ds.stream()] == ds.keys  # no seed, no loader: every window in key order
+    assert [key for _, _, key in pickle.loads(pickle.dumps(stream))] == [k for p in [stream.order()]
+                                                                         for k in np.array(ds.keys)[p]]
+
+
+def test_stream_follows_the_loader_worker_it_runs_in(cache, monkeypatch: pytest.MonkeyPatch):
+    # torch is not installed here (too large): a stand-in `torch.utils.data` with torch's two names the
+    # stream uses. The stream must become an IterableDataset and read its worker from get_worker_info.
+    folder, _ = cache
+    ds = ChartDataset(settings_of(folder), "test", horizons=(2, 4), splits=parse_splits(SPLIT))
+    data = types.ModuleType("torch.utils.data")
+    data.IterableDataset = type("IterableDataset", (), {})
+    worker = types.SimpleNamespace(id=1, num_workers=2)
+    data.get_worker_info = lambda: worker
+    monkeypatch.setitem(sys.modules, "torch.utils.data", data)
+    stream = ds.stream()
+    assert isinstance(stream, data.IterableDataset) and isinstance(stream, ChartStream)
+    assert [key for _, _, key in stream] == ds.keys[1::2]
+
+
+def test_unknown_split_is_an_error(cache):
+    folder, _ = cache
+    with pytest.raises(Exception, match="no split 'val': the splits are train, validation, test"):
+        ChartDataset(settings_of(folder), "val", horizons=(2,))

@@ -1,0 +1,109 @@
+"""Outputs never overwrite: export and preview refuse an existing target unless --force, and then replace
+only what they wrote (an export folder with our marker and nothing else; a sheet carrying our chunk)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIG, render_cli, run_cli, tree_digest
+
+ARGS = ("--config", "image_cache.toml", "--start", "2024-06-22", "--horizons", "2",
+        "--split", "train:..2024-06-27,test:2024-06-28..")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, sample_market: Path) -> Path:
+    folder = tmp_path_factory.mktemp("cache")
+    shutil.copy(sample_market, folder / "market.sqlite")
+    (folder / "image_cache.toml").write_text(CONFIG.replace('"ETHUSDT", ', "").replace(', "4h"', ""))
+    result = render_cli(folder, "--start", "2024-06-22")
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def export(cache: Path, out: Path, *extra: str):
+    return run_cli(cache, "export", str(out), "--format", "manifest", *ARGS, *extra)
+
+
+def preview(cache: Path, out: Path, *extra: str):
+    return run_cli(cache, "preview", str(out), "--config", "image_cache.toml", "--n", "4", *extra)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_preview_never_replaces_the_market_database(cache: Path):
+    before = digest(cache / "market.sqlite")
+    for extra in ((), ("--force",)):
+        result = preview(cache, cache / "market.sqlite", *extra)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"Error: {cache / 'market.sqlite'} ")
+    assert "is not a preview sheet written by this tool: not replacing it" in result.stderr
+    assert digest(cache / "market.sqlite") == before
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_preview_replaces_its_own_sheet_only_with_force(cache: Path, tmp_path: Path):
+    sheet = tmp_path / "sheet.png"
+    assert preview(cache, sheet).returncode == 0
+    first = digest(sheet)
+    result = preview(cache, sheet, "--n", "2")
+    assert result.returncode == 1 and "exists: choose a new file name (--force replaces" in result.stderr
+    assert digest(sheet) == first
+    result = preview(cache, sheet, "--n", "2", "--force")
+    assert result.returncode == 0, result.stderr
+    assert digest(sheet) != first
+
+
+@pytest.mark.parametrize("victim", ["link", "png"])
+def test_preview_force_leaves_other_pngs_and_links_alone(cache: Path, tmp_path: Path, victim: str):
+    target = tmp_path / "sheet.png"
+    if victim == "link":
+        (tmp_path / "elsewhere.png").write_bytes(b"not ours")
+        target.symlink_to(tmp_path / "elsewhere.png")
+    else:
+        shutil.copy(next((cache / "image-cache").rglob("*.png")), target)  # a PNG, but not a sheet
+    before = tree_digest(tmp_path)
+    result = preview(cache, target, "--force")
+    assert result.returncode == 1 and "not replacing it" in result.stderr
+    assert tree_digest(tmp_path) == before and (victim != "link" or target.is_symlink())
+
+
+def test_export_refuses_an_existing_folder_or_file(cache: Path, tmp_path: Path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for out in ("busy", "file"):
+        result = export(cache, tmp_path / out)
+        assert result.returncode == 1
+        assert result.stderr == (f"Error: {tmp_path / out} exists and is not an empty folder: choose a new OUT "
+                                 "(--force replaces an export written by this tool)\n")
+    result = export(cache, tmp_path / "busy", "--force")
+    assert result.returncode == 1 and "is not an export written by this tool" in result.stderr
+    assert os.listdir(tmp_path / "busy") == ["keep.txt"] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_export_force_replaces_only_an_export_it_wrote(cache: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert export(cache, out).returncode == 0
+    first = tree_digest(out)
+    result = export(cache, out, "--horizons", "3")
+    assert result.returncode == 1 and "exists and is not an empty folder" in result.stderr
+    assert tree_digest(out) == first
+    result = export(cache, out, "--horizons", "3", "--force")
+    assert result.returncode == 0, result.stderr
+    assert "(replaced the previous export)" in result.stdout and tree_digest(out) != first
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no temp or old folder left
+    # A file the user put into the export: not ours, so the folder is not replaced.
+    (out / "notes.txt").write_text("my notes")
+    before = tree_digest(out)
+    result = export(cache, out, "--force")
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {out} holds notes.txt, which the export did not write: not replacing it\n"
+    assert tree_digest(out) == before
