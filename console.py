@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -45,8 +46,43 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one `Error:` line (exit 2) instead of the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"Error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        print(f"Error: {self.prog}: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def flag_type(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type=` from a domain check: a value it refuses is a usage error (exit 2)."""
+    def convert(text: str) -> T:
+        try:
+            return check(text)
+        except MarketError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type=` for an integer in [low, high]."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return convert
+
+
+def seconds(text: str) -> float:
+    """An argparse `type=` for a duration: a finite number of seconds, at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, at least 0, got {text!r}")
+    return value
 
 
 class Terminated(KeyboardInterrupt):
@@ -74,6 +110,8 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on there is nothing to clean up
     try:
         if as_json:
             print(json.dumps(result.as_dict(), indent=2, sort_keys=True))
