@@ -135,10 +135,10 @@ def command(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "download" and args.end and utc_ms(args.end) <= utc_ms(args.start):
-        parser.error(f"--start {args.start} must be before --end {args.end}")
+        usage = console.Parser(prog="python -m ingest download")
+        usage.error(f"--start {args.start} must be before --end {args.end}")
     return console.run(command(args), args.json)
 
 

@@ -102,7 +102,7 @@ CASES = [
                                           "2024-01-01"], 2, "unknown interval code '2d'"),
     ("ingest-download-end-before-start", INGEST, ["download", "--symbols", "BTCUSDT", "--intervals", "1h",
                                                   "--start", "2024-01-02", "--end", "2024-01-01"], 2,
-     "--start 2024-01-02 must be before --end 2024-01-01"),
+     "ingest download: --start 2024-01-02 must be before --end 2024-01-01"),
     ("ingest-resample-target", INGEST, ["resample", "--to", "2d"], 2, "argument --to: unknown interval code '2d'"),
     ("ingest-gaps-symbol", INGEST, ["gaps", "--symbol", "btc"], 2, "argument --symbol: invalid symbol 'btc'"),
     ("ingest-status-missing", INGEST, ["status", "--db", "none.sqlite"], 1, "no market database at none.sqlite"),
