@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import chart
 from core.errors import MarketError
-from core.grid import INTERVAL_MS, check_symbol, utc_ms
+from core.grid import check_interval, check_symbol, utc_ms
 
 
 class ConfigError(MarketError):
@@ -56,10 +58,19 @@ class Settings:
         return self.jobs or os.cpu_count() or 1
 
 
-def _positive(name: str, value: int) -> int:
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {value}")
-    return value
+# A config file is a few hundred bytes; anything far larger is not one (and is not read whole).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _at_least(low: int) -> Callable[[str, int], int]:
+    def check(name: str, value: int) -> int:
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+        return value
+    return check
+
+
+_positive = _at_least(1)
 
 
 def _names(parse: Callable[[str], str]) -> Callable[[str, Any], tuple[str, ...]]:
@@ -72,12 +83,6 @@ def _names(parse: Callable[[str], str]) -> Callable[[str, Any], tuple[str, ...]]
         except MarketError as exc:
             raise ConfigError(f"{name}: {exc}") from None
     return check
-
-
-def _interval(code: str) -> str:
-    if code not in INTERVAL_MS:
-        raise MarketError(f"unknown interval code {code!r}")
-    return code
 
 
 def _choice(*choices: str) -> Callable[[str, Any], str]:
@@ -116,6 +121,12 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+def _path(name: str, value: Any) -> str:
+    if "\0" in _text(name, value):
+        raise ConfigError(f"{name} must not contain a NUL character")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
@@ -126,11 +137,11 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("market_db_path", "--market-db", "market database, opened read-only", _text, "PATH"),
-    Option("image_index_db", "--index-db", "image index database", _text, "PATH"),
-    Option("image_root_dir", "--image-root", "folder the images are written under", _text, "DIR"),
+    Option("market_db_path", "--market-db", "market database, opened read-only", _path, "PATH"),
+    Option("image_index_db", "--index-db", "image index database", _path, "PATH"),
+    Option("image_root_dir", "--image-root", "folder the images are written under", _path, "DIR"),
     Option("pairs", "--pairs", "comma-separated symbols to draw", _names(check_symbol), "SYMS"),
-    Option("intervals", "--intervals", "comma-separated interval codes to draw", _names(_interval), "IVS"),
+    Option("intervals", "--intervals", "comma-separated interval codes to draw", _names(check_interval), "IVS"),
     Option("img_size_px", "--size", "image edge in pixels (square presets)", _int(_positive), "PX"),
     Option("window_len", "--window", "candles per image", _int(_positive), "N"),
     Option("style_name", "--style", "mike | jkx | mplfinance:<style>", _text, "STYLE"),
@@ -143,7 +154,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("stride", "--stride", "draw every N-th window on the interval grid", _int(_positive), "N"),
     Option("gap_policy", "--gap-policy", "skip: no image for a window with a gap; render: draw it anyway",
            _choice("skip", "render"), "POLICY"),
-    Option("jobs", "--jobs", "worker processes (default: one per core)", _int(), "N"),
+    Option("jobs", "--jobs", "worker processes; 0 (the default): one per core", _int(_at_least(0)), "N"),
     Option("executor", "--executor", "local process pool, or dask", _choice("local", "dask"), "NAME"),
     Option("scheduler", "--scheduler", "Dask scheduler address (with --executor dask)", _text, "ADDRESS"),
 )
@@ -158,11 +169,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_toml(path: str) -> dict[str, Any]:
+    """The [image_cache] table of a TOML file; anything else (a folder, a pipe, a binary file) is refused."""
     try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
+        # Non-blocking: opening a named pipe must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config file {path} is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {info.st_size} bytes: not a config file "
+                              f"(at most {MAX_CONFIG_BYTES})")
+        data = b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a TOML file: byte {exc.start} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     table = document.get("image_cache")
@@ -188,8 +218,26 @@ def load(config_file: str | None = None, flags: dict[str, Any] | None = None) ->
         raise ConfigError("--executor dask needs --scheduler ADDRESS")
     if settings.end_ms is not None and settings.end_ms <= settings.start_ms:
         raise ConfigError(f"end {settings.end} is not after start {settings.start}")
+    try:
+        # The style, size and window must make a drawable spec: a usage error for every command.
+        make_spec(settings)
+    except chart.ChartError as exc:
+        raise ConfigError(str(exc)) from None
     return settings
+
+
+def make_spec(settings: Settings) -> chart.Spec:
+    return chart.make_spec(settings.style_name, settings.img_size_px, settings.window_len,
+                           settings.style_version, settings.jkx_height)
 
 
 def from_args(args: argparse.Namespace) -> Settings:
     return load(args.config, vars(args))
+
+
+def check_filters(symbols: list[str] | None, intervals: list[str] | None) -> None:
+    """`--symbol` and `--interval` filters: refused as usage errors like the settings they narrow."""
+    if symbols:
+        _names(check_symbol)("--symbol", symbols)
+    if intervals:
+        _names(check_interval)("--interval", intervals)

@@ -45,7 +45,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one `Error:` line (exit 2) instead of the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"Error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        print(f"Error: {self.prog}: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -74,6 +74,8 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on there is nothing to clean up
     try:
         if as_json:
             print(json.dumps(result.as_dict(), indent=2, sort_keys=True))

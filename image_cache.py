@@ -1,8 +1,8 @@
 """`python image_cache.py <command>`: render, verify, repair and report on the chart image cache.
 
 Each command parses its arguments, calls one library function (cache/), and prints its result on
-stdout (`--json` for machines); logs and progress go to stderr. Exit codes: 0 ok, 1 failure or
-problems found, 2 usage error, 75 another run holds the lock.
+stdout (`--json` for machines); logs and progress go to stderr. Exit codes (README): 0 ok, 1 failure or
+problems found, 2 usage error, 75 another run holds the lock, 130 Ctrl-C, 141 stdout closed, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import sys
 import config
 import console
 from cache.runner import Filters
+from core import flags
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python image_cache.py", description=__doc__.split("\n")[0])
+    parser = console.Parser(prog="python image_cache.py", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     config.add_arguments(common)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", parents=[common], help="draw the due windows that are not up to date")
     p.add_argument("--dry-run", action="store_true", help="print the plan per series; write nothing")
-    p.add_argument("--limit", type=int, metavar="N", help="draw at most N images")
+    p.add_argument("--limit", type=flags.integer(0), metavar="N", help="draw at most N images")
 
     p = sub.add_parser("verify", parents=[common], help="check every indexed image and the image root")
     p.add_argument("--deep", action="store_true", help="also re-hash and decode every image")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command(args: argparse.Namespace):
     """The library call behind each command, as a zero-argument callable."""
     settings = config.from_args(args)
+    config.check_filters(args.symbols, args.filter_intervals)
     filters = Filters(symbols=args.symbols, intervals=args.filter_intervals)
     hooks = dict(progress=console.progress, warn=console.log)
     if args.command == "render":

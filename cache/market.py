@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from core.db import lock_is_held, lock_path
 from core.errors import MarketError
 
 REQUIRED_TABLES = ("symbols", "intervals", "series", "candles")
+COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 
 
 def _wal_is_empty(path: str) -> bool:
@@ -34,7 +36,9 @@ def open_market(path: str) -> sqlite3.Connection:
     """
     if not os.path.isfile(path):
         raise MarketError(f"market database not found: {path}")
-    uri = f"file:{os.path.abspath(path)}?mode=ro"
+    # Quoted: an unquoted `?` or `#` in the path would end it there, and SQLite would create that shorter
+    # path read-write.
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         conn.execute("BEGIN")
@@ -65,16 +69,40 @@ def list_series(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
 
 def read_series(conn: sqlite3.Connection, symbol: str, interval: str, sid: int,
                 start_ms: int | None = None) -> Series:
-    """One series (from `start_ms` on, when given) as arrays, in a single query."""
-    rows = conn.execute("SELECT open_time, open, high, low, close, volume FROM candles "
-                        "WHERE series_id = ? AND open_time >= ? ORDER BY open_time",
-                        (sid, -(2**63) if start_ms is None else start_ms)).fetchall()
+    """One series (from `start_ms` on, when given) as arrays, in a single query.
+
+    A market not written by us may hold text, blobs or NULLs in number columns: that is a MarketError
+    naming the series and the first bad value, never a numpy traceback.
+    """
+    start = -(2**63) if start_ms is None else start_ms
+    rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM candles "
+                        "WHERE series_id = ? AND open_time >= ? ORDER BY open_time", (sid, start)).fetchall()
     if not rows:
         return Series(symbol, interval, np.empty(0, dtype=np.int64), np.empty((0, 5), dtype=np.float64))
-    table = np.array(rows, dtype=np.float64)
+    try:
+        table = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        table = None
+    if table is None or not np.isfinite(table).all():
+        raise MarketError(_bad_value(conn, symbol, interval, sid, start))
     # Epoch milliseconds stay below 2**53, so the round trip through float64 is exact.
     times = table[:, 0].astype(np.int64)
     return Series(symbol, interval, times, np.ascontiguousarray(table[:, 1:]))
+
+
+def _bad_value(conn: sqlite3.Connection, symbol: str, interval: str, sid: int, start: int) -> str:
+    """What is wrong with a series that did not convert to finite numbers: the first bad value, by column."""
+    path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "") or "market"
+    for column in COLUMNS:
+        allowed = "('integer')" if column == "open_time" else "('integer', 'real')"
+        row = conn.execute(f"SELECT open_time, typeof({column}), quote({column}) FROM candles "
+                           f"WHERE series_id = ? AND open_time >= ? AND (typeof({column}) NOT IN {allowed} "
+                           f"OR {column} IN (9e999, -9e999)) ORDER BY open_time LIMIT 1", (sid, start)).fetchone()
+        if row is not None:
+            kind = "an infinite number" if row[1] == "real" else f"{row[1].upper()} {row[2][:40]}"
+            return (f"{path}: table candles, series {symbol} {interval} (id {sid}): column {column} holds "
+                    f"{kind} at open_time {row[0]!r}; finite numbers expected")
+    return f"{path}: table candles, series {symbol} {interval} (id {sid}): values that are not finite numbers"
 
 
 def read_start(conn: sqlite3.Connection, sid: int, start_ms: int, candles: int) -> int | None:

@@ -15,17 +15,19 @@ from collections.abc import Callable
 from typing import Any
 
 import console
+from core import flags
 from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS
-from ingest.sources import csv_list, sources
+from ingest.sources import sources
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ingest", description=__doc__.split("\n")[0])
+    parser = console.Parser(prog="python -m ingest", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default="market.sqlite", help="market database (default: %(default)s)")
+    common.add_argument("--db", type=flags.db_path, default="market.sqlite",
+                        help="market database (default: %(default)s)")
     common.add_argument("--json", action="store_true", help="print the result as JSON")
-    common.add_argument("--lock-wait", type=float, default=30.0, metavar="SECONDS",
+    common.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
                         help="how long to wait for another ingest to finish (default: %(default)s)")
     checksum = argparse.ArgumentParser(add_help=False)
     checksum.add_argument("--require-checksum", action="store_true",
@@ -39,12 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resample", parents=[common], help="derive higher intervals from a base interval")
     p.add_argument("--from", dest="source", default="1m", choices=list(INTERVAL_MS))
-    p.add_argument("--to", dest="targets", type=csv_list, required=True)
-    p.add_argument("--symbol", action="append", dest="symbols", help="repeatable (default: all)")
+    p.add_argument("--to", dest="targets", type=flags.intervals, required=True)
+    p.add_argument("--symbol", action="append", dest="symbols", type=flags.symbol, help="repeatable (default: all)")
 
     p = sub.add_parser("gaps", parents=[common], help="find and record the gaps of each series")
-    p.add_argument("--symbol", action="append", dest="symbols", help="repeatable (default: all)")
-    p.add_argument("--interval", action="append", dest="intervals", help="repeatable (default: all)")
+    p.add_argument("--symbol", action="append", dest="symbols", type=flags.symbol, help="repeatable (default: all)")
+    p.add_argument("--interval", action="append", dest="intervals", type=flags.interval,
+                   help="repeatable (default: all)")
 
     p = sub.add_parser("status", parents=[common], help="series and ingested files")
     p.add_argument("--failures", action="store_true", help="list rejected files with their reasons")

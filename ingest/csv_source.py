@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from core import flags
 from core.errors import MarketError
 from core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
 from core.hooks import Progress, Warn, no_progress, no_warn
@@ -318,7 +319,7 @@ def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: s
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="FILE")
-    p.add_argument("--symbol", required=True)
+    p.add_argument("--symbol", type=flags.symbol, required=True)
     p.add_argument("--interval", required=True, choices=list(INTERVAL_MS))
     p.add_argument("--time-column", help="name of the time column (default: detected)")
     p.add_argument("--time-unit", choices=TIME_UNITS, help="(default: detected)")

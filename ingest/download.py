@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
+from core import flags
 from core.hooks import no_progress, no_warn
 from ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from ingest.registry import IngestResult
-from ingest.sources import Source, csv_list
+from ingest.sources import Source
 from core.errors import MarketError
 from core.grid import DAY_MS, check_interval, check_symbol, utc_ms
 
@@ -468,14 +469,14 @@ def add_archive_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_jobs_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: %(default)s)")
+    p.add_argument("--jobs", type=flags.integer(1), default=4, help="parallel downloads (default: %(default)s)")
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--symbols", type=csv_list, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    p.add_argument("--intervals", type=csv_list, required=True, help="comma-separated, e.g. 1m,1h")
-    p.add_argument("--start", required=True, help="first UTC date, YYYY-MM-DD")
-    p.add_argument("--end", help="UTC date to stop before (default: today)")
+    p.add_argument("--symbols", type=flags.symbols, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
+    p.add_argument("--start", type=flags.date, required=True, help="first UTC date, YYYY-MM-DD")
+    p.add_argument("--end", type=flags.date, help="UTC date to stop before (default: today)")
     p.add_argument("--market", choices=tuple(MARKET_ROOTS), default="spot")
     add_archive_arguments(p)
     add_jobs_argument(p)

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from core import flags
 from core.errors import MarketError
 from core.grid import check_interval, check_symbol, close_time_ms, grid_index, grid_time, iso_utc, now_ms, utc_ms
 from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
-from ingest.sources import Source, csv_list
+from ingest.sources import Source
 from ingest.validate import fail, validate
 
 
@@ -343,11 +344,11 @@ def add_market_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--symbols", type=csv_list, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    p.add_argument("--intervals", type=csv_list, required=True, help="comma-separated, e.g. 1m,1h")
+    p.add_argument("--symbols", type=flags.symbols, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
     add_market_arguments(p)
-    p.add_argument("--start", help="first UTC date for a series with no candles yet")
-    p.add_argument("--end", help="UTC date to stop before (default: the last closed candle)")
+    p.add_argument("--start", type=flags.date, help="first UTC date for a series with no candles yet")
+    p.add_argument("--end", type=flags.date, help="UTC date to stop before (default: the last closed candle)")
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> ApiResult:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from core import flags
 from core.hooks import no_progress, no_warn
 from ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from ingest.resample import write_resampled
@@ -29,7 +30,7 @@ from core.db import checkpoint, immediate, writer_lock
 from core.errors import MarketError
 from core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
 from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
-from ingest.sources import Source, csv_list
+from ingest.sources import Source
 
 
 SAMPLE_INTERVALS = ("5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w")
@@ -288,10 +289,10 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--symbols", type=csv_list, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
-    p.add_argument("--days", type=int, default=90)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--end", default="2024-07-01", help="UTC date the sample ends before (default: %(default)s)")
+    p.add_argument("--symbols", type=flags.symbols, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+    p.add_argument("--days", type=flags.integer(1, MAX_DAYS), default=90)
+    p.add_argument("--seed", type=flags.integer(0), default=1)
+    p.add_argument("--end", type=flags.date, default="2024-07-01", help="UTC date the sample ends before (default: %(default)s)")
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> SampleResult:

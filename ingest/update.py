@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from core import flags
 from core.errors import MarketError
 from core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, now_ms, utc_ms
 from core.hooks import Progress, Warn, no_progress, no_warn
@@ -178,8 +179,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", type=csv_list, default=[],
                    help="comma-separated symbols and @FILE lists (one symbol per line)")
     p.add_argument("--quote", help="also every trading symbol quoted in this asset, e.g. USDT")
-    p.add_argument("--intervals", type=csv_list, required=True, help="comma-separated, e.g. 1m,1h")
-    p.add_argument("--start", help="first UTC date for series with no archives yet")
+    p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
+    p.add_argument("--start", type=flags.date, help="first UTC date for series with no archives yet")
     add_market_arguments(p)
     add_archive_arguments(p)
     add_jobs_argument(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,39 @@ def test_every_setting_has_one_flag():
     fields = {f for f in Settings.__dataclass_fields__}
     assert {o.field for o in config.OPTIONS} == fields
     assert len({o.flag for o in config.OPTIONS}) == len(config.OPTIONS)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "blob.toml").write_bytes(bytes(range(256))) and d / "blob.toml", "not a TOML file: byte 128"),
+    (lambda d: d, "is not a regular file"),
+    (lambda d: (d / "big.toml").write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1)) and d / "big.toml",
+     "not a config file"),
+])
+def test_a_config_that_is_not_a_toml_file_is_a_config_error(tmp_path: Path, make, message: str):
+    with pytest.raises(ConfigError, match=message):
+        config.load(str(make(tmp_path)))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"style_name": "nope"}, "unknown style 'nope'"),
+    ({"img_size_px": "1"}, "image size 1 px is too small"),
+    ({"window_len": "100000"}, "window length must be an integer in 1..5461"),
+    ({"img_size_px": "256", "window_len": "150"}, "too small for a 150-candle window"),
+    ({"jobs": "-1"}, "--jobs must be at least 0, got -1"),
+    ({"market_db_path": "a\0b"}, "--market-db must not contain a NUL character"),
+])
+def test_settings_that_make_no_chart_or_run_are_config_errors(flags: dict, message: str):
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, flags)
+
+
+def test_jobs_zero_means_one_worker_per_core():
+    assert config.load(None, {"jobs": "0"}).workers == (os.cpu_count() or 1)
+
+
+def test_symbol_and_interval_filters_are_checked_like_settings():
+    config.check_filters(["BTCUSDT"], ["1h"])
+    with pytest.raises(ConfigError, match="--symbol: invalid symbol 'btcusdt'"):
+        config.check_filters(["btcusdt"], None)
+    with pytest.raises(ConfigError, match="--interval: unknown interval code '2d'"):
+        config.check_filters(None, ["1h", "2d"])

@@ -100,5 +100,5 @@ def test_cli_records_and_replaces_known_gaps(tmp_path):
 
 def test_cli_rejects_an_unknown_interval(tmp_path):
     run = _cli("gaps", "--db", str(tmp_path / "market.sqlite"), "--interval", "7m")
-    assert run.returncode == 1
-    assert run.stderr.startswith("Error: unknown interval code '7m'")
+    assert run.returncode == 2  # a usage error
+    assert run.stderr.startswith("Error: python -m ingest gaps: argument --interval: unknown interval code '7m'")

@@ -320,8 +320,9 @@ def test_a_hostile_symbol_argument_is_refused_before_any_file(tmp_path: Path, sy
     (tmp_path / "prices.csv").write_bytes(GOOD_CSV)
     db = tmp_path / "market.sqlite"
     run = cli(tmp_path, "csv", "--db", str(db), str(tmp_path / "prices.csv"), "--symbol", symbol, "--interval", "1h")
-    assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr == f"Error: invalid symbol {symbol!r}: must match ^[A-Z0-9][A-Z0-9_-]{{0,39}}$\n"
+    assert run.returncode == 2 and run.stdout == ""  # a usage error
+    assert run.stderr == (f"Error: python -m ingest csv: argument --symbol: invalid symbol {symbol!r}: "
+                          "must match ^[A-Z0-9][A-Z0-9_-]{0,39}$\n")
     assert not db.exists()  # refused before the db is opened: nothing to record
     assert_a_valid_file_follows(tmp_path, db)
 

@@ -92,7 +92,7 @@ def test_bad_settings_are_usage_errors(workdir: Path):
     result = run_cli(workdir, "render", "--config", "bad.toml")
     assert result.returncode == 2 and "window_len must be an integer" in result.stderr
     result = render_cli(workdir, "--style", "nosuch")
-    assert result.returncode == 1 and result.stderr.startswith("Error: ") and "nosuch" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("Error: ") and "nosuch" in result.stderr
 
 
 def test_absent_symbols_are_reported_not_fatal(workdir: Path):

@@ -127,6 +127,7 @@ def test_cli_builds_identical_databases_and_registers_each_symbol(tmp_path):
 def test_cli_rejects_bad_arguments(tmp_path):
     db = str(tmp_path / "m.sqlite")
     run = _cli("sample", "--db", db, "--days", "0")
-    assert run.returncode == 1 and run.stderr.startswith("Error: --days must be between 1")
+    assert run.returncode == 2 and run.stderr.startswith("Error: python -m ingest sample: argument --days: "
+                                                         "must be between 1")  # usage errors exit 2
     run = _cli("sample", "--db", db, "--symbols", "btc/usdt")
-    assert run.returncode == 1 and run.stderr.startswith("Error: invalid symbol 'btc/usdt'")
+    assert run.returncode == 2 and "argument --symbols: invalid symbol 'btc/usdt'" in run.stderr

@@ -1,0 +1,83 @@
+"""Reading a market database we did not write: odd paths and odd values end in one line, never a
+traceback, and the read-only open never creates a file."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import market
+from conftest import run_cli
+from core.errors import MarketError
+
+HOUR = 3_600_000
+START = 1_719_792_000_000  # 2024-07-01
+
+
+def foreign_market(path: Path, bad_column: str | None = None, bad_value: object = None, rows: int = 48) -> Path:
+    """The four tables the renderer reads, declared loosely as another tool might (no types, no NOT NULL),
+    with one series of `rows` hourly candles; candle 40 gets `bad_value` in `bad_column`."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE symbols(id INTEGER PRIMARY KEY, symbol, base_asset, quote_asset);
+            CREATE TABLE intervals(id INTEGER PRIMARY KEY, code, ms);
+            CREATE TABLE series(id INTEGER PRIMARY KEY, symbol_id, interval_id);
+            CREATE TABLE candles(series_id, open_time, open, high, low, close, volume);
+            INSERT INTO symbols VALUES (1, 'AAAUSDT', 'AAA', 'USDT');
+            INSERT INTO intervals VALUES (1, '1h', 3600000);
+            INSERT INTO series VALUES (7, 1, 1);
+        """)
+        for i in range(rows):
+            values = {"open_time": START + i * HOUR, "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5,
+                      "volume": 100.0}
+            if i == 40 and bad_column:
+                values[bad_column] = bad_value
+            conn.execute("INSERT INTO candles VALUES (7, :open_time, :open, :high, :low, :close, :volume)", values)
+    return path
+
+
+@pytest.mark.parametrize("column, value, shown", [
+    ("open", "abc", "TEXT 'abc'"),
+    ("volume", b"\x00\xff", "BLOB X'00FF'"),
+    ("close", None, "NULL NULL"),
+    ("high", float("inf"), "an infinite number"),
+    ("open_time", "2024-07-02", "TEXT '2024-07-02'"),
+])
+def test_a_value_that_is_not_a_number_names_table_series_and_column(tmp_path: Path, column, value, shown):
+    path = foreign_market(tmp_path / "foreign.sqlite", column, value)
+    conn = market.open_market(str(path))
+    with pytest.raises(MarketError) as caught:
+        market.read_series(conn, "AAAUSDT", "1h", 7)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: table candles, series AAAUSDT 1h (id 7): column {column} holds {shown}")
+    assert "\n" not in message
+
+    result = run_cli(tmp_path, "render", "--dry-run", "--market-db", str(path), "--pairs", "AAAUSDT",
+                     "--intervals", "1h", "--window", "5", "--size", "64", "--start", "2024-07-01")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == f"Error: {message}\n"
+
+
+def test_numbers_stored_loosely_still_read(tmp_path: Path):
+    """Text that is a number ('10.5'), and integers in price columns, read as the numbers they are."""
+    path = foreign_market(tmp_path / "foreign.sqlite", "close", "12.25")
+    series = market.read_series(market.open_market(str(path)), "AAAUSDT", "1h", 7)
+    assert series.ohlcv[40, 3] == 12.25 and series.times[40] == START + 40 * HOUR
+    assert series.ohlcv.dtype == np.float64 and len(series.times) == 48
+
+
+@pytest.mark.parametrize("folder", ["data#1", "what?", "100%", "a b"])
+def test_a_path_with_uri_characters_opens_that_file_and_creates_nothing(tmp_path: Path, sample_market: Path,
+                                                                         folder: str):
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "market.sqlite"
+    shutil.copy(sample_market, path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    conn = market.open_market(str(path))
+    assert ("BTCUSDT", "1h") in market.list_series(conn)
+    conn.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no truncated path created beside it
