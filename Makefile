@@ -36,7 +36,7 @@ bench: venv
 
 # 10,000 random sequences over render/verify/repair with the invariants checked after every step.
 soak: venv
-	$(PY) tests/state_walk.py --sequences 10000 --steps 20
+	$(PY) tests/state_walk.py --sequences 10000 --steps 20 --record
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench/work .pytest_cache .hypothesis

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
 import statistics
@@ -411,10 +412,67 @@ def memory_section(ctx: Context) -> Section:
     return Section(figures=[figure], targets=[target])
 
 
-# Sections of RESULTS.md, in order. A standalone bench module adds its rows with one line here: a
-# function `section(ctx: Context) -> Section` (bench/report.py), e.g. `ingest_speed.section` from
-# bench/ingest_speed.py, `ingest_memory.section`, `export_speed.section`; it may read what earlier
-# sections left in ctx.found (the baseline rate, engine and pipeline figures).
+def ingest_rates_section(ctx: Context) -> Section:
+    """Archive, REST (against the tests' fake Binance on 127.0.0.1) and large-CSV ingest: bench/ingest_speed.py."""
+    from bench import ingest_speed
+
+    rows = ingest_speed.rows(csv_mb=40 if ctx.quick else 159, rest_candles=40_000 if ctx.quick else 200_000)
+    lines = ["### Ingest rates (bench/ingest_speed.py)", "", "| figure | candles/s (wall) | candles per CPU s | peak MB |",
+             "|---|---:|---:|---:|"]
+    lines += [f"| {r['figure']} | {r['candles_per_s']:,} | {r['candles_per_cpu_s']:,} | {r['peak_mb']:,} |" for r in rows]
+    archive, _, csv = rows
+    targets = [Target("archive ingest ≥ 300,000 candles/s on one core (issue 12)",
+                      f"{archive['candles_per_cpu_s']:,} per CPU s, {archive['candles_per_s']:,}/s wall",
+                      archive["candles_per_cpu_s"] >= 300_000),
+               Target("CSV ingest peak memory < 300 MB (issue 10)", f"{csv['peak_mb']:,} MB", csv["peak_mb"] < 300)]
+    return Section(markdown=lines, targets=targets)
+
+
+def ingest_memory_section(ctx: Context) -> Section:
+    """Peak memory of ingest against 300 MB: a 1 GB CSV and zips at the member cap (bench/ingest_memory.py)."""
+    from bench import ingest_memory
+
+    rows = ingest_memory.measure(csv_mb=128 if ctx.quick else 1024)
+    targets = [Target(f"ingest peak memory < 300 MB: {r['case']}", f"{r['peak_mb']:,} MB", r["met"]) for r in rows]
+    return Section(markdown=["### Ingest memory (bench/ingest_memory.py)", "", ingest_memory.report(rows)],
+                   targets=targets)
+
+
+def export_section(ctx: Context) -> Section:
+    """Export and read rates per format with its client; the in-memory dataset (bench/export_speed.py)."""
+    from bench import export_speed
+
+    rows = export_speed.rows(days=30 if ctx.quick else 120, rounds=1 if ctx.quick else 3)
+    targets = []
+    for r in rows:
+        if r["case"].startswith("in-memory"):
+            ratio = float(r["note"].split("x", 1)[0])
+            targets.append(Target(f"in-memory dataset ≥ the fastest PNG read ({r['preset']}, issue 11)",
+                                  f"{ratio:.2f}×", ratio >= 1))
+        if r["case"].startswith("read numpy: np.load"):
+            targets.append(Target(f"numpy format read ≥ 100,000 images/s ({r['preset']}, issue 11)",
+                                  f"{r['rate']:,.0f} images/s", r["rate"] >= 100_000))
+    return Section(markdown=["### Export and read (bench/export_speed.py)", "", export_speed.table(rows)],
+                   targets=targets)
+
+
+def soak_section(ctx: Context) -> Section:
+    """The last `make soak` (tests/state_walk.py writes bench/soak.json): sequences run, violations."""
+    path = REPO / "bench" / "soak.json"
+    if not path.exists():
+        return Section(markdown=["### Soak", "", "No `make soak` result yet."])
+    soak = json.loads(path.read_text())
+    text = (f"`make soak` on {soak['machine']}, {soak['finished']}: {soak['sequences']:,} random sequences of "
+            f"{soak['steps_per_sequence']} steps over render/verify/repair, {soak['violations']} invariant "
+            f"violations, {soak['seconds']:,.0f} s.")
+    target = Target("soak: 10,000 sequences, 0 invariant violations (issue 9)",
+                    f"{soak['sequences']:,} sequences, {soak['violations']} violations",
+                    soak["sequences"] >= 10_000 and soak["violations"] == 0)
+    return Section(markdown=["### Soak (make soak)", "", text], targets=[target])
+
+
+# Sections of RESULTS.md, in order: each a function `section(ctx: Context) -> Section` (bench/report.py)
+# that may read what earlier sections left in ctx.found (the baseline rate, engine and pipeline figures).
 SECTIONS: list[Callable[[Context], Section]] = [
     baseline_section,
     engine_section,
@@ -425,6 +483,10 @@ SECTIONS: list[Callable[[Context], Section]] = [
     verify_section,
     ingest_section,
     memory_section,
+    ingest_rates_section,
+    ingest_memory_section,
+    export_section,
+    soak_section,
 ]
 
 
@@ -464,7 +526,7 @@ def write_results(sections: list[Section], ctx: Context, seconds: float, load: t
         if s.markdown:
             lines += [""] + s.markdown
     targets = [t for s in sections for t in s.targets]
-    lines += ["", "## Targets (issues 2, 4 and 13)", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|---|"]
     lines += [f"| {t.name} | {t.measured} | {t.machine or ('yes' if t.met else '**no**')} |" for t in targets]
     return "\n".join(lines) + "\n"
 

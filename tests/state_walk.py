@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
 import sqlite3
@@ -328,6 +329,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--record", action="store_true", help="write the figure to bench/soak.json")
     args = parser.parse_args()
     began = time.monotonic()
     block = 50
@@ -341,8 +343,13 @@ def main() -> int:
             for text in found:
                 print(text, file=sys.stderr, flush=True)
             print(f"{count} sequences, {len(violations)} violations", file=sys.stderr, flush=True)
-    print(json.dumps({"sequences": count, "steps_per_sequence": args.steps, "violations": len(violations),
-                      "seconds": round(time.monotonic() - began, 1)}))
+    result = {"sequences": count, "steps_per_sequence": args.steps, "violations": len(violations),
+              "seconds": round(time.monotonic() - began, 1), "workers": args.workers,
+              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    print(json.dumps(result))
+    if args.record:  # make soak: the figure bench/RESULTS.md shows
+        (Path(__file__).resolve().parents[1] / "bench" / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     return 1 if violations else 0
 
 
