@@ -31,16 +31,29 @@ def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np
     return values
 
 
+def _raster(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
+    indices, palette = raster.draw(spec, values)
+    return encode_palette(indices, palette)
+
+
+def _jkx(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
+    return encode_gray(jkx.draw(spec, values))
+
+
+def _mplfinance(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
+    from chart import mpl  # matplotlib costs ~0.5 s to import: only workers drawing with it pay
+
+    return encode_rgb(mpl.draw(spec, open_times_ms, values))
+
+
+# The engines by name (Spec.engine): a new engine is its module plus one line here.
+ENGINES = {"raster": _raster, "jkx": _jkx, "mplfinance": _mplfinance}
+
+
 def render(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> Drawn:
     """PNG bytes and pixel hash of one window: ohlcv rows are history + window candles, columns O, H, L, C, V."""
     values = _check_input(spec, open_times_ms, ohlcv)
-    if spec.engine == "raster":
-        indices, palette = raster.draw(spec, values)
-        return encode_palette(indices, palette)
-    if spec.engine == "jkx":
-        return encode_gray(jkx.draw(spec, values))
-    if spec.engine == "mplfinance":
-        from chart import mpl  # matplotlib costs ~0.5 s to import: only workers drawing with it pay
-
-        return encode_rgb(mpl.draw(spec, open_times_ms, values))
-    raise ChartError(f"unknown engine {spec.engine!r}")
+    engine = ENGINES.get(spec.engine)
+    if engine is None:
+        raise ChartError(f"unknown engine {spec.engine!r}")
+    return engine(spec, open_times_ms, values)

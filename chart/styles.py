@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
@@ -27,7 +28,6 @@ MPL_STYLES: tuple[str, ...] = (
     "ibd", "kenan", "mike", "nightclouds", "sas", "starsandstripes", "tradingview", "yahoo",
 )
 MPL_PREFIX = "mplfinance:"
-STYLES: tuple[str, ...] = ("mike", "jkx") + tuple(MPL_PREFIX + s for s in MPL_STYLES)
 STYLES_HELP = "mike (default), jkx, or mplfinance:<style> with <style> one of " + ", ".join(MPL_STYLES)
 
 # mplfinance's "mike" palette (reference.md); roles are what the raster engine paints.
@@ -101,44 +101,72 @@ def raster_min_size(window_len: int) -> int:
     return max(RASTER_MIN_SIZE, RASTER_MIN_PX_PER_CANDLE * window_len)
 
 
+def _mike(style: str, size: int, window_len: int, version: int, jkx_height: int) -> Spec:
+    _check_int("image size", size, 1, MAX_SIZE)
+    smallest = raster_min_size(window_len)
+    if size < smallest:
+        raise ChartError(f"image size {size} px is too small for a {window_len}-candle window: "
+                         f"mike needs at least {smallest} px")
+    return Spec(name="mike", engine="raster", width=size, height=size, window_len=window_len,
+                version=version, history=0, file_tag="", colours=MIKE_COLOURS)
+
+
+def _jkx(style: str, size: int, window_len: int, version: int, jkx_height: int) -> Spec:
+    height = JKX_HEIGHTS.get(window_len)
+    if height is None:
+        _check_int("jkx height", jkx_height, JKX_MIN_HEIGHT, MAX_SIZE)
+        height = jkx_height
+    return Spec(name="jkx", engine="jkx", width=3 * window_len, height=height, window_len=window_len,
+                version=version, history=window_len - 1, file_tag="jkx", colours=JKX_COLOURS)
+
+
+def _mplfinance(style: str, size: int, window_len: int, version: int, jkx_height: int) -> Spec:
+    mpl_style = style[len(MPL_PREFIX):]
+    _check_int("image size", size, MPL_MIN_SIZE, MAX_SIZE)
+    libraries = tuple((lib, metadata.version(lib)) for lib in ("matplotlib", "mplfinance"))
+    return Spec(name=style, engine="mplfinance", width=size, height=size, window_len=window_len,
+                version=version, history=0, file_tag="mpl-" + mpl_style, mpl_style=mpl_style,
+                libraries=libraries)
+
+
+@dataclass(frozen=True)
+class Style:
+    """A registry entry: the style names it serves, the file tag of each, and how its spec is made
+    (from style, size, window length, version and jkx height)."""
+
+    names: tuple[str, ...]
+    tag: Callable[[str], str]
+    make: Callable[[str, int, int, int, int], Spec]
+
+
+# The style registry: adding a style is its engine module (and an entry in chart.ENGINES) plus one line
+# here. File names carry the tag, so cache/layout.py recognises every registered style's images.
+REGISTRY: tuple[Style, ...] = (
+    Style(("mike",), lambda name: "", _mike),
+    Style(("jkx",), lambda name: "jkx", _jkx),
+    Style(tuple(MPL_PREFIX + s for s in MPL_STYLES), lambda name: "mpl-" + name[len(MPL_PREFIX):], _mplfinance),
+)
+_BY_NAME = {name: style for style in REGISTRY for name in style.names}
+_BY_TAG = {style.tag(name): name for style in REGISTRY for name in style.names}
+STYLES: tuple[str, ...] = tuple(_BY_NAME)
+
+
 def make_spec(style: str, size: int, window_len: int, version: int = 1, jkx_height: int = 64) -> Spec:
     """The spec of a style name; size is the square edge for mike and mplfinance, ignored by jkx."""
     _check_int("window length", window_len, 1, MAX_SIZE // RASTER_MIN_PX_PER_CANDLE)
     _check_int("style version", version, 0, 1_000_000)
-    if style == "mike":
-        _check_int("image size", size, 1, MAX_SIZE)
-        smallest = raster_min_size(window_len)
-        if size < smallest:
-            raise ChartError(f"image size {size} px is too small for a {window_len}-candle window: "
-                             f"mike needs at least {smallest} px")
-        return Spec(name="mike", engine="raster", width=size, height=size, window_len=window_len,
-                    version=version, history=0, file_tag="", colours=MIKE_COLOURS)
-    if style == "jkx":
-        height = JKX_HEIGHTS.get(window_len)
-        if height is None:
-            _check_int("jkx height", jkx_height, JKX_MIN_HEIGHT, MAX_SIZE)
-            height = jkx_height
-        return Spec(name="jkx", engine="jkx", width=3 * window_len, height=height, window_len=window_len,
-                    version=version, history=window_len - 1, file_tag="jkx", colours=JKX_COLOURS)
-    if style.startswith(MPL_PREFIX):
-        mpl_style = style[len(MPL_PREFIX):]
-        if mpl_style not in MPL_STYLES:
-            raise ChartError(f"unknown mplfinance style {mpl_style!r}; built-in styles: "
-                             + ", ".join(MPL_STYLES))
-        _check_int("image size", size, MPL_MIN_SIZE, MAX_SIZE)
-        libraries = tuple((lib, metadata.version(lib)) for lib in ("matplotlib", "mplfinance"))
-        return Spec(name=style, engine="mplfinance", width=size, height=size, window_len=window_len,
-                    version=version, history=0, file_tag="mpl-" + mpl_style, mpl_style=mpl_style,
-                    libraries=libraries)
-    raise ChartError(f"unknown style {style!r}; valid styles: {STYLES_HELP}")
+    entry = _BY_NAME.get(style)
+    if entry is None and style.startswith(MPL_PREFIX):
+        raise ChartError(f"unknown mplfinance style {style[len(MPL_PREFIX):]!r}; built-in styles: "
+                         + ", ".join(MPL_STYLES))
+    if entry is None:
+        raise ChartError(f"unknown style {style!r}; valid styles: {STYLES_HELP}")
+    return entry.make(style, size, window_len, version, jkx_height)
 
 
 def style_from_tag(file_tag: str) -> str:
     """The style name whose file_tag this is (file names carry the tag, not the style)."""
-    if file_tag == "":
-        return "mike"
-    if file_tag == "jkx":
-        return "jkx"
-    if file_tag.startswith("mpl-") and file_tag[4:] in MPL_STYLES:
-        return MPL_PREFIX + file_tag[4:]
-    raise ChartError(f"unknown style tag {file_tag!r} in file name")
+    name = _BY_TAG.get(file_tag)
+    if name is None:
+        raise ChartError(f"unknown style tag {file_tag!r} in file name")
+    return name
