@@ -25,7 +25,7 @@ from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECO
 from cache.root import Tree, claim
 from cache.windows import due_windows, member_of_sorted
 from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
-from config import Settings
+from config import Settings, make_spec
 from core.db import exclusive_lock, immediate
 from core.errors import LockHeld, MarketError
 from core.grid import INTERVAL_MS, check_symbol, now_ms
@@ -36,11 +36,6 @@ def run_lock(settings: Settings, command: str) -> Iterator[None]:
     """One render/verify/repair at a time per index; a second one fails at once (exit 75)."""
     with exclusive_lock(settings.image_index_db + ".lock", f"image_cache {command}", wait_seconds=0):
         yield
-
-
-def make_spec(settings: Settings) -> chart.Spec:
-    return chart.make_spec(settings.style_name, settings.img_size_px, settings.window_len,
-                           settings.style_version, settings.jkx_height)
 
 
 def preset_of(spec: chart.Spec) -> dict[str, Any]:

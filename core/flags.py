@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -64,15 +63,8 @@ def _date(text: str) -> str:
     return text
 
 
-def _db_path(path: str) -> str:
-    if os.path.isdir(path):
-        raise MarketError(f"{path} is a directory, not a database file")
-    return path
-
-
 symbol = flag_type(check_symbol)
 interval = flag_type(check_interval)
 symbols = _list(check_symbol)
 intervals = _list(check_interval)
 date = flag_type(_date)
-db_path = flag_type(_db_path)

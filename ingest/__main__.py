@@ -24,8 +24,7 @@ from ingest.sources import sources
 def build_parser() -> argparse.ArgumentParser:
     parser = console.Parser(prog="python -m ingest", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=flags.db_path, default="market.sqlite",
-                        help="market database (default: %(default)s)")
+    common.add_argument("--db", default="market.sqlite", help="market database (default: %(default)s)")
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
                         help="how long to wait for another ingest to finish (default: %(default)s)")

@@ -278,5 +278,5 @@ def test_cli_downloads_and_requires_checksums_when_asked(tmp_path, server):
 def test_cli_rejects_an_empty_date_range(tmp_path):
     run = _cli("download", "--db", str(tmp_path / "m.sqlite"), "--symbols", "BTCUSDT", "--intervals", "1d",
                "--start", "2024-02-01", "--end", "2024-01-01", "--mirror", str(tmp_path / "mirror"))
-    assert run.returncode == 2  # a usage error
-    assert run.stderr.startswith("Error: python -m ingest download: --start 2024-02-01 must be before --end 2024-01-01")
+    assert run.returncode == 1
+    assert run.stderr.startswith("Error: --start 2024-02-01 must be before --end 2024-01-01")
