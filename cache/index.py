@@ -359,7 +359,8 @@ def indexed_rows(conn: sqlite3.Connection, preset: dict[str, Any], symbol: str, 
         f"FROM images WHERE {_PRESET_WHERE} ORDER BY end_open_time_ms",
         (spec_hash, *_preset_args(preset, symbol, interval)))
     cursor.row_factory = None
-    table = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+    parts = [np.array(batch, dtype=np.int64) for batch in iter(lambda: cursor.fetchmany(1 << 16), [])]
+    table = np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
     packed = table[:, 1]
     return Indexed(table[:, 0].copy(), packed >> 4, (packed >> 1) & 7, (packed & 1).astype(bool))
 

@@ -67,6 +67,9 @@ def list_series(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     return {(symbol, interval): sid for symbol, interval, sid in rows}
 
 
+BATCH_ROWS = 1 << 16
+
+
 def read_series(conn: sqlite3.Connection, symbol: str, interval: str, sid: int,
                 start_ms: int | None = None) -> Series:
     """One series (from `start_ms` on, when given) as arrays, in a single query.
@@ -75,15 +78,17 @@ def read_series(conn: sqlite3.Connection, symbol: str, interval: str, sid: int,
     naming the series and the first bad value, never a numpy traceback.
     """
     start = -(2**63) if start_ms is None else start_ms
-    rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM candles "
-                        "WHERE series_id = ? AND open_time >= ? ORDER BY open_time", (sid, start)).fetchall()
-    if not rows:
-        return Series(symbol, interval, np.empty(0, dtype=np.int64), np.empty((0, 5), dtype=np.float64))
+    cursor = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM candles "
+                          "WHERE series_id = ? AND open_time >= ? ORDER BY open_time", (sid, start))
     try:
-        table = np.array(rows, dtype=np.float64)
+        # A batch at a time: millions of rows never live as Python tuples all at once.
+        parts = [np.array(batch, dtype=np.float64) for batch in iter(lambda: cursor.fetchmany(BATCH_ROWS), [])]
+        table = np.concatenate(parts) if parts else None
     except (TypeError, ValueError):
-        table = None
-    if table is None or not np.isfinite(table).all():
+        table = False
+    if table is None:
+        return Series(symbol, interval, np.empty(0, dtype=np.int64), np.empty((0, 5), dtype=np.float64))
+    if table is False or not np.isfinite(table).all():
         raise MarketError(_bad_value(conn, symbol, interval, sid, start))
     # Epoch milliseconds stay below 2**53, so the round trip through float64 is exact.
     times = table[:, 0].astype(np.int64)
