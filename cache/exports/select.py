@@ -10,10 +10,11 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
-from cache import market
+from cache import index, market
 from cache.exports.labels import (LabelRule, Split, assign_splits, forward_returns, on_stride, sample_key)
 from cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
 from cache.windows import Series, fingerprint, window_rows
@@ -58,10 +59,13 @@ class Selection:
 
 def open_index(path: str) -> sqlite3.Connection:
     """The image index, read-only (never created), after its schema says it is one."""
-    if not os.path.isfile(path):
+    kind = index.identify(path)
+    if kind == "absent":
         raise MarketError(f"image index not found: {path} (run render first)")
+    if kind != "index":
+        raise MarketError(f"{path} is not an image index ({kind.replace('-', ' ')})")
     try:
-        conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("BEGIN")  # one snapshot for the whole selection
         columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
