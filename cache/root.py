@@ -205,20 +205,21 @@ class Tree:
             if not stat.S_ISDIR(info.st_mode):
                 yield "foreign", top
                 continue
-            yield from self._walk(start)
+            yield from self._walk(start, f"{top}/" if top else "")
 
-    def _walk(self, folder: str) -> Iterator[tuple[str, str]]:
+    def _walk(self, folder: str, prefix: str) -> Iterator[tuple[str, str]]:
+        """Entries of `folder`, whose path relative to the root is `prefix` ('' or ending in '/')."""
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
-            yield "foreign", os.path.relpath(folder, self.root).replace(os.sep, "/")
+            yield "foreign", prefix.rstrip("/")
             return
         for entry in entries:
-            rel = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
-            if folder == self.root and entry.name == MARKER:
+            rel = prefix + entry.name
+            if not prefix and entry.name == MARKER:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(entry.path)
+                yield from self._walk(entry.path, rel + "/")
             elif entry.is_file(follow_symlinks=False):
                 yield ("temp" if is_temp_name(entry.name) else "file"), rel
             else:
