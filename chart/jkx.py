@@ -1,4 +1,4 @@
-"""The JKX engine: black-and-white OHLC bar images of Jiang, Kelly and Xiu (reference.md).
+"""The JKX engine: black-and-white OHLC bar images of Jiang, Kelly and Xiu (Journal of Finance, 2023).
 
 Each period takes 3 columns: open tick left, high-low bar centre, close tick right. The moving average
 of the close is a 1-px polyline through the period centres; volume bars fill the bottom fifth.

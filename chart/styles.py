@@ -30,7 +30,7 @@ MPL_STYLES: tuple[str, ...] = (
 MPL_PREFIX = "mplfinance:"
 STYLES_HELP = "mike (default), jkx, or mplfinance:<style> with <style> one of " + ", ".join(MPL_STYLES)
 
-# mplfinance's "mike" palette (reference.md); roles are what the raster engine paints.
+# mplfinance's "mike" palette (mplfinance 0.12.10b0's style file); roles are what the raster engine paints.
 MIKE_COLOURS: tuple[tuple[str, str], ...] = (
     ("background", "#0a0a0a"),
     ("grid", "#2e2e2e"),
@@ -43,7 +43,7 @@ MIKE_COLOURS: tuple[tuple[str, str], ...] = (
 )
 JKX_COLOURS: tuple[tuple[str, str], ...] = (("background", "#000000"), ("mark", "#ffffff"))
 
-# JKX paper sizes (reference.md): window length -> image height; width is always 3 px per period.
+# JKX paper sizes (Jiang, Kelly, Xiu 2023): window length -> image height; width is always 3 px per period.
 JKX_HEIGHTS: dict[int, int] = {5: 32, 20: 64, 60: 96}
 RASTER_MIN_PX_PER_CANDLE = 3
 RASTER_MIN_SIZE = 32

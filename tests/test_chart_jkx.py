@@ -1,4 +1,4 @@
-"""The JKX engine against the paper's layout (reference.md "JKX images"), on a window computed by hand."""
+"""The JKX engine against the paper's layout (Jiang, Kelly, Xiu 2023), on a window computed by hand."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from core.grid import utc_ms
 from ingest.schema import SCHEMA_VERSION
 from ingest.status import status
 
-# The upstream DDL, as design.md describes it: no known_gaps, no registry, no user_version.
+# The upstream DDL, as the upstream crypto-sqlite-pipeline writes it: no known_gaps, no registry, no user_version.
 UPSTREAM_DDL = """
 CREATE TABLE symbols (id INTEGER PRIMARY KEY AUTOINCREMENT, symbol TEXT NOT NULL UNIQUE,
                       base_asset TEXT NOT NULL, quote_asset TEXT NOT NULL);
