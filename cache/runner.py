@@ -94,9 +94,10 @@ class DueRange:
 
 def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, spec: chart.Spec,
                      symbol: str, interval: str, sid: int, gap_policy: str, read_from_ms: int | None = None,
-                     due: DueRange | None = None) -> SeriesReconcile:
+                     due: DueRange | None = None, trust_memo: bool = True) -> SeriesReconcile:
     """Read one series (from `read_from_ms` on, with the candles its first window needs; whole when
-    None) and its index rows, and reconcile them; with `due`, also plan the due windows without a row."""
+    None) and its index rows, and reconcile them; with `due`, also plan the due windows without a row.
+    Without `trust_memo`, every row's fingerprint is compared, whatever the memo says (verify --deep)."""
     preset = preset_of(spec)
     need = spec.window_len + spec.history
     read_from = None if read_from_ms is None else market.read_start(market_conn, sid, read_from_ms, need)
@@ -104,7 +105,7 @@ def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connec
     windows = None if due is None else due_windows(series, spec.window_len, spec.history, due.stride,
                                                     due.start_ms, due.end_ms, due.now_ms)
     indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
-    memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval)
+    memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval) if trust_memo else {}
     fingerprints = lambda ids: {i: r["input_fingerprint"]  # noqa: E731
                                 for i, r in index.values_by_id(index_conn, ids, ["input_fingerprint"]).items()}
     return reconcile.reconcile(series, read_from is None, indexed, memo, spec.window_len, spec.history,

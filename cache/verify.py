@@ -197,7 +197,8 @@ def inspect(conn: sqlite3.Connection, settings: Settings, filters: Filters, deep
     try:
         configured = _configured_preset(settings)
         for preset in index.presets(conn, filters.symbols, filters.intervals):
-            _inspect_preset(conn, market_conn, present, preset, settings, filters, found, preset == configured)
+            _inspect_preset(conn, market_conn, present, preset, settings, filters, found, preset == configured,
+                            deep)
         if market_conn is not None and configured is not None:
             _count_not_rendered(conn, market_conn, settings, filters, found, warn)
     finally:
@@ -273,7 +274,7 @@ def _configured_preset(settings: Settings) -> dict[str, Any] | None:
 
 
 def _inspect_preset(conn: sqlite3.Connection, market_conn, present: dict, preset: dict[str, Any],
-                    settings: Settings, filters: Filters, found: Inspection, configured: bool) -> None:
+                    settings: Settings, filters: Filters, found: Inspection, configured: bool, deep: bool) -> None:
     result = found.result
     spec = spec_of_preset(preset)
     label = preset_label(preset)
@@ -294,7 +295,9 @@ def _inspect_preset(conn: sqlite3.Connection, market_conn, present: dict, preset
             continue
         # The configured preset's due windows without a row are counted as not rendered yet.
         due = runner.DueRange.of(settings) if configured else None
-        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy, None, due)
+        # --deep trusts no memo: every row's input fingerprint is compared with the market's candles.
+        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy, None, due,
+                                      trust_memo=not deep)
         result.not_rendered += int((rec.new_desired == DRAWABLE).sum())
         found.series.setdefault((symbol, interval), rec.series)
         found.inspected.add((symbol, interval, spec))

@@ -43,6 +43,7 @@ _PIXEL_HASH_PREFIX = b"pixels-v2 "
 # Per-thread filtered-row buffers, kept between images of one size (Dask runs tasks in threads):
 # a fresh buffer costs more in page faults than the Up filter itself.
 _scratch = threading.local()
+SCRATCH_PAD = 256
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,16 @@ def _canonical_hash(mode: str, width: int, height: int, palette: bytes, rows: np
 
 
 def _filtered(rows: np.ndarray) -> np.ndarray:
-    """Rows with the Up filter applied, each after its filter-type byte, in this thread's buffer."""
+    """Rows with the Up filter applied, each after its filter-type byte, in this thread's buffer.
+
+    The buffer ends in SCRATCH_PAD zero bytes that are never written: a SIMD compressor that loads
+    past the end of its input then reads the same bytes on every run, never another allocation's.
+    """
     shape = (rows.shape[0], rows.shape[1] + 1)
     stored = getattr(_scratch, "stored", None)
     if stored is None or stored.shape != shape:
-        stored = np.empty(shape, dtype=np.uint8)
+        size = shape[0] * shape[1]
+        stored = np.zeros(size + SCRATCH_PAD, dtype=np.uint8)[:size].reshape(shape)
         stored[:, 0] = UP_FILTER
         _scratch.stored = stored
     stored[0, 1:] = rows[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chart import pixel_hash
 from conftest import REPO, index_rows, run_cli, tree_digest
 
 # Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
@@ -81,11 +82,12 @@ ARGS = ("render", "--config", "image_cache.toml", "--size", "256")
 
 
 @pytest.fixture(scope="module")
-def reference(sample_market: Path, tmp_path_factory) -> dict[str, str]:
+def reference(sample_market: Path, tmp_path_factory) -> Path:
+    """The image tree of an uninterrupted run."""
     folder = tmp_path_factory.mktemp("reference")
     _prepare(folder, sample_market)
     assert run_cli(folder, *ARGS).returncode == 0
-    return tree_digest(folder / "image-cache")
+    return folder / "image-cache"
 
 
 def _prepare(folder: Path, market: Path) -> None:
@@ -105,7 +107,7 @@ def _ok_rows(folder: Path) -> list[tuple]:
     return index_rows(db, "WHERE status = 'ok'")
 
 
-def _assert_truthful_then_recovers(folder: Path, reference: dict[str, str], jobs: str) -> None:
+def _assert_truthful_then_recovers(folder: Path, reference: Path, jobs: str) -> None:
     for row in _ok_rows(folder):
         path = folder / "image-cache" / row[3]
         assert path.is_file(), f"row without file: {row[3]}"
@@ -116,7 +118,24 @@ def _assert_truthful_then_recovers(folder: Path, reference: dict[str, str], jobs
     assert repair.returncode == 0, repair.stdout + repair.stderr
     verify = run_cli(folder, "verify", "--config", "image_cache.toml", "--size", "256", "--deep")
     assert verify.returncode == 0, verify.stdout
-    assert tree_digest(folder / "image-cache") == reference
+    digest, expected = tree_digest(folder / "image-cache"), tree_digest(reference)
+    assert digest == expected, _differences(folder / "image-cache", reference, [rerun, repair, verify])
+
+
+def _differences(root: Path, reference: Path, runs: list[subprocess.CompletedProcess]) -> str:
+    """Which files differ from the uninterrupted run's, and whether in their pixels or only their encoding."""
+    digest, expected = tree_digest(root), tree_digest(reference)
+    lines = []
+    for path in sorted(set(digest) | set(expected)):
+        if digest.get(path) == expected.get(path):
+            continue
+        if path not in digest or path not in expected:
+            lines.append(f"{path}: {'extra' if path in digest else 'missing'}")
+            continue
+        same = pixel_hash((root / path).read_bytes()) == pixel_hash((reference / path).read_bytes())
+        lines.append(f"{path}: sha256 {digest[path]} instead of {expected[path]}; "
+                     f"{'same pixels, other encoding' if same else 'other pixels'}")
+    return "\n".join(lines + [run.stdout + run.stderr for run in runs])
 
 
 @pytest.mark.parametrize("point, nth", POINTS)
@@ -139,7 +158,7 @@ def _pngs(root: Path) -> int:
 def test_kill_at_a_random_moment(tmp_path: Path, sample_market: Path, reference, jobs: str, seed: int):
     """Kill once a seeded number of images exist: a moment in the run's progress, whatever its speed."""
     _prepare(tmp_path, sample_market)
-    target = random.Random(seed).randint(5, len(reference) * 2 // 3)
+    target = random.Random(seed).randint(5, len(tree_digest(reference)) * 2 // 3)
     process = subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), *ARGS, "--jobs", jobs],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -147,5 +166,5 @@ def test_kill_at_a_random_moment(tmp_path: Path, sample_market: Path, reference,
         time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)  # the main process and its workers at once
     assert process.wait() == -signal.SIGKILL, "the run finished before the kill"
-    assert len(_ok_rows(tmp_path)) < len(reference)
+    assert len(_ok_rows(tmp_path)) < len(tree_digest(reference))
     _assert_truthful_then_recovers(tmp_path, reference, jobs)

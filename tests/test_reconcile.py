@@ -79,6 +79,24 @@ def test_verify_is_repeatable_and_repair_settles(workdir: Path):
     assert verify.verify(s, deep=True).ok
 
 
+def test_deep_verify_trusts_no_memo(workdir: Path):
+    """A row whose recorded input fingerprint does not match its window's candles is stale, even in a
+    month the memo vouches for: plain verify trusts the memo, --deep compares every row."""
+    s = settings(workdir)
+    runner.render(s)
+    assert verify.verify(s).ok  # a whole-series pass: the memo now vouches for every month
+    end = ok_ends(workdir)[30]
+    with sqlite3.connect(workdir / "image_cache.sqlite") as conn:
+        conn.execute("UPDATE images SET input_fingerprint = 'drawn-from-other-candles' WHERE symbol = 'BTCUSDT' "
+                     "AND interval = '1h' AND end_open_time_ms = ?", (end,))
+    conn.close()
+    assert verify.verify(s).ok
+    deep = verify.verify(s, deep=True)
+    assert [(p.kind, p.detail) for p in deep.problems] == [("stale", "candles changed since drawn")]
+    assert verify.repair(s).redrawn == 1
+    assert verify.verify(s, deep=True).ok
+
+
 def _flatten(folder: Path, start: int, count: int) -> None:
     for k in range(count):
         _market(folder, f"UPDATE candles SET open = 10, high = 10, low = 10, close = 10 "
