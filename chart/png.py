@@ -43,7 +43,7 @@ _PIXEL_HASH_PREFIX = b"pixels-v2 "
 # Per-thread filtered-row buffers, kept between images of one size (Dask runs tasks in threads):
 # a fresh buffer costs more in page faults than the Up filter itself.
 _scratch = threading.local()
-SCRATCH_PAD = 256
+SCRATCH_PAD = 512  # more than a deflate match (258 bytes) plus a 64-byte SIMD load
 
 
 @dataclass(frozen=True)
