@@ -7,6 +7,7 @@ which alone writes the index.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -42,14 +43,26 @@ def _pool_results(pool: ProcessPoolExecutor, fn: Callable[[Chunk], T], chunks: l
 
 
 def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str) -> Iterator[T]:
+    """Results of chunks from a Dask cluster, two per worker thread in flight: the scheduler never holds
+    every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled."""
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise MarketError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
+    if not chunks:
+        return
     with Client(scheduler) as client:
-        futures = client.map(fn, chunks, pure=False)
-        for future in as_completed(futures):
-            yield future.result()
+        waiting = iter(chunks)
+        in_flight = 2 * max(1, sum(client.nthreads().values()))
+        running = as_completed([client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, in_flight)])
+        try:
+            for future in running:
+                result = future.result()
+                for chunk in itertools.islice(waiting, 1):
+                    running.add(client.submit(fn, chunk, pure=False))
+                yield result
+        finally:
+            client.cancel(list(running.futures))
 
 
 def chunk_windows(total: int, workers: int) -> int:

@@ -53,3 +53,23 @@ def test_dask_executor_matches_jobs_1(workdir: Path, tmp_path_factory):
     assert tree_digest(workdir / "image-cache") == tree_digest(local / "image-cache")
     strip = lambda rows: [r[:9] for r in rows]  # noqa: E731
     assert strip(index_rows(workdir / "image_cache.sqlite")) == strip(index_rows(local / "image_cache.sqlite"))
+
+
+def _tasks_on_worker(_chunk: int) -> int:
+    """How many tasks the worker running this one knows of (queued, running or held)."""
+    import time
+
+    from distributed import get_worker
+    time.sleep(0.01)
+    return len(get_worker().state.tasks)
+
+
+def test_dask_keeps_a_bounded_number_of_chunks_in_flight():
+    """Two chunks per worker thread at a time: 60 chunks never sit on the cluster at once."""
+    distributed = pytest.importorskip("distributed")
+    from cache.executors import _dask_results
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                                  protocol="tcp", host="127.0.0.1") as cluster:
+        seen = list(_dask_results(_tasks_on_worker, list(range(60)), cluster.scheduler_address))
+    assert len(seen) == 60
+    assert max(seen) <= 8, max(seen)  # 4 in flight, with room for tasks not yet released
