@@ -13,14 +13,15 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 import chart
 from cache import index, market, reconcile
+from cache.durable import SyncedWriter
 from cache.executors import Run, chunk_windows, executor
-from cache.index import BatchWriter
 from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, claim
 from cache.windows import due_windows, member_of_sorted
@@ -302,7 +303,7 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     # Absolute: workers (Dask ones especially) may run in another working directory.
     root = os.path.abspath(settings.image_root_dir)
     tree = Tree(root)
-    writer = BatchWriter(index_conn)
+    writer = SyncedWriter(index_conn, root)
     chunk_size = chunk_windows(sum(len(p.draw) for p in plans), settings.workers)
     chunks: list[Chunk] = []
     for p in plans:
@@ -328,7 +329,7 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     bar = iter(progress(range(total), total=total, desc="render", unit="img"))
     logged = time.monotonic()
     try:
-        for rows in run(draw_chunk, chunks):
+        for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), chunks):
             writer.add(rows)
             for row in rows:
                 next(bar, None)

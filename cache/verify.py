@@ -25,7 +25,8 @@ import numpy as np
 
 import chart
 from cache import executors, index, market, runner
-from cache.index import ENGINE_PREFIX, BatchWriter
+from cache.durable import SyncedWriter
+from cache.index import ENGINE_PREFIX
 from cache.layout import parse_relative_path
 from cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, check_owned, check_part, read_marker
@@ -515,10 +516,10 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
             by_series[(name.symbol, name.interval, spec)].append(name.end_open_time_ms)
     for (symbol, interval, spec), ends in by_series.items():
         adopt_chunks += _chunks(found.series[(symbol, interval)], spec, sorted(ends), root)
-    writer = BatchWriter(conn)
+    writer = SyncedWriter(conn, root)
     try:
         with executors.executor(settings) as run:
-            for rows in run(draw_chunk, draw_chunks):
+            for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), draw_chunks):
                 writer.add(rows)
                 result.redrawn += sum(row.status == "ok" for row in rows)
             for rows, rejected in run(adopt_chunk, adopt_chunks):

@@ -70,12 +70,14 @@ def draw_window(chunk: Chunk, last: int) -> tuple[chart.Drawn, str]:
         raise
 
 
-def draw_chunk(chunk: Chunk) -> list[Row]:
+def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     """Draw each window, write its file (file first), and return the rows for the driver to index.
 
     A window the engine cannot draw (e.g. a jkx window with no price range) becomes an `undrawable`
     row with the engine's reason (and its input fingerprint, so that changed candles re-try it); any
-    other error fails the chunk and is reported by the driver.
+    other error fails the chunk and is reported by the driver. The driver flushes the files to disk
+    before it commits their rows (cache/durable.py); with `sync`, on a machine whose page cache the
+    driver cannot flush (a Dask worker), the chunk does it before returning.
     """
     tune_allocator()
     tree = Tree(chunk.image_root)
@@ -94,14 +96,24 @@ def draw_chunk(chunk: Chunk) -> list[Row]:
             tree.full(row.file_path)  # never write through a link to outside the root
             write_atomic(chunk.image_root, row.file_path, drawn.png)
         except RootError as exc:
-            raise WorkerError(f"cannot write {row.file_path}: {exc}", out) from None
+            raise WorkerError(f"cannot write {row.file_path}: {exc}", _synced(chunk, out, sync)) from None
         except OSError as exc:
             raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
-                              f"{exc.strerror or exc}", out) from None
+                              f"{exc.strerror or exc}", _synced(chunk, out, sync)) from None
         out.append(_ok_row(row, chunk.spec, drawn, reason))
-    if any(row.status == "ok" for row in out):
-        sync_tree(chunk.image_root)
-    return out
+    return _synced(chunk, out, sync)
+
+
+def _synced(chunk: Chunk, rows: list[Row], sync: bool) -> list[Row]:
+    """The rows, once their files are on disk when this chunk must flush them itself. A failed flush
+    fails the chunk with the rows of no file (the files are left to repair)."""
+    if sync and any(row.status == "ok" for row in rows):
+        try:
+            sync_tree(chunk.image_root)
+        except OSError as exc:
+            raise WorkerError(f"cannot flush {chunk.image_root} to disk: {exc.strerror or exc}",
+                              [row for row in rows if row.status != "ok"]) from None
+    return rows
 
 
 def _ok_row(row: Row, spec: chart.Spec, drawn: chart.Drawn, reason: str | None) -> Row:

@@ -22,7 +22,7 @@ from conftest import REPO, index_rows, run_cli, tree_digest
 # Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
 CRASHER = r"""
 import functools, os, signal, sys
-import cache.index as index, cache.layout as layout, cache.runner as runner, cache.work as work
+import cache.index as index, cache.layout as layout, cache.work as work
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -69,7 +69,7 @@ elif point == "after-commit":  # a batch committed, the run not finished
             die()
     index.BatchWriter.flush = flush
 # Small batches, so that kills land between index commits as well as inside them.
-runner.BatchWriter = functools.partial(index.BatchWriter, max_rows=40)
+index.BatchWriter = functools.partial(index.BatchWriter, max_rows=40)
 sys.argv = ["image_cache.py"] + sys.argv[3:]
 import image_cache
 sys.exit(image_cache.main())
