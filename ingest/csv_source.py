@@ -282,8 +282,9 @@ class _NeedsSorting(Exception):
     """The streamed pass cannot finish: rows go back in time, or a message needs all their spacing."""
 
 
-def _streamed(reader: _Reader, check: SeriesCheck, label: str | None, sink: ChunkSink) -> Tally:
+def _streamed(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
     """The usual file, already in time order: validated and written chunk by chunk, in one pass."""
+    check = SeriesCheck(reader.name, reader.interval)
     try:
         for chunk, lines in reader.chunks(label):
             if len(kept := check.feed(chunk, lines)):
@@ -299,27 +300,34 @@ def _streamed(reader: _Reader, check: SeriesCheck, label: str | None, sink: Chun
     return check.finish(looks, reader.unit)
 
 
-def _sorted(reader: _Reader, check: SeriesCheck, label: str | None, sink: ChunkSink) -> Tally:
-    """Any file: row rules in file order, then the series rules in time order through a staging table."""
+def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
+    """Any file: row rules in file order, then the series rules in time order through a staging table,
+    then the writes (a rejected file costs no writes)."""
+    rows = max(1, reader.chunk_bytes // 32)
     with Staged(sink.conn) as staged:
         for chunk, lines in reader.chunks(label):
             if (bad := row_error(reader.name, chunk, int(lines[0]))) is not None:
                 raise bad[1]
             staged.add(chunk, lines)
-        for chunk, lines in staged.in_time_order(max(1, reader.chunk_bytes // 32)):
-            if len(kept := check.feed(chunk, lines, rows=False)):
-                sink.write(kept)
+        check = SeriesCheck(reader.name, reader.interval)
+        for chunk, lines in staged.in_time_order(rows):
+            check.feed(chunk, lines, rows=False)
 
         def looks() -> str:
             return spacing_code(staged.median_spacing())
 
         try:
-            return check.finish(looks, reader.unit)
+            tally = check.finish(looks, reader.unit)
         except MarketError as exc:
             # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
             if label is None and ": interval: " in str(exc) and check.unique > 1 and looks() == reader.interval:
                 raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None
             raise
+        unique = SeriesCheck(reader.name, reader.interval)
+        for chunk, lines in staged.in_time_order(rows):
+            if len(kept := unique.feed(chunk, lines, rows=False)):
+                sink.write(kept)
+    return tally
 
 
 def read_csv(name: str, f: BinaryIO, interval: str, sink: ChunkSink, *, time_column: str | None = None,
@@ -349,10 +357,10 @@ def read_csv(name: str, f: BinaryIO, interval: str, sink: ChunkSink, *, time_col
             label = "close"
             warn(f"{name}: {why}: read as the candles' close (--time-label open to override)")
     try:
-        return _streamed(reader, SeriesCheck(name, interval), label, sink)
+        return _streamed(reader, label, sink)
     except _NeedsSorting:
         sink.restart()
-    return _sorted(reader, SeriesCheck(name, interval), label, sink)
+    return _sorted(reader, label, sink)
 
 
 class _Collected:

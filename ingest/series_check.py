@@ -69,8 +69,9 @@ class SeriesCheck:
     def feed(self, chunk: np.ndarray, lines: np.ndarray, *, rows: bool = True) -> np.ndarray:
         """The next rows of the file (row i on line `lines[i]`): the unique ones back, in time order.
 
-        Row rules (`rows`) need rows in file order, on consecutive lines. Raises MarketError for the earliest line breaking a row rule (`rows`) or repeating an open
-        time with other values, or OutOfOrder for the first row earlier than the row before it.
+        Raises MarketError for the earliest line breaking a row rule (`rows`: rows in file order, on
+        consecutive lines) or repeating an open time with other values, or OutOfOrder for the first
+        row earlier than the row before it.
         """
         if len(chunk) == 0:
             return chunk

@@ -26,7 +26,8 @@ class Staged:
         self.conn = conn
 
     def __enter__(self) -> Staged:
-        types = ", ".join(f"{c} {'INTEGER' if CANDLE_DTYPE[c].kind == 'i' else 'REAL'} NOT NULL" for c in CANDLE_COLUMNS)
+        types = ", ".join(f"{c} {'INTEGER' if CANDLE_DTYPE[c].kind == 'i' else 'REAL'} NOT NULL"
+                          for c in CANDLE_COLUMNS)
         self.conn.execute(f"CREATE TEMP TABLE staged_candles({types}, line INTEGER NOT NULL, "
                           "PRIMARY KEY(open_time, line)) WITHOUT ROWID")
         return self

@@ -76,8 +76,8 @@ def test_any_chunk_size_gives_what_one_chunk_gives(case: str) -> None:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("duplicate with other values", "f.csv: line 14: duplicate open time: open_time 2024-01-01T11:00:00Z also on line 13 "
-                                    "with other values"),
+    ("duplicate with other values", "f.csv: line 14: duplicate open time: open_time 2024-01-01T11:00:00Z "
+                                    "also on line 13 with other values"),
     ("duplicate out of order", "f.csv: line 14: duplicate open time: open_time 2024-01-01T03:00:00Z also on line 5 "
                                "with other values"),
     ("row error at the last line", "f.csv: line 22: volume >= 0: volume is -1.0"),
@@ -90,7 +90,8 @@ def test_any_chunk_size_gives_what_one_chunk_gives(case: str) -> None:
     ("off the grid, spaced like it", "f.csv: line 2: interval: 20 of 20 open times are off the 1h grid "
                                      "(first 2024-01-01T00:30:00Z); the rows look like 1h data (if the times are "
                                      "the candles' close, use --time-label close)"),
-    ("unit changes after a chunk", "f.csv: line 10: time unit: open_time is in s but line 2 is in ms; one unit per file"),
+    ("unit changes after a chunk",
+     "f.csv: line 10: time unit: open_time is in s but line 2 is in ms; one unit per file"),
     ("an iso date among epoch times", "f.csv: line 10: integer time: open_time is '2024-01-01T09:00:00'"),
 ])
 def test_errors_across_a_chunk_boundary_name_the_line_and_rule(case: str, message: str) -> None:
@@ -104,7 +105,8 @@ def test_a_descending_file_is_sorted_and_a_day_end_file_read_as_closes() -> None
     warnings: list[str] = []
     closes = parse_csv("f.csv", FILES["day ends read as closes"][0], "1d", chunk_bytes=1, warn=warnings.append)
     assert closes.candles["open_time"][0] == T0
-    assert warnings == ["f.csv: every time is a day's 23:59:59: read as the candles' close (--time-label open to override)"]
+    assert warnings == ["f.csv: every time is a day's 23:59:59: read as the candles' close "
+                        "(--time-label open to override)"]
     assert parse_csv("f.csv", FILES["one day end, the rest opens"][0], "1d", chunk_bytes=1).flagged == 1
 
 
