@@ -8,8 +8,9 @@ The delimiter is sniffed from the header (comma, semicolon or tab). Times are ep
 
 A time may label a candle's open (the default) or its close (`--time-label close`; detected when
 the time column is a close-time column, when every stamp is a day's 23:59:59, or for 1mo data
-when every stamp is a month's last day, as pandas labels months). The file is read in chunks of
-lines, so that memory follows the candles kept, not the text.
+when every stamp is a month's last day, as pandas labels months). The file is read, validated and
+written in chunks of lines (series_check.py carries the rules across chunks), so that memory follows
+a chunk, not the file; a file not in time order is sorted through a staging table (staging.py).
 """
 
 from __future__ import annotations
