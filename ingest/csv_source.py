@@ -340,6 +340,7 @@ def read_csv(name: str, f: BinaryIO, interval: str, sink: ChunkSink, *, time_col
     (or is rejected as another interval's data) is read again and sorted through a staging table,
     so that memory never follows the file. The rules and messages are validate()'s.
     """
+    check_interval(interval)
     if time_unit is not None and time_unit not in TIME_UNITS:
         raise MarketError(f"unknown time unit {time_unit!r} (known: {' '.join(TIME_UNITS)})")
     if time_label is not None and time_label not in TIME_LABELS:
