@@ -37,8 +37,8 @@ from ingest.schema import CANDLE_DTYPE
 from ingest.sources import Source
 from ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally
 from ingest.staging import Staged
-from ingest.validate import (UTF8_BOM, Validated, detect_unit, fail, field_counts, row_error, spacing_code,
-                             split_lines, to_ms)
+from ingest.validate import (UTF8_BOM, RuleError, Validated, detect_unit, fail, field_counts, row_error,
+                             spacing_code, split_lines, to_ms)
 
 MAX_LINE_BYTES = 64 * 1024
 # Text parsed at a time: a chunk's strings cost ~10x its bytes while it is converted.
@@ -222,6 +222,23 @@ def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, mode: 
     return chunk, mode, reference
 
 
+def _parse_earliest(name: str, data: bytes, layout: Layout, first_line: int, mode: str | None,
+                    reference: tuple[int, str] | None) -> tuple[np.ndarray, str, tuple[int, str] | None]:
+    """_parse_chunk, its error naming the chunk's earliest bad line whatever the chunk size.
+
+    Its checks run rule by rule over the whole chunk, so a later line may break a rule checked
+    first: the lines before the one named are parsed again on their own (at most once per rule).
+    """
+    try:
+        return _parse_chunk(name, data, layout, first_line, mode, reference)
+    except RuleError as exc:
+        if exc.line is None or exc.line <= first_line:
+            raise
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        _parse_earliest(name, data[:int(ends[exc.line - first_line - 1]) + 1], layout, first_line, mode, reference)
+        raise
+
+
 CLOSE_REASONS = ("every time is a day's 23:59:59", "every time is the last day of a month")
 
 
@@ -252,7 +269,7 @@ class _Reader:
         mode, reference = self.given, None
         line = 2
         for data in _line_chunks(self.f, self.chunk_bytes):
-            chunk, mode, reference = _parse_chunk(self.name, data, self.layout, line, mode, reference)
+            chunk, mode, reference = _parse_earliest(self.name, data, self.layout, line, mode, reference)
             if reference is not None:
                 self.unit = reference[1]
             if label == "close":

@@ -52,11 +52,19 @@ class Validated:
     time_unit: str
 
 
-def fail(name: str, line: int | None, rule: str, detail: str) -> MarketError:
+class RuleError(MarketError):
+    """A rule an input file breaks, at `line` (None: the file as a whole)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+def fail(name: str, line: int | None, rule: str, detail: str) -> RuleError:
     # A hostile file name (newline, undecodable bytes) must not break the one-line message.
     name = name if name.isprintable() else ascii(name)
     where = f"{name}: line {line}" if line is not None else name
-    return MarketError(f"{where}: {rule}: {detail}")
+    return RuleError(f"{where}: {rule}: {detail}", line)
 
 
 def split_lines(name: str, data: bytes, *, max_line_bytes: int, line_offset: int = 0) -> Lines:

@@ -22,7 +22,7 @@ HEADER = "open_time,open,high,low,close,volume\n"
 CHUNKS = (1, 40, 100, 2**20)
 
 
-def row(t: int, close: float = 1.5, volume: float = 10) -> str:
+def row(t: int, close: float = 1.5, volume: float | str = 10) -> str:
     return f"{t},1,2,0.5,{close},{volume}\n"
 
 
@@ -64,6 +64,10 @@ FILES = {
     "off the grid, spaced like it": (csv(*[row(T0 + 30 * 60_000 + i * HOUR) for i in range(20)]), "1h"),
     "unit changes after a chunk": (csv(*hours(8), row((T0 + 8 * HOUR) // 1000)), "1h"),
     "an iso date among epoch times": (csv(*hours(8), "2024-01-01T09:00:00,1,2,0.5,1.5,10\n"), "1h"),
+    # A chunk is checked rule by rule: here the later line breaks the rule checked first.
+    "bad number, then a bad field count": (csv(*hours(3), row(T0 + 3 * HOUR, volume="x"), *hours(8)[4:],
+                                               row(T0 + 8 * HOUR) + ",\n"), "1h"),
+    "bad number, then a blank line": (csv(*hours(3), row(T0 + 3 * HOUR, volume="x"), *hours(8)[4:], "\n"), "1h"),
 }
 
 
@@ -93,6 +97,8 @@ def test_any_chunk_size_gives_what_one_chunk_gives(case: str) -> None:
     ("unit changes after a chunk",
      "f.csv: line 10: time unit: open_time is in s but line 2 is in ms; one unit per file"),
     ("an iso date among epoch times", "f.csv: line 10: integer time: open_time is '2024-01-01T09:00:00'"),
+    ("bad number, then a bad field count", "f.csv: line 5: decimal number: volume is 'x'"),
+    ("bad number, then a blank line", "f.csv: line 5: decimal number: volume is 'x'"),
 ])
 def test_errors_across_a_chunk_boundary_name_the_line_and_rule(case: str, message: str) -> None:
     data, interval = FILES[case]
