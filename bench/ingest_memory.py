@@ -1,13 +1,13 @@
 """Peak memory of ingest against the 300 MB target: `.venv/bin/python -m bench.ingest_memory`.
 
-Cases: a 1 GB generic CSV (`python -m ingest csv`), a zip whose member is at the size cap (realistic
-rows, and the shortest valid rows: the most rows, so the most memory, a cap admits), and a folder
-mixing such a member with members parsed ahead. Each runs as a real `python -m ingest` process; its
-peak RSS is the kernel's own high-water mark (wait4's ru_maxrss), read by a small intermediate
-process that forks before exec: a child spawned straight from this process would inherit this
-process's high-water mark. Each run is capped at MEMORY_LIMIT of address space, so that a run far
-over target fails instead of exhausting a shared machine. Not a test: figures are reported, never
-asserted (shared machines are noisy; memory figures less so than times).
+Cases: a 1 GB generic CSV (`python -m ingest csv`) in time order and newest first, a zip whose member
+is at the size cap (realistic rows, and the shortest valid rows: the most rows, so the most memory, a
+cap admits), and a folder mixing such a member with members parsed ahead. Each runs as a real
+`python -m ingest` process; its peak RSS is the kernel's own high-water mark (wait4's ru_maxrss),
+read by a small intermediate process that forks before exec: a child spawned straight from this
+process would inherit this process's high-water mark. Each run is capped at MEMORY_LIMIT of address
+space, so that a run far over target fails instead of exhausting a shared machine. Not a test:
+figures are reported, never asserted (shared machines are noisy; memory figures less so than times).
 """
 
 from __future__ import annotations
@@ -67,16 +67,18 @@ def fixed_width_rows(template: bytes, times: np.ndarray, digits: int, offsets: t
     return out.tobytes()
 
 
-def write_csv(path: Path, size: int) -> int:
-    """A generic OHLCV CSV of about `size` bytes: consecutive 1m candles from 2010-01-01. Returns rows."""
+def write_csv(path: Path, size: int, descending: bool = False) -> int:
+    """A generic OHLCV CSV of about `size` bytes: consecutive 1m candles from 2010-01-01, newest first
+    when `descending` (as some exports write them). Returns rows."""
     template = b"0000000000000,100.50,101.50,99.50,100.75,12.5\n"
     rows = size // len(template)
     start = 1262304000000  # 2010-01-01: 13-digit ms times for the next 276 years
     with open(path, "wb") as f:
         f.write(b"open_time,open,high,low,close,volume\n")
         for first in range(0, rows, 2**20):
-            times = start + 60_000 * np.arange(first, min(rows, first + 2**20), dtype=np.int64)
-            f.write(fixed_width_rows(template, times, 13, ((0, 0),)))
+            index = np.arange(first, min(rows, first + 2**20), dtype=np.int64)
+            f.write(fixed_width_rows(template, start + 60_000 * (rows - 1 - index if descending else index), 13,
+                                     ((0, 0),)))
     return rows
 
 
@@ -123,11 +125,13 @@ def measure(csv_mb: int = 1024) -> list[dict]:
                      "met": rc == 0 and peak < TARGET_MB, "ended": ended})
         shutil.rmtree(db.parent, ignore_errors=True)
 
-    folder = fresh("csv")
-    count = write_csv(folder / "big.csv", csv_mb * 2**20)
-    case(f"csv: {csv_mb} MB generic CSV ({count:,} 1m candles)", csv_mb,
-         ["csv", str(folder / "big.csv"), "--symbol", "BTCUSDT", "--interval", "1m"])
-    shutil.rmtree(folder)
+    for descending in (False, True):
+        folder = fresh("csv")
+        count = write_csv(folder / "big.csv", csv_mb * 2**20, descending)
+        order = ", newest first: sorted through a staging table" if descending else ""
+        case(f"csv: {csv_mb} MB generic CSV ({count:,} 1m candles{order})", csv_mb,
+             ["csv", str(folder / "big.csv"), "--symbol", "BTCUSDT", "--interval", "1m"])
+        shutil.rmtree(folder)
 
     cap_mb = MAX_MEMBER_BYTES / 2**20
     for short in (False, True):

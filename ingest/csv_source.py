@@ -8,8 +8,9 @@ The delimiter is sniffed from the header (comma, semicolon or tab). Times are ep
 
 A time may label a candle's open (the default) or its close (`--time-label close`; detected when
 the time column is a close-time column, when every stamp is a day's 23:59:59, or for 1mo data
-when every stamp is a month's last day, as pandas labels months). The file is read in chunks of
-lines, so that memory follows the candles kept, not the text.
+when every stamp is a month's last day, as pandas labels months). The file is read, validated and
+written in chunks of lines (series_check.py carries the rules across chunks), so that memory follows
+a chunk, not the file; a file not in time order is sorted through a staging table (staging.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -29,11 +32,13 @@ from core.errors import MarketError
 from core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
 from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.inputs import open_regular, sha256_stream
-from ingest.registry import IngestResult, SourceFile, ingest_file, writer
+from ingest.registry import IngestResult, SourceFile, ingest_stream, writer
 from ingest.schema import CANDLE_DTYPE
 from ingest.sources import Source
-from ingest.validate import (UTF8_BOM, Validated, detect_unit, fail, field_counts, looks_like, split_lines, to_ms,
-                             validate)
+from ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally
+from ingest.staging import Staged
+from ingest.validate import (UTF8_BOM, RuleError, Validated, detect_unit, fail, field_counts, row_error,
+                             spacing_code, split_lines, to_ms)
 
 MAX_LINE_BYTES = 64 * 1024
 # Text parsed at a time: a chunk's strings cost ~10x its bytes while it is converted.
@@ -73,29 +78,36 @@ def _numbers(name: str, text: pd.Series, label: str, first_line: int, integer: b
     return values
 
 
-def _times(name: str, text: pd.Series, column: str, unit: str | None, first_line: int) -> tuple[np.ndarray, str]:
-    if text.dtype == np.int64 and unit != "iso":
-        raw = text.to_numpy()
-        detected = detect_unit(name, column, raw, first_line,
-                               allowed=("s", "ms", "us") if unit in (None, "epoch") else (unit,))
-        return to_ms(raw, detected), detected
-    text = text.str.strip()
-    integers = text.str.fullmatch(r"-?[0-9]{1,18}").to_numpy(dtype=bool)
-    if unit is None:
-        unit = "epoch" if integers.all() else "iso"
-    if unit == "iso":
+def _times(name: str, text: pd.Series, column: str, mode: str | None, first_line: int,
+           reference: tuple[int, str] | None) -> tuple[np.ndarray, str, tuple[int, str] | None]:
+    """Times in ms of one chunk, the file's time mode and the (line, unit) its first epoch time set.
+
+    `mode`: a unit as given, None (the first chunk decides: epoch when the first time is an integer,
+    else ISO 8601) or "epoch" (s/ms/µs by digit count, the unit of `reference` for the whole file).
+    """
+    typed = text.dtype == np.int64
+    if not typed:
+        text = text.str.strip()
+    if mode is None:
+        mode = "epoch" if typed or re.fullmatch(r"-?[0-9]{1,18}", text.iloc[0]) else "iso"
+    if mode == "iso":
+        text = text.astype(str)
         parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
         if (bad := np.flatnonzero(parsed.isna().to_numpy())).size:
             row = int(bad[0])
             raise fail(name, first_line + row, "time", f"{column} {text.iloc[row]!r} is not an ISO 8601 date")
-        ms = parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
-        return ms, "iso"
-    if (bad := np.flatnonzero(~integers)).size:
-        row = int(bad[0])
-        raise fail(name, first_line + row, "integer time", f"{column} is {text.iloc[row]!r}")
-    raw = text.to_numpy(dtype=str).astype(np.int64)
-    detected = detect_unit(name, column, raw, first_line, allowed=("s", "ms", "us") if unit == "epoch" else (unit,))
-    return to_ms(raw, detected), detected
+        return parsed.dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64), mode, reference
+    if typed:
+        raw = text.to_numpy()
+    else:
+        if (bad := np.flatnonzero(~text.str.fullmatch(r"-?[0-9]{1,18}").to_numpy(dtype=bool))).size:
+            row = int(bad[0])
+            raise fail(name, first_line + row, "integer time", f"{column} is {text.iloc[row]!r}")
+        raw = text.to_numpy(dtype=str).astype(np.int64)
+    if mode != "epoch":
+        return to_ms(raw, detect_unit(name, column, raw, first_line, allowed=(mode,))), mode, reference
+    unit = detect_unit(name, column, raw, first_line, allowed=("s", "ms", "us"), reference=reference)
+    return to_ms(raw, unit), mode, reference or (first_line, unit)
 
 
 class Layout:
@@ -183,8 +195,8 @@ def _whole(values: np.ndarray) -> bool:
     return bool((np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < MAX_COUNT)).all())
 
 
-def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, unit: str | None
-                 ) -> tuple[np.ndarray, str]:
+def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, mode: str | None,
+                 reference: tuple[int, str] | None) -> tuple[np.ndarray, str, tuple[int, str] | None]:
     """One chunk of whole lines as candles; numbers parsed typed, as text only to locate an error."""
     lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES, line_offset=first_line - 1)
     _check_field_counts(name, data, lines, layout, first_line)
@@ -205,25 +217,147 @@ def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, unit: 
         chunk = np.zeros(len(frame), dtype=CANDLE_DTYPE)
         for target, index in fields.items():
             chunk[target] = _numbers(name, frame[index], target, first_line, integer=target == "trades")
-    chunk["open_time"], unit = _times(name, frame[layout.time], layout.time_name, unit, first_line)
-    return chunk, unit
+    chunk["open_time"], mode, reference = _times(name, frame[layout.time], layout.time_name, mode, first_line,
+                                                 reference)
+    return chunk, mode, reference
 
 
-def close_labelled(interval: str, times: np.ndarray) -> str | None:
-    """Why these stamps look like period ends, or None: every one a day's 23:59:59, or a month's last day."""
-    if (times % DAY_MS >= DAY_MS - 1000).all():
-        return "every time is a day's 23:59:59"
+def _parse_earliest(name: str, data: bytes, layout: Layout, first_line: int, mode: str | None,
+                    reference: tuple[int, str] | None) -> tuple[np.ndarray, str, tuple[int, str] | None]:
+    """_parse_chunk, its error naming the chunk's earliest bad line whatever the chunk size.
+
+    Its checks run rule by rule over the whole chunk, so a later line may break a rule checked
+    first: the lines before the one named are parsed again on their own (at most once per rule).
+    """
+    try:
+        return _parse_chunk(name, data, layout, first_line, mode, reference)
+    except RuleError as exc:
+        if exc.line is None or exc.line <= first_line:
+            raise
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+        _parse_earliest(name, data[:int(ends[exc.line - first_line - 1]) + 1], layout, first_line, mode, reference)
+        raise
+
+
+CLOSE_REASONS = ("every time is a day's 23:59:59", "every time is the last day of a month")
+
+
+def _close_like(interval: str, times: np.ndarray) -> np.ndarray:
+    """Whether all these stamps look like period ends, for each of CLOSE_REASONS."""
+    day_end = bool((times % DAY_MS >= DAY_MS - 1000).all())
+    month_end = False
     if interval == "1mo":
         day = times.astype("datetime64[ms]").astype("datetime64[D]")
-        if (day.astype("datetime64[M]") != (day + 1).astype("datetime64[M]")).all():
-            return "every time is the last day of a month"
-    return None
+        month_end = bool((day.astype("datetime64[M]") != (day + 1).astype("datetime64[M]")).all())
+    return np.array([day_end, month_end])
 
 
-def parse_csv_stream(name: str, f: BinaryIO, interval: str, *, time_column: str | None = None,
-                     time_unit: str | None = None, time_label: str | None = None,
-                     warn: Warn = no_warn) -> Validated:
-    """Validated candles of a generic OHLCV CSV read from `f` (row i of the data is line i + 2)."""
+class _Reader:
+    """A CSV file's data rows as candle chunks, read again from the first data line on each pass."""
+
+    def __init__(self, name: str, f: BinaryIO, interval: str, layout: Layout, time_unit: str | None,
+                 chunk_bytes: int):
+        self.name, self.f, self.interval, self.layout = name, f, interval, layout
+        self.given = time_unit
+        self.chunk_bytes = chunk_bytes
+        self.start = f.tell()
+        self.unit = time_unit or "iso"
+
+    def chunks(self, label: str | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(candles, their line numbers), open times in ms (moved to the open when `label` is close)."""
+        self.f.seek(self.start)
+        mode, reference = self.given, None
+        line = 2
+        for data in _line_chunks(self.f, self.chunk_bytes):
+            chunk, mode, reference = _parse_earliest(self.name, data, self.layout, line, mode, reference)
+            if reference is not None:
+                self.unit = reference[1]
+            if label == "close":
+                # A close stamp lies in its candle's last moment or at its exclusive end: the slot of t - 1 ms.
+                chunk["open_time"] = grid_time(self.interval, grid_index(self.interval, chunk["open_time"] - 1))
+            yield chunk, line + np.arange(len(chunk), dtype=np.int64)
+            line += len(chunk)
+
+    def close_reason(self) -> str | None:
+        """Why the file's times look like period ends (every one of them), or None; reads until one is not."""
+        alike = np.array([True, True])
+        rows = 0
+        for chunk, _ in self.chunks(None):
+            rows += len(chunk)
+            alike &= _close_like(self.interval, chunk["open_time"])
+            if not alike.any():
+                return None
+        if rows == 0:
+            raise _no_rows(self.name)
+        return next(why for why, yes in zip(CLOSE_REASONS, alike) if yes)
+
+
+def _no_rows(name: str) -> MarketError:
+    return fail(name, None, "no rows", "the file has a header and no data rows")
+
+
+class _NeedsSorting(Exception):
+    """The streamed pass cannot finish: rows go back in time, or a message needs all their spacing."""
+
+
+def _streamed(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
+    """The usual file, already in time order: validated and written chunk by chunk, in one pass."""
+    check = SeriesCheck(reader.name, reader.interval)
+    try:
+        for chunk, lines in reader.chunks(label):
+            if len(kept := check.feed(chunk, lines)):
+                sink.write(kept)
+    except OutOfOrder:
+        raise _NeedsSorting from None
+    if check.rows_read == 0:
+        raise _no_rows(reader.name)
+
+    def looks() -> str:
+        raise _NeedsSorting
+
+    return check.finish(looks, reader.unit)
+
+
+def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
+    """Any file: row rules in file order, then the series rules in time order through a staging table,
+    then the writes (a rejected file costs no writes)."""
+    rows = max(1, reader.chunk_bytes // 32)
+    with Staged(sink.conn) as staged:
+        for chunk, lines in reader.chunks(label):
+            if (bad := row_error(reader.name, chunk, int(lines[0]))) is not None:
+                raise bad[1]
+            staged.add(chunk, lines)
+        check = SeriesCheck(reader.name, reader.interval)
+        for chunk, lines in staged.in_time_order(rows):
+            check.feed(chunk, lines, rows=False)
+
+        def looks() -> str:
+            return spacing_code(staged.median_spacing())
+
+        try:
+            tally = check.finish(looks, reader.unit)
+        except MarketError as exc:
+            # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
+            if label is None and ": interval: " in str(exc) and check.unique > 1 and looks() == reader.interval:
+                raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None
+            raise
+        unique = SeriesCheck(reader.name, reader.interval)
+        for chunk, lines in staged.in_time_order(rows):
+            if len(kept := unique.feed(chunk, lines, rows=False)):
+                sink.write(kept)
+    return tally
+
+
+def read_csv(name: str, f: BinaryIO, interval: str, sink: ChunkSink, *, time_column: str | None = None,
+             time_unit: str | None = None, time_label: str | None = None, warn: Warn = no_warn,
+             chunk_bytes: int = CHUNK_BYTES) -> Tally:
+    """Validate a generic OHLCV CSV read from `f` into `sink`, `chunk_bytes` of text at a time.
+
+    Row i of the data is line i + 2. A file in time order is read once; one that goes back in time
+    (or is rejected as another interval's data) is read again and sorted through a staging table,
+    so that memory never follows the file. The rules and messages are validate()'s.
+    """
+    check_interval(interval)
     if time_unit is not None and time_unit not in TIME_UNITS:
         raise MarketError(f"unknown time unit {time_unit!r} (known: {' '.join(TIME_UNITS)})")
     if time_label is not None and time_label not in TIME_LABELS:
@@ -234,51 +368,42 @@ def parse_csv_stream(name: str, f: BinaryIO, interval: str, *, time_column: str 
     if not header.endswith(b"\n") and len(header) > MAX_LINE_BYTES:
         raise fail(name, 1, "line length", f"over {MAX_LINE_BYTES} bytes")
     layout = Layout(name, header.rstrip(b"\r\n"), time_column)
-    start = f.tell()
-    remaining = f.seek(0, io.SEEK_END) - start
-    f.seek(start)
-    # Candles go straight into one array sized from the first chunk's bytes per line: a list of
-    # chunks joined at the end would hold them twice (glibc keeps freed chunks in its heap).
-    candles = np.empty(0, dtype=CANDLE_DTYPE)
-    at = 0
-    line = 2
-    unit = time_unit
-    for data in _line_chunks(f, CHUNK_BYTES):
-        chunk, unit = _parse_chunk(name, data, layout, line, unit)
-        if at + len(chunk) > len(candles):
-            estimate = int(remaining / max(len(data), 1) * len(chunk) * 1.05) + 1 if at == 0 else len(candles) * 5 // 4
-            grown = np.empty(max(estimate, at + len(chunk)), dtype=CANDLE_DTYPE)
-            grown[:at] = candles[:at]
-            candles = grown
-        candles[at:at + len(chunk)] = chunk
-        at += len(chunk)
-        line += len(chunk)
-    if at == 0:
-        raise fail(name, None, "no rows", "the file has a header and no data rows")
-    candles = candles[:at]
-    times = candles["open_time"]
+    reader = _Reader(name, f, interval, layout, time_unit, chunk_bytes)
     label = time_label
     if label is None:
-        why = "the time column is a close time" if layout.close_labelled else close_labelled(interval, times)
+        why = "the time column is a close time" if layout.close_labelled else reader.close_reason()
         if why:
             label = "close"
             warn(f"{name}: {why}: read as the candles' close (--time-label open to override)")
-    if label == "close":
-        # A close stamp lies in its candle's last moment or at its exclusive end: the slot of t - 1 ms.
-        candles["open_time"] = grid_time(interval, grid_index(interval, times - 1))
     try:
-        return validate(name, interval, candles, first_line=2, time_unit=unit or "iso")
-    except MarketError as exc:
-        # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
-        if label is None and ": interval: " in str(exc) and len(times) > 1 \
-                and looks_like(np.unique(times)) == interval:
-            raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None
-        raise
+        return _streamed(reader, label, sink)
+    except _NeedsSorting:
+        sink.restart()
+    return _sorted(reader, label, sink)
+
+
+class _Collected:
+    """A sink keeping the chunks in memory, with an in-memory database to sort in."""
+
+    def __init__(self) -> None:
+        self.conn = sqlite3.connect(":memory:", isolation_level=None)
+        self.parts: list[np.ndarray] = []
+
+    def write(self, candles: np.ndarray) -> None:
+        self.parts.append(candles.copy())
+
+    def restart(self) -> None:
+        self.parts = []
 
 
 def parse_csv(name: str, data: bytes, interval: str, **options: Any) -> Validated:
-    """parse_csv_stream on bytes in memory."""
-    return parse_csv_stream(name, io.BytesIO(data), interval, **options)
+    """read_csv on bytes in memory, the candles collected into one array (small files)."""
+    sink = _Collected()
+    try:
+        tally = read_csv(name, io.BytesIO(data), interval, sink, **options)
+    finally:
+        sink.conn.close()
+    return Validated(np.concatenate(sink.parts), tally.rows_read, tally.dropped, tally.flagged, tally.time_unit)
 
 
 def _sha256(path: str) -> tuple[str, int]:
@@ -288,8 +413,8 @@ def _sha256(path: str) -> tuple[str, int]:
 
 def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: str | None = None,
                time_unit: str | None = None, time_label: str | None = None, lock_wait: float = 30.0,
-               progress: Progress = no_progress, warn: Warn = no_warn) -> IngestResult:
-    """Ingest one generic OHLCV CSV file as the series (symbol, interval)."""
+               progress: Progress = no_progress, warn: Warn = no_warn, chunk_bytes: int = CHUNK_BYTES) -> IngestResult:
+    """Ingest one generic OHLCV CSV file as the series (symbol, interval), `chunk_bytes` of text at a time."""
     started = time.perf_counter()
     check_symbol(symbol)
     check_interval(interval)
@@ -301,18 +426,18 @@ def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: s
     file_name = os.path.basename(path)
     src = SourceFile(path, file_name, sha, size, "csv", symbol, interval)
 
-    def load() -> Validated:
+    def produce(sink: ChunkSink) -> Tally:
         try:
             with open_regular(path, path) as f:
-                return parse_csv_stream(file_name, f, interval, time_column=time_column, time_unit=time_unit,
-                                        time_label=time_label, warn=warn)
+                return read_csv(file_name, f, interval, sink, time_column=time_column, time_unit=time_unit,
+                                time_label=time_label, warn=warn, chunk_bytes=chunk_bytes)
         except OSError as exc:
             raise MarketError(f"cannot read {path}: {exc.strerror}") from None
 
     result = IngestResult()
     with writer(db, "ingest csv", lock_wait) as conn:
         for _ in progress([src], total=1, desc="ingest", unit="file"):
-            result.files.append(ingest_file(conn, src, load, verified=True))
+            result.files.append(ingest_stream(conn, src, produce, verified=True))
     result.seconds = time.perf_counter() - started
     return result
 

@@ -21,6 +21,7 @@ from core.errors import MarketError
 from core.grid import DAY_MS, iso_utc, now_ms
 from ingest.gaps import refresh_gaps_between
 from ingest.schema import connect_writer, open_times, series_id, upsert_candles
+from ingest.series_check import Tally
 from ingest.validate import Validated
 
 PERIOD_RE = re.compile(r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
@@ -194,6 +195,54 @@ def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Va
     except MarketError as exc:
         return reject(conn, src, str(exc))
     return write_file(conn, src, parsed, verified=verified)
+
+
+class FileSink:
+    """Where a streamed file's validated chunks go: upserted into its series inside the file's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, sid: int, interval: str):
+        self.conn = conn
+        self.sid = sid
+        self.interval = interval
+        self.inserted = self.revised = 0
+        conn.execute("SAVEPOINT file_start")
+
+    def write(self, candles: np.ndarray) -> None:
+        """Upsert sorted, unique candles later than any written before, and update the gaps around them."""
+        counts = upsert_candles(self.conn, self.sid, candles)
+        self.inserted += counts.inserted
+        self.revised += counts.revised
+        times = candles["open_time"]
+        refresh_gaps_between(self.conn, self.sid, self.interval, int(times[0]), int(times[-1]), times)
+
+    def restart(self) -> None:
+        """Undo everything written so far: the file is read again from its start."""
+        self.conn.execute("ROLLBACK TO file_start")
+        self.inserted = self.revised = 0
+
+
+def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[FileSink], Tally], *,
+                  verified: bool) -> FileOutcome:
+    """ingest_file for a file too large to hold: `produce` validates it chunk by chunk into the sink.
+
+    One transaction still: a file rejected at its last line is rolled back whole and recorded as rejected.
+    A streamed file names no period, so nothing is withdrawn.
+    """
+    if src.symbol is None or src.interval is None:
+        raise ValueError("a file to ingest needs a symbol and an interval")
+    if src.sha256 and already_ingested(conn, src, verified):
+        return skipped(conn, src)
+    try:
+        with immediate(conn):
+            sink = FileSink(conn, series_id(conn, src.symbol, src.interval), src.interval)
+            tally = produce(sink)
+            outcome = _outcome(src, "ok" if verified else "unverified", time_unit=tally.time_unit,
+                               rows_read=tally.rows_read, rows_inserted=sink.inserted, rows_revised=sink.revised,
+                               rows_dropped=tally.dropped, rows_flagged=tally.flagged)
+            _record(conn, src, outcome)
+    except MarketError as exc:
+        return reject(conn, src, str(exc))
+    return outcome
 
 
 @dataclass

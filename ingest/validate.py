@@ -52,11 +52,19 @@ class Validated:
     time_unit: str
 
 
-def fail(name: str, line: int | None, rule: str, detail: str) -> MarketError:
+class RuleError(MarketError):
+    """A rule an input file breaks, at `line` (None: the file as a whole)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+def fail(name: str, line: int | None, rule: str, detail: str) -> RuleError:
     # A hostile file name (newline, undecodable bytes) must not break the one-line message.
     name = name if name.isprintable() else ascii(name)
     where = f"{name}: line {line}" if line is not None else name
-    return MarketError(f"{where}: {rule}: {detail}")
+    return RuleError(f"{where}: {rule}: {detail}", line)
 
 
 def split_lines(name: str, data: bytes, *, max_line_bytes: int, line_offset: int = 0) -> Lines:
@@ -111,8 +119,11 @@ def is_number(text: str) -> bool:
 # ---------------------------------------------------------------------------------------- times
 
 def detect_unit(name: str, column: str, raw: np.ndarray, first_line: int,
-                allowed: tuple[str, ...] = ("ms", "us")) -> str:
-    """The one epoch unit (by digit count) that every value of `raw` uses."""
+                allowed: tuple[str, ...] = ("ms", "us"), reference: tuple[int, str] | None = None) -> str:
+    """The one epoch unit (by digit count) that every value of `raw` uses.
+
+    `reference`: (line, unit) of the file's first time when `raw` is a later chunk of it.
+    """
     # Exact digit count by integer comparison (0 for values <= 0).
     digits = np.searchsorted(POWERS_OF_TEN, raw, side="right")
     by_digits = {UNIT_DIGITS[u]: u for u in allowed}
@@ -122,12 +133,12 @@ def detect_unit(name: str, column: str, raw: np.ndarray, first_line: int,
         bad = int(np.flatnonzero(~known)[0])
         raise fail(name, first_line + bad, "time unit",
                    f"{column} {int(raw[bad])} has {int(digits[bad])} digits, expected {expected}")
-    if (other := np.flatnonzero(digits != digits[0])).size:
+    line, unit = reference or (first_line, by_digits[int(digits[0])])
+    if (other := np.flatnonzero(digits != UNIT_DIGITS[unit])).size:
         bad = int(other[0])
         raise fail(name, first_line + bad, "time unit",
-                   f"{column} is in {by_digits[int(digits[bad])]} but line {first_line} is in "
-                   f"{by_digits[int(digits[0])]}; one unit per file")
-    return by_digits[int(digits[0])]
+                   f"{column} is in {by_digits[int(digits[bad])]} but line {line} is in {unit}; one unit per file")
+    return unit
 
 
 def to_ms(raw: np.ndarray, unit: str) -> np.ndarray:
@@ -142,24 +153,42 @@ def _first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def check_rows(name: str, columns: dict[str, np.ndarray], first_line: int) -> None:
-    """Row rules: finite decimals, prices > 0, volumes and trades >= 0, low/high around open/close."""
-    for col in FLOAT_COLUMNS:
-        if (bad := _first(~np.isfinite(columns[col]))) is not None:
-            raise fail(name, first_line + bad, "finite decimal", f"{col} is {columns[col][bad].item()}")
-    for col in PRICE_COLUMNS:
-        if (bad := _first(columns[col] <= 0)) is not None:
-            raise fail(name, first_line + bad, "price > 0", f"{col} is {columns[col][bad].item()!r}")
-    for col in VOLUME_COLUMNS + ("trades",):
-        if (bad := _first(columns[col] < 0)) is not None:
-            raise fail(name, first_line + bad, f"{col} >= 0", f"{col} is {columns[col][bad].item()!r}")
+def row_error(name: str, columns: dict[str, np.ndarray] | np.ndarray,
+              first_line: int) -> tuple[int, MarketError] | None:
+    """The first row (in file order) breaking a row rule, with its error; None when all rows pass.
+
+    Earliest line first, then rule order, so that a file read in chunks of any size names the same line.
+    """
     o, h, lo, c = (columns[col] for col in PRICE_COLUMNS)
-    if (bad := _first(lo > np.minimum(o, c))) is not None:
-        raise fail(name, first_line + bad, "low <= min(open, close)",
-                   f"low {lo[bad].item()!r}, open {o[bad].item()!r}, close {c[bad].item()!r}")
-    if (bad := _first(h < np.maximum(o, c))) is not None:
-        raise fail(name, first_line + bad, "high >= max(open, close)",
-                   f"high {h[bad].item()!r}, open {o[bad].item()!r}, close {c[bad].item()!r}")
+    rules: list[tuple[np.ndarray, Callable[[int], MarketError]]] = []
+
+    def rule(mask: np.ndarray, make: Callable[[int], MarketError]) -> None:
+        rules.append((mask, make))
+
+    for col in FLOAT_COLUMNS:
+        rule(~np.isfinite(columns[col]), lambda i, col=col: fail(name, first_line + i, "finite decimal",
+                                                                 f"{col} is {columns[col][i].item()}"))
+    for col in PRICE_COLUMNS:
+        rule(columns[col] <= 0, lambda i, col=col: fail(name, first_line + i, "price > 0",
+                                                        f"{col} is {columns[col][i].item()!r}"))
+    for col in VOLUME_COLUMNS + ("trades",):
+        rule(columns[col] < 0, lambda i, col=col: fail(name, first_line + i, f"{col} >= 0",
+                                                       f"{col} is {columns[col][i].item()!r}"))
+    rule(lo > np.minimum(o, c), lambda i: fail(name, first_line + i, "low <= min(open, close)",
+                                               f"low {lo[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
+    rule(h < np.maximum(o, c), lambda i: fail(name, first_line + i, "high >= max(open, close)",
+                                              f"high {h[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
+    found = [(bad, k) for k, (mask, _) in enumerate(rules) if (bad := _first(mask)) is not None]
+    if not found:
+        return None
+    bad, k = min(found)
+    return bad, rules[k][1](bad)
+
+
+def check_rows(name: str, columns: dict[str, np.ndarray] | np.ndarray, first_line: int) -> None:
+    """Row rules: finite decimals, prices > 0, volumes and trades >= 0, low/high around open/close."""
+    if (found := row_error(name, columns, first_line)) is not None:
+        raise found[1]
 
 
 def check_period(name: str, open_ms: np.ndarray, first_line: int, period: tuple[int, int]) -> None:
@@ -177,16 +206,32 @@ def _spacing(ms: int) -> str:
     return f"{ms} ms"
 
 
-def looks_like(times: np.ndarray) -> str:
-    """The interval sorted, unique open times (two or more) look like: the code of their usual spacing."""
-    diffs = np.diff(times)
-    usual = int(np.median(diffs))
+def spacing_code(usual: int) -> str:
+    """The interval code of rows usually `usual` ms apart, or a description of that spacing."""
     codes = {ms: code for code, ms in INTERVAL_MS.items() if code != "1mo"}
     if usual in codes:
         return codes[usual]
     if 28 * DAY_MS <= usual <= 31 * DAY_MS:
         return "1mo"
     return f"no known interval (rows {_spacing(usual)} apart)"
+
+
+def looks_like(times: np.ndarray) -> str:
+    """The interval sorted, unique open times (two or more) look like: the code of their usual spacing."""
+    return spacing_code(int(np.median(np.diff(times))))
+
+
+def off_grid_error(name: str, interval: str, line: int, off: int, count: int, first_off: int,
+                   looks: Callable[[], str]) -> MarketError:
+    """Most open times off the grid: another interval's data (`looks`: what the rows look like)."""
+    hint = f"; the rows look like {looks()} data" if count > 1 else ""
+    return fail(name, line, "interval",
+                f"{off} of {count} open times are off the {interval} grid (first {iso_utc(first_off)}){hint}")
+
+
+def sparse_error(name: str, interval: str, line: int, looks: Callable[[], str]) -> MarketError:
+    """Never two candles in adjacent grid slots: another interval's data."""
+    return fail(name, line, "interval", f"no two candles are one {interval} apart; the rows look like {looks()} data")
 
 
 def check_interval_fit(name: str, interval: str, times: np.ndarray, line_of: Callable[[int], int]) -> np.ndarray:
@@ -198,15 +243,12 @@ def check_interval_fit(name: str, interval: str, times: np.ndarray, line_of: Cal
     off = ~np.asarray(on_grid(interval, times), dtype=bool)
     if off.sum() * 2 > len(times):
         bad = int(np.flatnonzero(off)[0])
-        hint = f"; the rows look like {looks_like(times)} data" if len(times) > 1 else ""
-        raise fail(name, line_of(bad), "interval",
-                   f"{int(off.sum())} of {len(times)} open times are off the {interval} grid "
-                   f"(first {iso_utc(int(times[bad]))}){hint}")
+        raise off_grid_error(name, interval, line_of(bad), int(off.sum()), len(times), int(times[bad]),
+                             lambda: looks_like(times))
     if len(times) >= 3:
         slots = np.diff(np.asarray(grid_index(interval, times), dtype=np.int64))
         if slots.min() > 1:
-            raise fail(name, line_of(1), "interval",
-                       f"no two candles are one {interval} apart; the rows look like {looks_like(times)} data")
+            raise sparse_error(name, interval, line_of(1), lambda: looks_like(times))
     return off
 
 
