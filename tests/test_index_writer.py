@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import threading
 import sqlite3
 from pathlib import Path
 
@@ -110,3 +112,34 @@ def test_a_v3_index_migrates_in_place_and_keeps_every_row(workdir: Path):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 4
         assert conn.execute("SELECT * FROM images ORDER BY id").fetchall() == before
     assert verify.verify(s, deep=True).ok
+
+
+def test_checkpoints_run_beside_the_writer_and_are_handed_back(tmp_path: Path):
+    """Past checkpoint_rows rows the WAL reaches the database file without the writer's help; close()
+    leaves no thread behind and SQLite's own auto-checkpoint on again."""
+    db = tmp_path / "i.sqlite"
+    conn = index.connect(str(db))
+    threads = threading.active_count()
+    writer = index.BatchWriter(conn, max_rows=100, checkpoint_rows=1000)
+    writer.add([row(k) for k in range(999)])
+    assert writer.checkpointer is None and threading.active_count() == threads
+    writer.add([row(k) for k in range(999, 3000)])
+    assert writer.checkpointer is not None
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    writer.close()
+    assert writer.checkpointer is None and threading.active_count() == threads
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == index.WAL_AUTOCHECKPOINT
+    # The database file alone (no WAL) holds every row: close() waited for a last checkpoint.
+    copy = tmp_path / "copy.sqlite"
+    shutil.copyfile(db, copy)
+    with contextlib.closing(sqlite3.connect(copy)) as alone:
+        assert alone.execute("SELECT count(*) FROM images").fetchone()[0] == 3000
+    assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 3000
+    conn.close()
+
+
+def test_a_new_index_has_8_kib_pages(tmp_path: Path):
+    index.connect(str(tmp_path / "i.sqlite")).close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "i.sqlite")) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == index.PAGE_SIZE == 8192
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
