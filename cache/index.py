@@ -446,39 +446,39 @@ def finish_run(conn: sqlite3.Connection, run_id: int, counts: dict[str, Any], ex
 
 
 class _Checkpointer:
-    """Copies the WAL into the database file from its own connection and thread, so that the writer
+    """Copies the WAL into the database file from a thread with its own connection, so that the writer
     never waits for a checkpoint's two fsyncs (WAL, then database file). SQLite releases the GIL while
     it works; a checkpoint is SQLite's own crash-safe copy and writes no row."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.path = conn.execute("PRAGMA database_list").fetchone()[2]
-        self.wanted = threading.Event()
-        self.stopping = False
+        self.thread: threading.Thread | None = None
         conn.execute("PRAGMA wal_autocheckpoint = 0")
-        self.thread = threading.Thread(target=self._run, name="index-checkpoint", daemon=True)
-        self.thread.start()
 
-    def _run(self) -> None:
+    def start(self) -> None:
+        """One checkpoint in the background, unless one still runs (the next request catches up)."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._checkpoint, name="index-checkpoint", daemon=True)
+            self.thread.start()
+
+    def _checkpoint(self) -> None:
         try:
-            # mode=rw: never creates a file; the writer's connection already opened (and checked) this one.
+            # mode=rw: never creates a file; the writer's connection opened (and checked) this one.
             with contextlib.closing(sqlite3.connect(f"file:{_uri_path(self.path)}?mode=rw", uri=True,
                                                     isolation_level=None)) as conn:
-                while True:
-                    self.wanted.wait()
-                    self.wanted.clear()
-                    last = self.stopping  # read first: a close() during this checkpoint asks for one more
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    if last:
-                        return
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
-            pass  # left to SQLite's own checkpoints again once close() restores them: the WAL keeps every row
+            pass  # the WAL keeps every row; the next checkpoint (or close()) retries
 
     def close(self) -> None:
-        """One last checkpoint (what is committed reaches the database file), then stop."""
-        self.stopping = True
-        self.wanted.set()
-        self.thread.join()
+        """Wait for the running checkpoint, copy what is left, and give auto-checkpoints back to SQLite."""
+        if self.thread is not None:
+            self.thread.join()
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # as SQLite's own auto-checkpoint: a failed copy loses nothing, the next one retries
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
 
 
@@ -513,11 +513,11 @@ class BatchWriter:
         self.last_flush = time.monotonic()
         if self.unchecked >= self.checkpoint_rows:
             self.checkpointer = self.checkpointer or _Checkpointer(self.conn)
-            self.checkpointer.wanted.set()
+            self.checkpointer.start()
             self.unchecked = 0
 
     def close(self) -> None:
-        """Flush, let the checkpointer copy what is committed, and hand checkpoints back to SQLite."""
+        """Flush, copy what is committed into the database file, and give checkpoints back to SQLite."""
         try:
             self.flush()
         finally:
