@@ -1,13 +1,14 @@
 """The index writer: grouped upserts keep the one-statement-per-row meaning, schema 4 keeps one index on
-`images` (the key), and an index written by schema 3 migrates in place with every row."""
+`images` (the key), an index written by schema 3 migrates in place with every row, and checkpoints
+run beside the writer without losing or leaving anything."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import threading
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
