@@ -44,9 +44,19 @@ class SyncedWriter:
 
     def flush(self) -> None:
         """Commit every row handed in so far, waiting for their files to reach the disk."""
+        self._drain()
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Commit every row whose file is on disk, then close the batch writer (every writer ends so)."""
+        try:
+            self._drain()
+        finally:
+            self.writer.close()
+
+    def _drain(self) -> None:
         while self.sync is not None or self.unsynced:
             self._step(wait=True)
-        self.writer.flush()
 
     def _step(self, wait: bool) -> None:
         if self.sync is not None and (wait or self.sync.done()):

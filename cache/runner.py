@@ -350,4 +350,4 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
         detail = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         result.error = f"render stopped, a worker failed: {detail}"
     finally:
-        writer.flush()
+        writer.close()

@@ -532,7 +532,7 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
         result.redrawn += len(exc.rows)
         result.unrepairable.append(str(exc))
     finally:
-        writer.flush()
+        writer.close()
 
 
 def _spec_of_name(name) -> chart.Spec | None:

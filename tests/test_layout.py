@@ -36,3 +36,26 @@ def test_write_atomic_leaves_no_temp(tmp_path: Path):
     assert (tmp_path / rel).read_bytes() == b"defg"
     assert os.listdir((tmp_path / rel).parent) == [Path(rel).name]
     assert is_temp_name(f".{Path(rel).name}.123.tmp") and not is_temp_name(Path(rel).name)
+
+
+def test_the_path_is_a_function_of_the_index_key_and_back():
+    """Schema 4 drops UNIQUE on file_path: the unique key must decide the path, and the path the key."""
+    import chart
+    from cache.runner import preset_of
+    from cache.work import image_path
+    from chart.styles import style_from_tag
+
+    seen = {}
+    for style in ("mike", "jkx", "mplfinance:yahoo", "mplfinance:mike"):
+        for size, window, version in [(224, 20, 1), (256, 20, 1), (224, 60, 1), (224, 20, 2), (300, 5, 1)]:
+            spec = chart.make_spec(style, size, window, version)
+            for symbol, interval, end in [("BTCUSDT", "1h", END), ("BTCUSDT", "1h", END + 3_600_000),
+                                          ("ETHUSDT", "1h", END), ("BTCUSDT", "4h", END)]:
+                key = (symbol, interval, end, *preset_of(spec).values())
+                path = image_path(spec, symbol, interval, end)
+                assert seen.setdefault(path, key) == key, f"{path}: two keys"
+                parsed = parse_relative_path(path)
+                height = int(parsed.size_label.split("x")[-1])
+                assert (parsed.symbol, parsed.interval, parsed.end_open_time_ms, style_from_tag(parsed.file_tag),
+                        height, parsed.window_len, parsed.version) == key
+    assert len(set(seen.values())) == len(seen)

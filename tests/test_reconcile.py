@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cache import runner, verify
+from cache import index, runner, verify
 from cache.runner import Filters
 from config import Settings
 
@@ -217,7 +217,7 @@ def test_old_index_migrates_in_place(workdir: Path):
     assert runner.render(s).attempted == 0
     assert rows(workdir, "WHERE status = 'ok'") == before
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION
     conn.close()
     assert verify.verify(s, deep=True).ok
 
