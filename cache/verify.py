@@ -235,8 +235,15 @@ def _check_indexed_files(conn: sqlite3.Connection, settings: Settings, where: st
             changes.append((row_id, status, reason))
             result.problems.append(Problem(status, by_id[row_id]["file_path"], reason or status))
     index.set_status(conn, changes)
+    keys = index.values_by_id(conn, (row_id for row_id, _, _ in changes),
+                              ["symbol", "interval", *index.PRESET_COLUMNS])
+    specs: dict[tuple, chart.Spec | None] = {}
     for row_id, _, _ in changes:
-        found.redraw[_redraw_key(conn, row_id)].append(row_id)
+        row = keys[row_id]
+        preset = tuple(row[c] for c in index.PRESET_COLUMNS)
+        if preset not in specs:
+            specs[preset] = spec_of_preset(dict(zip(index.PRESET_COLUMNS, preset)))
+        found.redraw[(row["symbol"], row["interval"], specs[preset])].append(row_id)
 
 
 def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str, params: list,
@@ -259,12 +266,6 @@ def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str
                 result.problems.append(Problem("orphan", path, "no index row"))
         elif kind == "foreign":
             result.foreign.append(path)
-
-
-def _redraw_key(conn: sqlite3.Connection, row_id: int) -> tuple[str, str, chart.Spec | None]:
-    row = conn.execute(f"SELECT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images WHERE id = ?",
-                       (row_id,)).fetchone()
-    return row["symbol"], row["interval"], spec_of_preset(dict(row))
 
 
 def _configured_preset(settings: Settings) -> dict[str, Any] | None:
