@@ -435,7 +435,8 @@ def ingest_rates_section(ctx: Context) -> Section:
 
 
 def ingest_memory_section(ctx: Context) -> Section:
-    """Peak memory of ingest against 300 MB: a 1 GB CSV and zips at the member cap (bench/ingest_memory.py)."""
+    """Peak memory of ingest against 300 MB: a 1 GB CSV, zips parsed whole and a streamed monthly 1s zip
+    (bench/ingest_memory.py)."""
     from bench import ingest_memory
 
     rows = ingest_memory.measure(csv_mb=128 if ctx.quick else 1024)

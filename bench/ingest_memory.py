@@ -1,8 +1,9 @@
 """Peak memory of ingest against the 300 MB target: `.venv/bin/python -m bench.ingest_memory`.
 
 Cases: a 1 GB generic CSV (`python -m ingest csv`) in time order and newest first, a zip whose member
-is at the size cap (realistic rows, and the shortest valid rows: the most rows, so the most memory, a
-cap admits), and a folder mixing such a member with members parsed ahead. Each runs as a real
+is the largest parsed whole (realistic rows, and the shortest valid rows: the most rows, so the most
+memory, that size admits), a folder mixing such a member with members parsed ahead, and a monthly 1s
+archive (a whole month of candles, ~400 MB uncompressed, streamed). `--cases` picks some. Each runs as a real
 `python -m ingest` process; its peak RSS is the kernel's own high-water mark (wait4's ru_maxrss),
 read by a small intermediate process that forks before exec: a child spawned straight from this
 process would inherit this process's high-water mark. Each run is capped at MEMORY_LIMIT of address
@@ -83,7 +84,8 @@ def write_csv(path: Path, size: int, descending: bool = False) -> int:
 
 
 def write_kline_zip(folder: Path, name: str, size: int, *, short: bool) -> int:
-    """A monthly 1s kline zip (January 2024, ms times) whose member is about `size` bytes. Returns rows."""
+    """A monthly 1s kline zip (January 2024, ms times) whose member is about `size` bytes, at most a whole
+    month of rows. Returns rows."""
     if short:  # the shortest valid kline row: most rows per byte
         template = b"0000000000000,1,1,1,1,0,0000000000000,0,0,0,0,0\n"
         offsets = ((0, 0), (24, 999))
@@ -108,9 +110,12 @@ def fresh(name: str) -> Path:
     return folder
 
 
-def measure(csv_mb: int = 1024) -> list[dict]:
+CASES = ("csv", "zip", "folder", "monthly")
+
+
+def measure(csv_mb: int = 1024, cases: tuple[str, ...] = CASES) -> list[dict]:
     """One row per case: input, peak RSS, seconds, whether it met the target, and how it ended."""
-    from ingest.binance_vision import AHEAD_BYTES, MAX_MEMBER_BYTES
+    from ingest.binance_vision import AHEAD_BYTES, WHOLE_MEMBER_BYTES
 
     WORK.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -125,7 +130,7 @@ def measure(csv_mb: int = 1024) -> list[dict]:
                      "met": rc == 0 and peak < TARGET_MB, "ended": ended})
         shutil.rmtree(db.parent, ignore_errors=True)
 
-    for descending in (False, True):
+    for descending in (False, True) if "csv" in cases else ():
         folder = fresh("csv")
         count = write_csv(folder / "big.csv", csv_mb * 2**20, descending)
         order = ", newest first: sorted through a staging table" if descending else ""
@@ -133,21 +138,30 @@ def measure(csv_mb: int = 1024) -> list[dict]:
              ["csv", str(folder / "big.csv"), "--symbol", "BTCUSDT", "--interval", "1m"])
         shutil.rmtree(folder)
 
-    cap_mb = MAX_MEMBER_BYTES / 2**20
-    for short in (False, True):
+    whole_mb = WHOLE_MEMBER_BYTES / 2**20
+    for short in (False, True) if "zip" in cases else ():
         folder = fresh("zip")
-        count = write_kline_zip(folder, "BTCUSDT-1s-2024-01.zip", MAX_MEMBER_BYTES, short=short)
+        count = write_kline_zip(folder, "BTCUSDT-1s-2024-01.zip", WHOLE_MEMBER_BYTES, short=short)
         kind = "shortest valid rows" if short else "realistic rows"
-        case(f"zip: member at the {cap_mb:.0f} MiB cap, {kind} ({count:,} candles)", cap_mb,
+        case(f"zip: member of {whole_mb:.0f} MiB, the largest parsed whole, {kind} ({count:,} candles)", whole_mb,
              ["binance-vision", str(folder)])
 
-    folder = fresh("folder")
-    write_kline_zip(folder, "BTCUSDT-1s-2024-01.zip", MAX_MEMBER_BYTES, short=True)
-    small = AHEAD_BYTES // 2
-    for symbol in ("ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"):
-        write_kline_zip(folder, f"{symbol}-1s-2024-01.zip", small, short=True)
-    case(f"folder: one member at the cap + 4 of {small / 2**20:.0f} MiB parsed ahead (shortest rows)",
-         cap_mb + 4 * small / 2**20, ["binance-vision", str(folder)])
+    if "folder" in cases:
+        folder = fresh("folder")
+        write_kline_zip(folder, "BTCUSDT-1s-2024-01.zip", WHOLE_MEMBER_BYTES, short=True)
+        small = AHEAD_BYTES // 2
+        for symbol in ("ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT"):
+            write_kline_zip(folder, f"{symbol}-1s-2024-01.zip", small, short=True)
+        case(f"folder: one member of {whole_mb:.0f} MiB + 4 of {small / 2**20:.0f} MiB parsed ahead (shortest rows)",
+             whole_mb + 4 * small / 2**20, ["binance-vision", str(folder)])
+
+    if "monthly" in cases:
+        folder = fresh("monthly")
+        count = write_kline_zip(folder, "BTCUSDT-1s-2024-01.zip", 2**30, short=False)
+        with zipfile.ZipFile(folder / "BTCUSDT-1s-2024-01.zip") as archive:
+            member_mb = archive.infolist()[0].file_size / 2**20
+        case(f"zip: monthly 1s archive, realistic rows, streamed ({count:,} candles)", member_mb,
+             ["binance-vision", str(folder)])
     shutil.rmtree(WORK, ignore_errors=True)
     return rows
 
@@ -166,7 +180,12 @@ def report(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv-mb", type=int, default=1024, help="size of the generic CSV (default: %(default)s)")
-    print(report(measure(parser.parse_args().csv_mb)))
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: %(default)s")
+    args = parser.parse_args()
+    cases = tuple(args.cases.split(","))
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    print(report(measure(args.csv_mb, cases)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from core import flags
 from core.errors import MarketError
 from core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
 from core.hooks import Progress, Warn, no_progress, no_warn
-from ingest.inputs import open_regular, sha256_stream
+from ingest.inputs import line_chunks, open_regular, sha256_stream
 from ingest.registry import IngestResult, SourceFile, ingest_stream, writer
 from ingest.schema import CANDLE_DTYPE
 from ingest.sources import Source
@@ -147,22 +147,6 @@ class Layout:
             self.fields[target] = index
 
 
-def _line_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
-    """Whole lines, about `size` bytes at a time (the last chunk may lack its final newline)."""
-    rest = b""
-    while block := f.read(size):
-        block = rest + block
-        cut = block.rfind(b"\n") + 1
-        if cut == 0 and len(block) <= MAX_LINE_BYTES:
-            rest = block
-            continue
-        cut = cut or len(block)  # an over-long line: let split_lines report it
-        rest = block[cut:]
-        yield block[:cut]
-    if rest:
-        yield rest
-
-
 def _check_field_counts(name: str, data: bytes, lines: Any, layout: Layout, first_line: int) -> None:
     if b'"' in data:  # quoted fields may hold delimiters: left to the CSV parser
         return
@@ -268,7 +252,7 @@ class _Reader:
         self.f.seek(self.start)
         mode, reference = self.given, None
         line = 2
-        for data in _line_chunks(self.f, self.chunk_bytes):
+        for data in line_chunks(self.f, self.chunk_bytes, MAX_LINE_BYTES):
             chunk, mode, reference = _parse_earliest(self.name, data, self.layout, line, mode, reference)
             if reference is not None:
                 self.unit = reference[1]
@@ -328,7 +312,7 @@ def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
                 raise bad[1]
             staged.add(chunk, lines)
         check = SeriesCheck(reader.name, reader.interval)
-        for chunk, lines in staged.in_time_order(rows):
+        for chunk, lines, _ in staged.in_time_order(rows):
             check.feed(chunk, lines, rows=False)
 
         def looks() -> str:
@@ -342,7 +326,7 @@ def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
                 raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None
             raise
         unique = SeriesCheck(reader.name, reader.interval)
-        for chunk, lines in staged.in_time_order(rows):
+        for chunk, lines, _ in staged.in_time_order(rows):
             if len(kept := unique.feed(chunk, lines, rows=False)):
                 sink.write(kept)
     return tally

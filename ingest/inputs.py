@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from ingest.validate import fail
@@ -50,3 +51,19 @@ def sha256_stream(f: BinaryIO, prefix: bytes = b"") -> tuple[str, int]:
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
+
+
+def line_chunks(f: BinaryIO, size: int, max_line_bytes: int) -> Iterator[bytes]:
+    """Whole lines, about `size` bytes at a time (the last chunk may lack its final newline)."""
+    rest = b""
+    while block := f.read(size):
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        if cut == 0 and len(block) <= max_line_bytes:
+            rest = block
+            continue
+        cut = cut or len(block)  # an over-long line: let split_lines report it
+        rest = block[cut:]
+        yield block[:cut]
+    if rest:
+        yield rest

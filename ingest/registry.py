@@ -198,13 +198,19 @@ def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Va
 
 
 class FileSink:
-    """Where a streamed file's validated chunks go: upserted into its series inside the file's transaction."""
+    """Where a streamed file's validated chunks go: upserted into its series inside the file's transaction.
 
-    def __init__(self, conn: sqlite3.Connection, sid: int, interval: str):
+    `span`: the period an archive holds whole ([start, end) in ms): rows stored there that the file
+    lacks are withdrawn as its chunks pass them, so that memory follows a chunk, not the period.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, sid: int, interval: str, span: tuple[int, int] | None = None):
         self.conn = conn
         self.sid = sid
         self.interval = interval
-        self.inserted = self.revised = 0
+        self.span = span
+        self.inserted = self.revised = self.withdrawn = 0
+        self.written_to: int | None = None  # the last open time written
         conn.execute("SAVEPOINT file_start")
 
     def write(self, candles: np.ndarray) -> None:
@@ -213,12 +219,28 @@ class FileSink:
         self.inserted += counts.inserted
         self.revised += counts.revised
         times = candles["open_time"]
-        refresh_gaps_between(self.conn, self.sid, self.interval, int(times[0]), int(times[-1]), times)
+        lo, hi = int(times[0]), int(times[-1])
+        if self.span is not None:
+            start = self.span[0] if self.written_to is None else self.written_to + 1
+            self.withdrawn += withdraw(self.conn, self.sid, (start, hi + 1), times)
+            lo = min(lo, start)
+        refresh_gaps_between(self.conn, self.sid, self.interval, lo, hi, times)
+        self.written_to = hi
+
+    def finish(self) -> None:
+        """After the last chunk: withdraw what the span holds beyond the file's last row."""
+        if self.span is None:
+            return
+        start = self.span[0] if self.written_to is None else self.written_to + 1
+        if start < self.span[1] and (gone := withdraw(self.conn, self.sid, (start, self.span[1]), np.empty(0, np.int64))):
+            self.withdrawn += gone
+            refresh_gaps_between(self.conn, self.sid, self.interval, start, self.span[1] - 1, np.empty(0, np.int64))
 
     def restart(self) -> None:
         """Undo everything written so far: the file is read again from its start."""
         self.conn.execute("ROLLBACK TO file_start")
-        self.inserted = self.revised = 0
+        self.inserted = self.revised = self.withdrawn = 0
+        self.written_to = None
 
 
 def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[FileSink], Tally], *,
@@ -226,7 +248,8 @@ def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[
     """ingest_file for a file too large to hold: `produce` validates it chunk by chunk into the sink.
 
     One transaction still: a file rejected at its last line is rolled back whole and recorded as rejected.
-    A streamed file names no period, so nothing is withdrawn.
+    A file that names a period (an archive) holds the whole of it, as in write_file: rows stored there
+    that it lacks are withdrawn.
     """
     if src.symbol is None or src.interval is None:
         raise ValueError("a file to ingest needs a symbol and an interval")
@@ -234,11 +257,12 @@ def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[
         return skipped(conn, src)
     try:
         with immediate(conn):
-            sink = FileSink(conn, series_id(conn, src.symbol, src.interval), src.interval)
+            sink = FileSink(conn, series_id(conn, src.symbol, src.interval), src.interval, period_span(src.period))
             tally = produce(sink)
+            sink.finish()
             outcome = _outcome(src, "ok" if verified else "unverified", time_unit=tally.time_unit,
                                rows_read=tally.rows_read, rows_inserted=sink.inserted, rows_revised=sink.revised,
-                               rows_dropped=tally.dropped, rows_flagged=tally.flagged)
+                               rows_dropped=tally.dropped, rows_flagged=tally.flagged, rows_withdrawn=sink.withdrawn)
             _record(conn, src, outcome)
     except MarketError as exc:
         return reject(conn, src, str(exc))

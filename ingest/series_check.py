@@ -4,7 +4,9 @@ SeriesCheck takes a file's rows chunk by chunk, in file order or in time order, 
 chunk boundaries what the whole-array rules need: the last row (time order, duplicates), counts of
 rows, duplicates and off-grid times, the first off-grid time, the smallest step between grid slots.
 The error a file gets does not depend on the chunk size: within the rows read so far the earliest
-line breaking a rule is named (row rules before series rules on the same line).
+line breaking a rule is named (row rules, then the file's period, then series rules on the same line).
+Files that state a close time per row (Binance klines) pass it along: it takes part in the duplicate
+comparison, and a close that is not the interval's last millisecond flags the candle, as in validate().
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Protocol
 
 import numpy as np
 
-from core.grid import grid_index, iso_utc, on_grid
+from core.errors import MarketError
+from core.grid import close_time_ms, grid_index, iso_utc, on_grid
 from ingest.schema import CANDLE_COLUMNS
-from ingest.validate import fail, off_grid_error, row_error, sparse_error
+from ingest.validate import fail, off_grid_error, period_error, row_error, sparse_error
 
 
 class OutOfOrder(Exception):
@@ -49,53 +52,72 @@ class ChunkSink(Protocol):
     def restart(self) -> None: ...
 
 
+def file_order_error(name: str, chunk: np.ndarray, first_line: int,
+                     period: tuple[int, int] | None) -> tuple[int, MarketError] | None:
+    """The earliest row of `chunk` (on consecutive lines) breaking a row rule or the period, with its error."""
+    found = [bad for bad in (row_error(name, chunk, first_line),
+                             None if period is None else period_error(name, chunk["open_time"], first_line, period))
+             if bad is not None]
+    return min(found, key=lambda bad: bad[0]) if found else None
+
+
 class SeriesCheck:
     """The rules of validate() over one file's candles fed in chunks (CANDLE_DTYPE, times in ms)."""
 
-    def __init__(self, name: str, interval: str):
+    def __init__(self, name: str, interval: str, period: tuple[int, int] | None = None):
         self.name = name
         self.interval = interval
+        self.period = period  # [start, end) in ms that every open time must lie in
         self.rows_read = 0
         self.unique = 0
         self.dropped = 0
         self.off = 0
+        self.flagged = 0  # off the grid, or a close time other than the interval's last millisecond
         self.first_off: tuple[int, int] | None = None  # (open time, line)
         self.second_line: int | None = None
         self.min_step: int | None = None
         self.last: np.ndarray | None = None  # the last row fed, as a 1-row array
+        self.last_close: np.ndarray | None = None  # and its close time, when the file states them
         self.last_line = 0
         self.last_slot = 0
 
-    def feed(self, chunk: np.ndarray, lines: np.ndarray, *, rows: bool = True) -> np.ndarray:
+    def feed(self, chunk: np.ndarray, lines: np.ndarray, *, rows: bool = True,
+             closes: np.ndarray | None = None) -> np.ndarray:
         """The next rows of the file (row i on line `lines[i]`): the unique ones back, in time order.
 
-        Raises MarketError for the earliest line breaking a row rule (`rows`: rows in file order, on
-        consecutive lines) or repeating an open time with other values, or OutOfOrder for the first
-        row earlier than the row before it.
+        Raises MarketError for the earliest line breaking a row rule or the period (`rows`: rows in
+        file order, on consecutive lines) or repeating an open time with other values (`closes`: the
+        rows' close times in ms, compared too), or OutOfOrder for the first row earlier than the row
+        before it.
         """
         if len(chunk) == 0:
             return chunk
         carry = self.last is not None
         rows_all = np.concatenate((self.last, chunk)) if carry else chunk
         lines_all = np.concatenate(([self.last_line], lines)) if carry else lines
+        closes_all = None
+        if closes is not None:
+            closes_all = np.concatenate((self.last_close, closes)) if carry and self.last_close is not None else closes
         times = rows_all["open_time"]
         step = np.diff(times)
         # Pair k (rows k, k + 1 of rows_all) names row k + 1 - carry of this chunk.
         found: list[tuple[int, int, Exception]] = []
-        if rows and (bad := row_error(self.name, chunk, int(lines[0]))) is not None:
+        if rows and (bad := file_order_error(self.name, chunk, int(lines[0]), self.period)) is not None:
             found.append((bad[0], 0, bad[1]))
         if (back := np.flatnonzero(step < 0)).size:
-            found.append((int(back[0]) + 1 - carry, 2, OutOfOrder(int(lines_all[back[0] + 1]))))
+            found.append((int(back[0]) + 1 - carry, 3, OutOfOrder(int(lines_all[back[0] + 1]))))
         same = np.flatnonzero(step == 0)
         if same.size:
             a, b = rows_all[same], rows_all[same + 1]
             equal = np.ones(len(same), dtype=bool)
             for col in CANDLE_COLUMNS[1:]:
                 equal &= a[col] == b[col]
+            if closes_all is not None and len(closes_all) == len(rows_all):
+                equal &= closes_all[same] == closes_all[same + 1]
             if (other := np.flatnonzero(~equal)).size:
                 k = int(same[other[0]])
                 i, j = sorted((int(lines_all[k]), int(lines_all[k + 1])))
-                found.append((k + 1 - carry, 1, fail(self.name, j, "duplicate open time",
+                found.append((k + 1 - carry, 2, fail(self.name, j, "duplicate open time",
                                                      f"open_time {iso_utc(int(times[k]))} also on line {i} "
                                                      "with other values")))
         if found:
@@ -107,17 +129,20 @@ class SeriesCheck:
         self.rows_read += len(chunk)
         self.dropped += len(chunk) - len(kept)
         self.last, self.last_line = chunk[-1:].copy(), int(lines[-1])
+        self.last_close = None if closes is None else closes[-1:].copy()
         if len(kept):
-            self._series(kept, kept_lines)
+            self._series(kept, kept_lines, None if closes is None else closes[keep])
         return kept
 
-    def _series(self, kept: np.ndarray, lines: np.ndarray) -> None:
+    def _series(self, kept: np.ndarray, lines: np.ndarray, closes: np.ndarray | None) -> None:
         times = kept["open_time"]
         off = ~np.asarray(on_grid(self.interval, times), dtype=bool)
         if self.first_off is None and off.any():
             at = int(np.flatnonzero(off)[0])
             self.first_off = int(times[at]), int(lines[at])
         self.off += int(off.sum())
+        flags = off if closes is None else off | (closes != close_time_ms(self.interval, times) - 1)
+        self.flagged += int(flags.sum())
         slots = np.asarray(grid_index(self.interval, times), dtype=np.int64)
         steps = np.diff(slots if self.unique == 0 else np.concatenate(([self.last_slot], slots)))
         if steps.size:
@@ -142,4 +167,4 @@ class SeriesCheck:
         if self.unique >= 3 and self.min_step is not None and self.min_step > 1:
             assert self.second_line is not None
             raise sparse_error(self.name, self.interval, self.second_line, looks)
-        return Tally(self.rows_read, self.dropped, self.off, time_unit)
+        return Tally(self.rows_read, self.dropped, self.flagged, time_unit)

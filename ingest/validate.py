@@ -191,12 +191,19 @@ def check_rows(name: str, columns: dict[str, np.ndarray] | np.ndarray, first_lin
         raise found[1]
 
 
-def check_period(name: str, open_ms: np.ndarray, first_line: int, period: tuple[int, int]) -> None:
+def period_error(name: str, open_ms: np.ndarray, first_line: int,
+                 period: tuple[int, int]) -> tuple[int, MarketError] | None:
+    """The first row whose open time lies outside the file's period [start, end), with its error."""
     start, end = period
-    if (bad := _first((open_ms < start) | (open_ms >= end))) is not None:
-        raise fail(name, first_line + bad, "period",
-                   f"open_time {iso_utc(int(open_ms[bad]))} is outside the file's period "
-                   f"{iso_utc(start)} .. {iso_utc(end)}")
+    if (bad := _first((open_ms < start) | (open_ms >= end))) is None:
+        return None
+    return bad, fail(name, first_line + bad, "period", f"open_time {iso_utc(int(open_ms[bad]))} is outside the "
+                                                      f"file's period {iso_utc(start)} .. {iso_utc(end)}")
+
+
+def check_period(name: str, open_ms: np.ndarray, first_line: int, period: tuple[int, int]) -> None:
+    if (found := period_error(name, open_ms, first_line, period)) is not None:
+        raise found[1]
 
 
 def _spacing(ms: int) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from bench.ingest_memory import peak_rss
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
-from ingest.binance_vision import MAX_MEMBER_BYTES
+from ingest.binance_vision import MAX_MEMBER_BYTES, WHOLE_MEMBER_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -251,24 +251,24 @@ def test_a_huge_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path:
 
 
 def test_a_small_zip_holding_a_huge_member_is_refused_in_bounded_memory(tmp_path: Path) -> None:
-    """500 MB of one repeated row compress to ~1 MB; the member is refused, never held whole."""
+    """1 GiB + 1 MiB of one repeated row compress to ~2 MB; the member is refused, never held whole."""
     row = b"1705276800000,1,1,1,1,0,1705276803599999,0,0,0,0,0\n"
     path = tmp_path / "BTCUSDT-1h-2024-01-15.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
             archive.open("BTCUSDT-1h-2024-01-15.csv", "w", force_zip64=True) as member:
         block = row * (2**20 // len(row))
-        for _ in range(500):
+        for _ in range(MAX_MEMBER_BYTES // 2**20 + 1):
             member.write(block)
     rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
     assert rc == 1 and f"is larger than {MAX_MEMBER_BYTES} bytes uncompressed" in output, output
     assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
 
 
-def test_a_member_at_the_cap_ingests_in_bounded_memory(tmp_path: Path) -> None:
-    """The worst case per byte: the shortest valid kline rows, as many as the cap admits."""
+def test_a_member_past_the_whole_parse_size_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """The worst case per byte: the shortest valid kline rows, 1.25x what is parsed whole (streamed)."""
     start = 1704067200000  # 2024-01-01, a monthly 1s file
     row = lambda t: f"{t},1,1,1,1,0,{t + 999},0,0,0,0,0\n".encode()  # noqa: E731
-    count = MAX_MEMBER_BYTES // len(row(start))
+    count = WHOLE_MEMBER_BYTES * 5 // 4 // len(row(start))
     path = tmp_path / "BTCUSDT-1s-2024-01.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive, \
             archive.open("BTCUSDT-1s-2024-01.csv", "w") as member:
