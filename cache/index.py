@@ -20,11 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
-from core.db import immediate
+from core.db import file_uri, immediate
 from core.errors import MarketError
 
 APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
@@ -173,7 +172,7 @@ def identify(path: str) -> str:
         if handle.read(16) != _SQLITE_HEADER:
             return "not-sqlite"
     try:
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True)
+        conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -188,10 +187,6 @@ def identify(path: str) -> str:
     if app_id == 0 and version == 1 and {"images", "runs", "month_digests"} <= tables:
         return "index"
     return "other-sqlite"
-
-
-def _uri_path(path: str) -> str:
-    return quote(os.path.abspath(path))
 
 
 def connect(path: str, create: bool = True) -> sqlite3.Connection:
@@ -465,7 +460,7 @@ class _Checkpointer:
     def _checkpoint(self) -> None:
         try:
             # mode=rw: never creates a file; the writer's connection opened (and checked) this one.
-            with contextlib.closing(sqlite3.connect(f"file:{_uri_path(self.path)}?mode=rw", uri=True,
+            with contextlib.closing(sqlite3.connect(file_uri(self.path, "rw"), uri=True,
                                                     isolation_level=None)) as conn:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:

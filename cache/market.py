@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import urllib.parse
 
 import numpy as np
 
 from cache.windows import Series
-from core.db import lock_is_held, lock_path
+from core.db import file_uri, lock_is_held, lock_path
 from core.errors import MarketError
 
 REQUIRED_TABLES = ("symbols", "intervals", "series", "candles")
@@ -36,9 +35,7 @@ def open_market(path: str) -> sqlite3.Connection:
     """
     if not os.path.isfile(path):
         raise MarketError(f"market database not found: {path}")
-    # Quoted: an unquoted `?` or `#` in the path would end it there, and SQLite would create that shorter
-    # path read-write.
-    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    uri = file_uri(path, "ro")
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         conn.execute("BEGIN")

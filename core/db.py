@@ -14,6 +14,12 @@ from collections.abc import Iterator
 
 from core.errors import LockHeld, MarketError, os_error_message
 
+def file_uri(path: str, mode: str) -> str:
+    """An SQLite URI for `path` opened with `mode` (ro, rw): quoted, since an unquoted `?` or `#` would
+    end the path there and SQLite would open (or create) that shorter path instead."""
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
+
+
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back on any error."""
@@ -122,7 +128,7 @@ def check_sqlite_file(path: str, what: str, table: str) -> None:
     if head != SQLITE_HEADER:
         raise MarketError(f"{path}: not a {what}: not an SQLite file (it starts with {head[:8]!r})")
     try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)
+        conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:

@@ -32,6 +32,7 @@ from core.hooks import no_progress, no_warn
 from ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from ingest.registry import IngestResult
 from ingest.sources import Source
+from core.db import file_uri
 from core.errors import MarketError
 from core.grid import DAY_MS, check_interval, check_symbol, utc_ms
 
@@ -379,7 +380,7 @@ def rejected_in_registry(db: str) -> dict[str, str]:
     """Mirror path → SHA-256 of files whose latest registry entry is a rejection."""
     if not os.path.exists(db):
         return {}
-    conn = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(db))}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(db, "ro"), uri=True)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ingested_files'").fetchone():
             return {}

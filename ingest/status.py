@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.db import file_uri
 from core.errors import MarketError
 from core.grid import iso_utc
 
@@ -79,7 +79,7 @@ def status(db: str, *, failures: bool = False) -> StatusResult:
     if not os.path.isfile(db):
         raise MarketError(f"no market database at {db}")
     try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(db))}?mode=ro", uri=True)
+        conn = sqlite3.connect(file_uri(db, "ro"), uri=True)
     except sqlite3.Error as exc:
         raise MarketError(f"cannot open {db}: {exc}") from None
     try:

@@ -6,11 +6,9 @@ Reads the index (read-only, one snapshot) and each series once; the labelling it
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
@@ -19,6 +17,7 @@ from cache.exports.labels import (LabelRule, Split, assign_splits, forward_retur
 from cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
 from cache.windows import Series, fingerprint, window_rows
 from config import Settings
+from core.db import file_uri
 from core.errors import MarketError
 from core.grid import now_ms
 from core.hooks import Warn, no_warn
@@ -65,7 +64,7 @@ def open_index(path: str) -> sqlite3.Connection:
     if kind != "index":
         raise MarketError(f"{path} is not an image index ({kind.replace('-', ' ')})")
     try:
-        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(file_uri(path, "ro"), uri=True, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("BEGIN")  # one snapshot for the whole selection
         columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
