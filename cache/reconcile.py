@@ -53,6 +53,7 @@ class SeriesReconcile:
     new_gap: np.ndarray
     due_ends: np.ndarray | None    # end times of the due windows (None: no due range given)
     memo: dict[int, str] = field(default_factory=dict)  # month digests this run may vouch for
+    from_start: bool = False    # the series was read from its first candle
 
 
 def desired(series: Series, last: np.ndarray, window_len: int, history: int,
@@ -155,4 +156,4 @@ def reconcile(series: Series, from_start: bool, indexed: Indexed, memo: dict[int
         vouched = {m: d for m, d in digests.items() if boundary is not None and m > boundary}
     due_ends = None if due is None else times[due.last]
     return SeriesReconcile(series, indexed, row_last, row_desired, action, reason, newly_stale,
-                           new_last, new_desired, row_gap, new_gap, due_ends, vouched)
+                           new_last, new_desired, row_gap, new_gap, due_ends, vouched, from_start)

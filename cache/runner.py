@@ -12,14 +12,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 import chart
-from cache import index, market, reconcile
+from cache import index, market, reconcile, stamps
 from cache.durable import SyncedWriter
 from cache.executors import Run, chunk_windows, executor
 from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
@@ -105,7 +105,10 @@ def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connec
     series = market.read_series(market_conn, symbol, interval, sid, read_from)
     windows = None if due is None else due_windows(series, spec.window_len, spec.history, due.stride,
                                                     due.start_ms, due.end_ms, due.now_ms)
-    indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash)
+    # Rows of windows before the first one whose candles were all read would only be "not judged".
+    known = need - 1
+    from_ms = None if read_from is None else int(series.times[known]) if known < len(series.times) else 2**62
+    indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash, from_ms)
     memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval) if trust_memo else {}
     fingerprints = lambda ids: {i: r["input_fingerprint"]  # noqa: E731
                                 for i, r in index.values_by_id(index_conn, ids, ["input_fingerprint"]).items()}
@@ -113,9 +116,11 @@ def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connec
                                gap_policy, windows, fingerprints)
 
 
-def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile) -> int:
+def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile,
+                    stamping: stamps.Stamping | None = None) -> int:
     """Record the rows found stale together with the memo that no longer re-checks them (one
-    transaction: the memo never vouches for a row still called ok). Returns how many were marked."""
+    transaction: the memo never vouches for a row still called ok), and the series' bucket stamps.
+    Returns how many were marked."""
     stale = np.flatnonzero(rec.newly_stale)
     label = preset_label(preset_of(spec))
     now = index.utc_now()
@@ -125,6 +130,8 @@ def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: Serie
         index_conn.executemany(
             "INSERT INTO month_digests VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET digest = excluded.digest",
             ((label, rec.series.symbol, rec.series.interval, m, d) for m, d in rec.memo.items()))
+        if stamping is not None:
+            stamping.write(index_conn)
     return len(stale)
 
 
@@ -140,6 +147,7 @@ class SeriesPlan:
     drop: np.ndarray  # ids of rows whose window left the market (in the run's time range)
     counts: dict[str, int]
     note: str | None = None
+    stamping: stamps.Stamping | None = None
 
 
 def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, end_ms: int) -> SeriesPlan:
@@ -183,12 +191,25 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
 
 def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: chart.Spec,
          warn: Warn) -> list[SeriesPlan]:
+    """Each series' plan. Buckets whose stamps hold (cache/stamps.py) are skipped unread: the series
+    is reconciled from the first bucket whose stamp does not, and what is then found settled is stamped."""
     due = DueRange.of(settings)
+    label = preset_label(preset_of(spec))
+    key = stamps.settings_key(spec.spec_hash, settings.start_ms, settings.end_ms, settings.stride,
+                              settings.gap_policy)
+    marks = stamps.marks(market_conn, index_conn)
     plans = []
     for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
+        skip = stamps.skip(market_conn, index_conn, marks, label, key, symbol, interval, sid, due.start_ms)
         rec = reconcile_series(market_conn, index_conn, spec, symbol, interval, sid, settings.gap_policy,
-                               due.start_ms, due)
-        plans.append(plan_render(rec, spec, due.start_ms, due.end_ms))
+                               skip.start_ms, replace(due, start_ms=skip.start_ms))
+        p = plan_render(rec, spec, skip.start_ms, due.end_ms)
+        for name, count in skip.counts.items():
+            p.counts[name] += count
+        if marks is not None:
+            found = stamps.settled(rec, skip, key, sid, skip.start_ms, due.now_ms, spec.window_len, spec.history)
+            p.stamping = stamps.Stamping(label, symbol, interval, skip, found, marks)
+        plans.append(p)
     return plans
 
 
@@ -203,6 +224,7 @@ class RenderResult:
     refused: int = 0        # of those, refused in this run
     up_to_date: int = 0
     marked_stale: int = 0   # rows outside this run's range found stale (left to repair or a wider render)
+    unread: int = 0         # settled windows counted from bucket stamps, their candles and rows not read
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
@@ -222,7 +244,7 @@ class RenderResult:
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
                 "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "up_to_date": self.up_to_date,
-                "marked_stale": self.marked_stale, "notes": self.notes, "seconds": round(self.seconds, 3),
+                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
     def text(self) -> str:
@@ -234,8 +256,9 @@ class RenderResult:
                              f"{c['undrawable']:>11} {c['up_to_date']:>11}")
             lines.append(f"would draw {self.drawn} images (dry run: nothing written)")
         elif self.attempted == 0 and self.error is None:
+            unread = f"; {self.unread} settled windows counted from stamps, not re-read" if self.unread else ""
             lines.append(f"nothing to draw: {self.up_to_date} images up to date, {self.undrawable} undrawable "
-                         f"({self.seconds:.2f} s)")
+                         f"({self.seconds:.2f} s{unread})")
         else:
             lines.append(f"drawn {self.drawn}, up to date {self.up_to_date}, no image {self.recorded} "
                          f"(gaps/history), undrawable {self.undrawable}, retired {self.retired}, "
@@ -272,13 +295,16 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
             result.up_to_date = sum(p.counts["up_to_date"] for p in plans)
             result.undrawable = sum(p.counts["undrawable"] for p in plans)
             result.notes = [p.note for p in plans if p.note]
+            result.unread = sum(p.stamping.skipped.skipped for p in plans if p.stamping is not None)
             if dry_run:
                 result.drawn = sum(len(p.draw) for p in plans)
                 result.marked_stale = sum(p.counts["marked_stale"] for p in plans)
             else:
                 run_id = index.start_run(index_conn, "render", {**settings.__dict__, **filters.__dict__,
                                                                  "limit": limit})
-                with executor(settings) as run:
+                # Nothing to draw (a nightly no-op): no worker pool or cluster to start and stop.
+                drawing = any(len(p.draw) for p in plans)
+                with executor(settings if drawing else replace(settings, jobs=1, executor="local")) as run:
                     _apply(plans, spec, settings, index_conn, run, result, progress, warn)
                 result.seconds = time.monotonic() - began
                 index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
@@ -307,7 +333,7 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     chunk_size = chunk_windows(sum(len(p.draw) for p in plans), settings.workers)
     chunks: list[Chunk] = []
     for p in plans:
-        result.marked_stale += record_findings(index_conn, spec, p.rec)
+        result.marked_stale += record_findings(index_conn, spec, p.rec, p.stamping)
         series = p.rec.series
         for end, why, retire in p.record:
             row = base_row(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()), end)

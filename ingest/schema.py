@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core import revisions
 from core.db import check_sqlite_file
 from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS, check_interval, check_symbol, split_symbol
@@ -144,6 +145,7 @@ def connect_writer(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         migrate(conn)
+        revisions.install(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise MarketError(f"{path}: cannot open market database: {exc}") from None

@@ -73,7 +73,11 @@ class Walk:
             for symbol in SYMBOLS:
                 sid = series_id(conn, symbol, "1h")
                 n = self.rng.randint(12, 30)
-                upsert_candles(conn, sid, _candles(self.rng, [T0 + k * HOUR for k in range(n)]))
+                # Some series jump over whole buckets of change tracking (2**31 ms, ~597 h): stamps of
+                # empty buckets and of windows that reach back across a gap.
+                jump = self.rng.choice((0, 0, 700, 2000))
+                upsert_candles(conn, sid, _candles(self.rng, [T0 + (k + jump * (k > n // 2)) * HOUR
+                                                              for k in range(n)]))
         conn.close()
 
     def settings(self, **extra) -> Settings:
@@ -107,7 +111,7 @@ class Walk:
 
     def append(self) -> str:
         symbol = self.rng.choice(SYMBOLS)
-        t = max(self._times(symbol)) + HOUR * self.rng.choice((1, 1, 1, 3))
+        t = max(self._times(symbol)) + HOUR * self.rng.choice((1, 1, 1, 3, 650))
         self._market(f"INSERT INTO candles SELECT {self._SID}, ?, 100, 101, 99, 100.5, 7, 1, 1, 1, 1", (symbol, t))
         return f"append {symbol} {iso_utc(t)}"
 
@@ -133,6 +137,8 @@ class Walk:
     def render(self) -> str:
         rng = self.rng
         extra, filters = {}, runner.Filters()
+        if rng.random() < 0.5:  # the nightly run: the same plain render again and again (bucket stamps)
+            return self._render(extra, filters, None)
         if rng.random() < 0.3:
             extra["start"] = iso_utc(T0 + rng.randint(0, 30) * HOUR)[:16]
         if rng.random() < 0.3:
@@ -143,13 +149,20 @@ class Walk:
             filters.symbols = [rng.choice(SYMBOLS)]
         if rng.random() < 0.2:
             filters.intervals = ["1h"]
-        limit = rng.choice((None, None, None, 0, 3, 10))
+        return self._render(extra, filters, rng.choice((None, None, None, 0, 3, 10)))
+
+    def _render(self, extra: dict, filters: runner.Filters, limit: int | None) -> str:
         result = runner.render(self.settings(**extra), filters, limit=limit)
         if result.error:
             raise Violation(f"render failed: {result.error}")
         full = not extra and not filters.symbols and limit is None
         if full:
             self._check_full_render()
+            self._check_counts()
+        # Whatever its filters, a render judges every row of its series from its start on: none may
+        # stay ok once its candles changed (skipped buckets included).
+        settings = self.settings(**extra)
+        self._check_ok_rows_fresh(self.preset, filters.symbols, settings.start_ms)
         return f"render {extra} {filters.__dict__} limit={limit}: drawn {result.drawn}"
 
     def switch(self) -> str:
@@ -259,16 +272,42 @@ class Walk:
                 raise Violation(f"ok row, file differs from its SHA-256: {path}")
 
     def _check_full_render(self) -> None:
-        """A full render leaves no stale row of its preset."""
+        """A full render leaves no stale row of its preset, and a row for every window of every series."""
         with self._index() as conn:
             stale = conn.execute("SELECT file_path, reason FROM images WHERE status = 'stale' AND style_name = ?",
                                  (self.preset["style_name"],)).fetchall()
+            ends = {symbol: {r[0] for r in conn.execute(
+                "SELECT end_open_time_ms FROM images WHERE style_name = ? AND symbol = ?",
+                (self.preset["style_name"], symbol))} for symbol in SYMBOLS}
         conn.close()
         if stale:
             raise Violation(f"stale rows after a full render: {stale[:3]}")
+        for symbol in SYMBOLS:
+            times = self._times(symbol)
+            # Every window has a row; rows of candles with too few before them record 'history'.
+            unindexed = set(times[self.preset["window_len"] - 1:]) - ends[symbol]
+            gone = ends[symbol] - set(times)
+            if unindexed or gone:
+                raise Violation(f"{symbol} after a full render: windows without a row at "
+                                f"{sorted(map(iso_utc, unindexed))[:3]}, rows of no candle at {sorted(map(iso_utc, gone))[:3]}")
 
-    def _check_ok_rows_fresh(self) -> None:
-        """Every ok row's fingerprint equals its candles' and its bytes equal a fresh render."""
+    def _check_counts(self) -> None:
+        """Right after a full render, a dry run counts every row of the preset (most from stamps)."""
+        plan = runner.render(self.settings(), dry_run=True)
+        with self._index() as conn:
+            ok, engine = conn.execute("SELECT count(*) FILTER (WHERE status = 'ok'), count(*) FILTER (WHERE "
+                                      "reason LIKE 'engine: %') FROM images WHERE style_name = ?",
+                                      (self.preset["style_name"],)).fetchone()
+        conn.close()
+        if (plan.drawn, plan.up_to_date, plan.undrawable) != (0, ok, engine):
+            raise Violation(f"dry run after a full render: drawn {plan.drawn}, up to date {plan.up_to_date}, "
+                            f"undrawable {plan.undrawable}; the index holds {ok} ok and {engine} engine refusals")
+
+    def _check_ok_rows_fresh(self, preset: dict | None = None, symbols: list[str] | None = None,
+                             from_ms: int | None = None) -> None:
+        """Every ok row's fingerprint equals its candles' and its bytes equal a fresh render (with `preset`:
+        that preset's rows of `symbols` ending at `from_ms` or later, but for files damaged since the
+        last verify)."""
         conn = open_market(self.market)
         series = {s: read_series(conn, s, "1h", sid) for (s, _), sid in
                   __import__("cache.market", fromlist=["list_series"]).list_series(conn).items()}
@@ -279,6 +318,9 @@ class Walk:
                                  "WHERE status = 'ok'").fetchall()
         index.close()
         for symbol, end, style, size, window, version, fp, sha, path in rows:
+            if preset is not None and (style != preset["style_name"] or path in self.damaged
+                                       or (symbols and symbol not in symbols) or end < (from_ms or 0)):
+                continue
             spec = chart.make_spec(style, size, window, version, jkx_height=size)
             s = series[symbol]
             pos = int(np.searchsorted(s.times, end))

@@ -110,7 +110,7 @@ def test_a_v3_index_migrates_in_place_and_keeps_every_row(workdir: Path):
     assert index.identify(str(db)) == "index"
     assert index_shapes(db) == [(True, list(index.KEY_COLUMNS))]
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == index.SCHEMA_VERSION == 5
         assert conn.execute("SELECT * FROM images ORDER BY id").fetchall() == before
     assert verify.verify(s, deep=True).ok
 

@@ -207,6 +207,8 @@ def test_old_index_migrates_in_place(workdir: Path):
     with sqlite3.connect(db) as conn:  # make it look like a version-1 index
         conn.executescript("""
             PRAGMA application_id = 0; PRAGMA user_version = 1; DROP TABLE meta;
+            DROP TRIGGER images_update_stamps; DROP TRIGGER images_delete_count;
+            DROP TABLE bucket_stamps; DROP TABLE series_marks; DROP TABLE image_changes;
             ALTER TABLE images DROP COLUMN pixel_hash_version;
             CREATE TABLE images_v1 AS SELECT * FROM images; DROP TABLE images;
             ALTER TABLE images_v1 RENAME TO images;
