@@ -103,7 +103,8 @@ def skip(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, now: M
         return nothing
     inserted = sorted(revisions.inserted_buckets(market_conn, sid, then, now.market))
     indexed = {r[0] for r in index_conn.execute(
-        "SELECT DISTINCT end_open_time_ms >> 31 FROM images WHERE id > ? AND symbol = ? AND interval = ?",
+        # `+`: by the id range (rows since the mark), never by scanning the series' part of the key.
+        "SELECT DISTINCT end_open_time_ms >> 31 FROM images WHERE id > ? AND +symbol = ? AND +interval = ?",
         (max_id, symbol, interval))}
     stamps = {r[0]: r for r in index_conn.execute(
         f"SELECT bucket, stamp, lo, {', '.join(COUNTS)} FROM bucket_stamps WHERE symbol = ? AND interval = ? "

@@ -127,7 +127,8 @@ def comparable(conn: sqlite3.Connection, then: Mark, now: Mark) -> bool:
 def inserted_buckets(conn: sqlite3.Connection, sid: int, since: Mark, now: Mark) -> set[int]:
     """Buckets of the series' rows inserted between two comparable marks."""
     return {row[0] for row in conn.execute(
-        "SELECT DISTINCT open_time >> 31 FROM candles WHERE rowid > ? AND rowid <= ? AND series_id = ?",
+        # `+`: by the rowid range (rows since the mark), never by scanning the series in the key.
+        "SELECT DISTINCT open_time >> 31 FROM candles WHERE rowid > ? AND rowid <= ? AND +series_id = ?",
         (since.max_rowid, now.max_rowid, sid))}
 
 
