@@ -2,15 +2,15 @@
 
 Each period takes 3 columns: open tick left, high-low bar centre, close tick right. The moving average
 of the close is a 1-px polyline through the period centres; volume bars fill the bottom fifth.
+numpy turns prices into integer rows; the compiled kernel (chart/_kernel.c) draws the pixels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from chart.kernel import kernel
 from chart.styles import ChartError, Spec
-
-MARK = 255
 
 
 def moving_average(closes: np.ndarray, length: int) -> np.ndarray:
@@ -23,21 +23,6 @@ def moving_average(closes: np.ndarray, length: int) -> np.ndarray:
     for k in range(1, length):
         total += closes[k:k + count]
     return total / length
-
-
-def line_pixels(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of the 1-px polyline through integer points: an integer DDA, one pixel per major step."""
-    x0, y0 = xs[:-1], ys[:-1]
-    dx, dy = np.diff(xs), np.diff(ys)
-    steps = np.maximum(np.maximum(np.abs(dx), np.abs(dy)), 1)
-    seg = np.repeat(np.arange(len(dx)), steps + 1)
-    # k runs 0..steps inside each segment.
-    k = np.arange(len(seg)) - np.repeat(np.cumsum(steps + 1) - (steps + 1), steps + 1)
-    s = steps[seg]
-    # round(k * d / s) in integers: floor((2kd + s) / 2s), exact for any sign of d.
-    px = x0[seg] + (2 * k * dx[seg] + s) // (2 * s)
-    py = y0[seg] + (2 * k * dy[seg] + s) // (2 * s)
-    return px, py
 
 
 def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
@@ -59,25 +44,13 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     if not np.isfinite((high - low) * (price_h - 1)):
         raise ChartError(f"price range {low:g}..{high:g} is too wide to draw")
 
-    # Rows of the window's open, high, low, close and of the MA, computed in one pass.
+    # Rows of the window's opens, highs, lows, closes and of the MA, computed in one pass.
     scaled = np.rint((np.concatenate([window.T.ravel(), ma]) - low) * (price_h - 1) / (high - low))
-    o, h, lo, c, ma_rows = (price_h - 1 - scaled.astype(np.int64)).reshape(5, n)
-    img = np.zeros((height, spec.width), dtype=np.uint8)
-    centre = 3 * np.arange(n) + 1
-    r = np.arange(price_h)[:, None]
-    img[:price_h, 1::3][(r >= h) & (r <= lo)] = MARK
-    img[o, centre - 1] = MARK
-    img[c, centre + 1] = MARK
-    if n > 1:
-        px, py = line_pixels(centre, ma_rows)
-        img[py, px] = MARK
-    else:
-        img[ma_rows, centre] = MARK
-
+    rows = price_h - 1 - scaled.astype(np.int64)
     volume = ohlcv[spec.history:, 4]
     top = float(volume.max())
-    if top > 0:
-        bars = np.rint(volume / top * volume_rows).astype(np.int64)
-        rv = np.arange(height - volume_rows, height)[:, None]
-        img[height - volume_rows:, 1::3][rv >= height - bars] = MARK
+    bars = (np.rint(volume / top * volume_rows).astype(np.int64) if top > 0
+            else np.zeros(n, dtype=np.int64))
+    img = np.empty((height, spec.width), dtype=np.uint8)
+    kernel.jkx(img, spec.width, height, price_h, rows, bars)
     return img
