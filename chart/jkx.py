@@ -7,22 +7,31 @@ numpy turns prices into integer rows; the compiled kernel (chart/_kernel.c) draw
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from chart.kernel import kernel
 from chart.styles import ChartError, Spec
 
 
+@functools.lru_cache(maxsize=64)
+def _windows(length: int, count: int) -> np.ndarray:
+    """Row k: the indices of closes[k:k + count], in at least two columns (the one column of count 1
+    repeated): numpy would sum a matrix of one column along its then contiguous axis, pairwise."""
+    columns = np.minimum(np.arange(max(count, 2)), count - 1)
+    return np.arange(length)[:, None] + columns
+
+
 def moving_average(closes: np.ndarray, length: int) -> np.ndarray:
     """Simple MA over `length` periods for each of the last len(closes) - length + 1 closes.
 
-    Summed column by column in a fixed order, so the floats are the same on every platform.
+    Summed period by period in a fixed order, ((c[k] + c[k+1]) + c[k+2]) + ..., so the floats are the
+    same on every platform: numpy reduces axis 0 of a C-contiguous matrix of two or more columns one
+    row after another (tests/test_chart_jkx.py checks it against the plain loop).
     """
     count = len(closes) - length + 1
-    total = closes[:count].copy()
-    for k in range(1, length):
-        total += closes[k:k + count]
-    return total / length
+    return np.add.reduce(closes[_windows(length, count)], axis=0)[:count] / length
 
 
 def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
@@ -34,9 +43,9 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     # Rebased so the window's first close is 1, as in the paper.
     prices = ohlcv[:, :4] / first_close
     ma = moving_average(prices[:, 3], n)
-    window = prices[spec.history:]
-    low = float(min(window.min(), ma.min()))
-    high = float(max(window.max(), ma.max()))
+    # The window's opens, highs, lows, closes, then the MA: one array, so one pass finds its range and rows.
+    points = np.concatenate([prices[spec.history:].T.ravel(), ma])
+    low, high = float(points.min()), float(points.max())
     if high == low:
         raise ChartError("jkx cannot draw a window whose prices are all equal (max == min)")
     volume_rows = height // 5
@@ -44,8 +53,7 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     if not np.isfinite((high - low) * (price_h - 1)):
         raise ChartError(f"price range {low:g}..{high:g} is too wide to draw")
 
-    # Rows of the window's opens, highs, lows, closes and of the MA, computed in one pass.
-    scaled = np.rint((np.concatenate([window.T.ravel(), ma]) - low) * (price_h - 1) / (high - low))
+    scaled = np.rint((points - low) * (price_h - 1) / (high - low))
     rows = price_h - 1 - scaled.astype(np.int64)
     volume = ohlcv[spec.history:, 4]
     top = float(volume.max())
