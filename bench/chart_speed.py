@@ -70,8 +70,8 @@ def stages(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> dict[str, 
     values = chart._check_input(spec, times, ohlcv)
     if spec.engine == "raster":
         draw: Callable[[], Any] = lambda: raster.draw_rows(spec, values)  # noqa: E731
-        rows, colours = draw()
-        mode, palette = "P", png.palette_bytes(colours)
+        rows, palette = draw()
+        mode = "P"
     else:
         draw = lambda: jkx.draw(spec, values)  # noqa: E731
         rows, mode, palette = draw(), "L", b""

@@ -32,8 +32,8 @@ def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np
 
 
 def _raster(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
-    rows, palette = raster.draw_rows(spec, values)
-    return encode_palette4(rows, spec.width, palette)
+    rows, plte = raster.draw_rows(spec, values)
+    return encode_palette4(rows, spec.width, plte)
 
 
 def _jkx(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:

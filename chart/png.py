@@ -19,10 +19,12 @@ for the 819 KB of a 1280 px chart).
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +60,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+_IEND = _chunk(b"IEND", b"")
+
+
 def _pack_rows(pixels: np.ndarray, mode: str, palette: bytes) -> tuple[np.ndarray, int]:
     """Rows of samples as stored: palettes of up to 16 colours at 4 bits per pixel, else 8 bits."""
     height, width = pixels.shape[:2]
@@ -68,10 +73,15 @@ def _pack_rows(pixels: np.ndarray, mode: str, palette: bytes) -> tuple[np.ndarra
     return np.frombuffer(image.tobytes("raw", "L;4"), dtype=np.uint8).reshape(height, -1), 4
 
 
+@functools.lru_cache(maxsize=256)
+def _hash_head(mode: str, width: int, height: int, palette: bytes) -> bytes:
+    """What the pixel hash takes before the rows; the same for every image of one spec."""
+    return _PIXEL_HASH_PREFIX + mode.encode() + struct.pack(">II", width, height) + palette
+
+
 def _canonical_hash(mode: str, width: int, height: int, palette: bytes, rows: np.ndarray) -> str:
     """The pixel hash (module docstring) of packed, unfiltered rows: no encoder choice affects it."""
-    digest = blake3(_PIXEL_HASH_PREFIX + mode.encode() + struct.pack(">II", width, height))
-    digest.update(palette)
+    digest = blake3(_hash_head(mode, width, height, palette))
     digest.update(rows.data)
     return digest.hexdigest()
 
@@ -92,12 +102,18 @@ def _filtered(rows: np.ndarray) -> np.ndarray:
     return stored
 
 
+@functools.lru_cache(maxsize=256)
+def _png_head(mode: str, width: int, height: int, depth: int, palette: bytes) -> bytes:
+    """Signature, IHDR and PLTE: the same for every image of one spec."""
+    header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[mode], 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + (_chunk(b"PLTE", palette) if palette else b"")
+
+
 def _encode(rows: np.ndarray, mode: str, width: int, depth: int, palette: bytes = b"") -> Drawn:
     """PNG and pixel hash of rows as PNG stores them (C-contiguous, `depth` bits per sample)."""
     height = rows.shape[0]
-    header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[mode], 0, 0, 0)
-    png = (PNG_SIGNATURE + _chunk(b"IHDR", header) + (_chunk(b"PLTE", palette) if palette else b"")
-           + _chunk(b"IDAT", isal_zlib.compress(_filtered(rows).data, COMPRESS_LEVEL)) + _chunk(b"IEND", b""))
+    png = (_png_head(mode, width, height, depth, palette)
+           + _chunk(b"IDAT", isal_zlib.compress(_filtered(rows).data, COMPRESS_LEVEL)) + _IEND)
     return Drawn(png, _canonical_hash(mode, width, height, palette, rows))
 
 
@@ -110,7 +126,7 @@ def _rgb_bytes(colour: str) -> bytes:
     return bytes.fromhex(colour.lstrip("#"))
 
 
-def palette_bytes(palette: list[str]) -> bytes:
+def palette_bytes(palette: Sequence[str]) -> bytes:
     """PLTE's RGB triples of hex colours."""
     return b"".join(_rgb_bytes(c) for c in palette)
 
@@ -120,11 +136,12 @@ def encode_palette(indices: np.ndarray, palette: list[str]) -> Drawn:
     return _encode_pixels(indices, "P", palette_bytes(palette))
 
 
-def encode_palette4(rows: np.ndarray, width: int, palette: list[str]) -> Drawn:
-    """A palette PNG of up to 16 colours from rows already at 4 bits per pixel (chart/raster.py)."""
-    if len(palette) > 16:
-        raise ChartError(f"4-bit rows hold at most 16 colours, got {len(palette)}")
-    return _encode(rows, "P", width, 4, palette_bytes(palette))
+def encode_palette4(rows: np.ndarray, width: int, plte: bytes) -> Drawn:
+    """A palette PNG of up to 16 colours (`plte`: palette_bytes) from rows already at 4 bits per pixel
+    (chart/raster.py)."""
+    if len(plte) > 16 * 3:
+        raise ChartError(f"4-bit rows hold at most 16 colours, got {len(plte) // 3}")
+    return _encode(rows, "P", width, 4, plte)
 
 
 def encode_gray(pixels: np.ndarray) -> Drawn:

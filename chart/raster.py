@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chart.kernel import kernel
+from chart.png import palette_bytes
 from chart.styles import ChartError, Spec
 
 # Grid lines at fixed fractions of the price panel (quarters) and the middle of the volume panel.
@@ -70,7 +71,8 @@ class _Plan:
     """What draw_rows needs of a spec besides the prices, worked out once per spec."""
 
     geo: Layout
-    palette: list[str]
+    palette: tuple[str, ...]
+    plte: bytes  # the palette as PNG's PLTE chunk holds it
     role_indices: bytes  # palette index per ROLES entry
     grid_rows: np.ndarray  # int64, as the kernel takes them
 
@@ -79,7 +81,8 @@ class _Plan:
 def _plan(spec: Spec) -> _Plan:
     palette, ix = _palette(spec)
     geo = layout(spec.width, spec.height, spec.n_candles)
-    return _Plan(geo, palette, bytes(ix[role] for role in ROLES), np.array(geo.grid_rows, dtype=np.int64))
+    return _Plan(geo, tuple(palette), palette_bytes(palette), bytes(ix[role] for role in ROLES),
+                 np.array(geo.grid_rows, dtype=np.int64))
 
 
 def price_rows(values: np.ndarray, low: float, high: float, top: int, span: int) -> np.ndarray:
@@ -99,9 +102,9 @@ def volume_heights(volume: np.ndarray, rows: int) -> np.ndarray:
     return np.rint(volume / top * rows).astype(np.int64)
 
 
-def draw_rows(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def draw_rows(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, bytes]:
     """The image as PNG stores it (height x ceil(width / 2) uint8, two palette indices per byte, first
-    pixel in the high nibble) and the palette (hex colours) of one window."""
+    pixel in the high nibble) and its palette as PLTE holds it."""
     plan = _plan(spec)
     geo = plan.geo
     low, high = float(ohlcv[:, :4].min()), float(ohlcv[:, :4].max())
@@ -113,13 +116,13 @@ def draw_rows(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str]]:
     out = np.empty((spec.height, (spec.width + 1) // 2), dtype=np.uint8)
     kernel.mike(out, spec.width, spec.height, plan.role_indices, plan.grid_rows, geo.left, geo.slot, geo.body,
                 rows, up, bars)
-    return out, plan.palette
+    return out, plan.plte
 
 
 def draw(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Palette indices (height x width, uint8) and the palette (hex colours) of one window."""
-    packed, palette = draw_rows(spec, ohlcv)
+    packed, _ = draw_rows(spec, ohlcv)
     indices = np.empty((spec.height, 2 * packed.shape[1]), dtype=np.uint8)
     np.right_shift(packed, 4, out=indices[:, 0::2])
     np.bitwise_and(packed, 15, out=indices[:, 1::2])
-    return indices[:, :spec.width], palette
+    return indices[:, :spec.width], list(_plan(spec).palette)
