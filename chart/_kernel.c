@@ -91,10 +91,22 @@ static PyObject *mike(PyObject *self, PyObject *args) {
     if (!check_range("first candle x", left, 0, width - 1) || !check_range("candle body", body, 1, width)
         || !check_range("last candle end", left + (n ? n - 1 : 0) * slot + body, 1, width))
         goto done;
-    for (Py_ssize_t k = 0; k < 4 * n; k++)
-        if (!check_range("price row", row[k], 0, height - 1)) goto done;
-    for (Py_ssize_t k = 0; k < n; k++)
+    if (n > 1 && !check_range("candle slot", slot, body, width)) goto done;
+    int64_t bars_top = height; /* the first row any volume bar reaches */
+    for (Py_ssize_t k = 0; k < n; k++) {
         if (!check_range("volume bar", bar[k], 0, height)) goto done;
+        if (bar[k] > 0 && height - bar[k] < bars_top) bars_top = height - bar[k];
+    }
+    /* Candles never overlap: neither side by side (slot >= body) nor price strokes over volume bars. */
+    for (Py_ssize_t k = 0; k < 4 * n; k++)
+        if (!check_range("price row", row[k], 0, bars_top - 1)) goto done;
+    Py_ssize_t bar_rows = height - bars_top;
+    uint8_t *mask = PyMem_Calloc(rowbytes, 1);
+    Py_ssize_t *starting = PyMem_Malloc((bar_rows + 1) * sizeof(Py_ssize_t)), *next = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
+    if (mask == NULL || starting == NULL || next == NULL) {
+        PyErr_NoMemory();
+        goto free;
+    }
 
     uint8_t *img = out.buf;
     /* Background row, its padding nibble zero, copied down; then the grid lines. */
@@ -102,7 +114,7 @@ static PyObject *mike(PyObject *self, PyObject *args) {
     span4(img, 0, width, ix[BACKGROUND]);
     for (Py_ssize_t r = 1; r < height; r++) memcpy(img + r * rowbytes, img, rowbytes);
     for (Py_ssize_t k = 0; k < n_grid; k++) span4(img + grid_rows[k] * rowbytes, 0, width, ix[GRID]);
-    /* Per candle, in this order (later strokes cover earlier ones): wick, body edge, body fill, volume. */
+    /* Per candle, in this order (later strokes cover earlier ones): wick, body edge, body fill. */
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t x = left + i * slot, open = row[4 * i], high = row[4 * i + 1], low = row[4 * i + 2],
                 close = row[4 * i + 3];
@@ -112,9 +124,26 @@ static PyObject *mike(PyObject *self, PyObject *args) {
         rect4(img, rowbytes, top, end, x, x + body, edge);
         /* mike's up candles: a 1-px edge framing the body colour, where there is room for it. */
         if (fill != edge && end - top > 2) rect4(img, rowbytes, top + 1, end - 1, x + 1, x + body - 1, fill);
-        rect4(img, rowbytes, height - bar[i], height, x, x + body, ix[VOLUME]);
+    }
+    /* Volume bars row by row, not bar by bar (a bar drawn down the image misses the cache on every row):
+     * going down, each row's bars are the row above's plus those starting there, kept as a nibble mask. */
+    for (Py_ssize_t r = 0; r < bar_rows; r++) starting[r] = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (bar[i] == 0) continue;
+        next[i] = starting[height - bar[i] - bars_top];
+        starting[height - bar[i] - bars_top] = i;
+    }
+    uint8_t volume = (uint8_t)(ix[VOLUME] * 0x11);
+    for (Py_ssize_t r = 0; r < bar_rows; r++) {
+        for (Py_ssize_t i = starting[r]; i >= 0; i = next[i]) span4(mask, left + i * slot, left + i * slot + body, 0xF);
+        uint8_t *p = img + (bars_top + r) * rowbytes;
+        for (Py_ssize_t k = 0; k < rowbytes; k++) p[k] = (uint8_t)((p[k] & ~mask[k]) | (mask[k] & volume));
     }
     result = Py_NewRef(Py_None);
+free:
+    PyMem_Free(mask);
+    PyMem_Free(starting);
+    PyMem_Free(next);
 done:
     PyBuffer_Release(&out);
     PyBuffer_Release(&colours);
