@@ -19,9 +19,10 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-dask.txt
 # The drawing engines' pixel loops (chart/kernel.py), built for the venv's Python; the source's SHA-256 is
 # compiled in, so chart/kernel.py refuses a build that does not match its chart/_kernel.c.
 $(KERNEL): chart/_kernel.c $(STAMP)
-	@$(CC) -O3 -Wall -shared -fPIC -fno-strict-aliasing \
+	$(CC) -O3 -Wall -shared -fPIC -fno-strict-aliasing \
 	  -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-	  -DKERNEL_SOURCE_SHA256='"'"$$(sha256sum $< | cut -d' ' -f1)"'"' $< -o $@ \
+	  -DKERNEL_SOURCE_SHA256='"'"$$($(PY) -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' $<)"'"' \
+	  $< -o $@ \
 	  || { echo "Error: could not build $@ from $<: it needs a C compiler (\$$CC, default cc) and the Python headers (Debian: python3-dev)" >&2; exit 1; }
 
 test: venv
@@ -48,4 +49,4 @@ soak: venv
 	$(PY) tests/state_walk.py --sequences 10000 --steps 20 --record
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench/work .pytest_cache .hypothesis
+	rm -rf $(VENV) $(KERNEL) $(DEMO) bench/work .pytest_cache .hypothesis
