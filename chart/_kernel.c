@@ -3,7 +3,7 @@
  * Integer arithmetic only: every float -> row computation stays in numpy (chart/raster.py, chart/jkx.py),
  * which hands this module integer rows, so the pixels are the same on every platform and compiler.
  * Each function checks every coordinate it is given against the image before writing anything: a bad
- * row raises ValueError instead of writing outside the buffer.
+ * row raises ValueError instead of writing outside the buffer. Large images are drawn without the GIL.
  *
  *   mike(out, width, height, colours, grid_rows, left, slot, body, rows, up, bars)
  *       The mike preset, drawn straight into PNG's 4-bit rows (first pixel in the high nibble, an odd
@@ -21,6 +21,7 @@
 
 #define MARK 255
 #define UP_FILTER 2
+#define GIL_RELEASE_BYTES 65536
 
 /* A contiguous buffer of `count` items of `itemsize` bytes, or an exception. */
 static int check_items(const Py_buffer *buf, const char *name, Py_ssize_t count, Py_ssize_t itemsize) {
@@ -67,6 +68,10 @@ static void rect4(uint8_t *img, Py_ssize_t rowbytes, int64_t r0, int64_t r1, int
     }
 }
 
+/* Lets other threads (Dask's, drawing other images) run Python while this one fills a large image from
+ * buffers it holds; a small image is done sooner than another thread would hand the GIL back. */
+static PyThreadState *release_gil(Py_ssize_t bytes) { return bytes >= GIL_RELEASE_BYTES ? PyEval_SaveThread() : NULL; }
+
 enum { BACKGROUND, GRID, WICK, UP_EDGE, UP_BODY, DOWN_EDGE, DOWN_BODY, VOLUME, N_COLOURS };
 
 static PyObject *mike(PyObject *self, PyObject *args) {
@@ -108,6 +113,7 @@ static PyObject *mike(PyObject *self, PyObject *args) {
         goto free;
     }
 
+    PyThreadState *released = release_gil(out.len);
     uint8_t *img = out.buf;
     /* Background row, its padding nibble zero, copied down; then the grid lines. */
     memset(img, 0, rowbytes);
@@ -139,6 +145,7 @@ static PyObject *mike(PyObject *self, PyObject *args) {
         uint8_t *p = img + (bars_top + r) * rowbytes;
         for (Py_ssize_t k = 0; k < rowbytes; k++) p[k] = (uint8_t)((p[k] & ~mask[k]) | (mask[k] & volume));
     }
+    if (released != NULL) PyEval_RestoreThread(released);
     result = Py_NewRef(Py_None);
 free:
     PyMem_Free(mask);
@@ -180,6 +187,7 @@ static PyObject *jkx(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < n; k++)
         if (!check_range("volume bar", bar[k], 0, height)) goto done;
 
+    PyThreadState *released = release_gil(out.len);
     uint8_t *img = out.buf;
     memset(img, 0, (size_t)(width * height));
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -200,6 +208,7 @@ static PyObject *jkx(PyObject *self, PyObject *args) {
             img[py * width + px] = MARK;
         }
     }
+    if (released != NULL) PyEval_RestoreThread(released);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&out);
@@ -217,6 +226,7 @@ static PyObject *up_filter(PyObject *self, PyObject *args) {
     if (height < 1 || !check_items(&in, "rows", height * rowbytes, 1)
         || !check_items(&out, "out", height * (rowbytes + 1), 1))
         goto done;
+    PyThreadState *released = release_gil(out.len);
     const uint8_t *src = in.buf;
     uint8_t *dst = out.buf;
     dst[0] = UP_FILTER;
@@ -228,6 +238,7 @@ static PyObject *up_filter(PyObject *self, PyObject *args) {
         o++;
         for (Py_ssize_t k = 0; k < rowbytes; k++) o[k] = (uint8_t)(cur[k] - prev[k]);
     }
+    if (released != NULL) PyEval_RestoreThread(released);
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&in);
