@@ -22,6 +22,7 @@
 #define MARK 255
 #define UP_FILTER 2
 #define GIL_RELEASE_BYTES 65536
+#define MAX_SIDE (1 << 20) /* px: far above any spec (chart/styles.py), low enough that no size overflows */
 
 /* A contiguous buffer of `count` items of `itemsize` bytes, or an exception. */
 static int check_items(const Py_buffer *buf, const char *name, Py_ssize_t count, Py_ssize_t itemsize) {
@@ -85,7 +86,8 @@ static PyObject *mike(PyObject *self, PyObject *args) {
     const uint8_t *ix = colours.buf;
     const int64_t *grid_rows = grid.buf, *row = rows.buf, *bar = bars.buf;
     const uint8_t *is_up = up.buf;
-    if (width < 1 || height < 1 || !check_items(&out, "out", height * rowbytes, 1)
+    if (!check_range("width", width, 1, MAX_SIDE) || !check_range("height", height, 1, MAX_SIDE)
+        || !check_items(&out, "out", height * rowbytes, 1)
         || !check_items(&colours, "colours", N_COLOURS, 1) || !check_items(&grid, "grid_rows", n_grid, 8)
         || !check_items(&rows, "rows", 4 * n, 8) || !check_items(&up, "up", n, 1) || !check_items(&bars, "bars", n, 8))
         goto done;
@@ -178,7 +180,8 @@ static PyObject *jkx(PyObject *self, PyObject *args) {
     /* rows: n opens, n highs, n lows, n closes, n moving-average rows; bars: n volume bar heights. */
     const int64_t *open = rows.buf, *high = open + n, *low = high + n, *close = low + n, *ma = close + n;
     const int64_t *bar = bars.buf;
-    if (n < 1 || width != 3 * n || !check_range("price rows", price_h, 1, height)
+    if (!check_range("width", width, 3, MAX_SIDE) || !check_range("height", height, 1, MAX_SIDE)
+        || !check_range("width mod 3", width % 3, 0, 0) || !check_range("price rows", price_h, 1, height)
         || !check_items(&out, "out", width * height, 1) || !check_items(&rows, "rows", 5 * n, 8)
         || !check_items(&bars, "bars", n, 8))
         goto done;
@@ -223,7 +226,7 @@ static PyObject *up_filter(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*w*n", &in, &out, &height)) return NULL;
     PyObject *result = NULL;
     Py_ssize_t rowbytes = height > 0 ? in.len / height : 0;
-    if (height < 1 || !check_items(&in, "rows", height * rowbytes, 1)
+    if (!check_range("height", height, 1, MAX_SIDE) || !check_items(&in, "rows", height * rowbytes, 1)
         || !check_items(&out, "out", height * (rowbytes + 1), 1))
         goto done;
     PyThreadState *released = release_gil(out.len);
