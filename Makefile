@@ -2,11 +2,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+KERNEL := chart/_kernel.so
 DEMO   := demo-data
 
 .PHONY: venv test demo bench soak clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(KERNEL)
 
 # A fresh virtualenv with exactly the pinned requirements; rebuilt when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt requirements-dask.txt
@@ -14,6 +15,15 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-dask.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -r requirements-dask.txt
 	touch $@
+
+# The drawing engines' pixel loops (chart/kernel.py), built for the venv's Python; the source's SHA-256 is
+# compiled in, so chart/kernel.py refuses a build that does not match its chart/_kernel.c.
+$(KERNEL): chart/_kernel.c $(STAMP)
+	$(CC) -O3 -Wall -shared -fPIC -fno-strict-aliasing \
+	  -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+	  -DKERNEL_SOURCE_SHA256='"'"$$($(PY) -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' $<)"'"' \
+	  $< -o $@ \
+	  || { echo "Error: could not build $@ from $<: it needs a C compiler (\$$CC, default cc) and the Python headers (Debian: python3-dev)" >&2; exit 1; }
 
 test: venv
 	$(PY) -m pytest -q -n 2
@@ -39,4 +49,4 @@ soak: venv
 	$(PY) tests/state_walk.py --sequences 10000 --steps 20 --record
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench/work .pytest_cache .hypothesis
+	rm -rf $(VENV) $(KERNEL) $(DEMO) bench/work .pytest_cache .hypothesis

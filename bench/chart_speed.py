@@ -7,9 +7,9 @@ test; the machines are shared, so it reports the best of several rounds, as CPU 
 in the render workers (cache.system.tune_allocator) unless --plain-malloc: without it, fresh mmaps
 for each image's buffers cost more than the drawing at 1280 px.
 
-Stages: check (input validation), draw (the engine's pixels), pack (rows as PNG stores them, 4 bits
-per pixel for palettes), filter (PNG Up filter), deflate (ISA-L), hash (the pixel hash) and png (the
-rest of chart.render: chunks, CRCs, the result object), computed as the total less the others.
+Stages: check (input validation), draw (the engine's pixels as PNG stores them: mike draws 4-bit rows
+directly), filter (PNG Up filter), deflate (ISA-L), hash (the pixel hash) and png (the rest of
+chart.render: chunks, CRCs, the result object), computed as the total less the others.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CASES = (("mike 1280 w150", "mike", 1280, 150), ("mike 224 w60", "mike", 224, 60
          ("jkx w20", "jkx", 0, 20), ("jkx w60", "jkx", 0, 60))
 MPL_CASES = (("mplfinance:mike 1280 w150", "mplfinance:mike", 1280, 150),
              ("mplfinance:yahoo 224 w60", "mplfinance:yahoo", 224, 60))
-STAGES = ("check", "draw", "pack", "filter", "deflate", "hash", "png")
+STAGES = ("check", "draw", "filter", "deflate", "hash", "png")
 
 
 def window(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,19 +69,17 @@ def stages(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> dict[str, 
     """CPU ms of each stage of chart.render for the raster and jkx engines (module docstring)."""
     values = chart._check_input(spec, times, ohlcv)
     if spec.engine == "raster":
-        draw: Callable[[], Any] = lambda: raster.draw(spec, values)  # noqa: E731
-        pixels, colours = draw()
-        mode, palette = "P", b"".join(png._rgb_bytes(c) for c in colours)
+        draw: Callable[[], Any] = lambda: raster.draw_rows(spec, values)  # noqa: E731
+        rows, palette = draw()
+        mode = "P"
     else:
         draw = lambda: jkx.draw(spec, values)  # noqa: E731
-        pixels, mode, palette = draw(), "L", b""
-    rows, _ = png._pack_rows(pixels, mode, palette)
+        rows, mode, palette = draw(), "L", b""
     filtered = png._filtered(rows).copy()
     repeat = _repeat(spec)
     found = {
         "check": best_ms(lambda: chart._check_input(spec, times, ohlcv), repeat),
         "draw": best_ms(draw, repeat),
-        "pack": best_ms(lambda: png._pack_rows(pixels, mode, palette), repeat),
         "filter": best_ms(lambda: png._filtered(rows), repeat),
         "deflate": best_ms(lambda: isal_zlib.compress(filtered.data, png.COMPRESS_LEVEL), repeat),
         "hash": best_ms(lambda: png._canonical_hash(mode, spec.width, spec.height, palette, rows), repeat),

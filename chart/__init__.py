@@ -1,6 +1,6 @@
 """Pure drawing: arrays in, PNG bytes out. No files, no SQLite, no global state.
 
-Engines: `raster` (preset mike, numpy), `jkx` (the Jiang-Kelly-Xiu OHLC images) and `mplfinance`
+Engines: `raster` (preset mike), `jkx` (the Jiang-Kelly-Xiu OHLC images) and `mplfinance`
 (any built-in mplfinance style; matplotlib is imported only when such a spec is drawn).
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from chart import jkx, raster
-from chart.png import (PIXEL_HASH_VERSION, Drawn, decode, encode_gray, encode_palette, encode_rgb, pixel_hash,
-                       png_size)
+from chart.png import (PIXEL_HASH_VERSION, Drawn, decode, encode_gray, encode_palette, encode_palette4, encode_rgb,
+                       pixel_hash, png_size)
 from chart.styles import STYLES, STYLES_HELP, ChartError, Spec, make_spec, style_from_tag
 
 __all__ = ["PIXEL_HASH_VERSION", "STYLES", "STYLES_HELP", "ChartError", "Drawn", "Spec", "decode", "make_spec",
@@ -32,8 +32,8 @@ def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np
 
 
 def _raster(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
-    indices, palette = raster.draw(spec, values)
-    return encode_palette(indices, palette)
+    rows, plte = raster.draw_rows(spec, values)
+    return encode_palette4(rows, spec.width, plte)
 
 
 def _jkx(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:

@@ -2,42 +2,36 @@
 
 Each period takes 3 columns: open tick left, high-low bar centre, close tick right. The moving average
 of the close is a 1-px polyline through the period centres; volume bars fill the bottom fifth.
+numpy turns prices into integer rows; the compiled kernel (chart/_kernel.c) draws the pixels.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from chart.kernel import kernel
 from chart.styles import ChartError, Spec
 
-MARK = 255
+
+@functools.lru_cache(maxsize=64)
+def _windows(length: int, count: int) -> np.ndarray:
+    """Row k: the indices of closes[k:k + count], in at least two columns (the one column of count 1
+    repeated): numpy would sum a matrix of one column along its then contiguous axis, pairwise."""
+    columns = np.minimum(np.arange(max(count, 2)), count - 1)
+    return np.arange(length)[:, None] + columns
 
 
 def moving_average(closes: np.ndarray, length: int) -> np.ndarray:
     """Simple MA over `length` periods for each of the last len(closes) - length + 1 closes.
 
-    Summed column by column in a fixed order, so the floats are the same on every platform.
+    Summed period by period in a fixed order, ((c[k] + c[k+1]) + c[k+2]) + ..., so the floats are the
+    same on every platform: numpy reduces axis 0 of a C-contiguous matrix of two or more columns one
+    row after another (tests/test_chart_jkx.py checks it against the plain loop).
     """
     count = len(closes) - length + 1
-    total = closes[:count].copy()
-    for k in range(1, length):
-        total += closes[k:k + count]
-    return total / length
-
-
-def line_pixels(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of the 1-px polyline through integer points: an integer DDA, one pixel per major step."""
-    x0, y0 = xs[:-1], ys[:-1]
-    dx, dy = np.diff(xs), np.diff(ys)
-    steps = np.maximum(np.maximum(np.abs(dx), np.abs(dy)), 1)
-    seg = np.repeat(np.arange(len(dx)), steps + 1)
-    # k runs 0..steps inside each segment.
-    k = np.arange(len(seg)) - np.repeat(np.cumsum(steps + 1) - (steps + 1), steps + 1)
-    s = steps[seg]
-    # round(k * d / s) in integers: floor((2kd + s) / 2s), exact for any sign of d.
-    px = x0[seg] + (2 * k * dx[seg] + s) // (2 * s)
-    py = y0[seg] + (2 * k * dy[seg] + s) // (2 * s)
-    return px, py
+    return np.add.reduce(closes[_windows(length, count)], axis=0)[:count] / length
 
 
 def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
@@ -49,9 +43,9 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     # Rebased so the window's first close is 1, as in the paper.
     prices = ohlcv[:, :4] / first_close
     ma = moving_average(prices[:, 3], n)
-    window = prices[spec.history:]
-    low = float(min(window.min(), ma.min()))
-    high = float(max(window.max(), ma.max()))
+    # The window's opens, highs, lows, closes, then the MA: one array, so one pass finds its range and rows.
+    points = np.concatenate([prices[spec.history:].T.ravel(), ma])
+    low, high = float(points.min()), float(points.max())
     if high == low:
         raise ChartError("jkx cannot draw a window whose prices are all equal (max == min)")
     volume_rows = height // 5
@@ -59,25 +53,12 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     if not np.isfinite((high - low) * (price_h - 1)):
         raise ChartError(f"price range {low:g}..{high:g} is too wide to draw")
 
-    # Rows of the window's open, high, low, close and of the MA, computed in one pass.
-    scaled = np.rint((np.concatenate([window.T.ravel(), ma]) - low) * (price_h - 1) / (high - low))
-    o, h, lo, c, ma_rows = (price_h - 1 - scaled.astype(np.int64)).reshape(5, n)
-    img = np.zeros((height, spec.width), dtype=np.uint8)
-    centre = 3 * np.arange(n) + 1
-    r = np.arange(price_h)[:, None]
-    img[:price_h, 1::3][(r >= h) & (r <= lo)] = MARK
-    img[o, centre - 1] = MARK
-    img[c, centre + 1] = MARK
-    if n > 1:
-        px, py = line_pixels(centre, ma_rows)
-        img[py, px] = MARK
-    else:
-        img[ma_rows, centre] = MARK
-
+    scaled = np.rint((points - low) * (price_h - 1) / (high - low))
+    rows = price_h - 1 - scaled.astype(np.int64)
     volume = ohlcv[spec.history:, 4]
     top = float(volume.max())
-    if top > 0:
-        bars = np.rint(volume / top * volume_rows).astype(np.int64)
-        rv = np.arange(height - volume_rows, height)[:, None]
-        img[height - volume_rows:, 1::3][rv >= height - bars] = MARK
+    bars = (np.rint(volume / top * volume_rows).astype(np.int64) if top > 0
+            else np.zeros(n, dtype=np.int64))
+    img = np.empty((height, spec.width), dtype=np.uint8)
+    kernel.jkx(img, spec.width, height, price_h, rows, bars)
     return img

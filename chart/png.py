@@ -19,10 +19,12 @@ for the 819 KB of a 1280 px chart).
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,18 +32,18 @@ from blake3 import blake3
 from isal import isal_zlib
 from PIL import Image
 
+from chart.kernel import kernel
 from chart.styles import ChartError
 
 # ISA-L level 1: measured ~0.2 ms for a 1280 px mike chart (stdlib zlib level 1: ~3 ms), and smaller files.
 COMPRESS_LEVEL = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-UP_FILTER = 2
 COLOUR_TYPES = {"L": 0, "RGB": 2, "P": 3}
 # Bumped whenever the pixel hash's definition changes (the index records which one its rows hold).
 PIXEL_HASH_VERSION = 2
 _PIXEL_HASH_PREFIX = b"pixels-v2 "
 # Per-thread filtered-row buffers, kept between images of one size (Dask runs tasks in threads):
-# a fresh buffer costs more in page faults than the Up filter itself.
+# a fresh buffer costs more in page faults than the Up filter itself (chart/_kernel.c's up_filter).
 _scratch = threading.local()
 SCRATCH_PAD = 512  # more than a deflate match (258 bytes) plus a 64-byte SIMD load
 
@@ -58,6 +60,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+_IEND = _chunk(b"IEND", b"")
+
+
 def _pack_rows(pixels: np.ndarray, mode: str, palette: bytes) -> tuple[np.ndarray, int]:
     """Rows of samples as stored: palettes of up to 16 colours at 4 bits per pixel, else 8 bits."""
     height, width = pixels.shape[:2]
@@ -68,10 +73,15 @@ def _pack_rows(pixels: np.ndarray, mode: str, palette: bytes) -> tuple[np.ndarra
     return np.frombuffer(image.tobytes("raw", "L;4"), dtype=np.uint8).reshape(height, -1), 4
 
 
+@functools.lru_cache(maxsize=256)
+def _hash_head(mode: str, width: int, height: int, palette: bytes) -> bytes:
+    """What the pixel hash takes before the rows; the same for every image of one spec."""
+    return _PIXEL_HASH_PREFIX + mode.encode() + struct.pack(">II", width, height) + palette
+
+
 def _canonical_hash(mode: str, width: int, height: int, palette: bytes, rows: np.ndarray) -> str:
     """The pixel hash (module docstring) of packed, unfiltered rows: no encoder choice affects it."""
-    digest = blake3(_PIXEL_HASH_PREFIX + mode.encode() + struct.pack(">II", width, height))
-    digest.update(palette)
+    digest = blake3(_hash_head(mode, width, height, palette))
     digest.update(rows.data)
     return digest.hexdigest()
 
@@ -87,39 +97,61 @@ def _filtered(rows: np.ndarray) -> np.ndarray:
     if stored is None or stored.shape != shape:
         size = shape[0] * shape[1]
         stored = np.zeros(size + SCRATCH_PAD, dtype=np.uint8)[:size].reshape(shape)
-        stored[:, 0] = UP_FILTER
         _scratch.stored = stored
-    stored[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=stored[1:, 1:])  # modulo 256, as the Up filter defines
+    kernel.up_filter(rows, stored, shape[0])
     return stored
 
 
-def _encode(pixels: np.ndarray, mode: str, palette: bytes = b"") -> Drawn:
-    height, width = pixels.shape[:2]
-    rows, depth = _pack_rows(pixels, mode, palette)
+@functools.lru_cache(maxsize=256)
+def _png_head(mode: str, width: int, height: int, depth: int, palette: bytes) -> bytes:
+    """Signature, IHDR and PLTE: the same for every image of one spec."""
     header = struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPES[mode], 0, 0, 0)
-    png = (PNG_SIGNATURE + _chunk(b"IHDR", header) + (_chunk(b"PLTE", palette) if palette else b"")
-           + _chunk(b"IDAT", isal_zlib.compress(_filtered(rows).data, COMPRESS_LEVEL)) + _chunk(b"IEND", b""))
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + (_chunk(b"PLTE", palette) if palette else b"")
+
+
+def _encode(rows: np.ndarray, mode: str, width: int, depth: int, palette: bytes = b"") -> Drawn:
+    """PNG and pixel hash of rows as PNG stores them (C-contiguous, `depth` bits per sample)."""
+    height = rows.shape[0]
+    png = (_png_head(mode, width, height, depth, palette)
+           + _chunk(b"IDAT", isal_zlib.compress(_filtered(rows).data, COMPRESS_LEVEL)) + _IEND)
     return Drawn(png, _canonical_hash(mode, width, height, palette, rows))
+
+
+def _encode_pixels(pixels: np.ndarray, mode: str, palette: bytes = b"") -> Drawn:
+    rows, depth = _pack_rows(pixels, mode, palette)
+    return _encode(rows, mode, pixels.shape[1], depth, palette)
 
 
 def _rgb_bytes(colour: str) -> bytes:
     return bytes.fromhex(colour.lstrip("#"))
 
 
+def palette_bytes(palette: Sequence[str]) -> bytes:
+    """PLTE's RGB triples of hex colours."""
+    return b"".join(_rgb_bytes(c) for c in palette)
+
+
 def encode_palette(indices: np.ndarray, palette: list[str]) -> Drawn:
     """A palette PNG (4 bits per pixel for up to 16 colours)."""
-    return _encode(indices, "P", b"".join(_rgb_bytes(c) for c in palette))
+    return _encode_pixels(indices, "P", palette_bytes(palette))
+
+
+def encode_palette4(rows: np.ndarray, width: int, plte: bytes) -> Drawn:
+    """A palette PNG of up to 16 colours (`plte`: palette_bytes) from rows already at 4 bits per pixel
+    (chart/raster.py)."""
+    if len(plte) > 16 * 3:
+        raise ChartError(f"4-bit rows hold at most 16 colours, got {len(plte) // 3}")
+    return _encode(rows, "P", width, 4, plte)
 
 
 def encode_gray(pixels: np.ndarray) -> Drawn:
     """An 8-bit grayscale PNG."""
-    return _encode(pixels, "L")
+    return _encode_pixels(pixels, "L")
 
 
 def encode_rgb(pixels: np.ndarray) -> Drawn:
     """An 8-bit RGB PNG."""
-    return _encode(pixels, "RGB")
+    return _encode_pixels(pixels, "RGB")
 
 
 def decode(png: bytes) -> Image.Image:

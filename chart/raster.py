@@ -1,15 +1,19 @@
-"""The numpy rasteriser (preset `mike`): candles and volume drawn into a palette-index image.
+"""The raster engine (preset `mike`): candles and volume drawn as palette indices, 4 bits per pixel.
 
-Only integer geometry and float add/sub/mul/div/round feed the pixels: no fonts, no anti-aliasing and
-no transcendental functions, so the pixels are the same on every platform.
+numpy turns prices into integer rows; the compiled kernel (chart/_kernel.c) draws the strokes straight
+into the rows PNG stores. Only integer geometry and float add/sub/mul/div/round feed the pixels: no
+fonts, no anti-aliasing and no transcendental functions, so the pixels are the same on every platform.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
+from chart.kernel import kernel
+from chart.png import palette_bytes
 from chart.styles import ChartError, Spec
 
 # Grid lines at fixed fractions of the price panel (quarters) and the middle of the volume panel.
@@ -47,6 +51,10 @@ def layout(width: int, height: int, n: int) -> Layout:
     return Layout(slot, body, left, margin, price_span, volume_rows, tuple(grid))
 
 
+# The roles in the order chart/_kernel.c's mike() takes their palette indices.
+ROLES = ("background", "grid", "wick", "up_edge", "up_body", "down_edge", "down_body", "volume")
+
+
 def _palette(spec: Spec) -> tuple[list[str], dict[str, int]]:
     """Distinct colours in role order, and each role's palette index."""
     colours: list[str] = []
@@ -56,6 +64,25 @@ def _palette(spec: Spec) -> tuple[list[str], dict[str, int]]:
             colours.append(colour)
         index[role] = colours.index(colour)
     return colours, index
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What draw_rows needs of a spec besides the prices, worked out once per spec."""
+
+    geo: Layout
+    palette: tuple[str, ...]
+    plte: bytes  # the palette as PNG's PLTE chunk holds it
+    role_indices: bytes  # palette index per ROLES entry
+    grid_rows: np.ndarray  # int64, as the kernel takes them
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(spec: Spec) -> _Plan:
+    palette, ix = _palette(spec)
+    geo = layout(spec.width, spec.height, spec.n_candles)
+    return _Plan(geo, tuple(palette), palette_bytes(palette), bytes(ix[role] for role in ROLES),
+                 np.array(geo.grid_rows, dtype=np.int64))
 
 
 def price_rows(values: np.ndarray, low: float, high: float, top: int, span: int) -> np.ndarray:
@@ -75,36 +102,27 @@ def volume_heights(volume: np.ndarray, rows: int) -> np.ndarray:
     return np.rint(volume / top * rows).astype(np.int64)
 
 
-def draw(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Palette indices (height x width, uint8) and the palette (hex colours) of one window."""
-    n = ohlcv.shape[0]
-    geo = layout(spec.width, spec.height, n)
-    palette, ix = _palette(spec)
-    opens, highs, lows, closes, volume = (ohlcv[:, k] for k in range(5))
+def draw_rows(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """The image as PNG stores it (height x ceil(width / 2) uint8, two palette indices per byte, first
+    pixel in the high nibble) and its palette as PLTE holds it."""
+    plan = _plan(spec)
+    geo = plan.geo
     low, high = float(ohlcv[:, :4].min()), float(ohlcv[:, :4].max())
     if not np.isfinite(high - low):
         raise ChartError(f"price range {low:g}..{high:g} is too wide to draw")
     rows = price_rows(ohlcv[:, :4], low, high, geo.price_top, geo.price_span)
-    high_row = rows[:, 1].tolist()
-    low_row = rows[:, 2].tolist()
-    body_top = np.minimum(rows[:, 0], rows[:, 3]).tolist()
-    body_bottom = np.maximum(rows[:, 0], rows[:, 3]).tolist()
-    up = (closes >= opens).tolist()
-    bars = volume_heights(volume, geo.volume_rows).tolist()
+    up = ohlcv[:, 3] >= ohlcv[:, 0]
+    bars = volume_heights(ohlcv[:, 4], geo.volume_rows)
+    out = np.empty((spec.height, (spec.width + 1) // 2), dtype=np.uint8)
+    kernel.mike(out, spec.width, spec.height, plan.role_indices, plan.grid_rows, geo.left, geo.slot, geo.body,
+                rows, up, bars)
+    return out, plan.plte
 
-    img = np.full((spec.height, spec.width), ix["background"], dtype=np.uint8)
-    img[list(geo.grid_rows), :] = ix["grid"]
-    body, bottom = geo.body, spec.height
-    up_edge, up_body, down_edge, down_body = (ix[r] for r in ("up_edge", "up_body", "down_edge", "down_body"))
-    for i in range(n):
-        x = geo.left + i * geo.slot
-        img[high_row[i]:low_row[i] + 1, x + body // 2] = ix["wick"]
-        top, end = body_top[i], body_bottom[i] + 1
-        edge, fill = (up_edge, up_body) if up[i] else (down_edge, down_body)
-        img[top:end, x:x + body] = edge
-        # mike's up candles: a 1-px edge framing the body colour, where there is room for it.
-        if fill != edge and end - top > 2:
-            img[top + 1:end - 1, x + 1:x + body - 1] = fill
-        if bars[i]:
-            img[bottom - bars[i]:bottom, x:x + body] = ix["volume"]
-    return img, palette
+
+def draw(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Palette indices (height x width, uint8) and the palette (hex colours) of one window."""
+    packed, _ = draw_rows(spec, ohlcv)
+    indices = np.empty((spec.height, 2 * packed.shape[1]), dtype=np.uint8)
+    np.right_shift(packed, 4, out=indices[:, 0::2])
+    np.bitwise_and(packed, 15, out=indices[:, 1::2])
+    return indices[:, :spec.width], list(_plan(spec).palette)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import chart
+from chart import jkx
 from chart_windows import flat, open_times, trending
 
 # 4 history candles at 12 (the MA's extra history), then the 5-period window; columns O, H, L, C, V.
@@ -158,3 +161,21 @@ def test_non_positive_first_close_is_a_chart_error():
     window[4, [0, 2, 3]] = 0.0
     with pytest.raises(chart.ChartError, match="positive first close"):
         chart.render(chart.make_spec("jkx", 0, 5), open_times(9), window)
+
+
+def sequential_moving_average(closes: np.ndarray, length: int) -> np.ndarray:
+    """The reference order: the first window's closes, then each later period added in turn."""
+    count = len(closes) - length + 1
+    total = closes[:count].copy()
+    for k in range(1, length):
+        total += closes[k:k + count]
+    return total / length
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(1, 130), extra=st.integers(0, 130), seed=st.integers(0, 2**32 - 1))
+def test_moving_average_sums_in_the_reference_order(length, extra, seed):
+    # Magnitudes over 16 decades, so any other summation order (pairwise, say) rounds differently.
+    rng = np.random.default_rng(seed)
+    closes = rng.random(length + extra) * 10.0 ** rng.uniform(-8, 8, length + extra)
+    assert np.array_equal(jkx.moving_average(closes, length), sequential_moving_average(closes, length))
