@@ -64,7 +64,7 @@ def render_case(name: str, flags: list[str], count: int, reps: int) -> Figure:
     figure = Figure(name, count=count)
     own = []
     for _ in range(reps):
-        folder = RENDERS / str(next(_render_ids))
+        folder = RENDERS / f"{os.getpid()}-{next(_render_ids)}"
         folder.mkdir(parents=True)
         seconds, peak, _, out = run_measured([PY, str(REPO / "image_cache.py"), "render", "--market-db", str(MARKET),
                                               "--index-db", str(folder / "index.sqlite"), "--image-root",
