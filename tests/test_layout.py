@@ -35,9 +35,12 @@ def test_parse_round_trip_and_rejects():
 
 def test_write_atomic_leaves_no_temp(tmp_path: Path):
     rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
+    open_before = len(os.listdir("/proc/self/fd"))
     with Tree(str(tmp_path)) as tree:
         tree.write(rel, b"abc")
         tree.write(rel, b"defg")  # an existing file under the final name is replaced whole
+        tree.write(rel.replace("2024/06", "2024/07").replace("06-28", "07-28"), b"next month")
+    assert len(os.listdir("/proc/self/fd")) == open_before  # the folders it kept open are closed
     assert (tmp_path / rel).read_bytes() == b"defg"
     assert os.listdir((tmp_path / rel).parent) == [Path(rel).name]
     assert is_temp_name(f".{Path(rel).name}.123.tmp") and not is_temp_name(Path(rel).name)
