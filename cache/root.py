@@ -137,7 +137,8 @@ def _plain_parts(rel_path: str) -> list[str]:
 
 
 class Tree:
-    """Containment checks against one root, with each folder's real path resolved once."""
+    """Containment checks against one root, with each folder's real path resolved once, and writes
+    into it (a context manager: closing it closes the folder `write` keeps open)."""
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
@@ -178,12 +179,13 @@ class Tree:
         when a component is a link or not a folder), and kept open: a chunk writes all its images into
         one folder, so each image costs an open, a write, a close and a rename, all relative to it.
         """
-        folder, _, name = rel_path.rpartition("/")
+        parts = _plain_parts(rel_path)
+        folder = rel_path[:-len(parts[-1]) - 1]
         if self._open is None or self._open[0] != folder:
-            fd = self._open_folder(_plain_parts(rel_path)[:-1])
+            fd = self._open_folder(parts[:-1])
             self.close()
             self._open = (folder, fd)
-        write_atomic(self._open[1], name, data)
+        write_atomic(self._open[1], parts[-1], data)
 
     def _open_folder(self, parts: list[str]) -> int:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -105,11 +105,16 @@ def test_a_file_where_a_folder_belongs_is_refused(tmp_path: Path):
     assert (tmp_path / "BTCUSDT").read_bytes() == b"not a folder"
 
 
-@pytest.mark.parametrize("rel", ["/etc/x.png", "BTCUSDT/../x.png", "BTCUSDT//x.png", "./x.png"])
+@pytest.mark.parametrize("rel", ["/etc/x.png", "BTCUSDT/../x.png", "BTCUSDT//x.png", "./x.png", "BTCUSDT/..",
+                                 "BTCUSDT/"])
 def test_only_plain_paths_are_written(tmp_path: Path, rel: str):
-    with Tree(str(tmp_path / "root")) as tree, pytest.raises(RootError, match="not a plain path"):
-        tree.write(rel, b"image")
-    assert not (tmp_path / "root").exists() and not (tmp_path / "x.png").exists()
+    (tmp_path / "root").mkdir()
+    with Tree(str(tmp_path / "root")) as tree:
+        tree.write("BTCUSDT/x.png", b"image")  # with BTCUSDT open, the name is checked all the same
+        with pytest.raises(RootError, match="not a plain path"):
+            tree.write(rel, b"image")
+    assert sorted(p.name for p in (tmp_path / "root").rglob("*")) == ["BTCUSDT", "x.png"]
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_the_path_is_a_function_of_the_index_key_and_back():
