@@ -19,6 +19,7 @@ from cache.system import syncfs
 
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _NAME_RE = re.compile(
     r"^(?P<symbol>[A-Z0-9][A-Z0-9_-]{0,39})_(?P<interval>[0-9]+(?:s|m|h|d|w|mo))_"
@@ -82,17 +83,17 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
-def write_atomic(root: str, rel_path: str, data: bytes) -> None:
-    """Write via a dot-prefixed temp file in the same folder, then rename into place.
+def write_atomic(folder_fd: int, name: str, data: bytes) -> None:
+    """Write `name` in the open folder `folder_fd` via a dot-prefixed temp file there, then rename into place.
 
     A crash leaves either no file, a stray temp file (repair removes it), or the complete file:
-    never a partial file under the final name. Flushing to disk is batched: see `sync_tree`.
+    never a partial file under the final name. The rename replaces whatever entry has the final name
+    (a link is replaced, never written through); the temp file is opened without following a link and
+    without blocking on a pipe. Paths are relative to the folder: no lookup of the whole path per file.
+    Flushing to disk is batched: see `sync_tree`.
     """
-    final = os.path.join(root, rel_path)
-    folder = os.path.dirname(final)
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f"{TEMP_PREFIX}{os.path.basename(final)}.{os.getpid()}{TEMP_SUFFIX}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    temp = f"{TEMP_PREFIX}{name}.{os.getpid()}{TEMP_SUFFIX}"
+    fd = os.open(temp, _TEMP_FLAGS, 0o644, dir_fd=folder_fd)
     try:
         try:
             view = memoryview(data)
@@ -100,9 +101,9 @@ def write_atomic(root: str, rel_path: str, data: bytes) -> None:
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
-        os.replace(temp, final)
+        os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except OSError:
         # e.g. disk full: leave no partial temp file behind (a crash may still; repair removes those).
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=folder_fd)
         raise

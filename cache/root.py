@@ -1,14 +1,16 @@
-"""Ownership of the image root: its marker, and the only ways cache/ reads, lists and removes files there.
+"""Ownership of the image root: its marker, and the only ways cache/ writes, reads, lists and removes files there.
 
 A folder is an image root only when it carries our marker, written by the first render and naming
 the index it belongs to; verify and repair refuse any other folder. Inside it, nothing outside the
-root is ever read or removed: links are never followed (walks do not descend into them, files are
-opened with O_NOFOLLOW, every folder's real path is checked to lie inside the root), non-regular
-files are never opened, and only regular files whose names are ours (images, temp files) are removed.
+root is ever written, read or removed: links are never followed (images are written into folders
+opened one component at a time with O_NOFOLLOW, walks do not descend into links, files are opened
+with O_NOFOLLOW, every folder's real path is checked to lie inside the root), non-regular files are
+never opened, and only regular files whose names are ours (images, temp files) are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,12 +18,14 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path
+from cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path, write_atomic
 from core.errors import MarketError
 from core.grid import INTERVAL_MS, SYMBOL_RE
 
 MARKER = ".image_cache_root"
 MARKER_KIND = "image_cache image root"
+# Each folder on the way to an image: opened relative to its parent, never through a link.
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RootError(MarketError):
@@ -124,13 +128,35 @@ def check_part(kind: str, value: str) -> str:
     return value
 
 
+def _plain_parts(rel_path: str) -> list[str]:
+    """The components of a '/'-separated path relative to the root, refused unless plain."""
+    parts = rel_path.split("/")
+    if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise RootError(f"path {rel_path!r} is not a plain path inside the image root")
+    return parts
+
+
 class Tree:
-    """Containment checks against one root, with each folder's real path resolved once."""
+    """Containment checks against one root, with each folder's real path resolved once, and writes
+    into it (a context manager: closing it closes the folder `write` keeps open)."""
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.real_root = os.path.realpath(self.root)
         self._inside: dict[str, bool] = {}
+        self._open: tuple[str, int] | None = None  # the folder `write` last wrote into, and its descriptor
+
+    def __enter__(self) -> "Tree":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the folder `write` keeps open."""
+        if self._open is not None:
+            os.close(self._open[1])
+            self._open = None
 
     def folder_inside(self, folder: str) -> bool:
         known = self._inside.get(folder)
@@ -141,13 +167,45 @@ class Tree:
 
     def full(self, rel_path: str) -> str:
         """The absolute path of `rel_path`, refused when it would leave the root."""
-        parts = rel_path.split("/")
-        if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise RootError(f"path {rel_path!r} is not a plain path inside the image root")
-        full = os.path.join(self.root, *parts)
+        full = os.path.join(self.root, *_plain_parts(rel_path))
         if not self.folder_inside(os.path.dirname(full)):
             raise RootError(f"{full} lies outside the image root {self.root} (through a link)")
         return full
+
+    def write(self, rel_path: str, data: bytes) -> None:
+        """Write a file atomically (layout.write_atomic) at `rel_path`, creating its folders.
+
+        The folder is reached from the root one component at a time, never through a link (RootError
+        when a component is a link or not a folder), and kept open: a chunk writes all its images into
+        one folder, so each image costs an open, a write, a close and a rename, all relative to it.
+        """
+        parts = _plain_parts(rel_path)
+        folder = rel_path[:-len(parts[-1]) - 1]
+        if self._open is None or self._open[0] != folder:
+            fd = self._open_folder(parts[:-1])
+            self.close()
+            self._open = (folder, fd)
+        write_atomic(self._open[1], parts[-1], data)
+
+    def _open_folder(self, parts: list[str]) -> int:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for depth, part in enumerate(parts):
+                try:
+                    child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    with contextlib.suppress(FileExistsError):  # another worker may create it first
+                        os.mkdir(part, dir_fd=fd)
+                    child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                where = os.path.join(self.root, *parts[:depth + 1])
+                raise RootError(f"{where} is a link or not a folder: images are never written through it") from None
+            raise
+        return fd
 
     def read(self, rel_path: str, limit: int | None = None) -> tuple[int, bytes]:
         """(size, bytes) of a regular file inside the root, never through a link, never blocking.

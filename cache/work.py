@@ -14,7 +14,7 @@ import numpy as np
 
 import chart
 from cache.index import ENGINE_PREFIX, Row
-from cache.layout import relative_path, sync_tree, write_atomic
+from cache.layout import relative_path, sync_tree
 from cache.root import RootError, Tree
 from cache.system import tune_allocator
 from cache.windows import Series, fingerprint, window_rows
@@ -80,27 +80,26 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     driver cannot flush (a Dask worker), the chunk does it before returning.
     """
     tune_allocator()
-    tree = Tree(chunk.image_root)
     out = []
-    for last, reason in zip(chunk.last, chunk.reason):
-        end_ms = int(chunk.series.times[last])
-        row = base_row(chunk, end_ms)
-        try:
-            drawn, row.input_fingerprint = draw_window(chunk, last)
-        except chart.ChartError as exc:
-            row.status, row.reason = "undrawable", f"{ENGINE_PREFIX}{exc}"
-            row.input_fingerprint = exc.fingerprint
-            out.append(row)
-            continue
-        try:
-            tree.full(row.file_path)  # never write through a link to outside the root
-            write_atomic(chunk.image_root, row.file_path, drawn.png)
-        except RootError as exc:
-            raise WorkerError(f"cannot write {row.file_path}: {exc}", _synced(chunk, out, sync)) from None
-        except OSError as exc:
-            raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
-                              f"{exc.strerror or exc}", _synced(chunk, out, sync)) from None
-        out.append(_ok_row(row, chunk.spec, drawn, reason))
+    with Tree(chunk.image_root) as tree:  # keeps the chunk's folder open
+        for last, reason in zip(chunk.last, chunk.reason):
+            end_ms = int(chunk.series.times[last])
+            row = base_row(chunk, end_ms)
+            try:
+                drawn, row.input_fingerprint = draw_window(chunk, last)
+            except chart.ChartError as exc:
+                row.status, row.reason = "undrawable", f"{ENGINE_PREFIX}{exc}"
+                row.input_fingerprint = exc.fingerprint
+                out.append(row)
+                continue
+            try:
+                tree.write(row.file_path, drawn.png)  # never through a link
+            except RootError as exc:
+                raise WorkerError(f"cannot write {row.file_path}: {exc}", _synced(chunk, out, sync)) from None
+            except OSError as exc:
+                raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
+                                  f"{exc.strerror or exc}", _synced(chunk, out, sync)) from None
+            out.append(_ok_row(row, chunk.spec, drawn, reason))
     return _synced(chunk, out, sync)
 
 

@@ -22,7 +22,7 @@ from conftest import REPO, index_rows, run_cli, tree_digest
 # Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
 CRASHER = r"""
 import functools, os, signal, sys
-import cache.index as index, cache.layout as layout, cache.work as work
+import cache.index as index, cache.layout as layout, cache.root as root
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -35,18 +35,18 @@ def die():
 
 if point == "before-rename":  # temp file written, not renamed: a stray temp file
     real_replace = os.replace
-    def replace(src, dst):
+    def replace(*args, **kwargs):
         if due():
             die()
-        real_replace(src, dst)
+        real_replace(*args, **kwargs)
     layout.os.replace = replace
 elif point == "after-rename":  # file in place, its row not written
-    real_write = layout.write_atomic
-    def write_atomic(*args):
+    real_write = root.Tree.write
+    def write(*args):
         real_write(*args)
         if due():
             die()
-    work.write_atomic = write_atomic
+    root.Tree.write = write
 elif point == "in-commit":  # rows sent to SQLite, transaction not committed
     def upsert_rows(conn, rows):
         conn.execute("BEGIN IMMEDIATE")

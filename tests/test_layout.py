@@ -1,11 +1,15 @@
-"""Image paths: the documented layout, parsing back, atomic writes."""
+"""Image paths: the documented layout, parsing back, atomic writes that never go through a link."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
-from cache.layout import is_temp_name, parse_relative_path, relative_path, write_atomic
+import pytest
+
+from cache.layout import is_temp_name, parse_relative_path, relative_path
+from cache.root import RootError, Tree
 
 END = 1719532800000  # 2024-06-28T00:00:00Z
 
@@ -31,11 +35,86 @@ def test_parse_round_trip_and_rejects():
 
 def test_write_atomic_leaves_no_temp(tmp_path: Path):
     rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
-    write_atomic(str(tmp_path), rel, b"abc")
-    write_atomic(str(tmp_path), rel, b"defg")
+    open_before = len(os.listdir("/proc/self/fd"))
+    with Tree(str(tmp_path)) as tree:
+        tree.write(rel, b"abc")
+        tree.write(rel, b"defg")  # an existing file under the final name is replaced whole
+        tree.write(rel.replace("2024/06", "2024/07").replace("06-28", "07-28"), b"next month")
+    assert len(os.listdir("/proc/self/fd")) == open_before  # the folders it kept open are closed
     assert (tmp_path / rel).read_bytes() == b"defg"
     assert os.listdir((tmp_path / rel).parent) == [Path(rel).name]
     assert is_temp_name(f".{Path(rel).name}.123.tmp") and not is_temp_name(Path(rel).name)
+
+
+def _outside(tmp_path: Path) -> Path:
+    (tmp_path / "outside").mkdir()
+    precious = tmp_path / "outside" / "precious.txt"
+    precious.write_bytes(b"not ours")
+    return precious
+
+
+def test_a_link_at_the_temp_name_is_never_written_through(tmp_path: Path):
+    """The old write opened its temp file following links: a link there had its target overwritten."""
+    precious = _outside(tmp_path)
+    rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
+    folder = tmp_path / "root" / Path(rel).parent
+    folder.mkdir(parents=True)
+    (folder / f".{Path(rel).name}.{os.getpid()}.tmp").symlink_to(precious)
+    with Tree(str(tmp_path / "root")) as tree, pytest.raises(OSError) as caught:
+        tree.write(rel, b"image")
+    assert caught.value.errno == errno.ELOOP
+    assert precious.read_bytes() == b"not ours"
+    assert not (folder / Path(rel).name).exists()
+
+
+def test_a_link_at_the_final_name_is_replaced_not_followed(tmp_path: Path):
+    precious = _outside(tmp_path)
+    rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
+    final = tmp_path / "root" / rel
+    final.parent.mkdir(parents=True)
+    final.symlink_to(precious)
+    with Tree(str(tmp_path / "root")) as tree:
+        tree.write(rel, b"image")
+    assert not final.is_symlink() and final.read_bytes() == b"image"
+    assert precious.read_bytes() == b"not ours"
+    assert os.listdir(final.parent) == [final.name]
+
+
+@pytest.mark.parametrize("where", ["BTCUSDT", "BTCUSDT/1h/2024", "BTCUSDT/1h/2024/06"])
+@pytest.mark.parametrize("target", ["outside", "inside"])
+def test_a_folder_that_is_a_link_is_never_written_through(tmp_path: Path, where: str, target: str):
+    """Any link on the way is refused, to a folder outside the root or inside it."""
+    precious = _outside(tmp_path)
+    root = tmp_path / "root"
+    (root / where).parent.mkdir(parents=True, exist_ok=True)
+    elsewhere = tmp_path / "outside" if target == "outside" else root / "ETHUSDT"
+    elsewhere.mkdir(exist_ok=True)
+    (root / where).symlink_to(elsewhere)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
+    with Tree(str(root)) as tree, pytest.raises(RootError, match="is a link or not a folder"):
+        tree.write(rel, b"image")
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+    assert precious.read_bytes() == b"not ours"
+
+
+def test_a_file_where_a_folder_belongs_is_refused(tmp_path: Path):
+    (tmp_path / "BTCUSDT").write_bytes(b"not a folder")
+    with Tree(str(tmp_path)) as tree, pytest.raises(RootError, match="BTCUSDT is a link or not a folder"):
+        tree.write(relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1), b"image")
+    assert (tmp_path / "BTCUSDT").read_bytes() == b"not a folder"
+
+
+@pytest.mark.parametrize("rel", ["/etc/x.png", "BTCUSDT/../x.png", "BTCUSDT//x.png", "./x.png", "BTCUSDT/..",
+                                 "BTCUSDT/"])
+def test_only_plain_paths_are_written(tmp_path: Path, rel: str):
+    (tmp_path / "root").mkdir()
+    with Tree(str(tmp_path / "root")) as tree:
+        tree.write("BTCUSDT/x.png", b"image")  # with BTCUSDT open, the name is checked all the same
+        with pytest.raises(RootError, match="not a plain path"):
+            tree.write(rel, b"image")
+    assert sorted(p.name for p in (tmp_path / "root").rglob("*")) == ["BTCUSDT", "x.png"]
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_the_path_is_a_function_of_the_index_key_and_back():
