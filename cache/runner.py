@@ -207,7 +207,7 @@ def plan(settings: Settings, filters: Filters, market_conn, index_conn, spec: ch
         for name, count in skip.counts.items():
             p.counts[name] += count
         if marks is not None:
-            found = stamps.settled(rec, skip, key, sid, skip.start_ms, due.now_ms, spec.window_len, spec.history)
+            found = stamps.settled(rec, skip, key, sid, due.now_ms, spec.window_len, spec.history)
             p.stamping = stamps.Stamping(label, symbol, interval, skip, found, marks)
         plans.append(p)
     return plans
@@ -295,7 +295,7 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
             result.up_to_date = sum(p.counts["up_to_date"] for p in plans)
             result.undrawable = sum(p.counts["undrawable"] for p in plans)
             result.notes = [p.note for p in plans if p.note]
-            result.unread = sum(p.stamping.skipped.skipped for p in plans if p.stamping is not None)
+            result.unread = sum(p.stamping.skipped.windows for p in plans if p.stamping is not None)
             if dry_run:
                 result.drawn = sum(len(p.draw) for p in plans)
                 result.marked_stale = sum(p.counts["marked_stale"] for p in plans)

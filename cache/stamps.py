@@ -60,7 +60,7 @@ class Skip:
     revs: dict[int, int] = field(default_factory=dict)
 
     @property
-    def skipped(self) -> int:
+    def windows(self) -> int:
         return sum(self.counts.values())
 
 
@@ -129,10 +129,12 @@ def skip(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, now: M
     return Skip(max(start_ms, b << SHIFT), counts, (first, b), revs)
 
 
-def settled(rec: SeriesReconcile, skipped: Skip, key: str, sid: int, from_ms: int, now_ms: int,
-            window_len: int, history: int) -> list[tuple]:
+def settled(rec: SeriesReconcile, skipped: Skip, key: str, sid: int, now_ms: int, window_len: int,
+            history: int) -> list[tuple]:
     """Stamps (bucket, stamp, lo, counts...) of the buckets this reconcile judged and found settled:
-    from the bucket of `from_ms` (where its judged windows begin) to the bucket of the last candle."""
+    from the bucket where the run's judged windows begin (`skipped.start_ms`) to the bucket of the
+    last candle."""
+    from_ms = skipped.start_ms
     times = rec.series.times
     if len(times) == 0:
         return []
