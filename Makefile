@@ -2,12 +2,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-KERNEL := chart/_kernel.so
+COMPILED := chart/_kernel.so cache/_files.so
 DEMO   := demo-data
 
 .PHONY: venv test demo bench soak clean
 
-venv: $(STAMP) $(KERNEL)
+venv: $(STAMP) $(COMPILED)
 
 # A fresh virtualenv with exactly the pinned requirements; rebuilt when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt requirements-dask.txt
@@ -16,12 +16,13 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-dask.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -r requirements-dask.txt
 	touch $@
 
-# The drawing engines' pixel loops (chart/kernel.py), built for the venv's Python; the source's SHA-256 is
-# compiled in, so chart/kernel.py refuses a build that does not match its chart/_kernel.c.
-$(KERNEL): chart/_kernel.c $(STAMP)
+# The compiled modules: the drawing engines' pixel loops (chart/kernel.py) and the batched atomic file writes
+# (cache/layout.py), each built for the venv's Python from the .c file of its name; the source's SHA-256 is
+# compiled in, so the module refuses a build that does not match its source (core/compiled.py).
+$(COMPILED): %.so: %.c $(STAMP)
 	$(CC) -O3 -Wall -shared -fPIC -fno-strict-aliasing \
 	  -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-	  -DKERNEL_SOURCE_SHA256='"'"$$($(PY) -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' $<)"'"' \
+	  -DSOURCE_SHA256='"'"$$($(PY) -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' $<)"'"' \
 	  $< -o $@ \
 	  || { echo "Error: could not build $@ from $<: it needs a C compiler (\$$CC, default cc) and the Python headers (Debian: python3-dev)" >&2; exit 1; }
 
@@ -49,4 +50,4 @@ soak: venv
 	$(PY) tests/state_walk.py --sequences 10000 --steps 20 --record
 
 clean:
-	rm -rf $(VENV) $(KERNEL) $(DEMO) bench/work .pytest_cache .hypothesis
+	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis

@@ -10,13 +10,17 @@ never opened, and only regular files whose names are ours (images, temp files) a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import itertools
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path, write_atomic
 from core.errors import MarketError
@@ -26,6 +30,7 @@ MARKER = ".image_cache_root"
 MARKER_KIND = "image_cache image root"
 # Each folder on the way to an image: opened relative to its parent, never through a link.
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+K = TypeVar("K")
 
 
 class RootError(MarketError):
@@ -173,19 +178,44 @@ class Tree:
         return full
 
     def write(self, rel_path: str, data: bytes) -> None:
-        """Write a file atomically (layout.write_atomic) at `rel_path`, creating its folders.
+        """Write one file (`write_many`), raising what stopped it."""
+        _, error = self.write_many([(rel_path, data)])
+        if error is not None:
+            raise error
 
-        The folder is reached from the root one component at a time, never through a link (RootError
+    def write_many(self, files: Sequence[tuple[str, bytes]]) -> tuple[int, RootError | OSError | None]:
+        """Write (relative path, bytes) files atomically (layout.write_atomic), in order, creating their
+        folders; how many were written, and the error that stopped the rest (None when none did).
+
+        Each folder is reached from the root one component at a time, never through a link (RootError
         when a component is a link or not a folder), and kept open: a chunk writes all its images into
         one folder, so each image costs an open, a write, a close and a rename, all relative to it.
         """
-        parts = _plain_parts(rel_path)
-        folder = rel_path[:-len(parts[-1]) - 1]
+        try:  # every path is checked before anything is written
+            checked = [(_plain_parts(rel), data) for rel, data in files]
+        except RootError as exc:
+            return 0, exc
+        written = 0
+        for folder, group in itertools.groupby(checked, key=lambda item: item[0][:-1]):
+            group = list(group)
+            try:
+                fd = self._folder(folder)
+            except (RootError, OSError) as exc:
+                return written, exc
+            count, error = write_atomic(fd, [parts[-1] for parts, _ in group], [data for _, data in group])
+            written += count
+            if error is not None:
+                return written, error
+        return written, None
+
+    def _folder(self, parts: list[str]) -> int:
+        """The descriptor of the folder at `parts`, opened (and created) when it is not the one kept open."""
+        folder = "/".join(parts)
         if self._open is None or self._open[0] != folder:
-            fd = self._open_folder(parts[:-1])
+            fd = self._open_folder(parts)
             self.close()
             self._open = (folder, fd)
-        write_atomic(self._open[1], parts[-1], data)
+        return self._open[1]
 
     def _open_folder(self, parts: list[str]) -> int:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -282,3 +312,64 @@ class Tree:
                 yield ("temp" if is_temp_name(entry.name) else "file"), rel
             else:
                 yield "foreign", rel
+
+
+class FileQueue(Generic[K]):
+    """Files written into a Tree on a background thread while the caller goes on (draws the next image).
+
+    Files go out in batches of `batch`, in the order added; each batch is one `write_many` call, which
+    writes with the GIL released (cache/_files.c), so writing costs the drawing thread almost nothing
+    where a second core is free. At most `ahead` batches wait (flat memory). After a failure nothing
+    more is written. A context manager: leaving it stops the thread (files not yet written are not).
+    """
+
+    def __init__(self, tree: Tree, batch: int = 64, ahead: int = 4) -> None:
+        self.tree, self.batch, self.ahead = tree, batch, ahead
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="files")
+        self.waiting: list[tuple[tuple[str, bytes], K]] = []
+        self.sent: collections.deque[tuple[Future, tuple, list[K]]] = collections.deque()
+        self.written: list[K] = []
+        self.failure: tuple[str, RootError | OSError] | None = None
+        self.failed = False  # set by the writing thread, read only there
+
+    def __enter__(self) -> "FileQueue[K]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, rel_path: str, data: bytes, key: K) -> None:
+        """Queue a file; `key` (e.g. its index row) comes back from `finish` once the file is written."""
+        self.waiting.append(((rel_path, data), key))
+        if len(self.waiting) >= self.batch:
+            self._send()
+
+    def finish(self) -> tuple[list[K], tuple[str, RootError | OSError] | None]:
+        """Wait for every queued file: the keys of those written, in order, and the path and error of
+        the file that stopped the rest (None when none did)."""
+        self._send()
+        while self.sent:
+            self._collect()
+        return self.written, self.failure
+
+    def _send(self) -> None:
+        if self.waiting:
+            files, keys = zip(*self.waiting)
+            self.waiting = []
+            self.sent.append((self.pool.submit(self._write, files), files, list(keys)))
+        while len(self.sent) > self.ahead:
+            self._collect()
+
+    def _write(self, files: Sequence[tuple[str, bytes]]) -> tuple[int, RootError | OSError | None]:
+        if self.failed:
+            return 0, None
+        written, error = self.tree.write_many(files)
+        self.failed = error is not None
+        return written, error
+
+    def _collect(self) -> None:
+        future, files, keys = self.sent.popleft()
+        written, error = future.result()
+        self.written += keys[:written]
+        if error is not None and self.failure is None:
+            self.failure = files[written][0], error

@@ -25,7 +25,7 @@ from cache.executors import Run, chunk_windows, executor
 from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, claim
 from cache.windows import due_windows, member_of_sorted
-from cache.work import Chunk, WorkerError, base_row, draw_chunk, split_months
+from cache.work import Chunk, WorkerError, base_row, draw_chunk, require_built, split_months
 from config import Settings, make_spec
 from core.db import exclusive_lock, immediate
 from core.errors import LockHeld, MarketError
@@ -276,6 +276,8 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
     if limit is not None and limit < 0:
         raise MarketError(f"--limit must be 0 or more, got {limit}")
     spec = make_spec(settings)
+    if not dry_run:
+        require_built()  # here, not in a worker: one clear error, no window recorded as refused
     began = time.monotonic()
     result = RenderResult(dry_run=dry_run)
     # A dry run writes nothing: no lock file, and no index file where there is none yet.

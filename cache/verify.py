@@ -33,7 +33,7 @@ from cache.root import Tree, check_owned, check_part, read_marker
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
 from cache.windows import Series, window_gaps
-from cache.work import WorkerError, adopt_chunk, draw_chunk, split_months
+from cache.work import WorkerError, adopt_chunk, draw_chunk, require_built, split_months
 from config import Settings
 from core.errors import MarketError
 from core.hooks import Progress, Warn, no_progress, no_warn
@@ -449,6 +449,7 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
            progress: Progress = no_progress, warn: Warn = no_warn) -> RepairResult:
     filters = filters or Filters()
     check_filters(filters)
+    require_built()  # before anything is moved aside or redrawn
     began = time.monotonic()
     result = RepairResult()
     with runner.run_lock(settings, "repair"):

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 import chart
+from chart import kernel
 from cache.index import ENGINE_PREFIX, Row
+from cache import layout
 from cache.layout import relative_path, sync_tree
-from cache.root import RootError, Tree
+from cache.root import FileQueue, RootError, Tree
 from cache.system import tune_allocator
 from cache.windows import Series, fingerprint, window_rows
+from core import compiled
 
 
 class WorkerError(Exception):
@@ -44,6 +47,11 @@ class Chunk:
     series: Series          # only the rows these windows need
     last: np.ndarray         # indices into `series` of each window's last candle
     reason: tuple[str | None, ...]  # reason recorded with each image (e.g. 'gap' under policy render)
+
+
+def require_built() -> None:
+    """Fail at once where the compiled drawing kernel or file writer is missing or stale (core/compiled.py)."""
+    compiled.require_built(kernel.kernel, layout.FILE_WRITER)
 
 
 def image_path(spec: chart.Spec, symbol: str, interval: str, end_open_time_ms: int) -> str:
@@ -79,9 +87,11 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     before it commits their rows (cache/durable.py); with `sync`, on a machine whose page cache the
     driver cannot flush (a Dask worker), the chunk does it before returning.
     """
+    require_built()
     tune_allocator()
     out = []
-    with Tree(chunk.image_root) as tree:  # keeps the chunk's folder open
+    # The files are written on a thread of their own while the next images are drawn.
+    with Tree(chunk.image_root) as tree, FileQueue(tree) as files:
         for last, reason in zip(chunk.last, chunk.reason):
             end_ms = int(chunk.series.times[last])
             row = base_row(chunk, end_ms)
@@ -92,14 +102,14 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
                 row.input_fingerprint = exc.fingerprint
                 out.append(row)
                 continue
-            try:
-                tree.write(row.file_path, drawn.png)  # never through a link
-            except RootError as exc:
-                raise WorkerError(f"cannot write {row.file_path}: {exc}", _synced(chunk, out, sync)) from None
-            except OSError as exc:
-                raise WorkerError(f"cannot write {os.path.join(chunk.image_root, row.file_path)}: "
-                                  f"{exc.strerror or exc}", _synced(chunk, out, sync)) from None
-            out.append(_ok_row(row, chunk.spec, drawn, reason))
+            files.add(row.file_path, drawn.png, _ok_row(row, chunk.spec, drawn, reason))  # never through a link
+        written, failure = files.finish()
+    out += written
+    if failure is not None:
+        path, error = failure
+        detail = (f"{path}: {error}" if isinstance(error, RootError)
+                  else f"{os.path.join(chunk.image_root, path)}: {error.strerror or error}")
+        raise WorkerError(f"cannot write {detail}", _synced(chunk, out, sync))
     return _synced(chunk, out, sync)
 
 
@@ -126,6 +136,7 @@ def _ok_row(row: Row, spec: chart.Spec, drawn: chart.Drawn, reason: str | None) 
 def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     """For files on disk without rows: rows for those equal to a fresh render, and the paths of the
     others (which repair removes). Nothing is written."""
+    require_built()
     tune_allocator()
     adopted, rejected = [], []
     for last, reason in zip(chunk.last, chunk.reason):

@@ -34,19 +34,26 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "before-rename":  # temp file written, not renamed: a stray temp file
-    real_replace = os.replace
-    def replace(*args, **kwargs):
-        if due():
+    real_write_atomic = root.write_atomic
+    def write_atomic(folder_fd, names, datas):
+        before = nth - 1 - calls[0]  # files of this batch written before the nth
+        calls[0] += len(names)
+        if before < len(names):  # what the C write leaves when killed between the nth's write and rename
+            real_write_atomic(folder_fd, names[:before], datas[:before])
+            temp = os.open(layout.temp_name(names[before]), os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=folder_fd)
+            os.write(temp, datas[before])
             die()
-        real_replace(*args, **kwargs)
-    layout.os.replace = replace
-elif point == "after-rename":  # file in place, its row not written
-    real_write = root.Tree.write
-    def write(*args):
-        real_write(*args)
-        if due():
+        return real_write_atomic(folder_fd, names, datas)
+    root.write_atomic = write_atomic
+elif point == "after-rename":  # files in place, their rows not written: die once the nth is written
+    real_write_many = root.Tree.write_many
+    def write_many(self, files):
+        result = real_write_many(self, files)
+        calls[0] += result[0]
+        if calls[0] >= nth:
             die()
-    root.Tree.write = write
+        return result
+    root.Tree.write_many = write_many
 elif point == "in-commit":  # rows sent to SQLite, transaction not committed
     def upsert_rows(conn, rows):
         conn.execute("BEGIN IMMEDIATE")

@@ -73,16 +73,21 @@ def test_read_only_root_then_writable(workdir: Path, small_root: Path, tmp_path_
 
 
 INJECTOR = r"""
-import errno, os, sys
+import errno, sys
 import cache.layout as layout
 budget = [int(sys.argv[1])]
-real_write = os.write
-def write(fd, data):
-    budget[0] -= len(data)
-    if budget[0] < 0:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return real_write(fd, data)
-layout.os.write = write
+real = layout.FILE_WRITER
+class Full:  # the C writer on a disk that fills up: it stops at the first file that does not fit
+    SOURCE_SHA256 = real.SOURCE_SHA256
+    @staticmethod
+    def write_atomic(folder, names, temps, datas):
+        fit = 0
+        while fit < len(datas) and budget[0] >= len(datas[fit]):
+            budget[0] -= len(datas[fit])
+            fit += 1
+        written, err = real.write_atomic(folder, names[:fit], temps[:fit], datas[:fit])
+        return (written, err) if err or fit == len(datas) else (written, errno.ENOSPC)
+layout.FILE_WRITER = Full
 sys.argv = ["image_cache.py"] + sys.argv[2:]
 import image_cache
 sys.exit(image_cache.main())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cache.layout import is_temp_name, parse_relative_path, relative_path
-from cache.root import RootError, Tree
+from cache.layout import is_temp_name, parse_relative_path, relative_path, write_atomic
+from cache.root import FileQueue, RootError, Tree
 
 END = 1719532800000  # 2024-06-28T00:00:00Z
 
@@ -138,3 +138,55 @@ def test_the_path_is_a_function_of_the_index_key_and_back():
                 assert (parsed.symbol, parsed.interval, parsed.end_open_time_ms, style_from_tag(parsed.file_tag),
                         height, parsed.window_len, parsed.version) == key
     assert len(set(seen.values())) == len(seen)
+
+
+def _names(count: int) -> list[str]:
+    return [relative_path("BTCUSDT", "1h", END - k * 3_600_000, "1280", 150, "", 1) for k in range(count)]  # one folder
+
+
+def test_file_queue_writes_in_order_on_its_thread(tmp_path: Path):
+    paths = _names(150)  # three batches of 64, the last one partial
+    with Tree(str(tmp_path)) as tree, FileQueue(tree) as files:
+        for k, rel in enumerate(paths):
+            files.add(rel, f"image {k}".encode(), k)
+        assert files.finish() == (list(range(150)), None)
+    assert [(tmp_path / rel).read_bytes() for rel in paths] == [f"image {k}".encode() for k in range(150)]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_file_queue_stops_at_the_first_failure(tmp_path: Path):
+    """Only the keys of files written come back (their rows get indexed); nothing after the failure is
+    written, and the link that failed it is never written through."""
+    precious = _outside(tmp_path)
+    root = tmp_path / "root"
+    paths = _names(150)
+    folder = root / Path(paths[0]).parent
+    folder.mkdir(parents=True)
+    (folder / f".{Path(paths[100]).name}.{os.getpid()}.tmp").symlink_to(precious)
+    with Tree(str(root)) as tree, FileQueue(tree) as files:
+        for k, rel in enumerate(paths):
+            files.add(rel, b"image", k)
+        written, (path, error) = files.finish()
+    assert written == list(range(100))
+    assert path == paths[100] and error.errno == errno.ELOOP
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(Path(rel).name for rel in paths[:100])
+    assert precious.read_bytes() == b"not ours"
+
+
+def test_file_queue_reports_a_folder_it_cannot_use(tmp_path: Path):
+    (tmp_path / "BTCUSDT").write_bytes(b"not a folder")
+    with Tree(str(tmp_path)) as tree, FileQueue(tree) as files:
+        files.add(_names(1)[0], b"image", "key")
+        written, (path, error) = files.finish()
+    assert written == [] and path == _names(1)[0]
+    assert isinstance(error, RootError) and "BTCUSDT is a link or not a folder" in str(error)
+
+
+def test_names_holding_a_nul_byte_are_refused(tmp_path: Path):
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ValueError, match="NUL"):
+            write_atomic(folder, ["x.png\0y"], [b"image"])
+    finally:
+        os.close(folder)
+    assert not list(tmp_path.iterdir())

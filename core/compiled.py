@@ -1,0 +1,44 @@
+"""Loading a compiled module (`make venv` builds each from its .c file), or a stand-in that fails clearly.
+
+The build compiles the source's SHA-256 into the module; a missing build, or one made from another
+version of the source, becomes a stand-in whose first use raises the caller's domain error naming the
+fix, so that a checkout that skipped the build never runs code other than what its source says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+class Unbuilt:
+    """Stands in for the module: any use raises `error` with the reason it could not be loaded."""
+
+    def __init__(self, reason: str, error: type[Exception]) -> None:
+        self.reason, self.error = reason, error
+
+    def __getattr__(self, name: str) -> Any:
+        raise self.error(f"{self.reason}: run `make venv` (it needs a C compiler and the Python headers)")
+
+
+def load(module: str, what: str, source: Path, error: type[Exception]) -> ModuleType | Unbuilt:
+    """The module `module` (dotted; `what` says what it is), if it was built from `source` as it is now."""
+    path = module.replace(".", "/")
+    try:
+        loaded = importlib.import_module(module)
+        if loaded.SOURCE_SHA256 != hashlib.sha256(source.read_bytes()).hexdigest():
+            loaded = Unbuilt(f"{what} {path}.so was built from another {path}.c", error)
+    except ImportError:
+        loaded = Unbuilt(f"{what} {path}.so is not built", error)
+    return loaded
+
+
+def require_built(*modules: ModuleType | Unbuilt) -> None:
+    """Raise the error of the first of `modules` that is not built, before any work that would use it:
+    a drawing kernel failing inside a window would look like a window the engine refuses."""
+    for module in modules:
+        if isinstance(module, Unbuilt):
+            getattr(module, "SOURCE_SHA256")

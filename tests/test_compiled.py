@@ -1,0 +1,54 @@
+"""The compiled modules (chart/_kernel.c, cache/_files.c): without a build, render and repair stop with
+one clear error before any work, instead of recording windows as refused by the engine."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+BLOCK = ("import sys\n"
+         "class Block:\n"
+         "    def find_spec(self, name, path=None, target=None):\n"
+         "        if name == {module!r}:\n"
+         "            raise ImportError(name)\n"
+         "sys.meta_path.insert(0, Block())\n")
+
+
+def _cli(workdir: Path, blocked: str, *args: str) -> subprocess.CompletedProcess:
+    (workdir / "site").mkdir(exist_ok=True)
+    (workdir / "site" / "sitecustomize.py").write_text(BLOCK.format(module=blocked))
+    env = {**os.environ, "PYTHONPATH": f"{workdir / 'site'}:{REPO}"}
+    return subprocess.run([sys.executable, str(REPO / "image_cache.py"), *args, "--config", "image_cache.toml"],
+                          cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("module, message", [
+    ("chart._kernel", "the drawing kernel chart/_kernel.so is not built"),
+    ("cache._files", "the file writer cache/_files.so is not built"),
+])
+def test_render_without_a_build_stops_before_any_work(workdir: Path, module: str, message: str):
+    """The old render recorded every window as undrawable when the kernel was missing: rows that stayed
+    refused after the build, until their candles changed."""
+    proc = _cli(workdir, module, "render")
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: {message}: run `make venv` (it needs a C compiler and the Python headers)\n"
+    db = workdir / "image_cache.sqlite"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0
+    assert not list(workdir.rglob("*.png"))
+    repair = _cli(workdir, module, "repair")
+    assert repair.returncode == 1 and repair.stderr.startswith(f"Error: {message}")
+
+
+def test_a_dry_run_needs_no_build(workdir: Path):
+    proc = _cli(workdir, "chart._kernel", "render", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "would draw" in proc.stdout
