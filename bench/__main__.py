@@ -242,6 +242,29 @@ def scaling_section(ctx: Context) -> Section:
     return Section(figures=figures, markdown=md, targets=targets)
 
 
+def stages_section(ctx: Context) -> Section:
+    """Where the render's time goes per preset, one worker (bench/pipeline_stages.py in a fresh process)."""
+    from bench.pipeline_stages import INLINE, THREADED
+
+    args = [PY, "-m", "bench.pipeline_stages", str(MARKET), str(RENDERS / f"stages-{os.getpid()}"), "--json"]
+    for label, flags in PRESETS.items():
+        args += ["--preset", label, " ".join(flags), str(ctx.n(PRESET_IMAGES[label]))]
+    _, _, _, out = run_measured(args)
+    stages = list(INLINE) + ["other"]
+    md = ["## Pipeline stages, one worker (`python -m bench.pipeline_stages`)", "",
+          "ms per image of one render with `--jobs 1`. plan: read the market, reconcile, stamps; draw: "
+          "chart.render inside the pipeline (the engine's stages are in its table above); row: path, index row, "
+          "input fingerprint, SHA-256; index: the upserts; other: the rest of the render's own time (start, "
+          "chunking, hand-offs, waiting for a chunk's last files). write (the files thread) and flush (the "
+          "syncfs thread) run beside the drawing thread and are not part of the total.", "",
+          "| preset | " + " | ".join(stages) + " | total | " + " | ".join(f"{t} (own thread)" for t in THREADED)
+          + " |", "|---|" + "---:|" * (len(stages) + 1 + len(THREADED))]
+    for label, ms in json_of(out).items():
+        md.append(f"| {label} | " + " | ".join(f"{ms[s]:.3f}" for s in stages) + f" | {ms['total']:.3f} | "
+                  + " | ".join(f"{ms[t]:.3f}" for t in THREADED) + " |")
+    return Section(markdown=md)
+
+
 # --------------------------------------------------------------------------------------- index and files
 
 def noop_section(ctx: Context) -> Section:
@@ -462,6 +485,7 @@ SECTIONS: list[Callable[[Context], Section]] = [
     engine_section,
     pipeline_section,
     scaling_section,
+    stages_section,
     driver_section,
     noop_section,
     verify_section,

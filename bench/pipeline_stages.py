@@ -6,7 +6,7 @@ functions of each stage wrapped in timers; milliseconds per image drawn:
 - plan: read the market, reconcile with the index, stamps (runner.plan)
 - draw: chart.render inside the pipeline (draw, encode, pixel hash: the engine's own stages are in
   bench/chart_speed.py)
-- row: the image's path and index row, its input fingerprint and SHA-256 (work.base_row,
+- row: the image's path and index row, its input fingerprint and SHA-256 (work.base_rows,
   windows.fingerprint, work._ok_row)
 - index: the upserts of the index rows (index.upsert_rows)
 - other: the rest of the render's own seconds (startup of the run, chunking, the queue's hand-offs)
@@ -50,7 +50,7 @@ def install() -> dict[str, float]:
     from cache import durable, index, root, runner, work
 
     spent = dict.fromkeys(INLINE + THREADED, 0.0)
-    for owner, name, stage in [(runner, "plan", "plan"), (chart, "render", "draw"), (work, "base_row", "row"),
+    for owner, name, stage in [(runner, "plan", "plan"), (chart, "render", "draw"), (work, "base_rows", "row"),
                                (work, "fingerprint", "row"), (work, "_ok_row", "row"),
                                (index, "upsert_rows", "index"), (root.Tree, "write_many", "write"),
                                (durable, "sync_tree", "flush")]:
@@ -59,16 +59,18 @@ def install() -> dict[str, float]:
 
 
 def measure(spent: dict[str, float], market: str, folder: Path, flags: list[str], count: int) -> dict[str, float]:
-    """Stage ms per image of one render of `count` images (15m windows of BTCUSDT and ETHUSDT)."""
+    """Stage ms per image of one render of `count` images (15m windows of BTCUSDT and ETHUSDT), with the
+    render's own flags (e.g. --size 224 --window 60)."""
+    import config
     from cache import runner
-    from config import load
 
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    settings = config.from_args(parser.parse_args([
+        "--market-db", market, "--index-db", str(folder / "index.sqlite"), "--image-root", str(folder / "img"),
+        "--pairs", "BTCUSDT,ETHUSDT", "--intervals", "15m", "--start", "2024-05-01", "--jobs", "1", *flags]))
     spent.update(dict.fromkeys(spent, 0.0))
-    options = {"market_db_path": market, "image_index_db": str(folder / "index.sqlite"),
-               "image_root_dir": str(folder / "img"), "pairs": "BTCUSDT,ETHUSDT", "intervals": "15m",
-               "start": "2024-05-01", "jobs": "1"}
-    options.update(zip(flags[::2], flags[1::2]))
-    result = runner.render(load(None, options), limit=count)
+    result = runner.render(settings, limit=count)
     assert result.ok and result.drawn == count, result.error
     ms = {stage: seconds * 1000 / count for stage, seconds in spent.items()}
     ms["total"] = result.seconds * 1000 / count
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("market")
     parser.add_argument("folder", type=Path, help="a new folder for the renders")
     parser.add_argument("--preset", action="append", nargs=3, metavar=("LABEL", "FLAGS", "COUNT"), required=True,
-                        help="label, settings as 'key value …' (e.g. 'img_size_px 224 window_len 60'), images")
+                        help="label, the render's flags in one argument (e.g. '--size 224 --window 60'), images")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     out, spent = {}, install()

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 import chart
 from cache.system import syncfs
 from core import compiled
@@ -44,19 +46,30 @@ class ImageName:
     version: int
 
 
-def _stamp(end_open_time_ms: int) -> tuple[str, str, str]:
-    parts = time.gmtime(end_open_time_ms // 1000)
-    return (f"{parts.tm_year:04d}", f"{parts.tm_mon:02d}",
-            time.strftime("%Y-%m-%dT%H-%M-%S", parts))
+def _path(symbol: str, interval: str, iso: str, tail: str) -> str:
+    """The path of the image whose window ends at `iso` (YYYY-MM-DDTHH:MM:SS, UTC)."""
+    return f"{symbol}/{interval}/{iso[:4]}/{iso[5:7]}/{symbol}_{interval}_{iso.replace(':', '-')}{tail}"
+
+
+def _tail(size_label: str, window_len: int, file_tag: str, version: int) -> str:
+    tag = f"_{file_tag}" if file_tag else ""
+    return f"_px{size_label}_w{window_len}{tag}_v{version}.png"
 
 
 def relative_path(symbol: str, interval: str, end_open_time_ms: int, size_label: str, window_len: int,
                   file_tag: str, version: int) -> str:
     """The image's path relative to the image root (always '/'-separated)."""
-    year, month, stamp = _stamp(end_open_time_ms)
-    tag = f"_{file_tag}" if file_tag else ""
-    name = f"{symbol}_{interval}_{stamp}_px{size_label}_w{window_len}{tag}_v{version}.png"
-    return f"{symbol}/{interval}/{year}/{month}/{name}"
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(end_open_time_ms // 1000))
+    return _path(symbol, interval, iso, _tail(size_label, window_len, file_tag, version))
+
+
+def relative_paths(symbol: str, interval: str, end_open_times_ms: np.ndarray, size_label: str, window_len: int,
+                   file_tag: str, version: int) -> list[str]:
+    """`relative_path` of each end time, their time stamps converted in one call (a chunk's paths; one
+    at a time, the time stamp took about 5 µs an image, 2 % of a 224 px image in the pipeline)."""
+    seconds = np.asarray(end_open_times_ms, dtype=np.int64).astype("datetime64[ms]").astype("datetime64[s]")
+    tail = _tail(size_label, window_len, file_tag, version)
+    return [_path(symbol, interval, iso, tail) for iso in np.datetime_as_string(seconds, unit="s").tolist()]
 
 
 def parse_relative_path(path: str) -> ImageName | None:

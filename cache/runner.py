@@ -25,7 +25,7 @@ from cache.executors import Run, chunk_windows, executor
 from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, claim
 from cache.windows import due_windows, member_of_sorted
-from cache.work import Chunk, WorkerError, base_row, draw_chunk, require_built, split_months
+from cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
 from config import Settings, make_spec
 from core.db import exclusive_lock, immediate
 from core.errors import LockHeld, MarketError
@@ -337,8 +337,9 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     for p in plans:
         result.marked_stale += record_findings(index_conn, spec, p.rec, p.stamping)
         series = p.rec.series
-        for end, why, retire in p.record:
-            row = base_row(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()), end)
+        rows = base_rows(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()),
+                         np.array([end for end, _, _ in p.record], np.int64))
+        for row, (_, why, retire) in zip(rows, p.record):
             row.status, row.reason = "undrawable", why
             if retire:  # file first, then row: a crash in between leaves a row repair settles
                 tree.remove(row.file_path)

@@ -87,8 +87,9 @@ def window_rows(last: int, window_len: int, history: int) -> slice:
 def fingerprint(series: Series, rows: slice) -> str:
     """SHA-256 of the window's open times and OHLCV in a canonical byte form (little-endian)."""
     digest = hashlib.sha256(FINGERPRINT_VERSION)
-    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8").tobytes())
+    # The arrays' own buffers (a copy only where not already contiguous little-endian): no bytes copy.
+    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8"))
+    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8"))
     return digest.hexdigest()
 
 

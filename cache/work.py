@@ -16,7 +16,7 @@ import chart
 from chart import kernel
 from cache.index import ENGINE_PREFIX, Row
 from cache import layout
-from cache.layout import relative_path, sync_tree
+from cache.layout import relative_path, relative_paths, sync_tree
 from cache.root import FileQueue, RootError, Tree
 from cache.system import tune_allocator
 from cache.windows import Series, fingerprint, window_rows
@@ -59,10 +59,13 @@ def image_path(spec: chart.Spec, symbol: str, interval: str, end_open_time_ms: i
                          spec.version)
 
 
-def base_row(chunk: Chunk, end_ms: int) -> Row:
-    s = chunk.series
-    return Row(symbol=s.symbol, interval=s.interval, end_open_time_ms=end_ms, spec_hash=chunk.spec.spec_hash,
-               file_path=image_path(chunk.spec, s.symbol, s.interval, end_ms), status="missing", **chunk.preset)
+def base_rows(chunk: Chunk, end_ms: np.ndarray) -> list[Row]:
+    """A `missing` row, with its file path, for each window end time of the chunk's series."""
+    s, spec = chunk.series, chunk.spec
+    paths = relative_paths(s.symbol, s.interval, end_ms, spec.size_label, spec.window_len, spec.file_tag,
+                           spec.version)
+    return [Row(symbol=s.symbol, interval=s.interval, end_open_time_ms=end, spec_hash=spec.spec_hash, file_path=path,
+                status="missing", **chunk.preset) for end, path in zip(np.asarray(end_ms).tolist(), paths)]
 
 
 def draw_window(chunk: Chunk, last: int) -> tuple[chart.Drawn, str]:
@@ -92,9 +95,7 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     out = []
     # The files are written on a thread of their own while the next images are drawn.
     with Tree(chunk.image_root) as tree, FileQueue(tree) as files:
-        for last, reason in zip(chunk.last, chunk.reason):
-            end_ms = int(chunk.series.times[last])
-            row = base_row(chunk, end_ms)
+        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
             try:
                 drawn, row.input_fingerprint = draw_window(chunk, last)
             except chart.ChartError as exc:
@@ -139,8 +140,7 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     require_built()
     tune_allocator()
     adopted, rejected = [], []
-    for last, reason in zip(chunk.last, chunk.reason):
-        row = base_row(chunk, int(chunk.series.times[last]))
+    for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
         try:
             drawn, row.input_fingerprint = draw_window(chunk, last)
         except chart.ChartError:

@@ -6,9 +6,10 @@ import errno
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cache.layout import is_temp_name, parse_relative_path, relative_path, write_atomic
+from cache.layout import is_temp_name, parse_relative_path, relative_path, relative_paths, write_atomic
 from cache.root import FileQueue, RootError, Tree
 
 END = 1719532800000  # 2024-06-28T00:00:00Z
@@ -190,3 +191,12 @@ def test_names_holding_a_nul_byte_are_refused(tmp_path: Path):
     finally:
         os.close(folder)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_chunks_paths_are_each_windows_path():
+    """relative_paths converts a chunk's time stamps at once; each path is relative_path's."""
+    ends = np.arange(-400 * 86_400_000, 4_102_444_800_000, 7 * 86_400_000 + 3_723_000)
+    for args in [("BTCUSDT", "1h", "1280", 150, "", 1), ("X-1", "1mo", "60x64", 20, "jkx", 3)]:
+        symbol, interval, *rest = args
+        assert relative_paths(symbol, interval, ends, *rest) == \
+            [relative_path(symbol, interval, int(end), *rest) for end in ends]
