@@ -27,18 +27,27 @@ typedef struct {
     Py_ssize_t size;
 } Item;
 
-/* Write one file; 0 or an errno. */
+/* Write one file; 0 or an errno. A signal handled on this thread may interrupt any of the calls (EINTR):
+ * they are retried. write() returning 0 for a non-empty request means the disk took nothing: EIO. */
 static int write_one(int folder, const Item *item) {
-    int fd = openat(folder, item->temp, TEMP_FLAGS, 0644);
+    int fd;
+    do fd = openat(folder, item->temp, TEMP_FLAGS, 0644);
+    while (fd < 0 && errno == EINTR);
     if (fd < 0) return errno;
     int err = 0;
     for (Py_ssize_t done = 0; done < item->size && !err;) {
         ssize_t n = write(fd, item->data + done, (size_t)(item->size - done));
-        if (n >= 0) done += n;
+        if (n > 0) done += n;
+        else if (n == 0) err = EIO;
         else if (errno != EINTR) err = errno;
     }
-    if (close(fd) < 0 && !err) err = errno;
-    if (!err && renameat(folder, item->temp, folder, item->name) < 0) err = errno;
+    if (close(fd) < 0 && !err && errno != EINTR) err = errno; /* Linux closes the descriptor even on EINTR */
+    if (!err) {
+        int renamed;
+        do renamed = renameat(folder, item->temp, folder, item->name);
+        while (renamed < 0 && errno == EINTR);
+        if (renamed < 0) err = errno;
+    }
     if (err) unlinkat(folder, item->temp, 0); /* no partial temp file left behind (a crash may still) */
     return err;
 }

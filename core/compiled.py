@@ -29,11 +29,13 @@ def load(module: str, what: str, source: Path, error: type[Exception]) -> Module
     path = module.replace(".", "/")
     try:
         loaded = importlib.import_module(module)
-        if loaded.SOURCE_SHA256 != hashlib.sha256(source.read_bytes()).hexdigest():
-            loaded = Unbuilt(f"{what} {path}.so was built from another {path}.c", error)
     except ImportError:
-        loaded = Unbuilt(f"{what} {path}.so is not built", error)
-    return loaded
+        return Unbuilt(f"{what} {path}.so is not built", error)
+    try:
+        same = loaded.SOURCE_SHA256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    except (AttributeError, OSError):  # a build that names no source, or a checkout without the source
+        same = False
+    return loaded if same else Unbuilt(f"{what} {path}.so was built from another {path}.c", error)
 
 
 def require_built(*modules: ModuleType | Unbuilt) -> None:

@@ -52,3 +52,17 @@ def test_a_dry_run_needs_no_build(workdir: Path):
     proc = _cli(workdir, "chart._kernel", "render", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "would draw" in proc.stdout
+
+
+def test_a_build_naming_no_source_or_a_missing_source_is_unbuilt(tmp_path: Path, monkeypatch):
+    """Either used to escape as an AttributeError or FileNotFoundError at import: a traceback."""
+    from core import compiled
+    (tmp_path / "built_here.py").write_text("SOURCE_SHA256 = 'abc'\n")
+    (tmp_path / "no_hash.py").write_text("")
+    (tmp_path / "built_here.c").write_text("/* another source */\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module, source in [("no_hash", tmp_path / "built_here.c"), ("built_here", tmp_path / "gone.c"),
+                           ("built_here", tmp_path / "built_here.c")]:
+        loaded = compiled.load(module, "the thing", source, LookupError)
+        with pytest.raises(LookupError, match=f"the thing {module}.so was built from another {module}.c"):
+            compiled.require_built(loaded)
