@@ -315,28 +315,34 @@ class Tree:
 
 
 class FileQueue(Generic[K]):
-    """Files written into a Tree on a background thread while the caller goes on (draws the next image).
+    """Files written under an image root on a background thread while the caller goes on (draws the
+    next image).
 
-    Files go out in batches of `batch`, in the order added; each batch is one `write_many` call, which
-    writes with the GIL released (cache/_files.c), so writing costs the drawing thread almost nothing
-    where a second core is free. At most `ahead` batches wait (flat memory). After a failure nothing
-    more is written. A context manager: leaving it stops the thread (files not yet written are not).
+    Files go out in batches of `batch`, in the order added; each batch is one `Tree.write_many` call,
+    which writes with the GIL released (cache/_files.c), so writing costs the drawing thread almost
+    nothing where a second core is free. At most `ahead` batches wait (flat memory). After a failure
+    nothing more is written, and `failed` tells the caller to stop drawing. A context manager: leaving
+    it drops what is not yet written. The Tree, and the folder it keeps open, belong to the writing
+    thread alone, which also closes it: a second interrupt while the caller waits for the thread can
+    never close a folder under a write (its descriptor number reused, the write would land elsewhere).
     """
 
-    def __init__(self, tree: Tree, batch: int = 64, ahead: int = 4) -> None:
-        self.tree, self.batch, self.ahead = tree, batch, ahead
+    def __init__(self, root: str, batch: int = 64, ahead: int = 4) -> None:
+        self.tree, self.batch, self.ahead = Tree(root), batch, ahead
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="files")
         self.waiting: list[tuple[tuple[str, bytes], K]] = []
         self.sent: collections.deque[tuple[Future, tuple, list[K]]] = collections.deque()
         self.written: list[K] = []
         self.failure: tuple[str, RootError | OSError] | None = None
-        self.failed = False  # set by the writing thread, read only there
+        self.failed = False  # set by the writing thread (after a failure, or when the queue is left)
 
     def __enter__(self) -> "FileQueue[K]":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.failed = True  # batches still queued write nothing
+        self.pool.submit(self.tree.close)  # on the writing thread, after its last write
+        self.pool.shutdown(wait=True)
 
     def add(self, rel_path: str, data: bytes, key: K) -> None:
         """Queue a file; `key` (e.g. its index row) comes back from `finish` once the file is written."""

@@ -94,8 +94,10 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     tune_allocator()
     out = []
     # The files are written on a thread of their own while the next images are drawn.
-    with Tree(chunk.image_root) as tree, FileQueue(tree) as files:
+    with FileQueue(chunk.image_root) as files:
         for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
+            if files.failed:  # a file could not be written: drawing more would be wasted
+                break
             try:
                 drawn, row.input_fingerprint = draw_window(chunk, last)
             except chart.ChartError as exc:

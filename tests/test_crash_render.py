@@ -75,8 +75,10 @@ elif point == "after-commit":  # a batch committed, the run not finished
         if due():
             die()
     index.BatchWriter.flush = flush
-# Small batches, so that kills land between index commits as well as inside them.
+# Small batches, so that kills land between index commits as well as inside them, and between batches
+# of files (8 files each: after-rename 1, 25 and 150 stop after the 1st, 4th and 19th batch).
 index.BatchWriter = functools.partial(index.BatchWriter, max_rows=40)
+root.FileQueue.__init__.__defaults__ = (8, 4)
 sys.argv = ["image_cache.py"] + sys.argv[3:]
 import image_cache
 sys.exit(image_cache.main())

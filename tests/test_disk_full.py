@@ -95,7 +95,9 @@ sys.exit(image_cache.main())
 
 
 def test_injected_enospc(workdir: Path, tmp_path_factory):
-    """The same failure without a mount: writes of image files fail once a byte budget is spent."""
+    """The same failure without a mount: writes of image files fail once a byte budget is spent. (The fake
+    writer creates no temp file for the file that does not fit; the C writer's own handling of a short
+    write, removing its temp file, is what test_disk_full_then_space_returns runs on a real full disk.)"""
     import sys
     reference = _reference(workdir, tmp_path_factory)
     result = subprocess.run([sys.executable, "-c", INJECTOR, "150000", "render", "--config", "image_cache.toml",
@@ -106,3 +108,28 @@ def test_injected_enospc(workdir: Path, tmp_path_factory):
     assert not list((workdir / "image-cache").rglob("*.tmp"))
     assert render_cli(workdir).returncode == 0
     assert tree_digest(workdir / "image-cache") == reference
+
+
+def test_a_chunk_stops_drawing_once_a_file_cannot_be_written(tmp_path: Path, monkeypatch):
+    """Files are written on a thread of their own; once one fails, the chunk stops drawing (it used to
+    draw every remaining window for nothing) and reports the error with no rows."""
+    import numpy as np
+
+    import chart
+    from cache import work
+    from cache.runner import preset_of
+    from cache.windows import Series
+    from chart_windows import START_MS, trending
+
+    spec, count = chart.make_spec("mike", 64, 20), 2000
+    series = Series("BTCUSDT", "15m", START_MS + 900_000 * np.arange(count, dtype=np.int64), trending(count))
+    last = np.arange(spec.window_len - 1, count)
+    [chunk] = work.split_months(series, last, [None] * len(last), spec, preset_of(spec), str(tmp_path),
+                                max_windows=count)
+    (tmp_path / "BTCUSDT").write_bytes(b"not a folder")
+    drawn, real_draw = [], work.draw_window
+    monkeypatch.setattr(work, "draw_window", lambda chunk, last: drawn.append(last) or real_draw(chunk, last))
+    with pytest.raises(work.WorkerError, match="BTCUSDT is a link or not a folder") as caught:
+        work.draw_chunk(chunk)
+    assert caught.value.rows == []
+    assert len(drawn) <= 64 * 6 < len(last)  # the failed batch, those queued behind it, the one being filled

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import threading
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +151,7 @@ def _names(count: int) -> list[str]:
 
 def test_file_queue_writes_in_order_on_its_thread(tmp_path: Path):
     paths = _names(150)  # three batches of 64, the last one partial
-    with Tree(str(tmp_path)) as tree, FileQueue(tree) as files:
+    with FileQueue(str(tmp_path)) as files:
         for k, rel in enumerate(paths):
             files.add(rel, f"image {k}".encode(), k)
         assert files.finish() == (list(range(150)), None)
@@ -164,7 +168,7 @@ def test_file_queue_stops_at_the_first_failure(tmp_path: Path):
     folder = root / Path(paths[0]).parent
     folder.mkdir(parents=True)
     (folder / f".{Path(paths[100]).name}.{os.getpid()}.tmp").symlink_to(precious)
-    with Tree(str(root)) as tree, FileQueue(tree) as files:
+    with FileQueue(str(root)) as files:
         for k, rel in enumerate(paths):
             files.add(rel, b"image", k)
         written, (path, error) = files.finish()
@@ -176,7 +180,7 @@ def test_file_queue_stops_at_the_first_failure(tmp_path: Path):
 
 def test_file_queue_reports_a_folder_it_cannot_use(tmp_path: Path):
     (tmp_path / "BTCUSDT").write_bytes(b"not a folder")
-    with Tree(str(tmp_path)) as tree, FileQueue(tree) as files:
+    with FileQueue(str(tmp_path)) as files:
         files.add(_names(1)[0], b"image", "key")
         written, (path, error) = files.finish()
     assert written == [] and path == _names(1)[0]
@@ -194,9 +198,62 @@ def test_names_holding_a_nul_byte_are_refused(tmp_path: Path):
 
 
 def test_a_chunks_paths_are_each_windows_path():
-    """relative_paths converts a chunk's time stamps at once; each path is relative_path's."""
-    ends = np.arange(-400 * 86_400_000, 4_102_444_800_000, 7 * 86_400_000 + 3_723_000)
+    """relative_paths converts a chunk's time stamps at once; each path is relative_path's, with the
+    calendar's date (four-digit years, before 1970 too) and parsed back to its end time."""
+    ends = np.concatenate([[-30_000_000_000_000, -62_135_596_800_000],  # 1019, 0001-01-01
+                           np.arange(-400 * 86_400_000, 4_102_444_800_000, 7 * 86_400_000 + 3_723_000)])
     for args in [("BTCUSDT", "1h", "1280", 150, "", 1), ("X-1", "1mo", "60x64", 20, "jkx", 3)]:
         symbol, interval, *rest = args
-        assert relative_paths(symbol, interval, ends, *rest) == \
-            [relative_path(symbol, interval, int(end), *rest) for end in ends]
+        paths = relative_paths(symbol, interval, ends, *rest)
+        assert paths == [relative_path(symbol, interval, int(end), *rest) for end in ends]
+        for end, path in zip(ends.tolist(), paths):
+            day = datetime(1970, 1, 1) + timedelta(milliseconds=end)
+            assert path.startswith(f"{symbol}/{interval}/{day.year:04d}/{day.month:02d}/{symbol}_{interval}_"
+                                   f"{day.year:04d}-{day:%m-%dT%H-%M-%S}_")
+            assert parse_relative_path(path).end_open_time_ms == end
+
+
+def test_an_interrupt_while_leaving_never_closes_the_folder_under_a_write(tmp_path: Path, monkeypatch):
+    """A second Ctrl-C while the queue waits for its thread used to let the caller close the folder the
+    thread was writing into: a folder opened next could take its descriptor number and get the files.
+    Now the thread finishes its batch into the right folder and closes the folder itself."""
+    started, go = threading.Event(), threading.Event()
+    real_write_many, calls = Tree.write_many, []
+
+    def write_many(self, files):  # the second batch waits, its folder already open
+        calls.append(len(files))
+        if len(calls) == 2:
+            started.set()
+            go.wait(10)
+        return real_write_many(self, files)
+
+    monkeypatch.setattr(Tree, "write_many", write_many)
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    paths = _names(128)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with FileQueue(str(tmp_path)) as files:
+                for k, rel in enumerate(paths):
+                    files.add(rel, b"image", k)
+                assert started.wait(10)
+                signal.setitimer(signal.ITIMER_REAL, 0.2)  # the second interrupt, while leaving
+                raise KeyboardInterrupt  # the first
+        other = tmp_path / "other"
+        other.mkdir()
+        other_fd = os.open(other, os.O_RDONLY | os.O_DIRECTORY)  # would take a freed descriptor number
+        go.set()
+        # The thread's end cannot be joined: an interrupted join marks a thread still running as
+        # stopped (Python 3.11). It closes the folder after its last write.
+        deadline = time.monotonic() + 10
+        while len(os.listdir("/proc/self/fd")) > fds_before + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(p.name for p in (tmp_path / Path(paths[0]).parent).iterdir()) == \
+            sorted(Path(rel).name for rel in paths)
+        assert not list(other.iterdir())
+        os.close(other_fd)
+        assert len(os.listdir("/proc/self/fd")) == fds_before
+    finally:
+        go.set()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
