@@ -143,13 +143,13 @@ def _plain_parts(rel_path: str) -> list[str]:
 
 class Tree:
     """Containment checks against one root, with each folder's real path resolved once, and writes
-    into it (a context manager: closing it closes the folder `write` keeps open)."""
+    into it (a context manager: closing it closes the folder `write_many` keeps open)."""
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.real_root = os.path.realpath(self.root)
         self._inside: dict[str, bool] = {}
-        self._open: tuple[str, int] | None = None  # the folder `write` last wrote into, and its descriptor
+        self._open: tuple[str, int] | None = None  # the folder last written into, and its descriptor
 
     def __enter__(self) -> "Tree":
         return self
@@ -158,7 +158,7 @@ class Tree:
         self.close()
 
     def close(self) -> None:
-        """Close the folder `write` keeps open."""
+        """Close the folder `write_many` keeps open."""
         if self._open is not None:
             os.close(self._open[1])
             self._open = None
@@ -176,12 +176,6 @@ class Tree:
         if not self.folder_inside(os.path.dirname(full)):
             raise RootError(f"{full} lies outside the image root {self.root} (through a link)")
         return full
-
-    def write(self, rel_path: str, data: bytes) -> None:
-        """Write one file (`write_many`), raising what stopped it."""
-        _, error = self.write_many([(rel_path, data)])
-        if error is not None:
-            raise error
 
     def write_many(self, files: Sequence[tuple[str, bytes]]) -> tuple[int, RootError | OSError | None]:
         """Write (relative path, bytes) files atomically (layout.write_atomic), in order, creating their

@@ -38,13 +38,20 @@ def test_parse_round_trip_and_rejects():
     assert parse_relative_path("BTCUSDT/1h/2024/06/notes.txt") is None
 
 
+def _write(tree: Tree, rel_path: str, data: bytes) -> None:
+    """One file through Tree.write_many, raising what stopped it."""
+    _, error = tree.write_many([(rel_path, data)])
+    if error is not None:
+        raise error
+
+
 def test_write_atomic_leaves_no_temp(tmp_path: Path):
     rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
     open_before = len(os.listdir("/proc/self/fd"))
     with Tree(str(tmp_path)) as tree:
-        tree.write(rel, b"abc")
-        tree.write(rel, b"defg")  # an existing file under the final name is replaced whole
-        tree.write(rel.replace("2024/06", "2024/07").replace("06-28", "07-28"), b"next month")
+        _write(tree, rel, b"abc")
+        _write(tree, rel, b"defg")  # an existing file under the final name is replaced whole
+        _write(tree, rel.replace("2024/06", "2024/07").replace("06-28", "07-28"), b"next month")
     assert len(os.listdir("/proc/self/fd")) == open_before  # the folders it kept open are closed
     assert (tmp_path / rel).read_bytes() == b"defg"
     assert os.listdir((tmp_path / rel).parent) == [Path(rel).name]
@@ -66,7 +73,7 @@ def test_a_link_at_the_temp_name_is_never_written_through(tmp_path: Path):
     folder.mkdir(parents=True)
     (folder / f".{Path(rel).name}.{os.getpid()}.tmp").symlink_to(precious)
     with Tree(str(tmp_path / "root")) as tree, pytest.raises(OSError) as caught:
-        tree.write(rel, b"image")
+        _write(tree, rel, b"image")
     assert caught.value.errno == errno.ELOOP
     assert precious.read_bytes() == b"not ours"
     assert not (folder / Path(rel).name).exists()
@@ -79,7 +86,7 @@ def test_a_link_at_the_final_name_is_replaced_not_followed(tmp_path: Path):
     final.parent.mkdir(parents=True)
     final.symlink_to(precious)
     with Tree(str(tmp_path / "root")) as tree:
-        tree.write(rel, b"image")
+        _write(tree, rel, b"image")
     assert not final.is_symlink() and final.read_bytes() == b"image"
     assert precious.read_bytes() == b"not ours"
     assert os.listdir(final.parent) == [final.name]
@@ -98,7 +105,7 @@ def test_a_folder_that_is_a_link_is_never_written_through(tmp_path: Path, where:
     before = sorted(p.name for p in elsewhere.iterdir())
     rel = relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1)
     with Tree(str(root)) as tree, pytest.raises(RootError, match="is a link or not a folder"):
-        tree.write(rel, b"image")
+        _write(tree, rel, b"image")
     assert sorted(p.name for p in elsewhere.iterdir()) == before
     assert precious.read_bytes() == b"not ours"
 
@@ -106,7 +113,7 @@ def test_a_folder_that_is_a_link_is_never_written_through(tmp_path: Path, where:
 def test_a_file_where_a_folder_belongs_is_refused(tmp_path: Path):
     (tmp_path / "BTCUSDT").write_bytes(b"not a folder")
     with Tree(str(tmp_path)) as tree, pytest.raises(RootError, match="BTCUSDT is a link or not a folder"):
-        tree.write(relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1), b"image")
+        _write(tree, relative_path("BTCUSDT", "1h", END, "1280", 150, "", 1), b"image")
     assert (tmp_path / "BTCUSDT").read_bytes() == b"not a folder"
 
 
@@ -115,9 +122,9 @@ def test_a_file_where_a_folder_belongs_is_refused(tmp_path: Path):
 def test_only_plain_paths_are_written(tmp_path: Path, rel: str):
     (tmp_path / "root").mkdir()
     with Tree(str(tmp_path / "root")) as tree:
-        tree.write("BTCUSDT/x.png", b"image")  # with BTCUSDT open, the name is checked all the same
+        _write(tree, "BTCUSDT/x.png", b"image")  # with BTCUSDT open, the name is checked all the same
         with pytest.raises(RootError, match="not a plain path"):
-            tree.write(rel, b"image")
+            _write(tree, rel, b"image")
     assert sorted(p.name for p in (tmp_path / "root").rglob("*")) == ["BTCUSDT", "x.png"]
     assert not (tmp_path / "x.png").exists()
 
