@@ -82,7 +82,10 @@ def parse_relative_path(path: str) -> ImageName | None:
         chart.style_from_tag(match["tag"] or "")
     except chart.ChartError:
         return None
-    stamp = time.strptime(match["stamp"], "%Y-%m-%dT%H-%M-%S")
+    try:
+        stamp = time.strptime(match["stamp"], "%Y-%m-%dT%H-%M-%S")
+    except ValueError:  # a name of our shape with an impossible date (month 13): not our file
+        return None
     end_ms = calendar.timegm(stamp) * 1000
     parsed = ImageName(match["symbol"], match["interval"], end_ms, match["size"], int(match["window"]),
                        match["tag"] or "", int(match["version"]))

@@ -334,9 +334,11 @@ class FileQueue(Generic[K]):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.failed = True  # batches still queued write nothing
-        self.pool.submit(self.tree.close)  # on the writing thread, after its last write
-        self.pool.shutdown(wait=True)
+        try:
+            self.pool.submit(self.tree.close)  # on the writing thread, after its last write
+        finally:
+            self.failed = True  # batches still queued write nothing
+            self.pool.shutdown(wait=True)
 
     def add(self, rel_path: str, data: bytes, key: K) -> None:
         """Queue a file; `key` (e.g. its index row) comes back from `finish` once the file is written."""
@@ -363,8 +365,13 @@ class FileQueue(Generic[K]):
     def _write(self, files: Sequence[tuple[str, bytes]]) -> tuple[int, RootError | OSError | None]:
         if self.failed:
             return 0, None
-        written, error = self.tree.write_many(files)
-        self.failed = error is not None
+        try:
+            written, error = self.tree.write_many(files)
+        except BaseException:
+            self.failed = True
+            raise
+        if error is not None:
+            self.failed = True  # never set back: leaving the queue sets it too
         return written, error
 
     def _collect(self) -> None:

@@ -36,6 +36,8 @@ def test_parse_round_trip_and_rejects():
     assert parse_relative_path(good.replace("2024/06", "2024/07")) is None  # wrong folder
     assert parse_relative_path(good.replace(".png", ".jpg")) is None
     assert parse_relative_path("BTCUSDT/1h/2024/06/notes.txt") is None
+    # our shape, an impossible date: not ours (it used to raise ValueError, a traceback from verify)
+    assert parse_relative_path("BTCUSDT/1h/2024/13/BTCUSDT_1h_2024-13-01T00-00-00_px1280_w150_v1.png") is None
 
 
 def _write(tree: Tree, rel_path: str, data: bytes) -> None:
@@ -207,17 +209,17 @@ def test_names_holding_a_nul_byte_are_refused(tmp_path: Path):
 def test_a_chunks_paths_are_each_windows_path():
     """relative_paths converts a chunk's time stamps at once; each path is relative_path's, with the
     calendar's date (four-digit years, before 1970 too) and parsed back to its end time."""
-    ends = np.concatenate([[-30_000_000_000_000, -62_135_596_800_000],  # 1019, 0001-01-01
+    ends = np.concatenate([[-30_000_000_000_000, -62_135_596_800_000, -1, -999, -1001, 1, 999, 1_001],
                            np.arange(-400 * 86_400_000, 4_102_444_800_000, 7 * 86_400_000 + 3_723_000)])
     for args in [("BTCUSDT", "1h", "1280", 150, "", 1), ("X-1", "1mo", "60x64", 20, "jkx", 3)]:
         symbol, interval, *rest = args
         paths = relative_paths(symbol, interval, ends, *rest)
-        assert paths == [relative_path(symbol, interval, int(end), *rest) for end in ends]
         for end, path in zip(ends.tolist(), paths):
-            day = datetime(1970, 1, 1) + timedelta(milliseconds=end)
+            day = datetime(1970, 1, 1) + timedelta(seconds=end // 1000)  # the second the window's end is in
             assert path.startswith(f"{symbol}/{interval}/{day.year:04d}/{day.month:02d}/{symbol}_{interval}_"
                                    f"{day.year:04d}-{day:%m-%dT%H-%M-%S}_")
-            assert parse_relative_path(path).end_open_time_ms == end
+            assert parse_relative_path(path).end_open_time_ms == end // 1000 * 1000
+            assert relative_path(symbol, interval, end, *rest) == path
 
 
 def test_an_interrupt_while_leaving_never_closes_the_folder_under_a_write(tmp_path: Path, monkeypatch):
@@ -237,7 +239,7 @@ def test_an_interrupt_while_leaving_never_closes_the_folder_under_a_write(tmp_pa
     monkeypatch.setattr(Tree, "write_many", write_many)
     previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     fds_before = len(os.listdir("/proc/self/fd"))
-    paths = _names(128)
+    paths = _names(256)  # four batches: the first written, the second under way, two queued
     try:
         with pytest.raises(KeyboardInterrupt):
             with FileQueue(str(tmp_path)) as files:
@@ -255,8 +257,8 @@ def test_an_interrupt_while_leaving_never_closes_the_folder_under_a_write(tmp_pa
         deadline = time.monotonic() + 10
         while len(os.listdir("/proc/self/fd")) > fds_before + 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert sorted(p.name for p in (tmp_path / Path(paths[0]).parent).iterdir()) == \
-            sorted(Path(rel).name for rel in paths)
+        written = sorted(p.name for p in tmp_path.rglob("*.png"))
+        assert written == sorted(Path(rel).name for rel in paths[:128])  # the queued batches write nothing
         assert not list(other.iterdir())
         os.close(other_fd)
         assert len(os.listdir("/proc/self/fd")) == fds_before
