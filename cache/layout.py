@@ -58,16 +58,17 @@ def _tail(size_label: str, window_len: int, file_tag: str, version: int) -> str:
 
 def relative_path(symbol: str, interval: str, end_open_time_ms: int, size_label: str, window_len: int,
                   file_tag: str, version: int) -> str:
-    """The image's path relative to the image root (always '/'-separated)."""
-    return relative_paths(symbol, interval, np.array([end_open_time_ms]), size_label, window_len, file_tag,
-                          version)[0]
+    """The image's path relative to the image root (always '/'-separated). One at a time, for parsing
+    names back (verify walks every file): a third of the time of `relative_paths` on one element."""
+    t = time.gmtime(end_open_time_ms // 1000)  # fields padded here: strftime writes year 999 as '999'
+    iso = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    return _path(symbol, interval, iso, _tail(size_label, window_len, file_tag, version))
 
 
 def relative_paths(symbol: str, interval: str, end_open_times_ms: np.ndarray, size_label: str, window_len: int,
                    file_tag: str, version: int) -> list[str]:
     """`relative_path` of each end time, their time stamps converted in one call (a chunk's paths; one
-    at a time, the time stamp took about 5 µs an image, 2 % of a 224 px image in the pipeline). Years
-    always have four digits (the C library's strftime writes year 999 as '999')."""
+    at a time, the time stamp took about 5 µs an image, 2 % of a 224 px image in the pipeline)."""
     seconds = np.asarray(end_open_times_ms, dtype=np.int64).astype("datetime64[ms]").astype("datetime64[s]")
     tail = _tail(size_label, window_len, file_tag, version)
     return [_path(symbol, interval, iso, tail) for iso in np.datetime_as_string(seconds, unit="s").tolist()]
