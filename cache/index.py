@@ -188,6 +188,41 @@ class DamagedIndex(IndexFileError):
     """An image index (or what its image root says was one) that SQLite cannot read."""
 
 
+class IndexConnection(sqlite3.Connection):
+    """A connection to the index file that remembers which file it opened (device and inode), so that a
+    run can tell when the file at its path was deleted or replaced under it: its rows would then go
+    to a file no one can open again, and the run would report success without an index."""
+
+    path = ":memory:"
+    identity: tuple[int, int] | None = None
+
+    def check_file(self) -> None:
+        if self.identity is None:
+            return
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != self.identity:
+            raise IndexFileError(f"image index {self.path} was deleted or replaced while this run wrote to it: "
+                                 "the rows of this run are lost (repair --reindex rebuilds an index from the "
+                                 "image files)")
+
+
+def failure(path: str, exc: sqlite3.Error) -> IndexFileError:
+    """One line for an SQLite error met while using the index: the file and the cause."""
+    return IndexFileError(f"image index {path}: {_describe(exc)}")
+
+
+def is_sound(conn: sqlite3.Connection) -> bool:
+    """Whether SQLite finds the index intact: asked only once an error came from a run reading both the
+    market and the index, to tell whose it was."""
+    try:
+        return conn.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
+    except sqlite3.Error:
+        return False
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -196,7 +231,8 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def identify(path: str) -> str:
-    """What the file at `path` is: 'absent', 'empty', 'index', 'other-sqlite', 'not-sqlite' or 'damaged'.
+    """What the file at `path` is: 'absent', 'empty', 'index', 'other-sqlite', 'not-sqlite', 'damaged'
+    or 'read-only' (SQLite cannot open it there: a WAL index needs to write beside it even to read).
 
     Opened read-only and never created; a non-regular file (a pipe, a folder) is 'not-sqlite'.
     """
@@ -219,6 +255,8 @@ def identify(path: str) -> str:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             conn.close()
+    except sqlite3.OperationalError:
+        return "read-only" if _readable_immutable(path) else "damaged"
     except sqlite3.DatabaseError:
         return "damaged"
     if app_id == APPLICATION_ID:
@@ -229,7 +267,17 @@ def identify(path: str) -> str:
     return "other-sqlite"
 
 
-def connect(path: str, create: bool = True) -> sqlite3.Connection:
+def _readable_immutable(path: str) -> bool:
+    """Whether SQLite reads the file when it need not write beside it: then only the place is read-only."""
+    try:
+        with contextlib.closing(sqlite3.connect(file_uri(path, "ro") + "&immutable=1", uri=True)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def connect(path: str, create: bool = True) -> IndexConnection:
     """Open (and create or migrate) the index. Any other file at `path` is refused, never touched."""
     kind = identify(path)
     if kind == "absent" and not create:
@@ -241,10 +289,15 @@ def connect(path: str, create: bool = True) -> sqlite3.Connection:
         raise DamagedIndex(f"{path} is not an SQLite database: not an image index, or a damaged one")
     if kind == "damaged":
         raise DamagedIndex(f"image index {path} is damaged (SQLite cannot read it)")
+    if kind == "read-only":
+        raise IndexFileError(f"cannot open image index {path}: {READ_ONLY}")
     if kind in ("absent", "empty"):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, factory=IndexConnection)
+        if path != ":memory:":
+            info = os.stat(path)
+            conn.path, conn.identity = path, (info.st_dev, info.st_ino)
         conn.row_factory = sqlite3.Row
         if kind in ("absent", "empty"):  # fixed once the file has pages (in WAL mode)
             conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -258,12 +311,17 @@ def connect(path: str, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+READ_ONLY = "the file or its folder is read-only"
+
+
 def _describe(exc: sqlite3.Error) -> str:
     text = str(exc)
     if "disk is full" in text:
-        return "the disk is full"
+        return f"disk full ({text})"
     if "readonly" in text or "read-only" in text:
-        return "the file or its folder is read-only"
+        return READ_ONLY
+    if not isinstance(exc, sqlite3.OperationalError) or "malformed" in text:
+        return f"damaged ({text})"
     return text
 
 
@@ -528,7 +586,7 @@ class BatchWriter:
     Past `checkpoint_rows` rows (about SQLite's 1,000-page auto-checkpoint) a background checkpointer
     takes over the WAL's checkpoints until `close()`, which every writer must reach (it flushes)."""
 
-    conn: sqlite3.Connection
+    conn: IndexConnection
     max_rows: int = 500
     max_seconds: float = 2.0
     checkpoint_rows: int = 8000
@@ -544,6 +602,7 @@ class BatchWriter:
 
     def flush(self) -> None:
         upsert_rows(self.conn, self.pending)
+        self.conn.check_file()
         self.unchecked += len(self.pending)
         self.pending = []
         self.last_flush = time.monotonic()

@@ -22,6 +22,7 @@ import chart
 from cache import index, market, reconcile, stamps
 from cache.durable import SyncedWriter
 from cache.executors import Run, chunk_windows, executor
+from cache.index import IndexFileError
 from cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from cache.root import Tree, claim
 from cache.windows import due_windows, member_of_sorted
@@ -302,18 +303,33 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
                 result.drawn = sum(len(p.draw) for p in plans)
                 result.marked_stale = sum(p.counts["marked_stale"] for p in plans)
             else:
-                run_id = index.start_run(index_conn, "render", {**settings.__dict__, **filters.__dict__,
-                                                                 "limit": limit})
-                # Nothing to draw (a nightly no-op): no worker pool or cluster to start and stop.
-                drawing = any(len(p.draw) for p in plans)
-                with executor(settings if drawing else replace(settings, jobs=1, executor="local")) as run:
-                    _apply(plans, spec, settings, index_conn, run, result, progress, warn)
-                result.seconds = time.monotonic() - began
-                index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
+                _write(plans, spec, settings, filters, limit, index_conn, result, began, progress, warn)
+        except sqlite3.DatabaseError as exc:  # while reading both databases: whose error was it?
+            if index.is_sound(index_conn):
+                raise
+            raise index.failure(settings.image_index_db, exc) from None
         finally:
             index_conn.close()
     result.seconds = time.monotonic() - began
     return result
+
+
+def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filters: Filters, limit: int | None,
+           index_conn: index.IndexConnection, result: RenderResult, began: float, progress: Progress,
+           warn: Warn) -> None:
+    """Draw and record the plans as one run of the index. The index failing under the run (its disk
+    full, its file damaged, deleted or replaced) stops it with one line: never a success without rows."""
+    try:
+        run_id = index.start_run(index_conn, "render", {**settings.__dict__, **filters.__dict__, "limit": limit})
+        # Nothing to draw (a nightly no-op): no worker pool or cluster to start and stop.
+        drawing = any(len(p.draw) for p in plans)
+        with executor(settings if drawing else replace(settings, jobs=1, executor="local")) as run:
+            _apply(plans, spec, settings, index_conn, run, result, progress, warn)
+        index_conn.check_file()
+        result.seconds = time.monotonic() - began
+        index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
+    except sqlite3.Error as exc:
+        raise index.failure(settings.image_index_db, exc) from None
 
 
 def _limit(plans: list[SeriesPlan], limit: int | None) -> None:
@@ -371,7 +387,7 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
                 warn(f"render: {result.drawn + result.refused}/{total} images")
                 logged = time.monotonic()
     except Exception as exc:  # a failing worker: keep what is done, report the failure
-        if isinstance(exc, (LockHeld, KeyboardInterrupt)):
+        if isinstance(exc, (LockHeld, IndexFileError, sqlite3.Error)):  # the index failed, not a worker
             raise
         if isinstance(exc, WorkerError):
             writer.add(exc.rows)

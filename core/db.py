@@ -22,14 +22,19 @@ def file_uri(path: str, mode: str) -> str:
 
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back on any error."""
+    """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back on any error.
+
+    The error that stopped the block is the one raised: SQLite may already have rolled back (a full disk
+    does), and a ROLLBACK then failing must not hide it."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
