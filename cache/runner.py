@@ -118,10 +118,9 @@ def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connec
 
 
 def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile,
-                    stamping: stamps.Stamping | None = None) -> int:
+                    stamping: stamps.Stamping | None = None) -> None:
     """Record the rows found stale together with the memo that no longer re-checks them (one
-    transaction: the memo never vouches for a row still called ok), and the series' bucket stamps.
-    Returns how many were marked."""
+    transaction: the memo never vouches for a row still called ok), and the series' bucket stamps."""
     stale = np.flatnonzero(rec.newly_stale)
     label = preset_label(preset_of(spec))
     now = index.utc_now()
@@ -133,7 +132,6 @@ def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: Serie
             ((label, rec.series.symbol, rec.series.interval, m, d) for m, d in rec.memo.items()))
         if stamping is not None:
             stamping.write(index_conn)
-    return len(stale)
 
 
 @dataclass
@@ -175,12 +173,14 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
         record.append((int(ends[i]), names[int(rec.row_desired[i])], bool(rec.row_action[i] == RETIRE)))
     state = rec.indexed.state
     settled = due_rows & (rec.row_action == 0)
+    # Found stale and left for later: not the rows this run re-draws, retires or drops itself.
+    handled = row_draw | (in_range & np.isin(rec.row_action, (RETIRE, DROP)))
     counts = dict(new=int(new_draw.sum()), stale=int(row_draw.sum()),
                   gap=int((rec.new_desired == GAP).sum() + (due_rows & (rec.row_desired == GAP)).sum()),
                   history=int((rec.new_desired == HISTORY).sum() + (due_rows & (rec.row_desired == HISTORY)).sum()),
                   undrawable=int((settled & (state == ENGINE)).sum()),
                   up_to_date=int((settled & (state == OK)).sum()),
-                  marked_stale=int(rec.newly_stale.sum()))
+                  marked_stale=int((rec.newly_stale & ~handled).sum()))
     note = None
     if len(series.times) < spec.window_len:
         note = (f"{series.symbol} {series.interval}: {len(series.times)} candles"
@@ -351,7 +351,8 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     chunk_size = chunk_windows(sum(len(p.draw) for p in plans), settings.workers)
     chunks: list[Chunk] = []
     for p in plans:
-        result.marked_stale += record_findings(index_conn, spec, p.rec, p.stamping)
+        record_findings(index_conn, spec, p.rec, p.stamping)
+        result.marked_stale += p.counts["marked_stale"]
         series = p.rec.series
         rows = base_rows(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()),
                          np.array([end for end, _, _ in p.record], np.int64))

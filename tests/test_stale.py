@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from conftest import index_rows, render_cli, run_cli, tree_digest
@@ -55,3 +56,20 @@ def test_change_without_verify_is_found_by_render(rendered: Path):
     _change_candle(rendered / "market.sqlite", "ETHUSDT", "4h", ends[-1])
     result = json.loads(render_cli(rendered, "--json").stdout)
     assert result["drawn"] == 1
+    assert result["marked_stale"] == 0  # it re-drew the window itself
+
+
+def test_only_rows_a_render_leaves_are_called_outside_its_range(rendered: Path):
+    """A full render used to report its own re-draws as "outside this run's range"."""
+    ends = [r[2] for r in index_rows(rendered / "image_cache.sqlite",
+                                     "WHERE symbol = 'BTCUSDT' AND interval = '1h' AND status = 'ok'")]
+    _change_candle(rendered / "market.sqlite", "BTCUSDT", "1h", ends[-40])
+    full = render_cli(rendered, "--symbol", "BTCUSDT", "--interval", "1h")
+    assert full.returncode == 0 and full.stdout.startswith("drawn 30,")
+    assert "outside this run's range" not in full.stdout
+
+    _change_candle(rendered / "market.sqlite", "BTCUSDT", "1h", ends[-40])
+    end = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ends[-20] / 1000))  # cuts the 30 windows in two
+    part = json.loads(render_cli(rendered, "--symbol", "BTCUSDT", "--interval", "1h", "--end", end, "--json").stdout)
+    assert (part["drawn"], part["marked_stale"]) == (20, 10)
+    assert len(index_rows(rendered / "image_cache.sqlite", "WHERE status = 'stale'")) == 10
