@@ -9,6 +9,7 @@ place only when complete, so a failed export leaves nothing half-written. OUT mu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from cache.exports.registry import FORMATS
 from cache.exports.select import select, split_samples
 from cache.runner import Filters, preset_label, run_lock
 from config import ConfigError, Settings
-from core.errors import MarketError
+from core.errors import MarketError, os_error_message
 from core.hooks import Warn, no_warn
 
 __all__ = ["ExportOptions", "ExportResult", "export"]
@@ -94,6 +95,7 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
     if fmt is None:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {options.format!r}")
     target = os.path.abspath(out)
+    _clear_leftovers(target)
     check_out(out, options.force)
     with run_lock(settings, "export"):
         selection = select(settings, filters, options.horizons, options.label, warn, now)
@@ -119,12 +121,41 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
     return ExportResult(out, options.format, counts, summary, files, replaced)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return pid != os.getpid()  # ours: a leftover of this process is its own to clear
+
+
+def _clear_leftovers(target: str) -> None:
+    """The temp folders that exports of `target` killed before they finished left next to it: an old
+    export set aside goes back into place if nothing took it, the rest is removed. Folders of exports
+    still running are left alone; only folders of our names are touched, never through a link."""
+    parent, base = os.path.split(target)
+    ours = re.compile(rf"\.{re.escape(base)}\.(\d+)\.(tmp|old)")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return  # no folder to clear: the export itself says why it cannot write there
+    for name in sorted(names, key=lambda n: n.endswith(".tmp")):  # .old first: it may go back into place
+        found = ours.fullmatch(name)
+        path = os.path.join(parent, name)
+        if not found or _alive(int(found[1])) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        if found[2] == "old" and not os.path.lexists(target):
+            os.rename(path, target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _write(target: str, out: str, job: Job, fmt: Format, card: Card, force: bool) -> tuple[int, bool]:
     """Fill a temp folder next to OUT, then rename it into place (setting an old export aside first)."""
     temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
     old = temp[:-len(".tmp")] + ".old"
-    for leftover in (temp, old):
-        shutil.rmtree(leftover, ignore_errors=True)
     try:
         os.makedirs(temp)
         fmt.write(temp, job)
@@ -142,7 +173,7 @@ def _write(target: str, out: str, job: Job, fmt: Format, card: Card, force: bool
         if os.path.isdir(old) and not os.path.lexists(target):
             os.rename(old, target)  # put the old export back
         if isinstance(exc, OSError):
-            raise MarketError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+            raise MarketError(os_error_message("write the export to", out, exc)) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     return files, replaced

@@ -20,7 +20,7 @@ from cache.exports.select import Sample, select
 from cache.runner import Filters
 from config import Settings
 from core.hooks import Warn, no_warn
-from core.errors import MarketError
+from core.errors import MarketError, os_error_message
 
 CELL = 256  # thumbnail edge in px
 TEXT_ROWS = 2
@@ -151,7 +151,7 @@ def _save(sheet: Image.Image, out: str, force: bool) -> None:
         raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)") \
             from None
     except OSError as exc:
-        raise MarketError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise MarketError(os_error_message("write", out, exc)) from None
     finally:
         if os.path.lexists(temp):
             os.remove(temp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,49 @@ def test_export_force_replaces_only_an_export_it_wrote(cache: Path, tmp_path: Pa
     assert result.returncode == 1
     assert result.stderr == f"Error: {out} holds notes.txt, which the export did not write: not replacing it\n"
     assert tree_digest(out) == before
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 100 KiB tmpfs: too small for any export of the cache."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "imagefolder", "parquet", "webdataset"])
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(cache: Path, full_disk: Path, fmt: str):
+    """numpy wrote through a memory map and died of SIGBUS (exit 135) leaving its temp folder; imagefolder
+    blamed the cache ("run verify, then repair")."""
+    out = full_disk / "out"
+    result = run_cli(cache, "export", str(out), "--format", fmt, *ARGS)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith(f"Error: cannot write the export to {out}: disk full (")
+    assert "repair" not in error
+    assert os.listdir(full_disk) == []
+
+
+def test_the_next_export_clears_what_killed_exports_left(cache: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert export(cache, out).returncode == 0
+    written = tree_digest(out)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now: an export killed long ago
+    (tmp_path / f".out.{gone.pid}.tmp").mkdir()
+    (tmp_path / f".out.{gone.pid}.tmp" / "SHA256SUMS").write_text("half written")
+    os.rename(out, tmp_path / f".out.{gone.pid}.old")  # killed between setting the old export aside and the rename
+    running = tmp_path / f".out.{os.getpid()}.tmp"  # an export still running (this process) is left alone
+    running.mkdir()
+
+    result = export(cache, out)
+    assert result.returncode == 1 and "exists and is not an empty folder" in result.stderr
+    assert tree_digest(out) == written  # the old export is back in place
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", running.name])
+    running.rmdir()
+    assert export(cache, out, "--force").returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["out"]

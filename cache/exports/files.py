@@ -37,7 +37,11 @@ def checked_bytes(image_root: str, sample: Sample) -> bytes:
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
             return _read_checked(handle, path, sample)
     except OSError as exc:
-        raise MarketError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: str, exc: OSError) -> MarketError:
+    return MarketError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)")
 
 
 def copy_image(image_root: str, sample: Sample, target: str) -> None:
@@ -45,15 +49,20 @@ def copy_image(image_root: str, sample: Sample, target: str) -> None:
     else the bytes; never a hard link, so editing the export cannot change the cache."""
     path = os.path.join(image_root, sample.file_path)
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
-            data = _read_checked(source, path, sample)
-            with open(target, "xb") as out:
-                try:
-                    fcntl.ioctl(out.fileno(), FICLONE, source.fileno())
-                except OSError:
-                    out.write(data)
+        source = open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
     except OSError as exc:
-        raise MarketError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)") from None
+        raise _unreadable(path, exc) from None
+    with source:
+        try:
+            data = _read_checked(source, path, sample)
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
+        # A failed write (a full disk) is the export's, not the cache's: its OSError goes to the caller.
+        with open(target, "xb") as out:
+            try:
+                fcntl.ioctl(out.fileno(), FICLONE, source.fileno())
+            except OSError:
+                out.write(data)
 
 
 def tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

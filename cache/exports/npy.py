@@ -57,22 +57,29 @@ def _pixels(data: bytes, palette: Palette) -> tuple[np.ndarray, str]:
         return np.asarray(image), image.mode
 
 
+def _write_images(path: str, job: Job, samples: list, palette: Palette) -> None:
+    """images.npy written front to back with plain writes, never through a memory map: a full disk is
+    then an OSError (ENOSPC) to report, where a store into a mapped page past the disk's end is SIGBUS."""
+    with open(path, "xb") as handle:
+        shape = None
+        for sample in samples:
+            pixels, mode = _pixels(checked_bytes(job.image_root, sample), palette)
+            if shape is None:
+                shape = pixels.shape
+                np.lib.format.write_array_header_1_0(handle, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                    "shape": (len(samples), *shape)})
+            if pixels.shape != shape:
+                raise MarketError(f"{sample.file_path}: {pixels.shape} pixels, the others {shape}")
+            handle.write(np.ascontiguousarray(pixels, dtype=np.uint8).data)
+
+
 def write(folder: str, job: Job) -> None:
     palette = Palette()
     for split in job.present():
         samples = job.per_split[split]
         os.makedirs(os.path.join(folder, split))
-        images = None
-        for k, sample in enumerate(samples):
-            pixels, mode = _pixels(checked_bytes(job.image_root, sample), palette)
-            if images is None:
-                images = np.lib.format.open_memmap(os.path.join(folder, split, "images.npy"), mode="w+",
-                                                   dtype=np.uint8, shape=(len(samples), *pixels.shape))
-            if pixels.shape != images.shape[1:]:
-                raise MarketError(f"{sample.file_path}: {pixels.shape} pixels, the others {images.shape[1:]}")
-            images[k] = pixels
-        images.flush()
-        del images  # closes the memory map before the folder is renamed into place
+        _write_images(os.path.join(folder, split, "images.npy"), job, samples, palette)
         write_table(os.path.join(folder, split, "labels.parquet"), record_features(job),
                     [job.record(sample) for sample in samples])
     if palette.colours:
