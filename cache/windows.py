@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.grid import close_time_ms, grid_index
+from core.grid import close_time_ms, grid_index, iso_utc
+from ingest.validate import first_broken, row_rules
 
 FINGERPRINT_VERSION = b"fp1"
 
@@ -68,6 +69,27 @@ def due_windows(series: Series, window_len: int, history: int, stride: int, star
     last = last[keep]
     gap, short_history = window_gaps(series, last, window_len, history)
     return DueWindows(last, gap, short_history)
+
+
+def _columns(series: Series, rows: slice) -> dict[str, np.ndarray]:
+    return dict(zip(("open", "high", "low", "close", "volume"), series.ohlcv[rows].T))
+
+
+def unsound_before(series: Series) -> np.ndarray:
+    """How many of the first k candles break a rule ingest enforces (ingest/validate.py row_rules), for
+    each k: a market another program wrote may hold high < low or a negative price, which ingest
+    would refuse. Rows [a, b) hold such a candle when out[b] > out[a]. One vectorised pass a series."""
+    broken = np.logical_or.reduce([mask for mask, _, _ in row_rules(_columns(series, slice(None)))])
+    return np.concatenate([[0], np.cumsum(broken)])
+
+
+def unsound_candle(series: Series, rows: slice) -> str | None:
+    """Why the window of `rows` may not be drawn: its first candle that breaks a rule, or None."""
+    found = first_broken(_columns(series, rows))
+    if found is None:
+        return None
+    row, rule, detail = found
+    return f"bad candle at {iso_utc(int(series.times[rows][row]))}: {rule} broken ({detail})"
 
 
 def member_of_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

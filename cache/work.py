@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from cache import layout
 from cache.layout import relative_path, relative_paths, sync_tree
 from cache.root import FileQueue, RootError, Tree
 from cache.system import tune_allocator
-from cache.windows import Series, fingerprint, window_rows
+from cache.windows import Series, fingerprint, unsound_before, unsound_candle, window_rows
 from core import compiled
 
 
@@ -48,6 +49,11 @@ class Chunk:
     last: np.ndarray         # indices into `series` of each window's last candle
     reason: tuple[str | None, ...]  # reason recorded with each image (e.g. 'gap' under policy render)
 
+    @cached_property
+    def unsound(self) -> np.ndarray:
+        """windows.unsound_before of the chunk's candles: checked once a chunk, in the worker."""
+        return unsound_before(self.series)
+
 
 def require_built() -> None:
     """Fail at once where the compiled drawing kernel or file writer is missing or stale (core/compiled.py)."""
@@ -70,11 +76,13 @@ def base_rows(chunk: Chunk, end_ms: np.ndarray) -> list[Row]:
 
 def draw_window(chunk: Chunk, last: int) -> tuple[chart.Drawn, str]:
     """The drawn image and the input fingerprint of one window (ChartError carries the fingerprint
-    as `fingerprint` when the engine refuses the window)."""
+    as `fingerprint` when the engine refuses the window, or its candles break a rule of ingest's)."""
     rows = window_rows(int(last), chunk.spec.window_len, chunk.spec.history)
     s = chunk.series
     input_fingerprint = fingerprint(s, rows)
     try:
+        if chunk.unsound[rows.stop] > chunk.unsound[rows.start]:
+            raise chart.ChartError(unsound_candle(s, rows))
         return chart.render(chunk.spec, s.times[rows], s.ohlcv[rows]), input_fingerprint
     except chart.ChartError as exc:
         exc.fingerprint = input_fingerprint

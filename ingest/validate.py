@@ -153,36 +153,49 @@ def _first(mask: np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def row_error(name: str, columns: dict[str, np.ndarray] | np.ndarray,
-              first_line: int) -> tuple[int, MarketError] | None:
-    """The first row (in file order) breaking a row rule, with its error; None when all rows pass.
+Rule = tuple[np.ndarray, str, Callable[[int], str]]  # (rows breaking it, its name, the detail of row i)
 
-    Earliest line first, then rule order, so that a file read in chunks of any size names the same line.
-    """
+
+def row_rules(columns: dict[str, np.ndarray] | np.ndarray) -> list[Rule]:
+    """The row rules, in order, over the columns present (a market read holds only OHLCV): the one
+    definition of a sound candle, which ingest enforces on write and the renderer on read."""
+    present = columns.dtype.names if isinstance(columns, np.ndarray) else tuple(columns)
     o, h, lo, c = (columns[col] for col in PRICE_COLUMNS)
-    rules: list[tuple[np.ndarray, Callable[[int], MarketError]]] = []
-
-    def rule(mask: np.ndarray, make: Callable[[int], MarketError]) -> None:
-        rules.append((mask, make))
-
-    for col in FLOAT_COLUMNS:
-        rule(~np.isfinite(columns[col]), lambda i, col=col: fail(name, first_line + i, "finite decimal",
-                                                                 f"{col} is {columns[col][i].item()}"))
+    rules: list[Rule] = []
+    for col in (col for col in FLOAT_COLUMNS if col in present):
+        rules.append((~np.isfinite(columns[col]), "finite decimal",
+                      lambda i, col=col: f"{col} is {columns[col][i].item()}"))
     for col in PRICE_COLUMNS:
-        rule(columns[col] <= 0, lambda i, col=col: fail(name, first_line + i, "price > 0",
-                                                        f"{col} is {columns[col][i].item()!r}"))
-    for col in VOLUME_COLUMNS + ("trades",):
-        rule(columns[col] < 0, lambda i, col=col: fail(name, first_line + i, f"{col} >= 0",
-                                                       f"{col} is {columns[col][i].item()!r}"))
-    rule(lo > np.minimum(o, c), lambda i: fail(name, first_line + i, "low <= min(open, close)",
-                                               f"low {lo[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
-    rule(h < np.maximum(o, c), lambda i: fail(name, first_line + i, "high >= max(open, close)",
-                                              f"high {h[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
-    found = [(bad, k) for k, (mask, _) in enumerate(rules) if (bad := _first(mask)) is not None]
+        rules.append((columns[col] <= 0, "price > 0", lambda i, col=col: f"{col} is {columns[col][i].item()!r}"))
+    for col in (col for col in VOLUME_COLUMNS + ("trades",) if col in present):
+        rules.append((columns[col] < 0, f"{col} >= 0", lambda i, col=col: f"{col} is {columns[col][i].item()!r}"))
+    rules.append((lo > np.minimum(o, c), "low <= min(open, close)",
+                  lambda i: f"low {lo[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
+    rules.append((h < np.maximum(o, c), "high >= max(open, close)",
+                  lambda i: f"high {h[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
+    return rules
+
+
+def first_broken(columns: dict[str, np.ndarray] | np.ndarray) -> tuple[int, str, str] | None:
+    """(row, rule, detail) of the first row breaking a row rule; None when all rows pass.
+
+    Earliest row first, then rule order, so that a file read in chunks of any size names the same line.
+    """
+    rules = row_rules(columns)
+    found = [(bad, k) for k, (mask, _, _) in enumerate(rules) if (bad := _first(mask)) is not None]
     if not found:
         return None
     bad, k = min(found)
-    return bad, rules[k][1](bad)
+    return bad, rules[k][1], rules[k][2](bad)
+
+
+def row_error(name: str, columns: dict[str, np.ndarray] | np.ndarray,
+              first_line: int) -> tuple[int, MarketError] | None:
+    """The first row (in file order) breaking a row rule, with its error; None when all rows pass."""
+    if (found := first_broken(columns)) is None:
+        return None
+    bad, rule, detail = found
+    return bad, fail(name, first_line + bad, rule, detail)
 
 
 def check_rows(name: str, columns: dict[str, np.ndarray] | np.ndarray, first_line: int) -> None:

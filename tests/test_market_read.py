@@ -3,6 +3,7 @@ traceback, and the read-only open never creates a file."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -81,3 +82,30 @@ def test_a_path_with_uri_characters_opens_that_file_and_creates_nothing(tmp_path
     assert ("BTCUSDT", "1h") in market.list_series(conn)
     conn.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no truncated path created beside it
+
+
+@pytest.mark.parametrize("column, value, rule", [
+    ("high", 8.0, "high >= max(open, close) broken (high 8.0, open 10.0, close 10.5)"),  # high < low
+    ("open", 12.0, "high >= max(open, close) broken (high 11.0, open 12.0, close 10.5)"),
+    ("close", 8.5, "low <= min(open, close) broken (low 9.0, open 10.0, close 8.5)"),
+    ("low", -1.0, "price > 0 broken (low is -1.0)"),
+    ("volume", -5.0, "volume >= 0 broken (volume is -5.0)"),
+])
+def test_a_candle_ingest_would_refuse_makes_its_windows_undrawable(tmp_path: Path, column, value, rule):
+    """A market another program wrote: its windows were drawn and indexed ok, whatever the candle said."""
+    path = foreign_market(tmp_path / "foreign.sqlite", column, value)
+    args = ("render", "--market-db", str(path), "--pairs", "AAAUSDT", "--intervals", "1h", "--window", "5",
+            "--size", "64", "--start", "2024-07-01", "--json")
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "image_cache.sqlite") as conn:
+        rows = dict(conn.execute("SELECT (end_open_time_ms - ?) / ?, status || ' ' || coalesce(reason, '') "
+                                 "FROM images", (START, HOUR)).fetchall())
+    bad = f"undrawable engine: bad candle at 2024-07-02T16:00:00Z: {rule}"
+    assert {i: rows[i] for i in range(40, 45)} == {i: bad for i in range(40, 45)}  # the 5 windows holding it
+    assert {rows[i] for i in range(4, 40)} | {rows[i] for i in range(45, 48)} == {"ok "}
+
+    with sqlite3.connect(path) as conn:  # corrected by its writer: drawn at the next render
+        conn.execute(f"UPDATE candles SET {column} = ? WHERE open_time = ?",
+                     ({"volume": 100.0, "low": 9.0, "close": 10.5, "open": 10.0}.get(column, 11.0), START + 40 * HOUR))
+    assert json.loads(run_cli(tmp_path, *args).stdout)["drawn"] == 5
