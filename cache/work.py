@@ -6,6 +6,7 @@ the candle arrays it needs, so every worker draws from the same market snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
             except chart.ChartError as exc:
                 row.status, row.reason = "undrawable", f"{ENGINE_PREFIX}{exc}"
                 row.input_fingerprint = exc.fingerprint
+                with contextlib.suppress(RootError):  # file first: an image drawn before is stale (else repair's)
+                    tree.remove(row.file_path)
                 out.append(row)
                 continue
             files.add(row.file_path, drawn.png, _ok_row(row, chunk.spec, drawn, reason))  # never through a link
