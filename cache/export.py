@@ -97,7 +97,7 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
     target = os.path.abspath(out)
     _clear_leftovers(target)
     check_out(out, options.force)
-    with run_lock(settings, "export"):
+    with run_lock(settings, "export", need_index="run render first"):
         selection = select(settings, filters, options.horizons, options.label, warn, now)
         if not selection.samples:
             raise MarketError(f"nothing to export: no labelled images of preset {preset_label(selection.preset)} "

@@ -342,6 +342,18 @@ def index_id(conn: sqlite3.Connection) -> str:
     return conn.execute("SELECT value FROM meta WHERE key = 'index_id'").fetchone()[0]
 
 
+def id_at(path: str) -> str | None:
+    """The id of the index at `path` (identify says it is one), read without writing."""
+    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'index_id'").fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
 def set_index_id(conn: sqlite3.Connection, value: str) -> None:
     with immediate(conn):
         conn.execute("UPDATE meta SET value = ? WHERE key = 'index_id'", (value,))

@@ -3,9 +3,9 @@
 A folder is an image root only when it carries our marker, written by the first render and naming
 the index it belongs to; verify and repair refuse any other folder. Inside it, nothing outside the
 root is ever written, read or removed: links are never followed (images are written into folders
-opened one component at a time with O_NOFOLLOW, walks do not descend into links, files are opened
-with O_NOFOLLOW, every folder's real path is checked to lie inside the root), non-regular files are
-never opened, and only regular files whose names are ours (images, temp files) are removed.
+opened one component at a time with O_NOFOLLOW, and every open, check, rename and removal is made
+relative to such a folder's descriptor; walks do not descend into links), non-regular files are never
+opened, and only regular files whose names are ours (images, temp files) are removed.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from cache import index
 from cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path, write_atomic
-from core.errors import MarketError
+from core.errors import MarketError, os_error_message
 from core.grid import INTERVAL_MS, SYMBOL_RE
 
 MARKER = ".image_cache_root"
@@ -43,20 +44,48 @@ class Marker:
     index_path: str
 
 
+def _open_root(root: str) -> int:
+    """The root's descriptor, never through a link: every marker and file call is made relative to it."""
+    try:
+        return os.open(root, _FOLDER_FLAGS)
+    except FileNotFoundError:
+        raise RootError(f"image root not found: {root}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RootError(f"image root {root} is a symbolic link; give the real folder") from None
+        if exc.errno == errno.ENOTDIR:
+            raise RootError(f"image root {root} exists and is not a folder") from None
+        raise RootError(os_error_message("open the image root", root, exc)) from None
+
+
+@contextlib.contextmanager
+def _root_fd(root: str) -> Iterator[int]:
+    fd = _open_root(root)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def read_marker(root: str) -> Marker | None:
+    with _root_fd(root) as fd:
+        return _read_marker(fd, root)
+
+
+def _read_marker(fd: int, root: str) -> Marker | None:
     path = os.path.join(root, MARKER)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        marker = os.open(MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise RootError(f"cannot read the image root marker {path}: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(marker).st_mode):
             raise RootError(f"{path} is not a regular file: not an image root marker")
-        data = os.read(fd, 65536)
+        data = os.read(marker, 65536)
     finally:
-        os.close(fd)
+        os.close(marker)
     try:
         content = json.loads(data)
         if content.get("kind") != MARKER_KIND:
@@ -66,60 +95,101 @@ def read_marker(root: str) -> Marker | None:
         raise RootError(f"{path} is not an image root marker written by image_cache") from None
 
 
-def write_marker(root: str, index_id: str, index_path: str) -> None:
-    """Mark `root` as ours (atomic: a temp file renamed into place)."""
-    os.makedirs(root, exist_ok=True)
-    temp = os.path.join(root, f"{MARKER}.{os.getpid()}{TEMP_SUFFIX}")
-    with open(temp, "w") as handle:
-        json.dump({"kind": MARKER_KIND, "index_id": index_id, "index_path": os.path.abspath(index_path)}, handle)
-        handle.write("\n")
-    os.replace(temp, os.path.join(root, MARKER))
+def _write_marker(fd: int, index_id: str, index_path: str, replace: bool) -> bool:
+    """Write the marker through a temp file created exclusively in the root. Without `replace` it is
+    linked to the marker's name, which fails when a marker exists (two first renders: one owner):
+    False then, and nothing changed."""
+    temp = f"{MARKER}.{os.getpid()}{TEMP_SUFFIX}"
+    with contextlib.suppress(FileNotFoundError):  # left by a killed process with our pid
+        os.unlink(temp, dir_fd=fd)
+    out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+    try:
+        with os.fdopen(out, "w") as handle:
+            json.dump({"kind": MARKER_KIND, "index_id": index_id, "index_path": os.path.abspath(index_path)}, handle)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(temp, MARKER, src_dir_fd=fd, dst_dir_fd=fd)
+            return True
+        try:
+            os.link(temp, MARKER, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=fd)
 
 
-def _looks_like_ours(root: str) -> bool:
+def _looks_like_ours(fd: int) -> bool:
     """Only symbol folders (a folder written by a version before markers) and our temp files (a render
     killed while writing the marker) at the top, and nothing else."""
-    with os.scandir(root) as entries:
+    with os.scandir(fd) as entries:
         return all((entry.is_dir(follow_symlinks=False) and SYMBOL_RE.match(entry.name))
                    or (entry.is_file(follow_symlinks=False) and is_temp_name(entry.name)) for entry in entries)
 
 
-def claim(root: str, index_id: str, index_path: str, index_is_new: bool) -> None:
+def owner_gone(marker: Marker, own_index_path: str) -> str | None:
+    """Why the index the marker names no longer owns the root (it is gone, or is not that index any
+    more), or None when it is there: a healthy (or merely damaged) owner is never displaced."""
+    if marker.index_path == os.path.abspath(own_index_path):
+        return "was replaced by a new index at the same path"
+    try:
+        kind = index.identify(marker.index_path)
+        if kind == "absent":
+            return "no longer exists"
+        if kind in ("empty", "not-sqlite", "other-sqlite"):
+            return "is not an image index"
+        if kind == "index" and index.id_at(marker.index_path) != marker.index_id:
+            return "now holds another index"
+    except (OSError, MarketError):
+        pass  # cannot tell: treated as present
+    return None
+
+
+def claim(root: str, index_id: str, index_path: str) -> str | None:
     """Before render writes: make sure `root` is ours, marking it when it is new or empty.
 
-    A root marked for another index is refused unless this index is new (a lost index being rebuilt
-    by render adopts the root's marker). A folder holding anything else is refused.
+    A root marked for another index is refused, naming it, unless that index is gone or not an index
+    (owner_gone): then it is taken over and the note returned says so. A folder holding anything else
+    is refused.
     """
-    if os.path.islink(root):
-        raise RootError(f"image root {root} is a symbolic link; give the real folder")
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise RootError(f"image root {root} exists and is not a folder")
-    marker = read_marker(root) if os.path.isdir(root) else None
-    if marker is None:
-        if os.path.isdir(root) and not _looks_like_ours(root):
-            raise RootError(f"image root {root} is not empty and has no image_cache marker ({MARKER}): "
-                            "refusing to write images into a folder that is not ours; choose an empty or new folder")
-        write_marker(root, index_id, index_path)
-    elif marker.index_id != index_id:
-        if not index_is_new:
-            raise RootError(f"image root {root} belongs to another index ({marker.index_path}); "
-                            "pass that index with --index-db, or choose another --image-root")
-        write_marker(root, index_id, index_path)
+    if not os.path.lexists(root):
+        os.makedirs(root, exist_ok=True)
+    with _root_fd(root) as fd:
+        for _ in range(2):  # a first render racing ours may create the marker in between
+            marker = _read_marker(fd, root)
+            if marker is None:
+                if not _looks_like_ours(fd):
+                    raise RootError(f"image root {root} is not empty and has no image_cache marker ({MARKER}): "
+                                    "refusing to write images into a folder that is not ours; choose an empty or "
+                                    "new folder")
+                if _write_marker(fd, index_id, index_path, replace=False):
+                    return None
+                continue
+            if marker.index_id == index_id:
+                return None
+            why = owner_gone(marker, index_path)
+            if why is None:
+                raise RootError(f"image root {root} belongs to another index, {marker.index_path}: pass that "
+                                "index with --index-db, or choose another --image-root")
+            _write_marker(fd, index_id, index_path, replace=True)
+            return f"took over image root {root}: its owner index {marker.index_path} {why}"
+    raise RootError(f"the marker of image root {root} changed while it was being claimed; run again")
 
 
 def check_owned(root: str, index_id: str | None) -> Marker:
     """For verify and repair: `root` carries our marker (for this index, when `index_id` is given)."""
-    if os.path.islink(root):
-        raise RootError(f"image root {root} is a symbolic link; give the real folder")
-    if not os.path.isdir(root):
-        raise RootError(f"image root not found: {root}")
-    marker = read_marker(root)
-    if marker is None:
-        hint = " (written by a version before markers? run `render` once to mark it)" if _looks_like_ours(root) else ""
-        raise RootError(f"{root} is not an image root: it has no image_cache marker ({MARKER}){hint}; "
-                        "expected the folder render writes images into (--image-root)")
+    with _root_fd(root) as fd:
+        marker = _read_marker(fd, root)
+        if marker is None:
+            hint = " (written by a version before markers? run `render` once to mark it)" if _looks_like_ours(fd) \
+                else ""
+            raise RootError(f"{root} is not an image root: it has no image_cache marker ({MARKER}){hint}; "
+                            "expected the folder render writes images into (--image-root)")
     if index_id is not None and marker.index_id != index_id:
-        raise RootError(f"image root {root} belongs to another index ({marker.index_path}); "
+        raise RootError(f"image root {root} belongs to another index, {marker.index_path}: "
                         "pass that index with --index-db")
     return marker
 
@@ -142,14 +212,14 @@ def _plain_parts(rel_path: str) -> list[str]:
 
 
 class Tree:
-    """Containment checks against one root, with each folder's real path resolved once, and writes
-    into it (a context manager: closing it closes the folder `write_many` keeps open)."""
+    """Every write, read, removal and listing under one root, each made relative to a folder opened
+    from the root one component at a time, never through a link: a check and the act it guards use
+    the same descriptor, so a folder swapped for a link in between cannot lead outside the root.
+    A context manager: closing it closes the folder it keeps open (the one last used)."""
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        self.real_root = os.path.realpath(self.root)
-        self._inside: dict[str, bool] = {}
-        self._open: tuple[str, int] | None = None  # the folder last written into, and its descriptor
+        self._open: tuple[str, int] | None = None  # the folder last used, and its descriptor
 
     def __enter__(self) -> "Tree":
         return self
@@ -158,32 +228,17 @@ class Tree:
         self.close()
 
     def close(self) -> None:
-        """Close the folder `write_many` keeps open."""
+        """Close the folder kept open."""
         if self._open is not None:
             os.close(self._open[1])
             self._open = None
-
-    def folder_inside(self, folder: str) -> bool:
-        known = self._inside.get(folder)
-        if known is None:
-            real = os.path.realpath(folder)
-            known = self._inside[folder] = real == self.real_root or real.startswith(self.real_root + os.sep)
-        return known
-
-    def full(self, rel_path: str) -> str:
-        """The absolute path of `rel_path`, refused when it would leave the root."""
-        full = os.path.join(self.root, *_plain_parts(rel_path))
-        if not self.folder_inside(os.path.dirname(full)):
-            raise RootError(f"{full} lies outside the image root {self.root} (through a link)")
-        return full
 
     def write_many(self, files: Sequence[tuple[str, bytes]]) -> tuple[int, RootError | OSError | None]:
         """Write (relative path, bytes) files atomically (layout.write_atomic), in order, creating their
         folders; how many were written, and the error that stopped the rest (None when none did).
 
-        Each folder is reached from the root one component at a time, never through a link (RootError
-        when a component is a link or not a folder), and kept open: a chunk writes all its images into
-        one folder, so each image costs an open, a write, a close and a rename, all relative to it.
+        A chunk writes all its images into one folder, kept open, so each image costs an open, a
+        write, a close and a rename, all relative to it.
         """
         try:  # every path is checked before anything is written
             checked = [(_plain_parts(rel), data) for rel, data in files]
@@ -193,7 +248,7 @@ class Tree:
         for folder, group in itertools.groupby(checked, key=lambda item: item[0][:-1]):
             group = list(group)
             try:
-                fd = self._folder(folder)
+                fd = self._folder(folder, create=True)
             except (RootError, OSError) as exc:
                 return written, exc
             count, error = write_atomic(fd, [parts[-1] for parts, _ in group], [data for _, data in group])
@@ -202,22 +257,26 @@ class Tree:
                 return written, error
         return written, None
 
-    def _folder(self, parts: list[str]) -> int:
-        """The descriptor of the folder at `parts`, opened (and created) when it is not the one kept open."""
+    def _folder(self, parts: list[str], create: bool = False) -> int:
+        """The descriptor of the folder at `parts`, opened (and, with `create`, created) when it is not the
+        one kept open. FileNotFoundError when absent; RootError when a component is a link or no folder."""
         folder = "/".join(parts)
         if self._open is None or self._open[0] != folder:
-            fd = self._open_folder(parts)
+            fd = self._open_folder(parts, create)
             self.close()
             self._open = (folder, fd)
         return self._open[1]
 
-    def _open_folder(self, parts: list[str]) -> int:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def _open_folder(self, parts: list[str], create: bool) -> int:
+        fd = _open_root(self.root)
+        depth = 0
         try:
             for depth, part in enumerate(parts):
                 try:
                     child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
+                    if not create:
+                        raise
                     with contextlib.suppress(FileExistsError):  # another worker may create it first
                         os.mkdir(part, dir_fd=fd)
                     child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
@@ -227,17 +286,19 @@ class Tree:
             os.close(fd)
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 where = os.path.join(self.root, *parts[:depth + 1])
-                raise RootError(f"{where} is a link or not a folder: images are never written through it") from None
+                raise RootError(f"{where} is a link or not a folder: never followed") from None
             raise
         return fd
 
     def read(self, rel_path: str, limit: int | None = None) -> tuple[int, bytes]:
         """(size, bytes) of a regular file inside the root, never through a link, never blocking.
 
-        Raises FileNotFoundError when absent and OSError (errno ELOOP for a link, EINVAL for a
-        non-regular file) when it cannot be read as an image.
+        Raises FileNotFoundError when absent, RootError when a folder on the way is a link, and
+        OSError (errno ELOOP for a link, EINVAL for a non-regular file) when it cannot be read as an image.
         """
-        fd = os.open(self.full(rel_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        parts = _plain_parts(rel_path)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=self._folder(parts[:-1]))
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -253,46 +314,61 @@ class Tree:
         finally:
             os.close(fd)
 
-    def remove(self, rel_path: str) -> bool:
-        """Remove one of our files: a regular file named as our image or temp file, inside the root.
+    def entry(self, rel_path: str) -> str | None:
+        """What is at `rel_path`: None (nothing), 'file' (a regular file), or what else it is (a folder, a
+        link, a pipe...), which a write must never replace. RootError when a folder on the way is a link."""
+        parts = _plain_parts(rel_path)
+        try:
+            info = os.stat(parts[-1], dir_fd=self._folder(parts[:-1]), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        kinds = {stat.S_IFREG: "file", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a link", stat.S_IFIFO: "a pipe"}
+        return kinds.get(stat.S_IFMT(info.st_mode), "a special file")
 
-        Returns False (touching nothing) for anything else; a file already gone is True.
+    def remove(self, rel_path: str) -> bool:
+        """Remove one of our files: a regular file named as our image or temp file, inside the root,
+        checked and unlinked relative to the same folder descriptor.
+
+        Returns False (touching nothing) for anything else; a file already gone is True. RootError
+        (one line) when the removal itself fails (a read-only root, a folder we may not write).
         """
-        name = os.path.basename(rel_path)
-        if parse_relative_path(rel_path) is None and not is_temp_name(name):
+        parts = _plain_parts(rel_path)
+        if parse_relative_path(rel_path) is None and not is_temp_name(parts[-1]):
             return False
         try:
-            full = self.full(rel_path)
-        except RootError:
-            return False
-        try:
-            info = os.lstat(full)
+            fd = self._folder(parts[:-1])
+            if not stat.S_ISREG(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode):
+                return False
+            os.unlink(parts[-1], dir_fd=fd)
         except FileNotFoundError:
             return True
-        if not stat.S_ISREG(info.st_mode):
+        except RootError:
             return False
-        os.unlink(full)
+        except OSError as exc:
+            raise RootError(os_error_message("remove", os.path.join(self.root, *parts), exc)) from None
         return True
 
     def walk(self, tops: list[str]) -> Iterator[tuple[str, str]]:
         """(kind, relative path) of every entry below the given top folders (relative, '/'-separated):
         kind is 'file' for regular files, 'temp' for our temp files, 'foreign' for links, pipes,
-        sockets and devices. Links to folders are reported, never entered."""
+        sockets and devices. Each folder is opened relative to its parent; links are reported, never entered."""
         for top in tops:
-            start = os.path.join(self.root, *top.split("/")) if top else self.root
             try:
-                info = os.lstat(start)
+                fd = self._open_folder(top.split("/") if top else [], create=False)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISDIR(info.st_mode):
+            except (RootError, OSError):
                 yield "foreign", top
                 continue
-            yield from self._walk(start, f"{top}/" if top else "")
+            try:
+                yield from self._walk(fd, f"{top}/" if top else "")
+            finally:
+                os.close(fd)
 
-    def _walk(self, folder: str, prefix: str) -> Iterator[tuple[str, str]]:
-        """Entries of `folder`, whose path relative to the root is `prefix` ('' or ending in '/')."""
+    def _walk(self, fd: int, prefix: str) -> Iterator[tuple[str, str]]:
+        """Entries of the folder open as `fd`, whose path relative to the root is `prefix` ('' or ending in '/')."""
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = sorted(os.scandir(fd), key=lambda e: e.name)
         except OSError:
             yield "foreign", prefix.rstrip("/")
             return
@@ -301,7 +377,15 @@ class Tree:
             if not prefix and entry.name == MARKER:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(entry.path, rel + "/")
+                try:
+                    child = os.open(entry.name, _FOLDER_FLAGS, dir_fd=fd)
+                except OSError:  # swapped for a link since it was listed, or not readable
+                    yield "foreign", rel
+                    continue
+                try:
+                    yield from self._walk(child, rel + "/")
+                finally:
+                    os.close(child)
             elif entry.is_file(follow_symlinks=False):
                 yield ("temp" if is_temp_name(entry.name) else "file"), rel
             else:

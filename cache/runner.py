@@ -34,8 +34,13 @@ from core.grid import INTERVAL_MS, check_symbol, now_ms
 from core.hooks import Progress, Warn, no_progress, no_warn
 
 @contextlib.contextmanager
-def run_lock(settings: Settings, command: str) -> Iterator[None]:
-    """One render/verify/repair at a time per index; a second one fails at once (exit 75)."""
+def run_lock(settings: Settings, command: str, need_index: str | None = None) -> Iterator[None]:
+    """One render/verify/repair at a time per index; a second one fails at once (exit 75).
+
+    With `need_index` (advice for the user), a missing index fails first: no lock file is left beside it.
+    """
+    if need_index is not None and index.identify(settings.image_index_db) == "absent":
+        raise index.IndexFileError(f"image index not found: {settings.image_index_db} ({need_index})")
     with exclusive_lock(settings.image_index_db + ".lock", f"image_cache {command}", wait_seconds=0):
         yield
 
@@ -288,16 +293,19 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
         fresh = dry_run and not os.path.exists(settings.image_index_db)
         index_conn = index.connect(":memory:" if fresh else settings.image_index_db)
         try:
+            took_over = None  # a note when the root's former owner index is gone
             if not dry_run:
-                is_new = index_conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0
-                claim(settings.image_root_dir, index.index_id(index_conn), settings.image_index_db, is_new)
+                took_over = claim(settings.image_root_dir, index.index_id(index_conn), settings.image_index_db)
+                if took_over:
+                    warn(took_over)
             plans = plan(settings, filters, market_conn, index_conn, spec, warn)
             market_conn.close()
             _limit(plans, limit)
             result.plan = {f"{p.rec.series.symbol} {p.rec.series.interval}": p.counts for p in plans}
             result.up_to_date = sum(p.counts["up_to_date"] for p in plans)
             result.undrawable = sum(p.counts["undrawable"] for p in plans)
-            result.notes = [p.note for p in plans if p.note]
+            result.notes = [took_over] if took_over else []
+            result.notes += [p.note for p in plans if p.note]
             result.unread = sum(p.stamping.skipped.windows for p in plans if p.stamping is not None)
             if dry_run:
                 result.drawn = sum(len(p.draw) for p in plans)

@@ -27,14 +27,15 @@ import chart
 from cache import executors, index, market, runner
 from cache.durable import SyncedWriter
 from cache.index import ENGINE_PREFIX
-from cache.layout import parse_relative_path
+from cache.layout import TEMP_PREFIX, parse_relative_path
 from cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
-from cache.root import Tree, check_owned, check_part, read_marker
+from cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, owner_gone, read_marker
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
 from cache.windows import Series, window_gaps
 from cache.work import WorkerError, adopt_chunk, draw_chunk, require_built, split_months
 from config import Settings
+from core.db import file_uri
 from core.errors import MarketError
 from core.hooks import Progress, Warn, no_progress, no_warn
 
@@ -98,34 +99,35 @@ class VerifyResult:
 def check_files(root: str, items: list[tuple], deep: bool) -> list[tuple[int, str, str | None]]:
     """(id, status, reason) for each (id, path, size, width, height, sha256); runs in workers for --deep."""
     tune_allocator()
-    tree = Tree(root)
     out = []
-    for row_id, path, size, width, height, sha in items:
-        try:
-            actual, data = tree.read(path, None if deep else 33)
-        except FileNotFoundError:
-            out.append((row_id, "missing", "file missing"))
-            continue
-        except (OSError, MarketError) as exc:
-            out.append((row_id, "corrupt", f"unreadable: {getattr(exc, 'strerror', None) or exc}"))
-            continue
-        if actual != size:
-            out.append((row_id, "corrupt", f"size {actual} bytes, indexed {size}"))
-            continue
-        try:
-            dims = chart.png_size(data)
-        except chart.ChartError as exc:
-            out.append((row_id, "corrupt", str(exc)))
-            continue
-        if dims != (width, height):
-            out.append((row_id, "corrupt", f"{dims[0]}x{dims[1]} px, indexed {width}x{height}"))
-        elif deep and hashlib.sha256(data).hexdigest() != sha:
-            out.append((row_id, "corrupt", "SHA-256 differs from the index"))
-        elif deep and not _decodes(data):
-            out.append((row_id, "corrupt", "PNG does not decode"))
-        else:
-            out.append((row_id, "ok", None))
+    with Tree(root) as tree:
+        for row_id, path, size, width, height, sha in items:
+            out.append((row_id, *_check_file(tree, path, size, width, height, sha, deep)))
     return out
+
+
+def _check_file(tree: Tree, path: str, size: int, width: int, height: int, sha: str,
+                deep: bool) -> tuple[str, str | None]:
+    """(status, reason) of one indexed file."""
+    try:
+        actual, data = tree.read(path, None if deep else 33)
+    except FileNotFoundError:
+        return "missing", "file missing"
+    except (OSError, MarketError) as exc:
+        return "corrupt", f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+    if actual != size:
+        return "corrupt", f"size {actual} bytes, indexed {size}"
+    try:
+        dims = chart.png_size(data)
+    except chart.ChartError as exc:
+        return "corrupt", str(exc)
+    if dims != (width, height):
+        return "corrupt", f"{dims[0]}x{dims[1]} px, indexed {width}x{height}"
+    if deep and hashlib.sha256(data).hexdigest() != sha:
+        return "corrupt", "SHA-256 differs from the index"
+    if deep and not _decodes(data):
+        return "corrupt", "PNG does not decode"
+    return "ok", None
 
 
 def _decodes(data: bytes) -> bool:
@@ -167,7 +169,9 @@ class Inspection:
     redraw: dict[tuple[str, str, chart.Spec], list[int]] = field(default_factory=lambda: defaultdict(list))
     retire: list[tuple[int, str, str]] = field(default_factory=list)  # (row id, path, reason)
     drop: list[tuple[int, str]] = field(default_factory=list)  # (row id, path)
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # ours: adopted when equal to a fresh render, else removed
+    unclaimed: list[str] = field(default_factory=list)  # our names, of no preset and series of this index: adopted
+    # when equal to a fresh render (the proof they are ours), else left alone
     temps: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
     inspected: set[tuple[str, str, chart.Spec]] = field(default_factory=set)
@@ -248,24 +252,49 @@ def _check_indexed_files(conn: sqlite3.Connection, settings: Settings, where: st
 
 def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str, params: list,
                found: Inspection) -> None:
-    """Files without rows (ours: orphans; temp files) and anything that is not ours (foreign)."""
+    """Each entry without a row of an image gets one judgment. Ours (orphans, temp files): named as an image
+    of a preset and series this index has rows of, or at the path of a row that records no image. Unclaimed:
+    named as an image of another preset or series (another index's, maybe): left alone unless proven ours.
+    Anything else is foreign. Entries at the paths of image rows are judged by their rows' file checks."""
     result = found.result
-    known = {row["file_path"] for row in conn.execute("SELECT file_path FROM images" + where, params)}
+    drawn, no_image = set(), {}
+    for row in conn.execute("SELECT file_path, status, reason FROM images" + where, params):
+        if row["status"] == "undrawable":
+            no_image[row["file_path"]] = row["reason"]
+        else:
+            drawn.add(row["file_path"])
+    owned = {tuple(row) for row in conn.execute(
+        f"SELECT DISTINCT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images" + where, params)}
     for kind, path in Tree(root).walk(list(filters.symbols or [""])):
         parts = path.split("/")
-        if filters.intervals and (len(parts) < 2 or parts[1] not in filters.intervals):
+        if (filters.intervals and (len(parts) < 2 or parts[1] not in filters.intervals)) or path in drawn:
             continue
-        if kind == "temp":
+        if kind == "temp" and (path.startswith(MARKER + ".") or _owned(owned, _temp_target(path))):
             found.temps.append(path)
             result.problems.append(Problem("temp", path, "leftover temporary file"))
-        elif kind == "file" and path not in known:
-            if parse_relative_path(path) is None:
-                result.foreign.append(path)
-            else:
-                found.orphans.append(path)
-                result.problems.append(Problem("orphan", path, "no index row"))
-        elif kind == "foreign":
+        elif kind == "file" and path in no_image:
+            found.orphans.append(path)
+            result.problems.append(Problem("orphan", path, f"the index records no image here ({no_image[path]})"))
+        elif kind == "file" and _owned(owned, path):
+            found.orphans.append(path)
+            result.problems.append(Problem("orphan", path, "no index row"))
+        else:
+            if kind == "file" and parse_relative_path(path) is not None:
+                found.unclaimed.append(path)
             result.foreign.append(path)
+
+
+def _temp_target(path: str) -> str:
+    """The image path a temp file (`.NAME.PID.tmp`, cache/layout.py temp_name) was written for."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{name[len(TEMP_PREFIX):].rsplit('.', 2)[0]}"
+
+
+def _owned(owned: set[tuple], path: str) -> bool:
+    """Whether `path` is named as an image of a preset and series the index has rows of."""
+    name = parse_relative_path(path)
+    spec = _spec_of_name(name) if name is not None else None
+    return spec is not None and (name.symbol, name.interval, *preset_of(spec).values()) in owned
 
 
 def _configured_preset(settings: Settings) -> dict[str, Any] | None:
@@ -379,7 +408,7 @@ def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = F
            progress: Progress = no_progress, warn: Warn = no_warn) -> VerifyResult:
     filters = filters or Filters()
     check_filters(filters)
-    with runner.run_lock(settings, "verify"):
+    with runner.run_lock(settings, "verify", need_index="run render first"):
         conn = open_owned(settings)
         try:
             run_id = index.start_run(conn, "verify", {"deep": deep, **filters.__dict__})
@@ -402,6 +431,7 @@ class RepairResult:
     foreign: list[str] = field(default_factory=list)
     unrepairable: list[str] = field(default_factory=list)
     reindexed_from: str | None = None
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -411,38 +441,55 @@ class RepairResult:
     def as_dict(self) -> dict[str, Any]:
         return {"found": self.found, "redrawn": self.redrawn, "adopted": self.adopted, "removed": self.removed,
                 "retired": self.retired, "foreign": self.foreign, "unrepairable": self.unrepairable,
-                "reindexed_from": self.reindexed_from, "seconds": round(self.seconds, 3), "ok": self.ok}
+                "reindexed_from": self.reindexed_from, "notes": self.notes, "seconds": round(self.seconds, 3),
+                "ok": self.ok}
 
     def text(self) -> str:
         lines = [f"unrepairable: {path}" for path in self.unrepairable]
         lines += [f"foreign: {path} (not ours, left alone)" for path in self.foreign[:20]]
         if self.reindexed_from:
             lines.append(f"damaged index moved aside to {self.reindexed_from}; rebuilt from the image files")
+        lines += [f"note: {note}" for note in self.notes]
         found = ", ".join(f"{n} {k}" for k, n in self.found.items() if n) or "no problems"
         lines.append(f"repair: found {found}; re-drew {self.redrawn}, adopted {self.adopted}, "
                      f"retired {self.retired}, removed {self.removed} files ({self.seconds:.2f} s)")
         return "\n".join(lines)
 
 
-def _move_aside(settings: Settings) -> str | None:
-    """Move a damaged index aside for --reindex, only when it provably is (or was) our index."""
+def _move_aside(settings: Settings, marker: Marker, notes: list[str]) -> str | None:
+    """Move a damaged index aside for --reindex, only when it provably is (or was) our index; a healthy
+    one stays where it is (its files without rows are adopted as by any repair)."""
     path = settings.image_index_db
     kind = index.identify(path)
-    if kind == "absent":
-        return None
     if kind == "other-sqlite":
         raise index.NotAnIndex(f"{path} is an SQLite database but not an image index: --reindex will not "
                                "move it; pass the index path with --index-db")
-    if kind != "index":
-        marker = read_marker(settings.image_root_dir) if os.path.isdir(settings.image_root_dir) else None
-        if marker is None or marker.index_path != os.path.abspath(path):
-            raise index.NotAnIndex(f"{path} is not an image index, and the image root's marker does not name it "
-                                   "as its index: --reindex will not move it")
+    if owner_gone(marker, path) is None:
+        raise RootError(f"image root {settings.image_root_dir} belongs to another index, {marker.index_path}: "
+                        "--reindex will not take it over; pass that index with --index-db")
+    if kind == "absent":
+        return None
+    if kind == "index" and _healthy(path):
+        notes.append(f"index {path} is healthy: kept, not rebuilt; files without rows were checked for adoption")
+        return None
+    if kind != "index" and marker.index_path != os.path.abspath(path):
+        raise index.NotAnIndex(f"{path} is not an image index, and the image root's marker does not name it "
+                               "as its index: --reindex will not move it")
     aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.replace(path + suffix, aside + suffix)
     return aside
+
+
+def _healthy(path: str) -> bool:
+    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
+    try:
+        return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool = False,
@@ -452,17 +499,15 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
     require_built()  # before anything is moved aside or redrawn
     began = time.monotonic()
     result = RepairResult()
-    with runner.run_lock(settings, "repair"):
+    need = None if reindex else "run `repair --reindex` to rebuild it from the image files"
+    with runner.run_lock(settings, "repair", need_index=need):
         if reindex:
             marker = check_owned(settings.image_root_dir, None)
-            result.reindexed_from = _move_aside(settings)
+            result.reindexed_from = _move_aside(settings, marker, result.notes)
             conn = index.connect(settings.image_index_db)
             if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
                 index.set_index_id(conn, marker.index_id)
             conn.close()
-        elif index.identify(settings.image_index_db) == "absent":
-            raise MarketError(f"image index not found: {settings.image_index_db}; "
-                              "run `repair --reindex` to rebuild it from the image files")
         conn = open_owned(settings)
         try:
             run_id = index.start_run(conn, "repair", {"reindex": reindex, **filters.__dict__})
@@ -479,20 +524,25 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
 
 
 def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult) -> None:
+    """Apply every action. A path that cannot be settled (a folder, pipe or link where an image should be; a
+    file that cannot be removed) is reported once in `unrepairable` and never stops the rest."""
     root = os.path.abspath(settings.image_root_dir)
-    tree = Tree(root)
+    with Tree(root) as tree:
+        _apply_in(conn, settings, found, result, tree, root)
+
+
+def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult, tree: Tree,
+              root: str) -> None:
+    remove = partial(_remove, tree, result)
     for path in found.temps:
-        result.removed += tree.remove(path)
-    retired = []
-    for row_id, path, reason in found.retire:  # file first, then row
-        tree.remove(path)
-        retired.append((row_id, "undrawable", reason))
+        result.removed += bool(remove(path))
+    # File first, then row: a row is changed only where its file is gone.
+    retired = [(row_id, "undrawable", reason) for row_id, path, reason in found.retire if remove(path) is not None]
     index.set_status(conn, retired)
     result.retired = len(retired)
-    for _, path in found.drop:
-        tree.remove(path)
-    index.delete_rows(conn, (row_id for row_id, _ in found.drop))
-    result.removed += len(found.drop)
+    dropped = [row_id for row_id, path in found.drop if remove(path) is not None]
+    index.delete_rows(conn, dropped)
+    result.removed += len(dropped)
 
     draw_chunks, adopt_chunks = [], []
     for (symbol, interval, spec), ids in sorted(found.redraw.items(), key=lambda kv: kv[0][:2]):
@@ -502,9 +552,10 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
         if spec is None or series is None:
             result.unrepairable += [f"{path}: its candles are not in the market database" for _, path in items]
             continue
-        draw_chunks += _chunks(series, spec, [end for end, _ in items], root)
+        draw_chunks += _chunks(series, spec, [end for end, path in items if _replaceable(tree, path, result)], root)
     by_series: dict[tuple[str, str, chart.Spec], list[int]] = defaultdict(list)
-    for path in found.orphans:
+    unclaimed = set(found.unclaimed)
+    for path in found.orphans + found.unclaimed:
         name = parse_relative_path(path)
         spec = _spec_of_name(name)
         series = found.series.get((name.symbol, name.interval)) if spec else None
@@ -512,13 +563,14 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
             series = _read_whole(settings, name.symbol, name.interval)
             if series is not None:
                 found.series[(name.symbol, name.interval)] = series
-        if series is None or not _drawable(series, spec, name.end_open_time_ms, settings.gap_policy):
-            result.removed += tree.remove(path)
-        else:
+        if series is not None and _drawable(series, spec, name.end_open_time_ms, settings.gap_policy):
             by_series[(name.symbol, name.interval, spec)].append(name.end_open_time_ms)
+        elif path not in unclaimed:
+            result.removed += bool(remove(path))
     for (symbol, interval, spec), ends in by_series.items():
         adopt_chunks += _chunks(found.series[(symbol, interval)], spec, sorted(ends), root)
     writer = SyncedWriter(conn, root)
+    adopted: set[str] = set()
     try:
         with executors.executor(settings) as run:
             for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), draw_chunks):
@@ -527,14 +579,38 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
             for rows, rejected in run(adopt_chunk, adopt_chunks):
                 writer.add(rows)
                 result.adopted += len(rows)
-                for path in rejected:
-                    result.removed += tree.remove(path)
-    except WorkerError as exc:  # e.g. a folder that is a link, a read-only root, a full disk
+                adopted.update(row.file_path for row in rows)
+                result.removed += sum(bool(remove(path)) for path in rejected if path not in unclaimed)
+        result.foreign = [path for path in result.foreign if path not in adopted]  # proven ours
+    except WorkerError as exc:  # e.g. a read-only root, a full disk
         writer.add(exc.rows)
         result.redrawn += len(exc.rows)
         result.unrepairable.append(str(exc))
     finally:
         writer.close()
+
+
+def _remove(tree: Tree, result: RepairResult, path: str) -> bool | None:
+    """Tree.remove; None, the failure reported, when the file could not be removed."""
+    try:
+        return tree.remove(path)
+    except RootError as exc:
+        result.unrepairable.append(f"could not remove: {exc}")
+        return None
+
+
+def _replaceable(tree: Tree, path: str, result: RepairResult) -> bool:
+    """Whether a redrawn image may be written at `path`: nothing there, or a regular file. A folder, pipe or
+    link is never replaced: reported and left alone."""
+    try:
+        what = tree.entry(path)
+    except (RootError, OSError) as exc:
+        result.unrepairable.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+        return False
+    if what in (None, "file"):
+        return True
+    result.unrepairable.append(f"{path}: {what} is at its path: not ours, left alone")
+    return False
 
 
 def _spec_of_name(name) -> chart.Spec | None:

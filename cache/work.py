@@ -6,6 +6,7 @@ the candle arrays it needs, so every worker draws from the same market snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -102,15 +103,19 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     tune_allocator()
     out = []
     # The files are written on a thread of their own while the next images are drawn.
-    with FileQueue(chunk.image_root) as files:
+    with FileQueue(chunk.image_root) as files, Tree(chunk.image_root) as tree:
         for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
             if files.failed:  # a file could not be written: drawing more would be wasted
                 break
+            if _taken(tree, row.file_path):
+                continue
             try:
                 drawn, row.input_fingerprint = draw_window(chunk, last)
             except chart.ChartError as exc:
                 row.status, row.reason = "undrawable", f"{ENGINE_PREFIX}{exc}"
                 row.input_fingerprint = exc.fingerprint
+                with contextlib.suppress(RootError):  # file first: an image drawn before is stale (else repair's)
+                    tree.remove(row.file_path)
                 out.append(row)
                 continue
             files.add(row.file_path, drawn.png, _ok_row(row, chunk.spec, drawn, reason))  # never through a link
@@ -122,6 +127,15 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
                   else f"{os.path.join(chunk.image_root, path)}: {error.strerror or error}")
         raise WorkerError(f"cannot write {detail}", _synced(chunk, out, sync))
     return _synced(chunk, out, sync)
+
+
+def _taken(tree: Tree, path: str) -> bool:
+    """A folder, pipe or link at the image's path: not ours, never replaced (verify reports it). A link on
+    the way is left to the write, which refuses it and names it."""
+    try:
+        return tree.entry(path) not in (None, "file")
+    except (RootError, OSError):
+        return False
 
 
 def _synced(chunk: Chunk, rows: list[Row], sync: bool) -> list[Row]:
@@ -150,20 +164,21 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     require_built()
     tune_allocator()
     adopted, rejected = [], []
-    for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
-        try:
-            drawn, row.input_fingerprint = draw_window(chunk, last)
-        except chart.ChartError:
-            rejected.append(row.file_path)
-            continue
-        try:
-            same = Tree(chunk.image_root).read(row.file_path)[1] == drawn.png
-        except (OSError, RootError):
-            same = False
-        if same:
-            adopted.append(_ok_row(row, chunk.spec, drawn, reason))
-        else:
-            rejected.append(row.file_path)
+    with Tree(chunk.image_root) as tree:
+        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
+            try:
+                drawn, row.input_fingerprint = draw_window(chunk, last)
+            except chart.ChartError:
+                rejected.append(row.file_path)
+                continue
+            try:
+                same = tree.read(row.file_path)[1] == drawn.png
+            except (OSError, RootError):
+                same = False
+            if same:
+                adopted.append(_ok_row(row, chunk.spec, drawn, reason))
+            else:
+                rejected.append(row.file_path)
     return adopted, rejected
 
 

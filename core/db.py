@@ -46,23 +46,49 @@ def lock_path(db_path: str) -> str:
     return db_path + ".lock"
 
 
+class LockFileError(MarketError):
+    """A lock file that is a link or not a regular file: refused, its target never touched."""
+
+
+def _open_lock(path: str, flags: int) -> int:
+    """Open the lock file at `path` relative to its folder, never through a link, never blocking (a pipe);
+    LockFileError for a link or anything but a regular file."""
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(os.path.basename(path), flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644,
+                     dir_fd=folder)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockFileError(f"lock file {path} is a symbolic link: refusing to open it; remove the link") from None
+        raise
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LockFileError(f"lock file {path} is not a regular file: refusing to use it; remove it")
+    return fd
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterator[None]:
     """Hold an exclusive flock on `path`, recording `purpose` and our pid as the holder.
 
     Waits up to `wait_seconds`, then raises LockHeld naming the holder. The lock dies with the
-    process (flock), so a crash never leaves a stale lock behind.
+    process (flock), so a crash never leaves a stale lock behind; on release the holder text is
+    cleared while the lock is still held, so that the file names only a live holder.
     """
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise MarketError(os_error_message("create lock file", path, exc)) from None
+    locked = False
     try:
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
@@ -77,13 +103,16 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
             raise MarketError(os_error_message("write lock file", path, exc)) from None
         yield
     finally:
+        if locked:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)
 
 
 def lock_is_held(path: str) -> bool:
     """True when some process holds the lock at `path` right now."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_lock(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:

@@ -119,8 +119,10 @@ def test_render_refuses_a_non_empty_folder_that_is_not_ours(workdir: Path):
 def test_a_root_belongs_to_one_index(rendered: Path):
     result = run_cli(rendered, "verify", "--config", "image_cache.toml", "--index-db", "other.sqlite")
     assert result.returncode == 1 and "not found" in result.stderr
-    assert render_cli(rendered, "--index-db", "other.sqlite", "--interval", "4h").returncode == 0
-    assert run_cli(rendered, "verify", "--config", "image_cache.toml").returncode == 1
+    assert not (rendered / "other.sqlite.lock").exists()  # no stray lock file for want of an index
+    result = render_cli(rendered, "--index-db", "other.sqlite", "--interval", "4h")
+    assert result.returncode == 1 and f"belongs to another index, {rendered / 'image_cache.sqlite'}" in result.stderr
+    assert run_cli(rendered, "verify", "--config", "image_cache.toml").returncode == 0
 
 
 def test_foreign_files_survive_every_command(workdir: Path, tmp_path_factory):

@@ -89,25 +89,30 @@ def test_orphan_matching_a_render_is_adopted(rendered: Path):
 
 
 def test_our_orphans_and_temp_files_are_removed_foreign_files_kept(rendered: Path):
-    """Files named as ours but not equal to a render, and our temp files, go; anything else is
-    reported as foreign and left alone, byte for byte."""
+    """Files named as ours (an image of a preset and series the index has drawn) but not equal to a render,
+    and our temp files, go; anything else, a preset the index never drew included, is reported as foreign
+    and left alone, byte for byte."""
     original = tree_digest(rendered / "image-cache")
     folder = _some_image(rendered).parent
     notes = folder / "notes.txt"
     notes.write_text("not an image")
     good_name = _some_image(rendered).name
-    wrong = folder / good_name.replace("_v1.png", "_v7.png")
+    other_preset = folder / good_name.replace("_v1.png", "_v7.png")
+    other_preset.write_bytes(_png((128, 128), 3))
+    wrong = rendered / "image-cache/BTCUSDT/1h/2020/01/BTCUSDT_1h_2020-01-01T00-00-00_px128_w30_v1.png"
+    wrong.parent.mkdir(parents=True)
     wrong.write_bytes(_png((128, 128), 3))
     (folder / f".{good_name}.123.tmp").write_bytes(b"half")
     code, found = _verify(rendered)
     assert code == 1
     assert (found["counts"]["orphan"], found["counts"]["temp"]) == (1, 1)
-    assert found["foreign"] == [str(notes.relative_to(rendered / "image-cache"))]
+    assert found["foreign"] == sorted(str(p.relative_to(rendered / "image-cache")) for p in (notes, other_preset))
     report = _repair(rendered)
-    assert report["removed"] == 2
+    assert report["removed"] == 2 and not wrong.exists()
     assert _verify(rendered, "--deep")[0] == 0
-    assert notes.read_text() == "not an image"
+    assert notes.read_text() == "not an image" and other_preset.read_bytes() == _png((128, 128), 3)
     notes.unlink()
+    other_preset.unlink()
     assert tree_digest(rendered / "image-cache") == original
 
 
