@@ -9,13 +9,17 @@ Used by tests/test_state_machine.py (a few hundred sequences in `make test`) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import random
 import shutil
+import signal
 import sqlite3
+import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +36,8 @@ from cache import runner, verify  # noqa: E402
 from cache.market import open_market, read_series  # noqa: E402
 from cache.windows import fingerprint, window_rows  # noqa: E402
 from config import Settings  # noqa: E402
+from core.db import lock_is_held  # noqa: E402
+from core.errors import MarketError  # noqa: E402
 from core.grid import iso_utc  # noqa: E402
 from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
 
@@ -40,6 +46,12 @@ T0 = 1_719_792_000_000  # 2024-07-01T00:00Z
 SYMBOLS = ("AAAUSDT", "BBBUSDT")
 PRESETS = ({"style_name": "mike", "img_size_px": 32, "window_len": 5},
            {"style_name": "jkx", "img_size_px": 32, "window_len": 5})
+
+
+REPO = Path(__file__).resolve().parents[1]
+# What a signalled render may exit with: done before the signal, or stopped by it (128 + its number).
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOPPED = {0} | {128 + s for s in SIGNALS}
 
 
 class Violation(AssertionError):
@@ -60,13 +72,24 @@ def _candles(rng: random.Random, times: list[int]) -> np.ndarray:
 class Walk:
     """One sequence: a folder with a market, an index and an image root, and the model's state."""
 
-    def __init__(self, folder: Path, seed: int):
+    def __init__(self, folder: Path, seed: int, signals: bool = False):
         self.rng = random.Random(seed)
         self.folder = folder
         self.market = str(folder / "market.sqlite")
         self.preset = self.rng.choice(PRESETS)
         self.gap_policy = "skip"
         self.damaged: set[str] = set()  # files the walk damaged that no verify/repair has seen yet
+        # Things that are not ours, planted at image paths (relative path -> 'link', 'folder' or 'fifo'):
+        # every command must leave them exactly as they are, and judge them once.
+        self.planted: dict[str, str] = {}
+        # Files outside the root that planted links point at: never changed, whatever the walk does.
+        self.outside = folder / "outside"
+        self.outside.mkdir()
+        self.victims = {}
+        for name in ("victim.png", "victim.lock", "marker-copy"):
+            (self.outside / name).write_bytes(f"not image_cache's: {name}\n".encode())
+            self.victims[name] = (self.outside / name).read_bytes()
+        self.signals = signals
         self.log: list[str] = []
         conn = connect_writer(self.market)
         with conn:
@@ -80,8 +103,12 @@ class Walk:
                                                               for k in range(n)]))
         conn.close()
 
+    @property
+    def index_path(self) -> Path:
+        return self.folder / "image_cache.sqlite"
+
     def settings(self, **extra) -> Settings:
-        values = dict(market_db_path=self.market, image_index_db=str(self.folder / "image_cache.sqlite"),
+        values = dict(market_db_path=self.market, image_index_db=str(self.index_path),
                       image_root_dir=str(self.folder / "image-cache"), pairs=SYMBOLS, intervals=("1h",),
                       start="2024-06-01", jobs=1, gap_policy=self.gap_policy, **self.preset)
         return Settings(**{**values, **extra})
@@ -183,20 +210,38 @@ class Walk:
         if deep:
             self.damaged.clear()
         else:  # fast mode sees changed sizes only; a flipped byte waits for a deep verify
-            self.damaged = {p for p in self.damaged if (self.root / p).exists()
+            self.damaged = {p for p in self.damaged if os.path.isfile(self.root / p) and not os.path.islink(self.root / p)
                             and (self.root / p).stat().st_size == self._row_size(p)}
+        self._check_planted_judged(first)
         return f"verify deep={deep}: {first['counts']}"
 
     def repair(self) -> str:
         result = verify.repair(self.settings())
-        if not result.ok:
-            raise Violation(f"repair left unrepairable: {result.unrepairable}")
+        # Only what the walk planted may stay unsettled, and one such path never stops the rest.
+        left = [text for text in result.unrepairable if not self._names_planted(text)]
+        if left:
+            raise Violation(f"repair left unrepairable: {left}")
         self.damaged.clear()
         after = verify.verify(self.settings(), deep=True)
-        if not after.ok:
-            raise Violation(f"verify --deep after repair: {[p.__dict__ for p in after.problems]}")
+        problems = [p.__dict__ for p in after.problems if p.path not in self.planted]
+        if problems:
+            raise Violation(f"verify --deep after repair: {problems}")
+        self._check_planted_judged(after.as_dict())
         self._check_ok_rows_fresh()
         return f"repair: {result.as_dict()['found']}"
+
+    def _names_planted(self, text: str) -> bool:
+        return any(text == path or text.startswith(path + " ") or text.startswith(path + ":")
+                   for path in self.planted)
+
+    def _check_planted_judged(self, report: dict) -> None:
+        """Each planted path at an image path is reported exactly once: a problem or a foreign entry."""
+        mentioned = [p["path"] for p in report["problems"]] + list(report["foreign"])
+        for path in self.planted:
+            hits = sum(m == path or m.startswith(path + "/") for m in mentioned)
+            if hits != 1:
+                raise Violation(f"{self.planted[path]} planted at {path} reported {hits} times: "
+                                f"{[m for m in mentioned if m.startswith(path)]}")
 
     def damage(self) -> str:
         paths = [p for p in self._ok_paths() if (self.root / p).is_file()]
@@ -225,12 +270,150 @@ class Walk:
         self.damaged.discard(row[1] if row else "")
         return f"delete row {row[1] if row else None}"
 
+    # ------------------------------------------------------------------ the tool's boundaries
+
+    def _snapshot(self) -> dict[str, tuple]:
+        """Every entry under the root (the marker included) with its kind and content."""
+        found = {}
+        for folder, dirs, files in os.walk(self.root):
+            for name in dirs + files:
+                full = os.path.join(folder, name)
+                info = os.lstat(full)
+                content = (os.readlink(full) if stat.S_ISLNK(info.st_mode) else
+                           hashlib.sha256(Path(full).read_bytes()).hexdigest() if stat.S_ISREG(info.st_mode) else None)
+                found[os.path.relpath(full, self.root)] = (stat.S_IFMT(info.st_mode), content)
+        return found
+
+    def second_index(self) -> str:
+        """Another index (a typo in --index-db, a second dataset's config, maybe another preset) on our
+        root, while ours is healthy: every command refuses, naming the owner, and changes nothing."""
+        other = self.folder / self.rng.choice(("other.sqlite", "image_cache.sqlite.bak"))
+        extra = {"image_index_db": str(other)}
+        if self.rng.random() < 0.5:
+            extra.update(self.rng.choice(PRESETS))
+        command = self.rng.choice(("render", "verify", "repair"))
+        before = self._snapshot()
+        settings = self.settings(**extra)
+        try:
+            if command == "render":
+                runner.render(settings)
+            elif command == "verify":
+                verify.verify(settings)
+            else:
+                verify.repair(settings)
+        except MarketError as exc:
+            if str(self.index_path) not in str(exc) and command == "render":
+                raise Violation(f"second index refused without naming the owner: {exc}") from None
+        else:
+            raise Violation(f"{command} with a second index {other.name} on a root another index owns went ahead")
+        if self._snapshot() != before:
+            raise Violation(f"{command} with a second index changed the root")
+        return f"second index {other.name} {command}: refused"
+
+    def lose_index(self) -> str:
+        """The index is deleted: the next render takes the root over (its owner is gone), saying so."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.index_path}{suffix}")
+        self.damaged.clear()
+        return "lose index"
+
+    def plant(self) -> str:
+        """A link, a folder or a FIFO where one of our images is, or will be: not ours, never touched."""
+        paths = [p for p in self._ok_paths() if p not in self.planted]
+        if not paths:
+            return "plant: no image path"
+        path = self.rng.choice(paths)
+        kind = self.rng.choice(("link", "folder", "fifo"))
+        full = self.root / path
+        with contextlib.suppress(FileNotFoundError):
+            full.unlink()
+        if kind == "link":
+            full.symlink_to(self.outside / "victim.png")
+        elif kind == "folder":
+            full.mkdir()
+            (full / "keep.txt").write_text("a user's note\n")
+        else:
+            os.mkfifo(full)
+        self.planted[path] = kind
+        self.damaged.add(path)
+        return f"plant {kind} at {path}"
+
+    def unplant(self) -> str:
+        if not self.planted:
+            return "unplant: nothing planted"
+        path = self.rng.choice(sorted(self.planted))
+        full = self.root / path
+        shutil.rmtree(full) if self.planted.pop(path) == "folder" else full.unlink()
+        return f"unplant {path}"
+
+    def link_lock_or_marker(self) -> str:
+        """The index's lock file or the root's marker is a link: commands refuse, the target is untouched."""
+        which = self.rng.choice(("lock", "marker"))
+        if which == "lock":
+            place, target = Path(f"{self.index_path}.lock"), self.outside / "victim.lock"
+        else:
+            place, target = self.root / ".image_cache_root", self.outside / "marker-copy"
+            if not place.is_file():
+                return "link marker: no marker yet"
+            target.write_bytes(place.read_bytes())  # a valid marker, reached through a link
+            self.victims["marker-copy"] = target.read_bytes()
+        saved = place.read_bytes() if place.is_file() else None
+        with contextlib.suppress(FileNotFoundError):
+            place.unlink()
+        place.symlink_to(target)
+        command = self.rng.choice(("render", "verify", "repair"))
+        try:
+            try:
+                (runner.render if command == "render" else getattr(verify, command))(self.settings())
+            except MarketError as exc:
+                outcome = f"refused: {exc}"
+            else:
+                raise Violation(f"{command} went ahead with its {which} file a link")
+            self._check_outside()
+        finally:
+            place.unlink()
+            if saved is not None and which == "marker":
+                place.write_bytes(saved)
+        return f"link {which}: {command} {outcome[:60]}"
+
+    def interrupt(self) -> str:
+        """A real render process stopped by SIGINT, SIGTERM or SIGHUP at a random moment: it ends within
+        10 s, frees the lock, and what it leaves is what the next render or repair settles."""
+        sig = self.rng.choice(SIGNALS)
+        p = self.preset
+        command = [sys.executable, str(REPO / "image_cache.py"), "render", "--market-db", self.market,
+                   "--index-db", str(self.index_path), "--image-root", str(self.root), "--pairs", ",".join(SYMBOLS),
+                   "--intervals", "1h", "--start", "2024-06-01", "--gap-policy", self.gap_policy,
+                   "--style", p["style_name"], "--size", str(p["img_size_px"]), "--window", str(p["window_len"]),
+                   "--jobs", str(self.rng.choice((1, 2)))]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        delay = self.rng.uniform(0, 1.5)
+        time.sleep(delay)
+        process.send_signal(sig)
+        began = time.monotonic()
+        try:
+            _, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise Violation(f"render still running 10 s after {sig.name}") from None
+        if process.returncode not in STOPPED:
+            raise Violation(f"render stopped by {sig.name} exited {process.returncode}: {err.decode()[-500:]}")
+        if b"Traceback" in err:
+            raise Violation(f"traceback after {sig.name}: {err.decode()[-800:]}")
+        return (f"{sig.name} after {delay:.2f} s: exit {process.returncode} in {time.monotonic() - began:.1f} s")
+
     STEPS = (("correct", 3), ("append", 2), ("remove", 1), ("flatten", 1), ("render", 5), ("switch", 1),
-             ("verify", 2), ("repair", 2), ("damage", 2), ("delete_row", 1))
+             ("verify", 2), ("repair", 2), ("damage", 2), ("delete_row", 1), ("second_index", 1),
+             ("lose_index", 0.3), ("plant", 1), ("unplant", 1), ("link_lock_or_marker", 0.5))
 
     def step(self) -> str:
-        name = self.rng.choices([s for s, _ in self.STEPS], [w for _, w in self.STEPS])[0]
-        if not (self.folder / "image_cache.sqlite").exists() and name in ("verify", "repair", "damage", "delete_row"):
+        steps = self.STEPS + ((("interrupt", 2),) if self.signals else ())
+        name = self.rng.choices([s for s, _ in steps], [w for _, w in steps])[0]
+        if not self.index_path.exists() and name in ("verify", "repair", "damage", "delete_row", "second_index",
+                                                     "plant", "link_lock_or_marker"):
             name = "render"
         return getattr(self, name)()
 
@@ -255,9 +438,23 @@ class Walk:
         conn.close()
         return row[0] if row else None
 
+    def _check_outside(self) -> None:
+        for name, content in self.victims.items():
+            if (self.outside / name).read_bytes() != content:
+                raise Violation(f"a file outside the root, reached through a planted link, changed: {name}")
+
     def check(self) -> None:
-        """No `ok` row whose file is missing or differs from its SHA-256 (but for damage not yet seen)."""
-        if not (self.folder / "image_cache.sqlite").exists():
+        """Nothing outside the root or planted in it changed, no lock is left held, and no `ok` row's file
+        is missing or differs from its SHA-256 (but for damage not yet seen)."""
+        self._check_outside()
+        for path, kind in self.planted.items():
+            info = os.lstat(self.root / path)
+            same = {"link": stat.S_ISLNK, "folder": stat.S_ISDIR, "fifo": stat.S_ISFIFO}[kind](info.st_mode)
+            if not same or (kind == "folder" and not (self.root / path / "keep.txt").is_file()):
+                raise Violation(f"the {kind} planted at {path} was changed")
+        if lock_is_held(f"{self.index_path}.lock"):
+            raise Violation("the index lock is still held after the step")
+        if not self.index_path.exists():
             return
         with self._index() as conn:
             rows = conn.execute("SELECT file_path, sha256 FROM images WHERE status = 'ok'").fetchall()
@@ -334,9 +531,9 @@ class Walk:
                 raise Violation(f"ok row whose bytes differ from a fresh render: {path}")
 
 
-def run_sequence(seed: int, steps: int, folder: Path) -> list[str]:
+def run_sequence(seed: int, steps: int, folder: Path, signals: bool = False) -> list[str]:
     """Run one sequence; raises Violation (with the steps so far) when an invariant breaks."""
-    walk = Walk(folder, seed)
+    walk = Walk(folder, seed, signals)
     for _ in range(steps):
         try:
             walk.log.append(walk.step())
@@ -347,13 +544,13 @@ def run_sequence(seed: int, steps: int, folder: Path) -> list[str]:
     return walk.log
 
 
-def run_many(first_seed: int, count: int, steps: int) -> tuple[int, list[str]]:
+def run_many(first_seed: int, count: int, steps: int, signals: bool = False) -> tuple[int, list[str]]:
     violations = []
     for seed in range(first_seed, first_seed + count):
         # On tmpfs where there is one: the walk measures states, not the disk's flushes.
         folder = Path(tempfile.mkdtemp(prefix="walk-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         try:
-            run_sequence(seed, steps, folder)
+            run_sequence(seed, steps, folder, signals)
         except Violation as exc:
             violations.append(str(exc))
         finally:
@@ -361,7 +558,7 @@ def run_many(first_seed: int, count: int, steps: int) -> tuple[int, list[str]]:
     return count, violations
 
 
-def _block(args: tuple[int, int, int]) -> tuple[int, list[str]]:
+def _block(args: tuple[int, int, int, bool]) -> tuple[int, list[str]]:
     return run_many(*args)
 
 
@@ -371,12 +568,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--signals", type=float, default=0.1,
+                        help="share of sequences that also stop real render processes with signals")
     parser.add_argument("--record", action="store_true", help="write the figure to bench/soak.json")
     args = parser.parse_args()
     began = time.monotonic()
     block = 50
-    blocks = [(seed, min(block, args.seed + args.sequences - seed), args.steps)
-              for seed in range(args.seed, args.seed + args.sequences, block)]
+    # Signal sequences start real processes (about a second each): a share of the blocks only.
+    every = round(1 / args.signals) if args.signals > 0 else 0
+    blocks = [(seed, min(block, args.seed + args.sequences - seed), args.steps, bool(every) and k % every == 0)
+              for k, seed in enumerate(range(args.seed, args.seed + args.sequences, block))]
     count, violations = 0, []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for done, (n, found) in enumerate(pool.map(_block, blocks), 1):
@@ -386,6 +587,7 @@ def main() -> int:
                 print(text, file=sys.stderr, flush=True)
             print(f"{count} sequences, {len(violations)} violations", file=sys.stderr, flush=True)
     result = {"sequences": count, "steps_per_sequence": args.steps, "violations": len(violations),
+              "sequences_with_signals": sum(n for _, n, _, sig in blocks if sig),
               "seconds": round(time.monotonic() - began, 1), "workers": args.workers,
               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
