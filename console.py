@@ -50,16 +50,26 @@ class Parser(argparse.ArgumentParser):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that a run stops through the same cleanup as Ctrl-C."""
+    """SIGTERM or SIGHUP, raised in the main thread so that a run stops through the same cleanup as Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise Terminated(signum)
+
+
+# SIGHUP: the terminal closed. Left alone where it is ignored (nohup), as the caller asked.
+STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (terminal closed)"}
 
 
 def run(command: Callable[[], Result], as_json: bool) -> int:
     """Run a command, print its result on stdout, map domain errors and signals to exit codes."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    caught = [s for s in STOP_SIGNALS if s == signal.SIGTERM or signal.getsignal(s) != signal.SIG_IGN]
+    for signum in caught:
+        signal.signal(signum, _raise_terminated)
     try:
         result = command()
     except LockHeld as exc:
@@ -68,14 +78,15 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     except (MarketError, ChartError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except Terminated:
-        print("Error: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+    except Terminated as exc:
+        print(f"Error: {STOP_SIGNALS[exc.signum]}", file=sys.stderr)
+        return 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on there is nothing to clean up
+        for signum in caught:
+            signal.signal(signum, signal.SIG_DFL)  # from here on there is nothing to clean up
     try:
         if as_json:
             print(json.dumps(result.as_dict(), indent=2, sort_keys=True))

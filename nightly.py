@@ -84,7 +84,8 @@ def _step(result: NightlyResult, name: str, call: Any) -> None:
 def nightly(settings: config.Settings, *, market: str = "spot", market_start: str | None = None,
             api_url: str | None = None, base_url: str = "https://data.binance.vision/", mirror: str = "mirror",
             jobs: int = 4, retry_failed: bool = False, require_checksum: bool = False, deep: bool = False,
-            lock_wait: float = 30.0, progress: Any = console.progress, warn: Any = console.log) -> NightlyResult:
+            lock_wait: float = 30.0, verbose: bool = False, progress: Any = console.progress,
+            warn: Any = console.log) -> NightlyResult:
     """Update the market, render, verify; every step's result in one summary."""
     began = time.monotonic()
     result = NightlyResult()
@@ -92,8 +93,8 @@ def nightly(settings: config.Settings, *, market: str = "spot", market_start: st
     _step(result, "update", lambda: update(
         settings.market_db_path, symbols=list(settings.pairs), intervals=list(settings.intervals), market=market,
         start=market_start or settings.start, api_url=api_url, base_url=base_url, mirror=mirror, jobs=jobs,
-        retry_failed=retry_failed, require_checksum=require_checksum, lock_wait=lock_wait, progress=progress,
-        warn=warn))
+        retry_failed=retry_failed, require_checksum=require_checksum, lock_wait=lock_wait, verbose=verbose,
+        progress=progress, warn=warn))
     _step(result, "render", lambda: render(settings, filters, progress=progress, warn=warn))
     _step(result, "verify", lambda: verify(settings, filters, deep=deep, progress=progress, warn=warn))
     result.seconds = time.monotonic() - began
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     return console.run(lambda: nightly(
         settings, market=args.market, market_start=args.market_start, api_url=args.api_url,
         base_url=args.base_url, mirror=args.mirror, retry_failed=args.retry_failed,
-        require_checksum=args.require_checksum, deep=args.deep, lock_wait=args.lock_wait), args.json)
+        require_checksum=args.require_checksum, deep=args.deep, lock_wait=args.lock_wait, verbose=args.verbose),
+        args.json)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,22 @@ The plan (which files, at which URLs, under which mirror paths) is pure. Fetchin
 thread pool: the `.CHECKSUM` first, so that a mirror file with a matching hash is not downloaded
 again; the zip streamed to a dot-prefixed temp file in its folder and renamed into place, so the
 mirror never holds a partial file. Transient failures (5xx, 408/429, resets, timeouts, short
-bodies) are retried with exponential backoff, a bounded number of times. A 404 is not an error:
+bodies) are retried with exponential backoff, a bounded number of times; a host that cannot be
+reached a few times in a row is given up for the run (ingest/network.py). A 404 is not an error:
 "not published yet" for a recent period, "missing" for an old one.
+
+A signal stops the run at once: queued archives are never started, running ones stop at their next
+read, and threads still blocked on a silent server are left behind (daemon threads) with their temp
+files removed, so that nothing half-fetched is ever taken for an archive.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import http.client
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -22,7 +27,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -30,6 +34,7 @@ from typing import Any, TypeVar
 from core import flags
 from core.hooks import no_progress, no_warn
 from ingest.binance_vision import CHECKSUM_RE, ingest_paths
+from ingest.network import HostDown, Network, unreachable
 from ingest.registry import IngestResult
 from ingest.sources import Source
 from core.db import file_uri
@@ -46,6 +51,8 @@ MONTHLY_ONLY = frozenset({"3d", "1w", "1mo"})
 DAILY_LAG = timedelta(days=2)
 MONTHLY_LAG = timedelta(days=10)
 CHUNK = 1 << 20
+# How long a stopping run waits for its running downloads to notice before leaving them behind.
+GRACE_S = 2.0
 
 
 
@@ -136,6 +143,10 @@ class Transient(Exception):
     """Worth retrying: a 5xx, a reset or refused connection, a timeout, a short body."""
 
 
+class Unreachable(Transient):
+    """No connection: retried without a word, since the host's Network count speaks for all of them."""
+
+
 class NotFound(Exception):
     pass
 
@@ -152,8 +163,8 @@ class Fetch:
     timeout: float = 30.0
     retries: int = 4
     backoff: float = 0.5
-    sleep: Callable[[float], None] = time.sleep
     warn: Callable[[str], None] = no_warn
+    network: Network = field(default_factory=Network)
 
     def url(self, archive: Archive, suffix: str = "") -> str:
         return self.base_url.rstrip("/") + "/" + archive.path(self.market) + suffix
@@ -162,11 +173,13 @@ class Fetch:
         return os.path.abspath(os.path.join(self.mirror, *archive.path(self.market).split("/")))
 
 
-def _open(url: str, timeout: float) -> http.client.HTTPResponse:
+def _open(fetch: Fetch, url: str) -> http.client.HTTPResponse:
+    fetch.network.check(url)
     try:
-        return urllib.request.urlopen(url, timeout=timeout)
+        response = urllib.request.urlopen(url, timeout=fetch.timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
+        fetch.network.answered(url)
         if exc.code == 404:
             raise NotFound(url) from None
         if exc.code >= 500 or exc.code in (408, 429):
@@ -175,17 +188,26 @@ def _open(url: str, timeout: float) -> http.client.HTTPResponse:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, FileNotFoundError):  # file:// base URLs
             raise NotFound(url) from None
+        if (reason := unreachable(exc)) is not None:
+            fetch.network.failed(url, reason)
+            raise Unreachable(str(reason)) from None
         raise Transient(str(exc.reason)) from None
     except (OSError, http.client.HTTPException) as exc:
         raise Transient(str(exc) or type(exc).__name__) from None
+    fetch.network.answered(url)
+    return response
 
 
-def _read_into(response: http.client.HTTPResponse, sink: Callable[[bytes], Any]) -> int:
-    """Stream the body into `sink`; a body shorter than its Content-Length is transient."""
+def _read_into(fetch: Fetch, response: http.client.HTTPResponse, sink: Callable[[bytes], Any]) -> int:
+    """Stream the body into `sink`; a body shorter than its Content-Length is transient.
+
+    read1 returns what has arrived, so that a stop is seen between reads however slow the link.
+    """
     expected = response.headers.get("Content-Length")
     size = 0
     try:
-        while chunk := response.read(CHUNK):
+        while chunk := response.read1(CHUNK):
+            fetch.network.check_stop()
             sink(chunk)
             size += len(chunk)
     except (OSError, http.client.HTTPException) as exc:
@@ -195,8 +217,8 @@ def _read_into(response: http.client.HTTPResponse, sink: Callable[[bytes], Any])
     return size
 
 
-def _retrying(fetch: Fetch, what: str, attempt: Callable[[], T]) -> tuple[T, int]:
-    """(result, attempts) of `attempt`, retrying Transient errors with exponential backoff."""
+def _retrying(fetch: Fetch, url: str, attempt: Callable[[], T]) -> tuple[T, int]:
+    """(result, attempts) of `attempt` (a GET of `url`), retrying Transient errors with exponential backoff."""
     tries = 0
     while True:
         tries += 1
@@ -206,31 +228,32 @@ def _retrying(fetch: Fetch, what: str, attempt: Callable[[], T]) -> tuple[T, int
             if tries > fetch.retries:
                 raise Failed(f"{exc} (gave up after {tries} attempts)") from None
             delay = fetch.backoff * 2 ** (tries - 1)
-            fetch.warn(f"{what}: {exc}; retrying in {delay:g}s ({tries}/{fetch.retries})")
-            fetch.sleep(delay)
+            if isinstance(exc, Unreachable):
+                fetch.network.check(url)  # no backoff for a host given up just now
+            else:
+                fetch.warn(f"{url}: {exc}; retrying in {delay:g}s ({tries}/{fetch.retries})")
+            fetch.network.sleep(delay)
 
 
 def _get_bytes(fetch: Fetch, url: str) -> bytes:
     def attempt() -> bytes:
         parts: list[bytes] = []
-        with _open(url, fetch.timeout) as response:
-            _read_into(response, parts.append)
+        with _open(fetch, url) as response:
+            _read_into(fetch, response, parts.append)
         return b"".join(parts)
     return _retrying(fetch, url, attempt)[0]
 
 
-def _write_atomic(dest: str, data: bytes) -> None:
+def _write_atomic(fetch: Fetch, dest: str, data: bytes) -> None:
     tmp = _temp_name(dest)
     try:
-        with open(tmp, "wb") as f:
+        with fetch.network.open_temp(tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    finally:
+        fetch.network.drop_temp(tmp)
 
 
 def _temp_name(dest: str) -> str:
@@ -245,17 +268,16 @@ def _download(fetch: Fetch, url: str, dest: str) -> tuple[str, int, int]:
     def attempt() -> tuple[str, int]:
         digest = hashlib.sha256()
         try:
-            with _open(url, fetch.timeout) as response, open(tmp, "wb") as f:
+            with _open(fetch, url) as response, fetch.network.open_temp(tmp) as f:
                 def sink(chunk: bytes) -> None:
                     digest.update(chunk)
                     f.write(chunk)
-                size = _read_into(response, sink)
+                size = _read_into(fetch, response, sink)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+            fetch.network.drop_temp(tmp)
         return digest.hexdigest(), size
 
     (sha, size), tries = _retrying(fetch, url, attempt)
@@ -272,7 +294,8 @@ def file_sha256(path: str) -> str | None:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one archive: downloaded, cached, pending, missing, failed or rejected-earlier."""
+    """What became of one archive: downloaded, cached, pending, missing, failed, rejected-earlier, or network
+    (not asked for: its host was down)."""
 
     symbol: str
     interval: str
@@ -312,7 +335,7 @@ def fetch_archive(fetch: Fetch, archive: Archive, *, today: date,
                 return replace(base, status="rejected-earlier", verified=True,
                                reason="rejected by an earlier ingest; --retry-failed downloads it again")
             if local_sha != rejected_sha:
-                _write_atomic(dest + ".CHECKSUM", checksum)
+                _write_atomic(fetch, dest + ".CHECKSUM", checksum)
                 return replace(base, status="cached", bytes=os.path.getsize(dest), verified=True)
         try:
             sha, size, tries = _download(fetch, fetch.url(archive), dest)
@@ -323,7 +346,7 @@ def fetch_archive(fetch: Fetch, archive: Archive, *, today: date,
             return replace(base, status="pending" if recent else "missing",
                            reason="not published yet" if recent else "404 not found")
         if checksum is not None:
-            _write_atomic(dest + ".CHECKSUM", checksum)
+            _write_atomic(fetch, dest + ".CHECKSUM", checksum)
         reason = None
         if expected is None:
             reason = "no .CHECKSUM published" if checksum is None else "malformed .CHECKSUM"
@@ -333,44 +356,62 @@ def fetch_archive(fetch: Fetch, archive: Archive, *, today: date,
                        verified=expected == sha)
     except Failed as exc:
         return replace(base, reason=str(exc))
+    except HostDown as exc:
+        return replace(base, status="network", reason=str(exc))
     except OSError as exc:
         return replace(base, reason=f"mirror: {exc.strerror or exc}")
 
 
 # ---------------------------------------------------------------------------------------- command
 
+# Outcome statuses as the summaries name them.
+LABELS = {"downloaded": "downloaded", "cached": "cached", "pending": "not published yet", "missing": "missing",
+          "failed": "failed", "rejected-earlier": "rejected earlier", "network": "not asked (host down)"}
+
+
 @dataclass
 class DownloadResult:
     archives: list[Outcome] = field(default_factory=list)
     ingest: IngestResult | None = None
     seconds: float = 0.0
+    unreachable: list[str] = field(default_factory=list)  # one line per host given up
+    verbose: bool = False  # text() names every archive that was not fetched, not only counts per series
 
     @property
     def ok(self) -> bool:
-        return all(a.status != "failed" for a in self.archives) and (self.ingest is None or self.ingest.ok)
+        return (all(a.status not in ("failed", "network") for a in self.archives)
+                and (self.ingest is None or self.ingest.ok))
 
     def counts(self) -> dict[str, int]:
-        statuses = ("downloaded", "cached", "pending", "missing", "failed", "rejected-earlier")
-        return {s: sum(a.status == s for a in self.archives) for s in statuses}
+        return {s: sum(a.status == s for a in self.archives) for s in LABELS}
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "archives": self.counts(), "seconds": round(self.seconds, 3),
-                "archive_outcomes": [a.as_dict() for a in self.archives],
+                "unreachable": self.unreachable, "archive_outcomes": [a.as_dict() for a in self.archives],
                 "ingest": self.ingest.as_dict() if self.ingest else None}
 
     def text(self) -> str:
+        """One line per series (a nightly log must not grow by a line per archive still missing), each
+        archive that was not fetched under it with --verbose."""
         c = self.counts()
         lines = [f"download: {len(self.archives)} archives: {c['downloaded']} downloaded, {c['cached']} cached, "
                  f"{c['pending']} not published yet, {c['missing']} missing, {c['failed']} failed, "
-                 f"{c['rejected-earlier']} rejected earlier; {self.seconds:.2f} s"]
-        labels = {"pending": "not published yet", "missing": "missing", "failed": "failed",
-                  "rejected-earlier": "rejected earlier (--retry-failed to fetch again)"}
+                 f"{c['rejected-earlier']} rejected earlier"
+                 + (f", {c['network']} {LABELS['network']}" if c["network"] else "") + f"; {self.seconds:.2f} s"]
+        series: dict[tuple[str, str], list[Outcome]] = {}
         for a in self.archives:
-            if a.status in labels:
-                detail = f" ({a.reason})" if a.status == "failed" else ""
-                lines.append(f"  {labels[a.status]}: {a.file_name}{detail}")
-            elif a.reason:
-                lines.append(f"  {a.file_name}: {a.reason}")
+            series.setdefault((a.symbol, a.interval), []).append(a)
+        for (symbol, interval), outcomes in series.items():
+            parts = []
+            for status, label in LABELS.items():
+                these = [a for a in outcomes if a.status == status]
+                if these:
+                    why = f" ({these[0].reason}{', ...' if len(these) > 1 else ''})" if status == "failed" else ""
+                    parts.append(f"{len(these)} {label}{why}")
+            lines.append(f"  {symbol} {interval}: {len(outcomes)} archives: {', '.join(parts)}")
+            if self.verbose:
+                lines.extend(f"    {LABELS[a.status]}: {a.file_name}" + (f" ({a.reason})" if a.reason else "")
+                             for a in outcomes if a.status not in ("downloaded", "cached") or a.reason)
         if self.ingest is not None:
             lines.append(self.ingest.text())
         return "\n".join(lines)
@@ -403,13 +444,61 @@ def _parse_day(value: str, flag: str) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date()
 
 
+def in_threads(work: Callable[[Archive], Outcome], batch: list[Archive], jobs: int, network: Network,
+               progress: Callable) -> list[Outcome]:
+    """`work` on each archive in `jobs` threads, outcomes in the batch's order.
+
+    On any exception here (a signal, or one raised by `work`), what is queued is never started,
+    running downloads get GRACE_S to see the stop flag, and then the run leaves without them:
+    daemon threads, since a thread blocked on a silent server must not keep the process alive.
+    """
+    todo: queue.SimpleQueue[tuple[int, Archive]] = queue.SimpleQueue()
+    for item in enumerate(batch):
+        todo.put(item)
+    done: queue.SimpleQueue[tuple[int, Outcome | None, BaseException | None]] = queue.SimpleQueue()
+
+    def worker() -> None:
+        while not network.stop.is_set():
+            try:
+                i, archive = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, work(archive), None))
+            except BaseException as exc:  # handed to the main thread, which stops the run
+                done.put((i, None, exc))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(batch)))]
+    for thread in threads:
+        thread.start()
+    outcomes: list[Outcome | None] = [None] * len(batch)
+    try:
+        for _ in progress(range(len(batch)), total=len(batch), desc="download", unit="file"):
+            i, outcome, error = done.get()
+            if error is not None:
+                raise error
+            outcomes[i] = outcome
+    except BaseException:
+        network.stop.set()
+        deadline = time.monotonic() + GRACE_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        network.abandon()
+        raise
+    return [o for o in outcomes if o is not None]
+
+
 def download(db: str, *, symbols: list[str], intervals: list[str], start: str, end: str | None = None,
              market: str = "spot", base_url: str = "https://data.binance.vision/", mirror: str = "mirror",
              jobs: int = 4, retry_failed: bool = False, require_checksum: bool = False, lock_wait: float = 30.0,
              progress: Callable = no_progress, warn: Callable[[str], None] = no_warn,
              today: date | None = None, retries: int = 4, backoff: float = 0.5,
-             timeout: float = 30.0) -> DownloadResult:
-    """Fetch the archives of `symbols` × `intervals` for [start, end) into `mirror`, then ingest them into `db`."""
+             timeout: float = 30.0, network: Network | None = None, verbose: bool = False) -> DownloadResult:
+    """Fetch the archives of `symbols` × `intervals` for [start, end) into `mirror`, then ingest them into `db`.
+
+    `network`: shared with the other downloads and requests of one run (update), so that a host given
+    up stays given up.
+    """
     started = time.monotonic()
     symbols = [check_symbol(s) for s in dict.fromkeys(symbols)]
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
@@ -428,18 +517,16 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
     if first >= stop:
         raise MarketError(f"--start {start} must be before --end {stop.isoformat()}")
 
-    fetch = Fetch(base_url, mirror, market, timeout=timeout, retries=retries, backoff=backoff, warn=warn)
+    network = network or Network(warn)
+    fetch = Fetch(base_url, mirror, market, timeout=timeout, retries=retries, backoff=backoff, warn=warn,
+                  network=network)
     rejected = rejected_in_registry(db)
-    result = DownloadResult()
+    result = DownloadResult(verbose=verbose)
 
     def run(batch: list[Archive]) -> list[Outcome]:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(fetch_archive, fetch, a, today=today, retry_failed=retry_failed,
-                                   rejected_sha=rejected.get(fetch.local(a))): i for i, a in enumerate(batch)}
-            outcomes: list[Outcome | None] = [None] * len(batch)
-            for future in progress(as_completed(futures), total=len(batch), desc="download", unit="file"):
-                outcomes[futures[future]] = future.result()
-        return [o for o in outcomes if o is not None]
+        return in_threads(lambda a: fetch_archive(fetch, a, today=today, retry_failed=retry_failed,
+                                                  rejected_sha=rejected.get(fetch.local(a))),
+                          batch, jobs, network, progress)
 
     batch = plan(symbols, intervals, first, stop)
     outcomes = []
@@ -451,9 +538,7 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
         if not days:
             outcomes.append(outcome)
     result.archives = outcomes + (run(fallback) if fallback else [])
-    for o in result.archives:
-        if o.status == "failed":
-            warn(f"{o.file_name}: {o.reason}")
+    result.unreachable = list(network.down.values())
 
     paths = [o.path for o in result.archives if o.status in ("downloaded", "cached")]
     if paths:
@@ -467,6 +552,8 @@ def add_archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", default="https://data.binance.vision/", help="Binance Vision layout root")
     p.add_argument("--mirror", default="mirror", help="local mirror folder (default: %(default)s)")
     p.add_argument("--retry-failed", action="store_true", help="download again files recorded as failed")
+    p.add_argument("--verbose", action="store_true",
+                   help="name each archive not fetched (default: one line per series)")
 
 
 def add_jobs_argument(p: argparse.ArgumentParser) -> None:
@@ -487,7 +574,7 @@ def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> DownloadResult:
     return download(args.db, symbols=args.symbols, intervals=args.intervals, start=args.start, end=args.end,
                     market=args.market, base_url=args.base_url, mirror=args.mirror, jobs=args.jobs,
                     retry_failed=args.retry_failed, require_checksum=args.require_checksum,
-                    lock_wait=args.lock_wait, **hooks)
+                    lock_wait=args.lock_wait, verbose=args.verbose, **hooks)
 
 
 SOURCE = Source("download", "fetch Binance Vision archives into a local mirror, then ingest them",

@@ -5,7 +5,9 @@ share one shape: `symbol, interval, startTime, endTime, limit` in, an array of 1
 out, oldest first. Requests are paged at the endpoint's maximum `limit` until the server has no
 more. The used request weight comes back in `X-MBX-USED-WEIGHT-1M`; near the limit the client
 waits for the next minute. 429 (rate limit) and 418 (IP ban) carry `Retry-After`, which is obeyed;
-5xx answers and timeouts are retried with exponential backoff, a bounded number of times.
+5xx answers and timeouts are retried with exponential backoff, a bounded number of times; a host
+that cannot be reached a few times in a row is given up for the run (ingest/network.py). A series
+the network kept from us is reported as such, never recorded as a rejected file.
 
 Only closed candles (open time + interval <= now) are kept. Each series' fetched candles are
 validated like any archive and written as one registry entry (source `rest`) in one transaction.
@@ -24,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from core import flags
 from core.errors import MarketError
 from core.grid import check_interval, check_symbol, close_time_ms, grid_index, grid_time, iso_utc, now_ms, utc_ms
 from core.hooks import Progress, Warn, no_progress, no_warn
+from ingest.network import HostDown, Network, unreachable
 from ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
 from ingest.sources import Source
 from ingest.validate import fail, validate
@@ -74,6 +77,14 @@ class Transient(Exception):
     """Worth retrying: a 5xx, a timeout, a reset connection, a cut body."""
 
 
+class Unreachable(Transient):
+    """No connection: retried without a word, since the host's Network count speaks for all of them."""
+
+
+class GaveUp(MarketError):
+    """Transient trouble that outlasted the retries: the network's failure, not the data's."""
+
+
 class RateLimited(Exception):
     def __init__(self, status: int, retry_after: float):
         super().__init__(f"HTTP {status}")
@@ -95,6 +106,7 @@ class Client:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
     warn: Warn = no_warn
+    network: Network = field(default_factory=Network)
     requests: int = 0
     retried: int = 0
     waited_s: float = 0.0
@@ -105,12 +117,14 @@ class Client:
         self.sleep(seconds)
 
     def _once(self, url: str) -> Any:
+        self.network.check(url)
         self.requests += 1
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:
                 body = response.read()
                 used = response.headers.get(WEIGHT_HEADER)
         except urllib.error.HTTPError as exc:
+            self.network.answered(url)
             retry_after = exc.headers.get("Retry-After") if exc.headers else None
             detail = exc.read(300).decode("utf-8", "replace").strip()
             exc.close()
@@ -120,8 +134,12 @@ class Client:
                 raise Transient(f"HTTP {exc.code}") from None
             raise MarketError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, socket.timeout) as exc:
+            if (down := unreachable(exc)) is not None:
+                self.network.failed(url, down)
+                raise Unreachable(str(down)) from None
             reason = getattr(exc, "reason", None) or exc
             raise Transient(str(reason) or type(exc).__name__) from None
+        self.network.answered(url)
         if used is not None and used.isdigit():
             self.max_weight = max(self.max_weight, int(used))
             self._pace(int(used))
@@ -153,10 +171,13 @@ class Client:
             except Transient as exc:
                 tries += 1
                 if tries > self.retries:
-                    raise MarketError(f"{url}: {exc} (gave up after {tries} attempts)") from None
+                    raise GaveUp(f"{url}: {exc} (gave up after {tries} attempts)") from None
                 self.retried += 1
                 delay = self.backoff * 2 ** (tries - 1)
-                self.warn(f"{exc} from the API; retrying in {delay:g}s ({tries}/{self.retries})")
+                if isinstance(exc, Unreachable):
+                    self.network.check(url)  # no backoff for a host given up just now
+                else:
+                    self.warn(f"{exc} from the API; retrying in {delay:g}s ({tries}/{self.retries})")
                 self._wait(delay)
 
 
@@ -260,6 +281,8 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
         columns, close_ms = _columns(table)
         parsed = validate(name, tail.interval, columns, first_line=1, time_unit="ms",
                           close_ms=close_ms, period=(tail.start_ms, tail.end_ms))
+    except (GaveUp, HostDown):
+        raise  # nothing was served to judge: not a rejected file
     except MarketError as exc:
         return reject(conn, src, str(exc))
     span = f"{iso_utc(int(parsed.candles['open_time'][0]))}..{iso_utc(int(parsed.candles['open_time'][-1]))}"
@@ -271,20 +294,27 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
 
 @dataclass
 class ApiResult(IngestResult):
-    """An IngestResult whose entries are REST batches, plus what the client did."""
+    """An IngestResult whose entries are REST batches, plus what the client did and the series the
+    network kept from us (`network`: "SYMBOL INTERVAL: why", recorded nowhere else)."""
 
     requests: int = 0
     retries: int = 0
     waited_s: float = 0.0
     max_weight: int = 0
+    network: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return super().ok and not self.network
 
     def as_dict(self) -> dict[str, Any]:
         return {**super().as_dict(), "requests": self.requests, "retries": self.retries,
-                "waited_s": round(self.waited_s, 3), "max_weight": self.max_weight}
+                "waited_s": round(self.waited_s, 3), "max_weight": self.max_weight, "network": self.network}
 
     def text(self) -> str:
+        lost = f"; {len(self.network)} series not fetched for the network ({self.network[0]})" if self.network else ""
         return (super().text() + f"\napi: {self.requests} requests, {self.retries} retries, "
-                f"{self.waited_s:.1f} s waited, peak weight {self.max_weight}")
+                f"{self.waited_s:.1f} s waited, peak weight {self.max_weight}{lost}")
 
 
 def check_market(market: str) -> Market:
@@ -303,14 +333,22 @@ def fetch_tails(conn: sqlite3.Connection, client: Client, series: list[tuple[str
                 start_ms: int | None, end_ms: int | None, now: int, result: ApiResult,
                 progress: Progress = no_progress) -> None:
     """Bring each (symbol, interval) up to its last closed candle on an open writer connection."""
-    for symbol, interval in progress(series, total=len(series), desc="api", unit="series"):
+    for n, (symbol, interval) in enumerate(progress(series, total=len(series), desc="api", unit="series")):
         if interval not in client.market.intervals:
             result.files.append(reject(conn, SourceFile(client.api_url, f"{symbol}-{interval}-rest", None, None,
                                                         "rest", symbol, interval),
                                        f"{symbol} {interval}: the API has no {interval} klines on this market"))
             continue
         tail = plan_tail(conn, symbol, interval, start_ms, end_ms, now)
-        if tail is not None and (outcome := ingest_tail(conn, client, tail, now)) is not None:
+        try:
+            outcome = None if tail is None else ingest_tail(conn, client, tail, now)
+        except GaveUp as exc:
+            result.network.append(f"{symbol} {interval}: {exc}")
+            continue
+        except HostDown as exc:  # the rest would not be asked either
+            result.network.extend(f"{s} {i}: {exc}" for s, i in series[n:])
+            break
+        if outcome is not None:
             result.files.append(outcome)
     result.requests, result.retries = client.requests, client.retried
     result.waited_s, result.max_weight = client.waited_s, client.max_weight
@@ -329,7 +367,7 @@ def api(db: str, *, symbols: list[str], intervals: list[str], market: str = "spo
         raise MarketError("api needs at least one symbol and one interval")
     spec = check_market(market)
     client = Client(spec, check_api_url(api_url or spec.base_url), timeout=timeout, retries=retries,
-                    backoff=backoff, sleep=sleep, warn=warn)
+                    backoff=backoff, sleep=sleep, warn=warn, network=Network(warn))
     result = ApiResult()
     with writer(db, "ingest api", lock_wait) as conn:
         fetch_tails(conn, client, [(s, i) for s in symbols for i in intervals], start_ms=utc_ms(start),

@@ -22,6 +22,7 @@ from core.errors import MarketError
 from core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, now_ms, utc_ms
 from core.hooks import Progress, Warn, no_progress, no_warn
 from ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
+from ingest.network import Network
 from ingest.registry import writer
 from ingest.rest import ApiResult, Client, add_market_arguments, check_api_url, check_market, fetch_tails
 from ingest.sources import Source, csv_list
@@ -100,6 +101,7 @@ class UpdateResult:
     archives: list[DownloadResult] = field(default_factory=list)
     api: ApiResult | None = None
     seconds: float = 0.0
+    unreachable: list[str] = field(default_factory=list)  # one line per host given up
 
     @property
     def ok(self) -> bool:
@@ -107,7 +109,7 @@ class UpdateResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "symbols": self.symbols, "seconds": round(self.seconds, 3),
-                "archives": [d.as_dict() for d in self.archives],
+                "unreachable": self.unreachable, "archives": [d.as_dict() for d in self.archives],
                 "api": self.api.as_dict() if self.api else None}
 
     def text(self) -> str:
@@ -122,16 +124,21 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
            start: str | None = None, api_url: str | None = None, base_url: str = "https://data.binance.vision/",
            mirror: str = "mirror", jobs: int = 4, retry_failed: bool = False, require_checksum: bool = False,
            lock_wait: float = 30.0, progress: Progress = no_progress, warn: Warn = no_warn,
-           now: int | None = None, timeout: float = 10.0, retries: int = 4, backoff: float = 0.5) -> UpdateResult:
-    """Archives where published, then the REST API, for every (symbol, interval), up to the last closed candle."""
+           now: int | None = None, timeout: float = 10.0, retries: int = 4, backoff: float = 0.5,
+           verbose: bool = False) -> UpdateResult:
+    """Archives where published, then the REST API, for every (symbol, interval), up to the last closed candle.
+
+    One Network for the whole run: a host given up by one download is not asked again by the next.
+    """
     started = time.monotonic()
     now = now_ms() if now is None else now
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
     if not intervals:
         raise MarketError("update needs at least one interval")
     spec = check_market(market)
+    network = Network(warn)
     client = Client(spec, check_api_url(api_url or spec.base_url), timeout=timeout, retries=retries,
-                    backoff=backoff, warn=warn)
+                    backoff=backoff, warn=warn, network=network)
     result = UpdateResult(resolve_symbols(symbols, quote, client))
     first = None if start is None else date.fromisoformat(_day(start))
     today = datetime.fromtimestamp(now // 1000, tz=timezone.utc).date()
@@ -159,11 +166,12 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
                 db, symbols=names, intervals=[interval], start=day.isoformat(), market=market,
                 base_url=base_url, mirror=mirror, jobs=jobs, retry_failed=retry_failed,
                 require_checksum=require_checksum, lock_wait=lock_wait, progress=progress, warn=warn,
-                today=today, retries=retries, backoff=backoff, timeout=timeout))
+                today=today, retries=retries, backoff=backoff, timeout=timeout, network=network, verbose=verbose))
     result.api = ApiResult()
     with writer(db, "ingest update", lock_wait) as conn:
         fetch_tails(conn, client, series, start_ms=utc_ms(start), end_ms=None, now=now, result=result.api,
                     progress=progress)
+    result.unreachable = list(network.down.values())
     result.seconds = time.monotonic() - started
     return result
 
@@ -190,7 +198,7 @@ def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> UpdateResult:
     return update(args.db, symbols=args.symbols, intervals=args.intervals, quote=args.quote, market=args.market,
                   start=args.start, api_url=args.api_url, base_url=args.base_url, mirror=args.mirror,
                   jobs=args.jobs, retry_failed=args.retry_failed, require_checksum=args.require_checksum,
-                  lock_wait=args.lock_wait, **hooks)
+                  lock_wait=args.lock_wait, verbose=args.verbose, **hooks)
 
 
 SOURCE = Source("update", "archives where published, then the REST API: every series to its last closed candle",

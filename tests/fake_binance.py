@@ -4,7 +4,8 @@ The klines endpoints take the real parameters (symbol, interval, startTime, endT
 enforce the real limits (spot at most 1000 rows per call, futures 1500; error -1130 above), answer
 with 12-field kline arrays (decimal strings, like the exchange) and the used weight in
 `X-MBX-USED-WEIGHT-1M`. Faults are scripted per request: `429` (with Retry-After), `418`, `5xx`,
-`slow:SECONDS` and `malformed`. Any other path is served from `root` (a Binance Vision layout for the downloader).
+`slow:SECONDS` and `malformed`; `delay` slows every request alike (a slow link). Any other path is served from
+`root` (a Binance Vision layout for the downloader).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class FakeBinance:
         self.series: dict[tuple[str, str, str], list[list]] = {}
         self.instruments: dict[str, list[dict]] = {}
         self.faults: list[str] = []
+        self.delay = 0.0  # seconds each request waits before its answer
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.weight = 0
         self.weight_per_call = 2
@@ -95,6 +97,7 @@ def _handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 if parts.path in KLINES:
                     fake.weight += fake.weight_per_call
                 used = fake.weight
+            time.sleep(fake.delay)
             if fault is not None:
                 if fault in ("429", "418"):
                     return self._error(int(fault), -1003, "Too many requests", {"Retry-After": "1"})

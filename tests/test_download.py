@@ -171,7 +171,7 @@ def test_download_then_ingest_with_every_kind_of_trouble(tmp_path, server):
                 base_url=server.url, mirror=str(mirror), jobs=3, today=date(2024, 2, 6), backoff=0.01,
                 warn=warnings.append)
 
-    result = download(str(db), **args)
+    result = download(str(db), **args, verbose=True)
 
     status = {(a.symbol, a.period): a.status for a in result.archives}
     assert status[("BTCUSDT", "2024-02-03")] == "missing"  # an old day: 404 is "missing"
@@ -193,6 +193,7 @@ def test_download_then_ingest_with_every_kind_of_trouble(tmp_path, server):
     assert candle_count(db, "ETHUSDT", "1h") == 31 * 24 + 4 * 24
     assert not result.ok  # two files were rejected
     text = result.text()
+    assert "  ETHUSDT 1h: 6 archives: 5 downloaded, 1 not published yet" in text.splitlines()
     assert "not published yet: ETHUSDT-1h-2024-02-05.zip" in text
     assert "missing: BTCUSDT-1h-2024-02-03.zip" in text
     assert "checksum mismatch" in text
