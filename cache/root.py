@@ -377,6 +377,9 @@ class Tree:
             if not prefix and entry.name == MARKER:
                 continue
             if entry.is_dir(follow_symlinks=False):
+                if parse_relative_path(rel) is not None:  # a folder where an image belongs: one entry, not entered
+                    yield "foreign", rel
+                    continue
                 try:
                     child = os.open(entry.name, _FOLDER_FLAGS, dir_fd=fd)
                 except OSError:  # swapped for a link since it was listed, or not readable

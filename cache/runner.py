@@ -228,6 +228,7 @@ class RenderResult:
     retired: int = 0        # images removed because their window may have none any more
     undrawable: int = 0     # windows the engine refuses (recorded once, then not re-attempted)
     refused: int = 0        # of those, refused in this run
+    blocked: int = 0        # windows whose path holds a folder, pipe or link: not ours, left alone
     up_to_date: int = 0
     marked_stale: int = 0   # rows outside this run's range found stale (left to repair or a wider render)
     unread: int = 0         # settled windows counted from bucket stamps, their candles and rows not read
@@ -241,7 +242,7 @@ class RenderResult:
 
     @property
     def attempted(self) -> int:
-        return self.drawn + self.recorded + self.retired + self.refused
+        return self.drawn + self.recorded + self.retired + self.refused + self.blocked
 
     @property
     def images_per_second(self) -> float:
@@ -249,7 +250,8 @@ class RenderResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
-                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "up_to_date": self.up_to_date,
+                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "blocked": self.blocked,
+                "up_to_date": self.up_to_date,
                 "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
@@ -269,6 +271,9 @@ class RenderResult:
             lines.append(f"drawn {self.drawn}, up to date {self.up_to_date}, no image {self.recorded} "
                          f"(gaps/history), undrawable {self.undrawable}, retired {self.retired}, "
                          f"{self.seconds:.2f} s, {self.images_per_second:.1f} images/s")
+        if self.blocked:
+            lines.append(f"{self.blocked} images not drawn: a folder, pipe or link that is not ours holds their "
+                         "path (left alone; verify lists them, and the next render draws them once it is gone)")
         if self.marked_stale:
             lines.append(f"{self.marked_stale} images outside this run's range were found stale and marked "
                          "(a render over their range, or repair, re-draws them)")
@@ -389,6 +394,8 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
                 next(bar, None)
                 if row.status == "ok":
                     result.drawn += 1
+                elif row.status == "missing":  # its path is held by something not ours
+                    result.blocked += 1
                 else:
                     result.undrawable += 1
                     result.refused += 1

@@ -263,8 +263,7 @@ def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str
             no_image[row["file_path"]] = row["reason"]
         else:
             drawn.add(row["file_path"])
-    owned = {tuple(row) for row in conn.execute(
-        f"SELECT DISTINCT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images" + where, params)}
+    owned = _owned_series(conn, where, params)
     for kind, path in Tree(root).walk(list(filters.symbols or [""])):
         parts = path.split("/")
         if (filters.intervals and (len(parts) < 2 or parts[1] not in filters.intervals)) or path in drawn:
@@ -282,6 +281,12 @@ def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str
             if kind == "file" and parse_relative_path(path) is not None:
                 found.unclaimed.append(path)
             result.foreign.append(path)
+
+
+def _owned_series(conn: sqlite3.Connection, where: str = "", params: list | None = None) -> set[tuple]:
+    """(symbol, interval, preset columns) of every series and preset the index has rows of."""
+    return {tuple(row) for row in conn.execute(
+        f"SELECT DISTINCT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images" + where, params or [])}
 
 
 def _temp_target(path: str) -> str:
@@ -588,6 +593,12 @@ def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, r
         result.unrepairable.append(str(exc))
     finally:
         writer.close()
+    # Files named as images of a series and preset that adoption has just proven ours, yet unequal to a
+    # fresh render: orphans of ours now, as the next verify would call them.
+    owned = _owned_series(conn)
+    ours = {path for path in found.unclaimed if path not in adopted and _owned(owned, path)}
+    result.removed += sum(bool(remove(path)) for path in sorted(ours))
+    result.foreign = [path for path in result.foreign if path not in ours]
 
 
 def _remove(tree: Tree, result: RepairResult, path: str) -> bool | None:

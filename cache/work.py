@@ -107,7 +107,10 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
         for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
             if files.failed:  # a file could not be written: drawing more would be wasted
                 break
-            if _taken(tree, row.file_path):
+            taken = _taken(tree, row.file_path)
+            if taken:  # a row that says so: the window is judged, and drawn once the path is free
+                row.reason = f"blocked: {taken} is at this path, not ours, left alone"
+                out.append(row)
                 continue
             try:
                 drawn, row.input_fingerprint = draw_window(chunk, last)
@@ -129,13 +132,14 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     return _synced(chunk, out, sync)
 
 
-def _taken(tree: Tree, path: str) -> bool:
-    """A folder, pipe or link at the image's path: not ours, never replaced (verify reports it). A link on
-    the way is left to the write, which refuses it and names it."""
+def _taken(tree: Tree, path: str) -> str | None:
+    """What is at the image's path when it is a folder, pipe or link: not ours, never replaced (verify
+    reports it). A link on the way is left to the write, which refuses it and names it."""
     try:
-        return tree.entry(path) not in (None, "file")
+        kind = tree.entry(path)
     except (RootError, OSError):
-        return False
+        return None
+    return None if kind in (None, "file") else kind
 
 
 def _synced(chunk: Chunk, rows: list[Row], sync: bool) -> list[Row]:
