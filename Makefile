@@ -45,9 +45,11 @@ demo: venv
 bench: venv
 	$(PY) -m bench
 
-# 10,000 random sequences over render/verify/repair with the invariants checked after every step.
+# 10,000 random sequences over render/verify/repair with the invariants checked after every step; then
+# 10 minutes of fresh renders and repairs under CPU load, compared byte for byte (issue 23 item 16).
 soak: venv
 	$(PY) tests/state_walk.py --sequences 10000 --steps 20 --record
+	$(PY) bench/determinism_soak.py --seconds 600 --record
 
 clean:
 	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis
