@@ -244,7 +244,7 @@ class Walk:
                                 f"{[m for m in mentioned if m.startswith(path)]}")
 
     def damage(self) -> str:
-        paths = [p for p in self._ok_paths() if (self.root / p).is_file()]
+        paths = [p for p in self._ok_paths() if p not in self.planted and (self.root / p).is_file()]
         if not paths:
             return "damage: nothing to damage"
         path = self.rng.choice(paths)
