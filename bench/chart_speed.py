@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from isal import isal_zlib
 
 import chart
 from cache.system import tune_allocator
@@ -81,7 +80,7 @@ def stages(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> dict[str, 
         "check": best_ms(lambda: chart._check_input(spec, times, ohlcv), repeat),
         "draw": best_ms(draw, repeat),
         "filter": best_ms(lambda: png._filtered(rows), repeat),
-        "deflate": best_ms(lambda: isal_zlib.compress(filtered.data, png.COMPRESS_LEVEL), repeat),
+        "deflate": best_ms(lambda: png.deflate(filtered.data), repeat),
         "hash": best_ms(lambda: png._canonical_hash(mode, spec.width, spec.height, palette, rows), repeat),
     }
     total = best_ms(lambda: chart.render(spec, times, ohlcv), repeat)

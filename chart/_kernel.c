@@ -12,11 +12,17 @@
  *       A JKX image: 8-bit grayscale, 0 or 255.
  *   up_filter(rows, out, height)
  *       PNG's Up filter: each row after its filter-type byte 2, minus the row above modulo 256.
+ *   deflate_runs(data) -> bytes
+ *       A raw deflate stream of `data`: one block, each byte a literal and each run of it after that a
+ *       match at distance 1, Huffman codes built from the block's counts by one fixed procedure. Its bytes
+ *       depend on the data alone: no hash chains, no CPU-dependent code paths (ISA-L's gave other bytes for
+ *       the same input in some processes); fast on filtered chart rows, which are mostly runs of zeros.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MARK 255
@@ -249,10 +255,247 @@ done:
     return result;
 }
 
+/* Our deflate (RFC 1951): each byte a literal and each run of it after that a match at distance 1, in one
+ * block whose Huffman codes are built from the block's symbol counts by one fixed procedure. */
+#define MAX_MATCH 258
+#define END_OF_BLOCK 256
+#define N_LITLEN 286
+#define N_DIST 2 /* distance 1 (symbol 0) is the only one used; symbol 1 completes the code */
+#define N_CODELEN 19
+/* Lengths 3..258: symbol 257 + k, with len_extra[k] extra bits over len_base[k]. */
+static const uint16_t len_base[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83,
+                                      99, 115, 131, 163, 195, 227, 258};
+static const uint8_t len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+static const uint8_t codelen_order[N_CODELEN] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+static uint8_t len_symbol[MAX_MATCH + 1]; /* length -> k, filled by the module init */
+
+typedef struct {
+    uint8_t *out;
+    uint64_t acc;
+    int held;
+} BitWriter;
+
+static void put_bits(BitWriter *w, uint32_t value, int count) {
+    w->acc |= (uint64_t)value << w->held;
+    w->held += count;
+    while (w->held >= 8) {
+        *w->out++ = (uint8_t)w->acc;
+        w->acc >>= 8;
+        w->held -= 8;
+    }
+}
+
+typedef struct {
+    uint16_t code[N_LITLEN]; /* bit-reversed: deflate sends Huffman codes first bit first */
+    uint8_t bits[N_LITLEN];
+} Code;
+
+static int compare_keys(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Huffman code lengths of the `n` symbols with counts `freq`, none longer than `limit`, by one fixed
+ * procedure: symbols in order of count, then number; two queues (leaves, then trees in the order built),
+ * a leaf taken first on equal weights; counts halved until the longest fits. At least two symbols get a
+ * code, so that every code is complete (zlib refuses an incomplete code-length code). */
+static void code_lengths(const uint32_t *freq, int n, int limit, uint8_t *bits) {
+    int order[N_LITLEN], used = 0;
+    uint64_t weight[2 * N_LITLEN];
+    int parent[2 * N_LITLEN], depth[2 * N_LITLEN];
+    memset(bits, 0, (size_t)n);
+    for (int s = 0; s < n; s++)
+        if (freq[s]) order[used++] = s;
+    for (int s = 0; used < 2 && s < n; s++) /* complete a code of one symbol with the lowest other one */
+        if (!freq[s] && (used == 0 || order[0] != s)) order[used++] = s;
+    for (int round = 0;; round++) {
+        /* (weight, symbol) keys are distinct, so any sort gives this one order */
+        uint64_t key[N_LITLEN];
+        for (int k = 0; k < used; k++) {
+            uint64_t f = freq[order[k]] >> round;
+            key[k] = (f ? f : 1) << 16 | (uint64_t)order[k];
+        }
+        qsort(key, (size_t)used, sizeof(uint64_t), compare_keys);
+        for (int k = 0; k < used; k++) {
+            weight[k] = key[k] >> 16;
+            order[k] = (int)(key[k] & 0xFFFF);
+        }
+        int leaf = 0, tree = used, built = used;
+        while (built < 2 * used - 1) {
+            int pick[2];
+            for (int k = 0; k < 2; k++)
+                pick[k] = (leaf < used && (tree >= built || weight[leaf] <= weight[tree])) ? leaf++ : tree++;
+            weight[built] = weight[pick[0]] + weight[pick[1]];
+            parent[pick[0]] = parent[pick[1]] = built++;
+        }
+        int longest = 0;
+        depth[built - 1] = 0;
+        for (int k = built - 2; k >= 0; k--) {
+            depth[k] = depth[parent[k]] + 1;
+            if (k < used && depth[k] > longest) longest = depth[k];
+        }
+        if (longest <= limit) {
+            for (int k = 0; k < used; k++) bits[order[k]] = (uint8_t)depth[k];
+            return;
+        }
+    }  /* else again, every count halved once more */
+}
+
+static uint16_t reverse_bits(uint16_t code, int bits) {
+    uint16_t out = 0;
+    for (int k = 0; k < bits; k++) out = (uint16_t)((out << 1) | ((code >> k) & 1));
+    return out;
+}
+
+/* The canonical codes of code lengths `bits` (RFC 1951 3.2.2). */
+static void canonical(const uint8_t *bits, int n, Code *c) {
+    uint16_t count[16] = {0}, next[16];
+    for (int s = 0; s < n; s++) count[bits[s]]++;
+    count[0] = 0;
+    uint16_t code = 0;
+    for (int b = 1; b < 16; b++) next[b] = code = (uint16_t)((code + count[b - 1]) << 1);
+    for (int s = 0; s < n; s++) {
+        c->bits[s] = bits[s];
+        c->code[s] = bits[s] ? reverse_bits(next[bits[s]]++, bits[s]) : 0;
+    }
+}
+
+static void put_symbol(BitWriter *w, const Code *c, int s) { put_bits(w, c->code[s], c->bits[s]); }
+
+/* The data as tokens: each byte a literal (0..255), each run of it after that matches at distance 1 of
+ * 3..258 bytes (256 + length - 3); counts of their symbols in `litlen`. Returns how many. */
+static Py_ssize_t tokenize(const uint8_t *src, Py_ssize_t n, uint16_t *token, uint32_t *litlen) {
+    Py_ssize_t i = 0, m = 0;
+    while (i < n) {
+        uint8_t b = src[i++];
+        token[m++] = b;
+        litlen[b]++;
+        Py_ssize_t j = i;
+        uint64_t pattern = b * 0x0101010101010101ULL, word;
+        while (j + 8 <= n) {
+            memcpy(&word, src + j, 8);
+            if (word != pattern) break;
+            j += 8;
+        }
+        while (j < n && src[j] == b) j++;
+        int64_t run = j - i;
+        while (run >= 3) {
+            /* never leave a tail of 1 or 2 after a full match: those would need literals */
+            int64_t length = run <= MAX_MATCH ? run : run - MAX_MATCH < 3 ? run - 3 : MAX_MATCH;
+            token[m++] = (uint16_t)(256 + length - 3);
+            litlen[257 + len_symbol[length]]++;
+            run -= length;
+        }
+        for (; run > 0; run--) {
+            token[m++] = b;
+            litlen[b]++;
+        }
+        i = j;
+    }
+    return m;
+}
+
+static void put_tokens(BitWriter *w, const uint16_t *token, Py_ssize_t m, const Code *lit, const Code *dist) {
+    for (Py_ssize_t t = 0; t < m; t++) {
+        if (token[t] < 256) {
+            put_symbol(w, lit, token[t]);
+            continue;
+        }
+        int length = token[t] - 256 + 3, k = len_symbol[length];
+        put_symbol(w, lit, 257 + k);
+        if (len_extra[k]) put_bits(w, (uint32_t)(length - len_base[k]), len_extra[k]);
+        put_symbol(w, dist, 0);
+    }
+}
+
+/* The run-length coded code lengths (RFC 1951 3.2.7): symbols 0..18, and the extra bits of 16, 17, 18.
+ * Returns how many; `count` gets each symbol's count when not NULL. */
+static int rle_lengths(const uint8_t *lengths, int total, uint8_t *sym, uint8_t *extra, uint32_t *count) {
+    int m = 0;
+    for (int i = 0; i < total;) {
+        uint8_t cur = lengths[i];
+        int run = 1;
+        while (i + run < total && lengths[i + run] == cur) run++;
+        i += run;
+        if (cur == 0) {
+            for (; run >= 11; run -= run < 138 ? run : 138) { sym[m] = 18; extra[m++] = (uint8_t)((run < 138 ? run : 138) - 11); }
+            if (run >= 3) { sym[m] = 17; extra[m++] = (uint8_t)(run - 3); run = 0; }
+        } else {
+            sym[m] = cur; extra[m++] = 0;
+            run--;
+            for (; run >= 3; run -= run < 6 ? run : 6) { sym[m] = 16; extra[m++] = (uint8_t)((run < 6 ? run : 6) - 3); }
+        }
+        for (; run > 0; run--) { sym[m] = cur; extra[m++] = 0; }
+    }
+    for (int k = 0; count != NULL && k < m; k++) count[sym[k]]++;
+    return m;
+}
+
+static Py_ssize_t deflate_runs_into(const uint8_t *src, Py_ssize_t n, uint16_t *token, uint8_t *dst) {
+    uint32_t litlen[N_LITLEN] = {0}, dists[N_DIST] = {1, 0}, codelen[N_CODELEN] = {0};
+    Py_ssize_t m_tokens = tokenize(src, n, token, litlen);
+    litlen[END_OF_BLOCK] = 1;
+    uint8_t lengths[N_LITLEN + N_DIST], cl_bits[N_CODELEN], rle_sym[N_LITLEN + N_DIST], rle_extra[N_LITLEN + N_DIST];
+    code_lengths(litlen, N_LITLEN, 15, lengths);
+    code_lengths(dists, N_DIST, 15, lengths + N_LITLEN);
+    int hlit = N_LITLEN;
+    while (hlit > 257 && lengths[hlit - 1] == 0) hlit--;
+    memmove(lengths + hlit, lengths + N_LITLEN, N_DIST);
+    int m = rle_lengths(lengths, hlit + N_DIST, rle_sym, rle_extra, codelen);
+    code_lengths(codelen, N_CODELEN, 7, cl_bits);
+    int hclen = N_CODELEN;
+    while (hclen > 4 && cl_bits[codelen_order[hclen - 1]] == 0) hclen--;
+    Code lit, dist, cl;
+    canonical(lengths, hlit, &lit);
+    canonical(lengths + hlit, N_DIST, &dist);
+    canonical(cl_bits, N_CODELEN, &cl);
+
+    BitWriter w = {dst, 0, 0};
+    put_bits(&w, 1, 1); /* BFINAL */
+    put_bits(&w, 2, 2); /* BTYPE 10: dynamic codes */
+    put_bits(&w, (uint32_t)(hlit - 257), 5);
+    put_bits(&w, N_DIST - 1, 5);
+    put_bits(&w, (uint32_t)(hclen - 4), 4);
+    for (int k = 0; k < hclen; k++) put_bits(&w, cl_bits[codelen_order[k]], 3);
+    static const uint8_t rle_extra_bits[N_CODELEN] = {[16] = 2, [17] = 3, [18] = 7};
+    for (int k = 0; k < m; k++) {
+        put_symbol(&w, &cl, rle_sym[k]);
+        if (rle_extra_bits[rle_sym[k]]) put_bits(&w, rle_extra[k], rle_extra_bits[rle_sym[k]]);
+    }
+    put_tokens(&w, token, m_tokens, &lit, &dist);
+    put_symbol(&w, &lit, END_OF_BLOCK);
+    if (w.held) put_bits(&w, 0, 8 - w.held);
+    return w.out - dst;
+}
+
+static PyObject *deflate_runs(PyObject *self, PyObject *args) {
+    Py_buffer in;
+    if (!PyArg_ParseTuple(args, "y*", &in)) return NULL;
+    PyObject *result = NULL;
+    /* A token costs at most 15 bits a byte (a literal; a match covers 3 bytes with at most 35 bits); the
+     * header at most 5 bytes + 19 * 3 bits + 288 codes of 7 + 7 bits. */
+    size_t capacity = 2 * (size_t)in.len + 1024;
+    uint8_t *dst = PyMem_Malloc(capacity);
+    uint16_t *token = PyMem_Malloc(((size_t)in.len + 1) * sizeof(uint16_t)); /* at most one a byte */
+    if (dst == NULL || token == NULL) {
+        PyErr_NoMemory();
+    } else {
+        PyThreadState *released = release_gil(in.len);
+        Py_ssize_t size = deflate_runs_into(in.buf, in.len, token, dst);
+        if (released != NULL) PyEval_RestoreThread(released);
+        result = PyBytes_FromStringAndSize((const char *)dst, size);
+    }
+    PyMem_Free(dst);
+    PyMem_Free(token);
+    PyBuffer_Release(&in);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"mike", mike, METH_VARARGS, "Draw the mike preset into 4-bit PNG rows."},
     {"jkx", jkx, METH_VARARGS, "Draw a JKX image into 8-bit grayscale rows."},
     {"up_filter", up_filter, METH_VARARGS, "PNG Up filter of packed rows, each after its filter-type byte."},
+    {"deflate_runs", deflate_runs, METH_VARARGS, "A raw deflate stream: fixed codes, runs as distance-1 matches."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -260,6 +503,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", "The drawi
                                     methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernel(void) {
+    for (int k = 0; k < 29; k++)
+        for (int length = len_base[k]; length <= MAX_MATCH && (k == 28 || length < len_base[k + 1]); length++)
+            len_symbol[length] = (uint8_t)k;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", SOURCE_SHA256) < 0) {
         Py_DECREF(m);

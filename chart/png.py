@@ -1,12 +1,14 @@
 """Deterministic PNG encoding and the pixel hash.
 
 The encoder is ours: IHDR, PLTE, one IDAT, IEND (no time, text or software chunks), every row with
-the Up filter (vertical candles make most rows repeat the previous one), compressed by ISA-L's
-deflate at a fixed level. It is several times faster than Pillow's encoder + zlib on chart images,
-and the output depends only on the pixels and the pinned isal version: ISA-L gives the same bytes on
-every x86-64 CPU from SSE4.2 up (other platforms may compress differently). The pixel hash does not
-depend on compression at all, so it is what identifies an image; the file SHA-256 guards integrity.
-Decoding (verify, tests) uses Pillow.
+the Up filter (vertical candles make most rows repeat the previous one), compressed by our own deflate
+(chart/_kernel.c deflate_runs: fixed Huffman codes, each run of a byte a match at distance 1). Its
+bytes depend only on the pixels: no table is built from the data and no code path depends on the CPU.
+ISA-L's level 1, used before, was fast but not that: on one machine, a process now and then encoded the
+same rows with another Huffman table (same pixels, other bytes), which broke "same inputs, same bytes"
+(bench/determinism_soak.py found it). Runs are what filtered chart rows are made of, so this is as
+small as ISA-L's output and as fast. The pixel hash does not depend on compression at all, so it is
+what identifies an image; the file SHA-256 guards integrity. Decoding (verify, tests) uses Pillow.
 
 Pixel hash, version 2 ("pixels-v2"): BLAKE3-256 of b"pixels-v2 ", the PNG mode ("P", "L" or "RGB"),
 width and height as big-endian uint32, the palette (RGB triples, palette images only) and the rows
@@ -35,8 +37,8 @@ from PIL import Image
 from chart.kernel import kernel
 from chart.styles import ChartError
 
-# ISA-L level 1: measured ~0.2 ms for a 1280 px mike chart (stdlib zlib level 1: ~3 ms), and smaller files.
-COMPRESS_LEVEL = 1
+# zlib's header for a deflate stream with a 32 KiB window and no preset dictionary (RFC 1950).
+ZLIB_HEADER = b"\x78\x01"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {"L": 0, "RGB": 2, "P": 3}
 # Bumped whenever the pixel hash's definition changes (the index records which one its rows hold).
@@ -45,7 +47,6 @@ _PIXEL_HASH_PREFIX = b"pixels-v2 "
 # Per-thread filtered-row buffers, kept between images of one size (Dask runs tasks in threads):
 # a fresh buffer costs more in page faults than the Up filter itself (chart/_kernel.c's up_filter).
 _scratch = threading.local()
-SCRATCH_PAD = 512  # more than a deflate match (258 bytes) plus a 64-byte SIMD load
 
 
 @dataclass(frozen=True)
@@ -87,19 +88,19 @@ def _canonical_hash(mode: str, width: int, height: int, palette: bytes, rows: np
 
 
 def _filtered(rows: np.ndarray) -> np.ndarray:
-    """Rows with the Up filter applied, each after its filter-type byte, in this thread's buffer.
-
-    The buffer ends in SCRATCH_PAD zero bytes that are never written: a SIMD compressor that loads
-    past the end of its input then reads the same bytes on every run, never another allocation's.
-    """
+    """Rows with the Up filter applied, each after its filter-type byte, in this thread's buffer (every
+    byte of it written by up_filter)."""
     shape = (rows.shape[0], rows.shape[1] + 1)
     stored = getattr(_scratch, "stored", None)
     if stored is None or stored.shape != shape:
-        size = shape[0] * shape[1]
-        stored = np.zeros(size + SCRATCH_PAD, dtype=np.uint8)[:size].reshape(shape)
-        _scratch.stored = stored
+        stored = _scratch.stored = np.zeros(shape, dtype=np.uint8)
     kernel.up_filter(rows, stored, shape[0])
     return stored
+
+
+def deflate(data: memoryview) -> bytes:
+    """A zlib stream of `data` (our deflate; ISA-L's Adler-32, a value fixed by its definition)."""
+    return ZLIB_HEADER + kernel.deflate_runs(data) + struct.pack(">I", isal_zlib.adler32(data))
 
 
 @functools.lru_cache(maxsize=256)
@@ -112,8 +113,7 @@ def _png_head(mode: str, width: int, height: int, depth: int, palette: bytes) ->
 def _encode(rows: np.ndarray, mode: str, width: int, depth: int, palette: bytes = b"") -> Drawn:
     """PNG and pixel hash of rows as PNG stores them (C-contiguous, `depth` bits per sample)."""
     height = rows.shape[0]
-    png = (_png_head(mode, width, height, depth, palette)
-           + _chunk(b"IDAT", isal_zlib.compress(_filtered(rows).data, COMPRESS_LEVEL)) + _IEND)
+    png = (_png_head(mode, width, height, depth, palette) + _chunk(b"IDAT", deflate(_filtered(rows).data)) + _IEND)
     return Drawn(png, _canonical_hash(mode, width, height, palette, rows))
 
 

@@ -209,3 +209,29 @@ def test_jkx_kernel_draws_what_numpy_drew(case):
     except chart.ChartError:  # refused before any pixel (a window with no price range)
         return
     assert np.array_equal(got, reference_jkx(spec, ohlcv))
+
+
+# Runs of every length around the match limits (3, 258, 259..261), literals, and counts skewed like
+# Fibonacci numbers, which would give codes over 15 bits without the length limit.
+_FIBONACCI = [1, 1]
+while len(_FIBONACCI) < 30:
+    _FIBONACCI.append(_FIBONACCI[-1] + _FIBONACCI[-2])
+SKEWED = b"".join(bytes([7 * k % 256, (7 * k + 1) % 256]) * f for k, f in enumerate(_FIBONACCI))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 255), st.sampled_from([1, 2, 3, 4, 10, 11, 138, 139, 258, 259, 260, 261,
+                                                                  600])), max_size=60))
+def test_deflate_runs_gives_a_stream_zlib_inflates_to_the_data(runs):
+    import zlib
+    data = b"".join(bytes([b]) * n for b, n in runs)
+    assert zlib.decompress(kernel.kernel.deflate_runs(data), -15) == data
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", bytes(819_200), bytes(range(256)) * 40, SKEWED],
+                         ids=["empty", "one", "zeros", "every-byte", "skewed"])
+def test_deflate_runs_edge_cases_inflate_and_repeat(data):
+    import zlib
+    stream = kernel.kernel.deflate_runs(data)
+    assert zlib.decompress(stream, -15) == data
+    assert kernel.kernel.deflate_runs(bytearray(data)) == stream  # the same bytes, whatever holds them
