@@ -79,6 +79,9 @@ def command(args: argparse.Namespace):
     config.check_filters(args.symbols, args.filter_intervals)
     filters = Filters(symbols=args.symbols, intervals=args.filter_intervals)
     hooks = dict(progress=console.progress, warn=console.log)
+    note = settings.jobs_note()
+    if note and args.command in ("render", "verify", "repair"):  # the commands with workers
+        console.log(note)
     if args.command == "render":
         from cache.runner import render
         return lambda: render(settings, filters, dry_run=args.dry_run, limit=args.limit, **hooks)
