@@ -45,7 +45,8 @@ def _exit_now(signum: int, *_: object) -> None:
 
 
 def _exit_late(signum: int) -> None:
-    _say(f"{_WHAT[signum]}; its cleanup took over {GRACE_S:.0f} s and was cut short (repair settles what it left)")
+    _say(f"{_WHAT[signum]}; its cleanup took over {GRACE_S:.0f} s and was cut short "
+         "(the next run, or repair, settles what it left)")
     os._exit(128 + signum)
 
 

@@ -301,3 +301,35 @@ def test_sigterm_stops_a_dask_render(workdir: Path):
         assert time.monotonic() - signalled < 6
     assert (proc.returncode, stderr.strip()) == (143, "Error: terminated")
     assert not lock_is_held(str(workdir / "image_cache.sqlite.lock"))
+
+
+HANGING_CLEANUP = """
+import sys, time
+import console
+from core import signals
+signals.exit_on_signals()
+def command():
+    try:
+        time.sleep(60)
+    finally:
+        time.sleep(60)  # a cleanup that does not end (a cluster that does not answer, a stuck disk)
+sys.exit(console.run(command, False))
+"""
+
+
+def test_a_cleanup_that_does_not_end_is_cut_short():
+    """The first signal starts the cleanup; a second (a closing shell sends SIGHUP again) does not cut it
+    short, but a cleanup still running after the grace time is: the run ends in one line all the same."""
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_CLEANUP], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_handling(proc)
+    time.sleep(0.5)  # in the command
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=30)
+    assert 4.5 < time.monotonic() - signalled < 8
+    assert proc.returncode == 129
+    assert stderr.splitlines() == ["Error: hung up (SIGHUP); its cleanup took over 5 s and was cut short "
+                                   "(the next run, or repair, settles what it left)"]
