@@ -42,6 +42,7 @@ class Settings:
     stride: int = 1
     gap_policy: str = "skip"
     jobs: int = 0  # 0: one worker per core
+    jobs_over_cores: bool = False
     executor: str = "local"
     scheduler: str | None = None
 
@@ -55,7 +56,29 @@ class Settings:
 
     @property
     def workers(self) -> int:
-        return self.jobs or os.cpu_count() or 1
+        """Local worker processes: `jobs`, or one per core (0). Never more than the cores present unless
+        `jobs_over_cores`: each worker draws flat out, so more only share the cores and add start-up and
+        memory (`--jobs 48` on 2 cores took 21 s for 250 images instead of 0.3 s)."""
+        cores = cores_present()
+        if self.executor != "local" or self.jobs_over_cores:
+            return self.jobs or cores
+        return min(self.jobs or cores, cores)
+
+    def jobs_note(self) -> str | None:
+        """The one line saying that `--jobs` was capped, when it was."""
+        if self.jobs <= self.workers:
+            return None
+        return (f"--jobs {self.jobs}: {self.workers} worker processes, one per core present "
+                "(--jobs-over-cores allows more)")
+
+
+def cores_present() -> int:
+    """The cores this process may run on (its affinity, as os.process_cpu_count gives from Python 3.13)."""
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 # A config file is a few hundred bytes; anything far larger is not one (and is not read whole).
@@ -115,6 +138,12 @@ def _int(check: Callable[[str, int], int] | None = None) -> Callable[[str, Any],
     return convert
 
 
+def _switch(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name} must be a non-empty string")
@@ -133,7 +162,7 @@ class Option:
     flag: str
     help: str
     convert: Callable[[str, Any], Any]
-    metavar: str | None = None
+    metavar: str | None = None  # None: a switch, a flag without a value
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -154,7 +183,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("stride", "--stride", "draw every N-th window on the interval grid", _int(_positive), "N"),
     Option("gap_policy", "--gap-policy", "skip: no image for a window with a gap; render: draw it anyway",
            _choice("skip", "render"), "POLICY"),
-    Option("jobs", "--jobs", "worker processes; 0 (the default): one per core", _int(_at_least(0)), "N"),
+    Option("jobs", "--jobs", "worker processes; 0 (the default): one per core; at most one per core present",
+           _int(_at_least(0)), "N"),
+    Option("jobs_over_cores", "--jobs-over-cores", "allow --jobs above the cores present", _switch),
     Option("executor", "--executor", "local process pool, or dask", _choice("local", "dask"), "NAME"),
     Option("scheduler", "--scheduler", "Dask scheduler address (with --executor dask)", _text, "ADDRESS"),
 )
@@ -165,7 +196,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--config` and one flag per setting; absent flags stay None so the file can fill them."""
     parser.add_argument("--config", metavar="FILE", help="TOML file with an [image_cache] table")
     for option in OPTIONS:
-        parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, help=option.help)
+        if option.metavar is None:
+            parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, help=option.help)
+        else:
+            parser.add_argument(option.flag, dest=option.field, metavar=option.metavar, help=option.help)
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ The libraries (ingest/, chart/, cache/) never print and never exit; the two CLIs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from chart import ChartError
 from core.errors import LockHeld, MarketError
+from core.signals import Stopped, stop_on_signals
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -25,7 +27,7 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 128 + signal.SIGINT    # 130, as a shell reports a Ctrl-C
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE   # 141, as a shell reports `cmd | head` killing cmd
-EXIT_TERMINATED = 128 + signal.SIGTERM    # 143, as a shell reports `kill`
+# SIGTERM 143, SIGHUP 129: core/signals.py
 
 T = TypeVar("T")
 
@@ -49,44 +51,24 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread so that a run stops through the same cleanup as Ctrl-C."""
-
-    def __init__(self, signum: int = signal.SIGTERM):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
-
-
-# SIGHUP: the terminal closed. Left alone where it is ignored (nohup), as the caller asked.
-STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (terminal closed)"}
-
-
 def run(command: Callable[[], Result], as_json: bool) -> int:
     """Run a command, print its result on stdout, map domain errors and signals to exit codes."""
-    caught = [s for s in STOP_SIGNALS if s == signal.SIGTERM or signal.getsignal(s) != signal.SIG_IGN]
-    for signum in caught:
-        signal.signal(signum, _raise_terminated)
     try:
-        result = command()
+        with stop_on_signals():
+            result = command()
     except LockHeld as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
     except (MarketError, ChartError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except Terminated as exc:
-        print(f"Error: {STOP_SIGNALS[exc.signum]}", file=sys.stderr)
-        return 128 + exc.signum  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
+    except Stopped as exc:  # SIGINT, SIGTERM or SIGHUP, after the command's cleanup
+        with contextlib.suppress(OSError):  # after SIGHUP, stderr may be a terminal that is gone
+            print(f"Error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        for signum in caught:
-            signal.signal(signum, signal.SIG_DFL)  # from here on there is nothing to clean up
     try:
         if as_json:
             print(json.dumps(result.as_dict(), indent=2, sort_keys=True))

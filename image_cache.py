@@ -2,19 +2,27 @@
 
 Each command parses its arguments, calls one library function (cache/), and prints its result on
 stdout (`--json` for machines); logs and progress go to stderr. Exit codes (README): 0 ok, 1 failure or
-problems found, 2 usage error, 75 another run holds the lock, 130 Ctrl-C, 141 stdout closed, 143 SIGTERM.
+problems found, 2 usage error, 75 another run holds the lock, 129 SIGHUP, 130 Ctrl-C, 141 stdout closed,
+143 SIGTERM.
 """
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
 
-import config
-import console
-from cache.runner import Filters
-from core import flags
+from core import signals
+
+if __name__ == "__main__":
+    # Before the drawing code is imported (a second or so): a signal then ends the run in one line.
+    signals.exit_on_signals()
+
+import argparse  # noqa: E402
+import shlex  # noqa: E402
+
+import config  # noqa: E402
+import console  # noqa: E402
+from cache.runner import Filters  # noqa: E402
+from core import flags  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +79,9 @@ def command(args: argparse.Namespace):
     config.check_filters(args.symbols, args.filter_intervals)
     filters = Filters(symbols=args.symbols, intervals=args.filter_intervals)
     hooks = dict(progress=console.progress, warn=console.log)
+    note = settings.jobs_note()
+    if note and args.command in ("render", "verify", "repair"):  # the commands with workers
+        console.log(note)
     if args.command == "render":
         from cache.runner import render
         return lambda: render(settings, filters, dry_run=args.dry_run, limit=args.limit, **hooks)

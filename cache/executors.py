@@ -9,37 +9,100 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, TypeVar
+from multiprocessing.connection import Connection, wait
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
-from cache.system import die_with_driver, tune_allocator
+from cache.system import serve, start_forkserver
 from cache.work import Chunk
 from config import Settings
 from core.errors import MarketError
 
 T = TypeVar("T")
+STOP_S = 5.0  # how long ended workers get to exit before they are killed
 
 
-def _pool_results(pool: ProcessPoolExecutor, fn: Callable[[Chunk], T], chunks: list[Chunk],
-                  workers: int) -> Iterator[T]:
-    """Results of chunks from a process pool, a bounded number in flight (flat memory).
+class _Worker(NamedTuple):
+    process: multiprocessing.process.BaseProcess
+    tasks: Connection    # the write end: this process alone holds it (cache/system.py serve)
+    results: Connection  # the read end: the worker alone holds the write end, so its death reads as end of file
 
-    When a chunk fails, the chunks not yet started are cancelled before the error propagates.
-    """
-    pending: set[Future] = set()
+
+def _start_workers(count: int) -> list[_Worker]:
+    start_forkserver()
+    # forkserver: workers never inherit the parent's SQLite connections.
+    context = multiprocessing.get_context("forkserver")
+    workers = []
     try:
-        for chunk in chunks:
-            pending.add(pool.submit(fn, chunk))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (future.result() for future in done)
-    finally:
-        for future in pending:
-            future.cancel()
+        for _ in range(count):
+            tasks_r, tasks_w = context.Pipe(duplex=False)
+            results_r, results_w = context.Pipe(duplex=False)
+            process = context.Process(target=serve, args=(tasks_r, results_w), daemon=True, name="image_cache worker")
+            process.start()
+            tasks_r.close()
+            results_w.close()
+            workers.append(_Worker(process, tasks_w, results_r))
+    except BaseException:
+        _stop_workers(workers, at_once=True)
+        raise
+    return workers
+
+
+def _stop_workers(workers: list[_Worker], at_once: bool) -> None:
+    """End the workers and reap them, never waiting on one for more than a few seconds. Done (`at_once`
+    false), closing `tasks` ends them; interrupted or failed, nobody will use what they are drawing, so
+    they are killed: their finished files have no rows yet, which repair adopts."""
+    for worker in workers:
+        worker.tasks.close()
+        if at_once:
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+    deadline = time.monotonic() + STOP_S
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.exitcode is None:
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+            worker.process.join(1.0)
+        worker.results.close()
+
+
+def _pool_results(workers: list[_Worker], fn: Callable[[Any], T], items: list[Any]) -> Iterator[T]:
+    """Results of `fn` over items from the workers, in completion order, two items in flight per worker
+    (flat memory; each has its next item at hand). A worker is sent its next item when it returns one,
+    so nothing is queued that an interruption or a failing item would have to drain: the caller's
+    error or signal ends the run at once (`executor` then stops the workers)."""
+    waiting = iter(items)
+    owner = {worker.results: worker for worker in workers}
+    in_flight = dict.fromkeys(owner, 0)
+
+    def give(conn: Connection, count: int) -> None:
+        for item in itertools.islice(waiting, count):
+            try:
+                owner[conn].tasks.send((fn, item))
+            except OSError:
+                _lost(owner[conn])
+            in_flight[conn] += 1
+
+    for conn in owner:
+        give(conn, 2)
+    while any(in_flight.values()):
+        for conn in wait([conn for conn, count in in_flight.items() if count]):
+            try:
+                ok, value = conn.recv()
+            except (EOFError, OSError):
+                _lost(owner[conn])
+            if not ok:
+                raise value
+            in_flight[conn] -= 1
+            give(conn, 1)
+            yield value
+
+
+def _lost(worker: _Worker) -> NoReturn:
+    worker.process.join(1.0)
+    raise MarketError(f"a worker process ended unexpectedly (exit code {worker.process.exitcode})") from None
 
 
 def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str) -> Iterator[T]:
@@ -90,28 +153,10 @@ def executor(settings: Settings) -> Iterator[Run]:
     if settings.workers == 1:
         yield lambda fn, chunks: (fn(chunk) for chunk in chunks)
         return
-    # forkserver: workers never inherit the parent's SQLite connections.
-    context = multiprocessing.get_context("forkserver")
-    lifeline, keep_alive = context.Pipe(duplex=False)  # workers hold the read end, this process the write end
-    pool = ProcessPoolExecutor(max_workers=settings.workers, mp_context=context,
-                               initializer=die_with_driver, initargs=(lifeline,))
+    workers = _start_workers(settings.workers)
     try:
-        for _ in range(settings.workers):
-            pool.submit(tune_allocator)
-        yield lambda fn, chunks: _pool_results(pool, fn, chunks, settings.workers)
+        yield lambda fn, chunks: _pool_results(workers, fn, chunks)
     except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM) or failed: nobody will use the chunks in flight, so stop the
-        # workers now rather than wait for them. Their finished files have no rows yet; repair adopts them.
-        _stop_workers(pool)
+        _stop_workers(workers, at_once=True)
         raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        lifeline.close()
-        keep_alive.close()
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    # ProcessPoolExecutor has no public way to stop its workers before Python 3.14 (terminate_workers).
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            process.terminate()
+    _stop_workers(workers, at_once=False)

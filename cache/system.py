@@ -1,5 +1,5 @@
 """What worker processes need from the system: syncfs and malloc tuning (Linux libc calls with portable
-fallbacks), and dying with the run that started them."""
+fallbacks), their loop, deaf to signals, and dying with the run that started them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import queue
 import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
+
+from core.errors import MarketError
+from core.signals import SIGNALS
 
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -52,21 +56,58 @@ def tune_allocator() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
 
 
-def die_with_driver(lifeline: Connection) -> None:
-    """End this worker process as soon as the driver ends, however it ends (even SIGKILL).
+def start_forkserver() -> None:
+    """Start the forkserver (when not running) with SIGINT, SIGTERM and SIGHUP ignored: it and every worker
+    it forks keep that, so a signal sent to the whole process group (Ctrl-C, a closed terminal,
+    `systemctl stop`) reaches the driver alone, which then stops its workers itself; no helper dies
+    half-started with a traceback of its own. Blocked meanwhile in this process, so that one arriving
+    then is not lost but delivered to the driver's own handler right after (Linux keeps a blocked
+    signal pending even while it is ignored)."""
+    import multiprocessing.forkserver
 
-    `lifeline` is the read end of a pipe whose only write end the driver holds: the kernel closes it
-    when the driver dies, and a thread blocked reading it then ends the worker. (A parent-death signal
-    cannot do this: a pool worker's parent is the forkserver, which stays alive as long as the workers
-    do.) Workers ignore SIGINT: on Ctrl-C the driver stops them, without a traceback from each.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in SIGNALS}
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def serve(tasks: Connection, results: Connection) -> None:
+    """A pool worker (cache/executors.py): runs each (function, item) that arrives on `tasks`, sending
+    back (True, result) or (False, exception) on `results`, until `tasks` ends.
+
+    The driver alone holds the write end of `tasks`, so its end of file comes when the driver is done
+    or dies, however it dies (even SIGKILL), and the worker then exits at once, mid-item if need be. (A
+    parent-death signal cannot do this: a worker's parent is the forkserver, which outlives the driver
+    as long as the workers do.) A thread reads `tasks` while the item before runs, so the next item is
+    ready when it ends and the driver never waits to send one.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_on_eof, args=(lifeline,), daemon=True, name="lifeline").start()
+    for signum in SIGNALS:  # the driver stops the workers (also when the forkserver was started elsewhere)
+        signal.signal(signum, signal.SIG_IGN)
+    tune_allocator()
+    queued: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_receive, args=(tasks, queued), daemon=True, name="tasks").start()
+    while True:
+        fn, item = queued.get()
+        try:
+            reply = (True, fn(item))
+        except Exception as exc:
+            reply = (False, exc)
+        try:
+            results.send(reply)
+        except Exception as exc:  # a result or error that does not pickle: say so rather than hang the driver
+            results.send((False, MarketError(f"a worker could not send back its result: {exc!r}")))
 
 
-def _exit_on_eof(lifeline: Connection) -> None:
+def _receive(tasks: Connection, queued: queue.SimpleQueue) -> None:
     try:
         while True:
-            lifeline.recv_bytes()  # the driver never writes: this returns only at end of file
+            queued.put(tasks.recv())
     except (EOFError, OSError):
+        os._exit(0)
+    except BaseException as exc:  # an item that does not unpickle: end; the driver reports a lost worker
+        print(f"worker {os.getpid()}: cannot read its work: {exc!r}", file=sys.stderr, flush=True)
         os._exit(1)

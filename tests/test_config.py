@@ -9,6 +9,7 @@ import pytest
 
 import config
 from config import ConfigError, Settings
+from conftest import render_cli
 
 
 def test_defaults_match_the_product_brief():
@@ -98,7 +99,24 @@ def test_settings_that_make_no_chart_or_run_are_config_errors(flags: dict, messa
 
 
 def test_jobs_zero_means_one_worker_per_core():
-    assert config.load(None, {"jobs": "0"}).workers == (os.cpu_count() or 1)
+    assert config.load(None, {"jobs": "0"}).workers == config.cores_present()
+    assert config.cores_present() == len(os.sched_getaffinity(0))
+
+
+def test_jobs_is_capped_at_the_cores_present_unless_allowed(tmp_path: Path):
+    cores = config.cores_present()
+    capped = config.load(None, {"jobs": str(cores + 46)})
+    assert capped.workers == cores
+    assert capped.jobs_note() == (f"--jobs {cores + 46}: {cores} worker processes, one per core present "
+                                  "(--jobs-over-cores allows more)")
+    assert config.load(None, {"jobs": str(cores)}).jobs_note() is None
+    assert config.load(None, {"jobs": str(cores + 46), "jobs_over_cores": True}).workers == cores + 46
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"[image_cache]\njobs = {cores + 1}\njobs_over_cores = true\n")
+    assert config.load(str(toml)).workers == cores + 1
+    toml.write_text("[image_cache]\njobs_over_cores = 1\n")
+    with pytest.raises(ConfigError, match="jobs_over_cores must be true or false, got 1"):
+        config.load(str(toml))
 
 
 def test_symbol_and_interval_filters_are_checked_like_settings():
@@ -107,3 +125,11 @@ def test_symbol_and_interval_filters_are_checked_like_settings():
         config.check_filters(["btcusdt"], None)
     with pytest.raises(ConfigError, match="--interval: unknown interval code '2d'"):
         config.check_filters(None, ["1h", "2d"])
+
+
+def test_render_says_when_jobs_is_capped(workdir: Path):
+    cores = config.cores_present()
+    result = render_cli(workdir, "--jobs", str(cores + 46))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"--jobs {cores + 46}: {cores} worker processes, one per core present "
+                                          "(--jobs-over-cores allows more)"]

@@ -1,0 +1,87 @@
+"""Signals that end a run: SIGINT (Ctrl-C), SIGTERM (`kill`, `systemctl stop`), SIGHUP (its terminal closed).
+
+Inside `stop_on_signals`, the first of them raises `Stopped` in the main thread, so the run stops through
+the same cleanup as an error: queued work is cancelled, the rows of what is finished are written, the
+lock is released. The later ones are then ignored (a closing shell sends its jobs a second SIGHUP), and
+the cleanup has GRACE_S seconds: past that the process exits at once, which leaves what a crash leaves
+and the next run or repair settles. Outside it (`exit_on_signals`: start-up, exit) nothing is held, so
+a signal ends the process at once. A signal its starter ignored (`nohup`, `&`) stays ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_S = 5.0
+_WHAT = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
+
+
+class Stopped(KeyboardInterrupt):
+    """One of SIGNALS, raised where the main thread was; a KeyboardInterrupt, so every `except Exception`
+    lets it through as it does Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum  # as a shell reports a process the signal ended
+        self.message = _WHAT[signum]
+
+
+def _say(message: str) -> None:
+    # After SIGHUP the terminal may be gone: writing to it fails, and that must not become a traceback.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"Error: {message}", file=sys.stderr, flush=True)
+
+
+def _exit_now(signum: int, *_: object) -> None:
+    _say(_WHAT[signum])
+    os._exit(128 + signum)
+
+
+def _exit_late(signum: int) -> None:
+    _say(f"{_WHAT[signum]}; its cleanup took over {GRACE_S:.0f} s and was cut short "
+         "(the next run, or repair, settles what it left)")
+    os._exit(128 + signum)
+
+
+def _install(handler) -> dict[int, object]:
+    """Set `handler` for each of SIGNALS not ignored; return what was there before."""
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    for signum, old in previous.items():
+        if old is not signal.SIG_IGN:
+            signal.signal(signum, handler)
+    return previous
+
+
+def exit_on_signals() -> None:
+    """From now on, a signal ends the process at once with its one line (nothing is held yet)."""
+    _install(_exit_now)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within: the first signal raises Stopped, the later ones are ignored, the cleanup is bounded."""
+    deadline: list[threading.Timer] = []
+
+    def stop(signum: int, frame: object) -> None:
+        _install(signal.SIG_IGN)
+        timer = threading.Timer(GRACE_S, _exit_late, (signum,))
+        timer.daemon = True
+        timer.start()
+        deadline.append(timer)
+        raise Stopped(signum)
+
+    previous = _install(stop)
+    try:
+        yield
+    finally:
+        for timer in deadline:
+            timer.cancel()
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
