@@ -49,9 +49,10 @@ PRESETS = ({"style_name": "mike", "img_size_px": 32, "window_len": 5},
 
 
 REPO = Path(__file__).resolve().parents[1]
-# What a signalled render may exit with: done before the signal, or stopped by it (128 + its number).
+# What a signalled render may exit with: done before the signal, stopped by it (128 + its number), or
+# ended by it before Python ran any of our code (minus its number: nothing was held yet).
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-STOPPED = {0} | {128 + s for s in SIGNALS}
+STOPPED = {0} | {128 + s for s in SIGNALS} | {-s for s in SIGNALS}
 
 
 class Violation(AssertionError):
