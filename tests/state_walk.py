@@ -580,7 +580,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--signals", type=float, default=0.1,
+    parser.add_argument("--signals", type=float, default=0.02,
                         help="share of sequences that also stop real render processes with signals")
     parser.add_argument("--record", action="store_true", help="write the figure to bench/soak.json")
     args = parser.parse_args()
