@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 from cache.system import serve, start_forkserver
 from cache.work import Chunk
 from config import Settings
+from core import signals
 from core.errors import MarketError
 
 T = TypeVar("T")
@@ -120,6 +121,7 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str)
         running = as_completed([client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, in_flight)])
         try:
             for future in running:
+                signals.check()  # a Stopped raised inside one of Dask's finalisers is dropped there
                 result = future.result()
                 for chunk in itertools.islice(waiting, 1):
                     running.add(client.submit(fn, chunk, pure=False))

@@ -64,12 +64,25 @@ def exit_on_signals() -> None:
     _install(_exit_now)
 
 
+# The signal being obeyed, if any: Stopped raised inside a finaliser (a `__del__`, a weakref callback:
+# Dask's futures have them) is printed and dropped by Python, so loops also ask `check()`.
+_received: list[int] = []
+
+
+def check() -> None:
+    """Raise Stopped when a signal came and its Stopped has not reached this loop (it was dropped)."""
+    if _received:
+        raise Stopped(_received[0])
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Within: the first signal raises Stopped, the later ones are ignored, the cleanup is bounded."""
+    """Within: the first signal raises Stopped, the later ones are ignored, the cleanup is bounded. A run
+    that ends with a signal received, its Stopped dropped on the way, still ends as stopped."""
     deadline: list[threading.Timer] = []
 
     def stop(signum: int, frame: object) -> None:
+        _received.append(signum)
         _install(signal.SIG_IGN)
         timer = threading.Timer(GRACE_S, _exit_late, (signum,))
         timer.daemon = True
@@ -80,8 +93,10 @@ def stop_on_signals() -> Iterator[None]:
     previous = _install(stop)
     try:
         yield
+        check()
     finally:
         for timer in deadline:
             timer.cancel()
         for signum, old in previous.items():
             signal.signal(signum, old if old is not None else signal.SIG_DFL)
+        _received.clear()

@@ -220,10 +220,15 @@ def test_a_pipe_at_a_new_image_path_is_never_replaced_by_render(workdir: Path):
     os.remove(workdir / "image_cache.sqlite")
     folder.mkdir(parents=True)
     os.mkfifo(workdir / "image-cache" / rows[0][3])
-    assert render_cli(workdir).returncode == 0
+    rendered = render_cli(workdir, "--json")
+    assert rendered.returncode == 0 and json.loads(rendered.stdout)["blocked"] == 1
     assert stat.S_ISFIFO(os.lstat(workdir / "image-cache" / rows[0][3]).st_mode)
-    result = run_cli(workdir, "verify", "--config", "image_cache.toml", "--json")
-    assert rows[0][3] in json.loads(result.stdout)["foreign"]
+    # Its window has a row that says why it has no image; verify reports the path once, as that row's problem.
+    blocked = [r for r in index_rows(workdir / "image_cache.sqlite") if r[3] == rows[0][3]]
+    assert [(r[6], r[7]) for r in blocked] == [("missing", "blocked: a pipe is at this path, not ours, left alone")]
+    report = json.loads(run_cli(workdir, "verify", "--config", "image_cache.toml", "--json").stdout)
+    mentioned = [p["path"] for p in report["problems"]] + report["foreign"]
+    assert mentioned.count(rows[0][3]) == 1
 
 
 def test_reindex_of_a_healthy_index_keeps_it_and_says_so(rendered: Path):
