@@ -416,9 +416,10 @@ def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = F
     with runner.run_lock(settings, "verify", need_index="run render first"):
         conn = open_owned(settings)
         try:
-            run_id = index.start_run(conn, "verify", {"deep": deep, **filters.__dict__})
-            result = inspect(conn, settings, filters, deep, progress, warn).result
-            index.finish_run(conn, run_id, result.counts(), 0 if result.ok else 1)
+            with index.guarded(conn, settings.image_index_db):
+                run_id = index.start_run(conn, "verify", {"deep": deep, **filters.__dict__})
+                result = inspect(conn, settings, filters, deep, progress, warn).result
+                index.finish_run(conn, run_id, result.counts(), 0 if result.ok else 1)
             return result
         finally:
             conn.close()
@@ -507,25 +508,35 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
     need = None if reindex else "run `repair --reindex` to rebuild it from the image files"
     with runner.run_lock(settings, "repair", need_index=need):
         if reindex:
-            marker = check_owned(settings.image_root_dir, None)
-            result.reindexed_from = _move_aside(settings, marker, result.notes)
-            conn = index.connect(settings.image_index_db)
-            if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
-                index.set_index_id(conn, marker.index_id)
-            conn.close()
+            _prepare_reindex(settings, result)
         conn = open_owned(settings)
         try:
-            run_id = index.start_run(conn, "repair", {"reindex": reindex, **filters.__dict__})
-            found = inspect(conn, settings, filters, True, progress, warn)
-            result.found = found.result.counts()
-            result.foreign = found.result.foreign
-            result.unrepairable = list(found.unrepairable)
-            _apply(conn, settings, found, result)
-            index.finish_run(conn, run_id, result.as_dict(), 0 if result.ok else 1)
+            with index.guarded(conn, settings.image_index_db):
+                run_id = index.start_run(conn, "repair", {"reindex": reindex, **filters.__dict__})
+                found = inspect(conn, settings, filters, True, progress, warn)
+                result.found = found.result.counts()
+                result.foreign = found.result.foreign
+                result.unrepairable = list(found.unrepairable)
+                _apply(conn, settings, found, result)
+                index.finish_run(conn, run_id, result.as_dict(), 0 if result.ok else 1)
         finally:
             conn.close()
     result.seconds = time.monotonic() - began
     return result
+
+
+def _prepare_reindex(settings: Settings, result: RepairResult) -> None:
+    """For --reindex: move a damaged index aside, and give the index at the index path the root's index id
+    when it has no rows (a new one)."""
+    marker = check_owned(settings.image_root_dir, None)
+    result.reindexed_from = _move_aside(settings, marker, result.notes)
+    conn = index.connect(settings.image_index_db)
+    try:
+        with index.guarded(conn, settings.image_index_db):
+            if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
+                index.set_index_id(conn, marker.index_id)
+    finally:
+        conn.close()
 
 
 def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult) -> None:
