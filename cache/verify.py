@@ -29,7 +29,7 @@ from cache.durable import SyncedWriter
 from cache.index import ENGINE_PREFIX
 from cache.layout import TEMP_PREFIX, parse_relative_path
 from cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
-from cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, owner_gone, read_marker
+from cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, claim, owner_gone, read_marker
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
 from cache.windows import Series, window_gaps
@@ -526,8 +526,9 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
 
 
 def _prepare_reindex(settings: Settings, result: RepairResult) -> None:
-    """For --reindex: move a damaged index aside, and give the index at the index path the root's index id
-    when it has no rows (a new one)."""
+    """For --reindex: move a damaged index aside, give the index at the index path the root's index id
+    when it has no rows (a new one), and have the marker name it (claim): the owner the marker named may
+    have been at another path, gone now."""
     marker = check_owned(settings.image_root_dir, None)
     result.reindexed_from = _move_aside(settings, marker, result.notes)
     conn = index.connect(settings.image_index_db)
@@ -535,8 +536,11 @@ def _prepare_reindex(settings: Settings, result: RepairResult) -> None:
         with index.guarded(conn, settings.image_index_db):
             if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
                 index.set_index_id(conn, marker.index_id)
+            took_over = claim(settings.image_root_dir, index.index_id(conn), settings.image_index_db)
     finally:
         conn.close()
+    if took_over:
+        result.notes.append(took_over)
 
 
 def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult) -> None:

@@ -86,6 +86,28 @@ def test_a_gone_owner_is_taken_over_aloud_and_its_files_are_kept(rendered: Path)
     assert as_other(rendered, "verify", "--deep").returncode == 0
 
 
+def test_reindex_at_another_path_makes_the_marker_name_the_new_index(rendered: Path):
+    """The owner index gone, `repair --reindex` rebuilds it at another path: the marker must name the new
+    index, or a fresh index at the old path later passes for the owner "replaced at the same path" and
+    takes the root over from the rebuilt one."""
+    root = rendered / "image-cache"
+    images = tree_digest(root)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{rendered / 'image_cache.sqlite'}{suffix}").unlink(missing_ok=True)
+    result = run_cli(rendered, "repair", "--config", "image_cache.toml", "--reindex", "--index-db", "new.sqlite",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    said = f"took over image root image-cache: its owner index {rendered / 'image_cache.sqlite'} no longer exists"
+    assert said in json.loads(result.stdout)["notes"]
+    assert json.loads(result.stdout)["adopted"] == len(images)
+    assert json.loads((root / ".image_cache_root").read_text())["index_path"] == str(rendered / "new.sqlite")
+    line = one_error_line(render_cli(rendered))  # a fresh index at the old path: the rebuilt one owns the root
+    assert f"belongs to another index, {rendered / 'new.sqlite'}" in line, line
+    assert tree_digest(root) == images
+    assert run_cli(rendered, "verify", "--config", "image_cache.toml", "--index-db", "new.sqlite",
+                   "--deep").returncode == 0
+
+
 def test_two_first_renders_cannot_both_own_a_root(tmp_path: Path):
     """The marker is created exclusively: a second claim of a fresh root by another live index is refused."""
     from cache import index
