@@ -33,7 +33,7 @@ from cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part,
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
 from cache.windows import Series, window_gaps
-from cache.work import WorkerError, adopt_chunk, draw_chunk, require_built, split_months
+from cache.work import adopt_chunk, require_built, settle_chunk, split_months
 from config import Settings
 from core.db import file_uri
 from core.errors import MarketError
@@ -593,19 +593,17 @@ def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, r
     adopted: set[str] = set()
     try:
         with executors.executor(settings) as run:
-            for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), draw_chunks):
+            for rows, failed in run(partial(settle_chunk, sync=settings.executor == "dask"), draw_chunks):
                 writer.add(rows)
                 result.redrawn += sum(row.status == "ok" for row in rows)
+                if failed is not None:  # e.g. a folder that cannot be written, a full disk: the rest goes on
+                    result.unrepairable.append(failed)
             for rows, rejected in run(adopt_chunk, adopt_chunks):
                 writer.add(rows)
                 result.adopted += len(rows)
                 adopted.update(row.file_path for row in rows)
                 result.removed += sum(bool(remove(path)) for path in rejected if path not in unclaimed)
         result.foreign = [path for path in result.foreign if path not in adopted]  # proven ours
-    except WorkerError as exc:  # e.g. a read-only root, a full disk
-        writer.add(exc.rows)
-        result.redrawn += len(exc.rows)
-        result.unrepairable.append(str(exc))
     finally:
         writer.close()
     # Files named as images of a series and preset that adoption has just proven ours, yet unequal to a
