@@ -9,14 +9,13 @@ place only when complete, so a failed export leaves nothing half-written. OUT mu
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from cache.exports.base import ExportOptions, Format, Job
 from cache.exports.card import Card, balance, split_bytes
-from cache.exports.files import MARKER, MARKER_TEXT, write_sha256sums
+from cache.exports.files import MARKER, MARKER_TEXT, killed_leftovers, write_sha256sums
 from cache.exports.labels import default_splits, purge_candles
 from cache.exports.registry import FORMATS
 from cache.exports.select import select, split_samples
@@ -121,32 +120,14 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
     return ExportResult(out, options.format, counts, summary, files, replaced)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return pid != os.getpid()  # ours: a leftover of this process is its own to clear
-
-
 def _clear_leftovers(target: str) -> None:
     """The temp folders that exports of `target` killed before they finished left next to it: an old
     export set aside goes back into place if nothing took it, the rest is removed. Folders of exports
     still running are left alone; only folders of our names are touched, never through a link."""
-    parent, base = os.path.split(target)
-    ours = re.compile(rf"\.{re.escape(base)}\.(\d+)\.(tmp|old)")
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return  # no folder to clear: the export itself says why it cannot write there
-    for name in sorted(names, key=lambda n: n.endswith(".tmp")):  # .old first: it may go back into place
-        found = ours.fullmatch(name)
-        path = os.path.join(parent, name)
-        if not found or _alive(int(found[1])) or os.path.islink(path) or not os.path.isdir(path):
+    for path, kind in killed_leftovers(target):
+        if not os.path.isdir(path):
             continue
-        if found[2] == "old" and not os.path.lexists(target):
+        if kind == "old" and not os.path.lexists(target):
             os.rename(path, target)
         else:
             shutil.rmtree(path, ignore_errors=True)

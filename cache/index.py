@@ -17,7 +17,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -211,12 +211,33 @@ class IndexConnection(sqlite3.Connection):
 
 def failure(path: str, exc: sqlite3.Error) -> IndexFileError:
     """One line for an SQLite error met while using the index: the file and the cause."""
-    return IndexFileError(f"image index {path}: {_describe(exc)}")
+    return IndexFileError(f"image index {path}: {_describe(exc, path)}")
+
+
+@contextlib.contextmanager
+def guarded(conn: sqlite3.Connection, path: str) -> Iterator[None]:
+    """A command's use of the index, failing with one line: the index's SQLite errors (its disk full, its file
+    damaged or read-only) become `failure`, and its file deleted or replaced under the run is an error at the
+    end, never a success. Errors of the market, read in the same block, are raised as they are (is_its_error)."""
+    try:
+        yield
+        if isinstance(conn, IndexConnection):
+            conn.check_file()
+    except sqlite3.Error as exc:
+        if not is_its_error(conn, path, exc):
+            raise
+        raise failure(path, exc) from None
+
+
+def is_its_error(conn: sqlite3.Connection, path: str, exc: sqlite3.Error) -> bool:
+    """Whether an error met by a run reading both the market and the index is the index's: the market is
+    never written, so a full disk or a read-only place is the index's; any other error is the index's
+    only when SQLite no longer finds the index intact."""
+    return _place_cause(exc, path) is not None or not is_sound(conn)
 
 
 def is_sound(conn: sqlite3.Connection) -> bool:
-    """Whether SQLite finds the index intact: asked only once an error came from a run reading both the
-    market and the index, to tell whose it was."""
+    """Whether SQLite finds the index intact."""
     try:
         return conn.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
     except sqlite3.Error:
@@ -231,8 +252,8 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def identify(path: str) -> str:
-    """What the file at `path` is: 'absent', 'empty', 'index', 'other-sqlite', 'not-sqlite', 'damaged'
-    or 'read-only' (SQLite cannot open it there: a WAL index needs to write beside it even to read).
+    """What the file at `path` is: 'absent', 'empty', 'index', 'other-sqlite', 'not-sqlite', 'damaged',
+    'read-only' or 'disk-full' (SQLite cannot open it there: a WAL index needs to write beside it even to read).
 
     Opened read-only and never created; a non-regular file (a pipe, a folder) is 'not-sqlite'.
     """
@@ -256,7 +277,9 @@ def identify(path: str) -> str:
         finally:
             conn.close()
     except sqlite3.OperationalError:
-        return "read-only" if _readable_immutable(path) else "damaged"
+        if not _readable_immutable(path):
+            return "damaged"
+        return "disk-full" if _disk_full(path) else "read-only"
     except sqlite3.DatabaseError:
         return "damaged"
     if app_id == APPLICATION_ID:
@@ -265,6 +288,14 @@ def identify(path: str) -> str:
     if app_id == 0 and version == 1 and {"images", "runs", "month_digests"} <= tables:
         return "index"
     return "other-sqlite"
+
+
+def _disk_full(path: str) -> bool:
+    """Whether the file system holding `path` has no space left (SQLite may only say "disk I/O error")."""
+    try:
+        return os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _readable_immutable(path: str) -> bool:
@@ -289,8 +320,8 @@ def connect(path: str, create: bool = True) -> IndexConnection:
         raise DamagedIndex(f"{path} is not an SQLite database: not an image index, or a damaged one")
     if kind == "damaged":
         raise DamagedIndex(f"image index {path} is damaged (SQLite cannot read it)")
-    if kind == "read-only":
-        raise IndexFileError(f"cannot open image index {path}: {READ_ONLY}")
+    if kind in PLACE_CAUSES:
+        raise IndexFileError(f"cannot open image index {path}: {PLACE_CAUSES[kind]}")
     if kind in ("absent", "empty"):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
@@ -305,21 +336,33 @@ def connect(path: str, create: bool = True) -> IndexConnection:
         conn.execute("PRAGMA synchronous=NORMAL")
         migrate(conn, path)
     except sqlite3.OperationalError as exc:
-        raise MarketError(f"cannot open image index {path}: {_describe(exc)}") from None
+        raise MarketError(f"cannot open image index {path}: {_describe(exc, path)}") from None
     except sqlite3.DatabaseError as exc:
         raise DamagedIndex(f"image index {path} is damaged ({exc})") from None
     return conn
 
 
 READ_ONLY = "the file or its folder is read-only"
+DISK_FULL = "disk full"
+PLACE_CAUSES = {"read-only": READ_ONLY, "disk-full": DISK_FULL}  # identify's kinds of an index SQLite cannot open
 
 
-def _describe(exc: sqlite3.Error) -> str:
+def _place_cause(exc: sqlite3.Error, path: str) -> str | None:
+    """Disk full or read-only, when that is why SQLite failed: it says so, or the file system does (a full
+    disk met while growing the shared-memory file is only a "disk I/O error")."""
     text = str(exc)
-    if "disk is full" in text:
-        return f"disk full ({text})"
+    if "disk is full" in text or ("I/O error" in text and _disk_full(path)):
+        return f"{DISK_FULL} ({text})"
     if "readonly" in text or "read-only" in text:
         return READ_ONLY
+    return None
+
+
+def _describe(exc: sqlite3.Error, path: str) -> str:
+    text = str(exc)
+    cause = _place_cause(exc, path)
+    if cause is not None:
+        return cause
     if not isinstance(exc, sqlite3.OperationalError) or "malformed" in text:
         return f"damaged ({text})"
     return text

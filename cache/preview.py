@@ -2,19 +2,24 @@
 
 Not part of the determinism contract (it draws text with Pillow's default font), but the sample is
 deterministic: images spread evenly over the selected samples in key order. A sheet carries a text
-chunk naming it as ours: `--force` replaces such a sheet and nothing else.
+chunk naming it as ours: `--force` replaces such a sheet and nothing else, and the next preview of a
+target removes the temp sheets that killed previews of it left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import stat
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from cache.exports.files import killed_leftovers
 from cache.exports.labels import LabelRule
 from cache.exports.select import Sample, select
 from cache.runner import Filters
@@ -27,6 +32,9 @@ TEXT_ROWS = 2
 LINE_PX = 14
 MARGIN = 6
 SHEET_KEY, SHEET_VALUE = "image_cache", "preview sheet"  # the PNG text chunk that makes a sheet ours
+_SHEET_TEXT = f"{SHEET_KEY}\0{SHEET_VALUE}".encode("latin-1")
+# How every sheet begins: the PNG signature, IHDR (8 + 25 bytes), then our text chunk (Pillow writes it first).
+_SHEET_HEAD = struct.pack(">I", len(_SHEET_TEXT)) + b"tEXt" + _SHEET_TEXT
 
 
 @dataclass
@@ -94,6 +102,29 @@ def is_our_sheet(path: str) -> bool:
         return False
 
 
+def _begun_as_sheet(path: str) -> bool:
+    """A regular file (never a link) that begins as preview writes a sheet: a killed preview's temp file,
+    whole or cut short after its text chunk. One cut shorter is not provably ours and is left alone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = handle.read(33 + len(_SHEET_HEAD))
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[33:] == _SHEET_HEAD
+
+
+def _clear_leftovers(target: str) -> None:
+    """The temp sheets (`.OUT.PID.tmp`) that previews of `target` killed before they finished left next to
+    it: removed when they are ours. Those of previews still running, and anything else, are left alone."""
+    for path, kind in killed_leftovers(target):
+        if kind == "tmp" and _begun_as_sheet(path):
+            with contextlib.suppress(FileNotFoundError):  # another preview of it cleared it first
+                os.remove(path)  # the name itself: a link put there meanwhile is removed, never its target
+
+
 def check_target(out: str, force: bool) -> None:
     """Refuse an existing OUT, unless `force` and it is a sheet we wrote."""
     if not os.path.lexists(out):
@@ -107,6 +138,7 @@ def check_target(out: str, force: bool) -> None:
 def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tuple[int, ...], label: LabelRule,
             force: bool = False, warn: Warn = no_warn) -> PreviewResult:
     """Write a contact sheet of n labelled images of the configured preset to `out` (a new PNG)."""
+    _clear_leftovers(os.path.abspath(out))
     check_target(out, force)
     samples = sorted(select(settings, filters, horizons, label, warn).samples, key=lambda s: s.key)
     if not samples:

@@ -152,8 +152,9 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
     """Before render writes: make sure `root` is ours, marking it when it is new or empty.
 
     A root marked for another index is refused, naming it, unless that index is gone or not an index
-    (owner_gone): then it is taken over and the note returned says so. A folder holding anything else
-    is refused.
+    (owner_gone): then it is taken over and the note returned says so. A marker naming this index's id at
+    another path that is gone (a moved index, one rebuilt by `repair --reindex`) is made to name this path.
+    A folder holding anything else is refused.
     """
     if not os.path.lexists(root):
         os.makedirs(root, exist_ok=True)
@@ -168,10 +169,13 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
                 if _write_marker(fd, index_id, index_path, replace=False):
                     return None
                 continue
-            if marker.index_id == index_id:
+            ours = marker.index_id == index_id
+            if ours and marker.index_path == os.path.abspath(index_path):
                 return None
             why = owner_gone(marker, index_path)
             if why is None:
+                if ours:  # this index's copy (or itself, by another path) is still where the marker says
+                    return None
                 raise RootError(f"image root {root} belongs to another index, {marker.index_path}: pass that "
                                 "index with --index-db, or choose another --image-root")
             _write_marker(fd, index_id, index_path, replace=True)

@@ -318,7 +318,7 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
             else:
                 _write(plans, spec, settings, filters, limit, index_conn, result, began, progress, warn)
         except sqlite3.DatabaseError as exc:  # while reading both databases: whose error was it?
-            if index.is_sound(index_conn):
+            if not index.is_its_error(index_conn, settings.image_index_db, exc):
                 raise
             raise index.failure(settings.image_index_db, exc) from None
         finally:

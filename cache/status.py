@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,5 +66,7 @@ def status(index_db: str) -> StatusResult:
                                "finished_utc": run[3], "counts": json.loads(run[4]) if run[4] else None,
                                "exit_code": run[5]}
         return result
+    except sqlite3.Error as exc:  # status reads the index alone: its error
+        raise index.failure(index_db, exc) from None
     finally:
         conn.close()

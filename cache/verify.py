@@ -29,11 +29,11 @@ from cache.durable import SyncedWriter
 from cache.index import ENGINE_PREFIX
 from cache.layout import TEMP_PREFIX, parse_relative_path
 from cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
-from cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, owner_gone, read_marker
+from cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, claim, owner_gone, read_marker
 from cache.runner import Filters, preset_label, preset_of
 from cache.system import tune_allocator
 from cache.windows import Series, window_gaps
-from cache.work import WorkerError, adopt_chunk, draw_chunk, require_built, split_months
+from cache.work import adopt_chunk, require_built, settle_chunk, split_months
 from config import Settings
 from core.db import file_uri
 from core.errors import MarketError
@@ -416,9 +416,10 @@ def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = F
     with runner.run_lock(settings, "verify", need_index="run render first"):
         conn = open_owned(settings)
         try:
-            run_id = index.start_run(conn, "verify", {"deep": deep, **filters.__dict__})
-            result = inspect(conn, settings, filters, deep, progress, warn).result
-            index.finish_run(conn, run_id, result.counts(), 0 if result.ok else 1)
+            with index.guarded(conn, settings.image_index_db):
+                run_id = index.start_run(conn, "verify", {"deep": deep, **filters.__dict__})
+                result = inspect(conn, settings, filters, deep, progress, warn).result
+                index.finish_run(conn, run_id, result.counts(), 0 if result.ok else 1)
             return result
         finally:
             conn.close()
@@ -507,25 +508,39 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
     need = None if reindex else "run `repair --reindex` to rebuild it from the image files"
     with runner.run_lock(settings, "repair", need_index=need):
         if reindex:
-            marker = check_owned(settings.image_root_dir, None)
-            result.reindexed_from = _move_aside(settings, marker, result.notes)
-            conn = index.connect(settings.image_index_db)
-            if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
-                index.set_index_id(conn, marker.index_id)
-            conn.close()
+            _prepare_reindex(settings, result)
         conn = open_owned(settings)
         try:
-            run_id = index.start_run(conn, "repair", {"reindex": reindex, **filters.__dict__})
-            found = inspect(conn, settings, filters, True, progress, warn)
-            result.found = found.result.counts()
-            result.foreign = found.result.foreign
-            result.unrepairable = list(found.unrepairable)
-            _apply(conn, settings, found, result)
-            index.finish_run(conn, run_id, result.as_dict(), 0 if result.ok else 1)
+            with index.guarded(conn, settings.image_index_db):
+                run_id = index.start_run(conn, "repair", {"reindex": reindex, **filters.__dict__})
+                found = inspect(conn, settings, filters, True, progress, warn)
+                result.found = found.result.counts()
+                result.foreign = found.result.foreign
+                result.unrepairable = list(found.unrepairable)
+                _apply(conn, settings, found, result)
+                index.finish_run(conn, run_id, result.as_dict(), 0 if result.ok else 1)
         finally:
             conn.close()
     result.seconds = time.monotonic() - began
     return result
+
+
+def _prepare_reindex(settings: Settings, result: RepairResult) -> None:
+    """For --reindex: move a damaged index aside, give the index at the index path the root's index id
+    when it has no rows (a new one), and have the marker name it (claim): the owner the marker named may
+    have been at another path, gone now."""
+    marker = check_owned(settings.image_root_dir, None)
+    result.reindexed_from = _move_aside(settings, marker, result.notes)
+    conn = index.connect(settings.image_index_db)
+    try:
+        with index.guarded(conn, settings.image_index_db):
+            if conn.execute("SELECT count(*) FROM images").fetchone()[0] == 0:
+                index.set_index_id(conn, marker.index_id)
+            took_over = claim(settings.image_root_dir, index.index_id(conn), settings.image_index_db)
+    finally:
+        conn.close()
+    if took_over:
+        result.notes.append(took_over)
 
 
 def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult) -> None:
@@ -578,19 +593,17 @@ def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, r
     adopted: set[str] = set()
     try:
         with executors.executor(settings) as run:
-            for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), draw_chunks):
+            for rows, failed in run(partial(settle_chunk, sync=settings.executor == "dask"), draw_chunks):
                 writer.add(rows)
                 result.redrawn += sum(row.status == "ok" for row in rows)
+                if failed is not None:  # e.g. a folder that cannot be written, a full disk: the rest goes on
+                    result.unrepairable.append(failed)
             for rows, rejected in run(adopt_chunk, adopt_chunks):
                 writer.add(rows)
                 result.adopted += len(rows)
                 adopted.update(row.file_path for row in rows)
                 result.removed += sum(bool(remove(path)) for path in rejected if path not in unclaimed)
         result.foreign = [path for path in result.foreign if path not in adopted]  # proven ours
-    except WorkerError as exc:  # e.g. a read-only root, a full disk
-        writer.add(exc.rows)
-        result.redrawn += len(exc.rows)
-        result.unrepairable.append(str(exc))
     finally:
         writer.close()
     # Files named as images of a series and preset that adoption has just proven ours, yet unequal to a

@@ -132,6 +132,15 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     return _synced(chunk, out, sync)
 
 
+def settle_chunk(chunk: Chunk, sync: bool = False) -> tuple[list[Row], str | None]:
+    """draw_chunk for repair: the rows, and why the chunk stopped when it could not write (its folder
+    unwritable, the disk full), so that one failed chunk never stops the others from settling."""
+    try:
+        return draw_chunk(chunk, sync), None
+    except WorkerError as exc:
+        return exc.rows, exc.message
+
+
 def _taken(tree: Tree, path: str) -> str | None:
     """What is at the image's path when it is a folder, pipe or link: not ours, never replaced (verify
     reports it). A link on the way is left to the write, which refuses it and names it."""

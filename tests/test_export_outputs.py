@@ -154,3 +154,31 @@ def test_the_next_export_clears_what_killed_exports_left(cache: Path, tmp_path: 
     running.rmdir()
     assert export(cache, out, "--force").returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_the_next_preview_clears_only_the_temp_sheets_killed_previews_left(cache: Path, tmp_path: Path):
+    sheet = tmp_path / "sheet.png"
+    assert preview(cache, sheet).returncode == 0
+    whole = sheet.read_bytes()
+    sheet.unlink()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now: a preview killed long ago
+    killed = [tmp_path / f".sheet.png.{gone.pid}.tmp", tmp_path / f".sheet.png.{gone.pid + 100000}.tmp"]
+    killed[0].write_bytes(whole)  # killed between the save and the link
+    killed[1].write_bytes(whole[:120])  # killed while saving, past the text chunk that makes it ours
+    kept = {tmp_path / f".sheet.png.{os.getpid()}.tmp": whole,  # a preview still running (this process)
+            tmp_path / f".sheet.png.{gone.pid + 200000}.tmp": b"not a sheet",  # our name, not our bytes
+            tmp_path / f".sheet.png.{gone.pid + 300000}.tmp": whole[:40],  # cut too short to prove it ours
+            tmp_path / f".other.png.{gone.pid}.tmp": whole}  # another target's
+    for path, data in kept.items():
+        path.write_bytes(data)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(whole)
+    link = tmp_path / f".sheet.png.{gone.pid + 400000}.tmp"
+    link.symlink_to(outside)
+
+    result = preview(cache, sheet)
+    assert result.returncode == 0, result.stderr
+    assert not any(path.exists() for path in killed)
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert link.is_symlink() and outside.read_bytes() == whole

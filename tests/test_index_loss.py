@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,104 @@ def test_a_failed_rollback_never_hides_the_error(tmp_path: Path):
             conn.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL
             raise ValueError("the real error")
     assert not conn.in_transaction and conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
+# Every command, not only render: the same failures of the index, the same one line.
+COMMANDS = {"verify": ("verify",), "verify --deep": ("verify", "--deep"), "repair": ("repair",),
+            "repair --reindex": ("repair", "--reindex"), "status": ("status",),
+            "export": ("export", "out", "--format", "manifest", "--horizons", "2"),
+            "preview": ("preview", "sheet.png", "--n", "4", "--horizons", "2")}
+
+
+def _command(folder: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
+    verb, *args = COMMANDS[name]
+    return run_cli(folder, verb, *args, "--config", "image_cache.toml", *extra)
+
+
+@pytest.mark.parametrize("name", [n for n in COMMANDS if n != "repair --reindex"])  # which rebuilds it: its job
+def test_every_command_calls_a_damaged_index_damaged(rendered: Path, name: str):
+    db = rendered / "image_cache.sqlite"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(db, "r+b") as handle:
+        handle.seek(10 * 8192)
+        handle.write(b"\xff" * 3 * 8192)
+    result = _command(rendered, name)
+    assert result.returncode == 1, result.stdout
+    assert _errors(result.stderr) == ["Error: image index image_cache.sqlite: damaged (database disk image is "
+                                      "malformed)"]
+
+
+def _fill(folder: Path, leave: int) -> None:
+    """Fill the file system of `folder`, then free `leave` bytes of it."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while os.write(fd, b"\0" * 4096):
+            pass
+    os.close(fd)
+    os.truncate(folder / "filler", max(0, os.path.getsize(folder / "filler") - leave))
+
+
+@pytest.fixture
+def full_index(workdir: Path, index_dir: Path) -> Path:
+    """A rendered cache whose index's disk is full, some of its images deleted (verify has rows to change)."""
+    assert render_cli(workdir, "--index-db", "idx/i.sqlite").returncode == 0
+    for path in (workdir / "image-cache" / "BTCUSDT" / "1h" / "2024" / "06").glob("*T05-*"):
+        path.unlink()
+    return workdir
+
+
+@pytest.mark.parametrize("name", ["verify", "repair", "repair --reindex"])
+def test_commands_that_write_the_index_stop_on_its_full_disk_with_one_line(full_index: Path, index_dir: Path,
+                                                                           name: str):
+    _fill(index_dir, 64 * 1024)  # room for the lock and to open the index, not for the rows
+    result = _command(full_index, name, "--index-db", "idx/i.sqlite")
+    assert result.returncode == 1, result.stdout
+    assert _errors(result.stderr) == ["Error: image index idx/i.sqlite: disk full (database or disk is full)"]
+
+
+@pytest.mark.parametrize("name", ["status", "preview"])
+def test_commands_that_read_the_index_call_its_full_disk_full(full_index: Path, index_dir: Path, name: str):
+    """SQLite cannot even open a WAL index without room for its shared-memory file: was "read-only"."""
+    _fill(index_dir, 0)
+    result = _command(full_index, name, "--index-db", "idx/i.sqlite")
+    assert result.returncode == 1, result.stdout
+    assert _errors(result.stderr) == ["Error: cannot open image index idx/i.sqlite: disk full"]
+
+
+@pytest.mark.parametrize("name", ["status", "preview", "verify", "export"])
+def test_every_command_calls_an_index_in_a_read_only_place_read_only(workdir: Path, index_dir: Path, name: str):
+    assert render_cli(workdir, "--index-db", "idx/i.sqlite").returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(index_dir)], check=True)
+    result = _command(workdir, name, "--index-db", "idx/i.sqlite")
+    assert result.returncode == 1, result.stdout
+    [error] = _errors(result.stderr)
+    # Commands that take the run lock meet the read-only place first at the lock file beside the index.
+    assert error in ("Error: cannot open image index idx/i.sqlite: the file or its folder is read-only",
+                     "Error: cannot create lock file idx/i.sqlite.lock: read-only file system (Read-only file "
+                     "system)"), error
+    assert "damaged" not in error and "not an image index" not in error
+
+
+@pytest.mark.parametrize("command", ["verify", "repair", "repair --reindex"])
+def test_an_index_deleted_while_verify_or_repair_runs_is_an_error(rendered: Path, monkeypatch, command: str):
+    """The file is deleted as the run checks the images (its progress hook), as `rm` would: the run used to
+    write its findings and report success into a file no one can open again."""
+    import config
+    from cache import verify
+    from cache.index import IndexFileError
+
+    monkeypatch.chdir(rendered)
+    (rendered / "image-cache" / "ETHUSDT" / "4h" / "2024" / "06").iterdir().__next__().unlink()
+
+    def progress(items, **_):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("image_cache.sqlite")
+        return items
+
+    settings = config.load("image_cache.toml")
+    run = (partial(verify.verify, deep=True) if command == "verify"
+           else partial(verify.repair, reindex=command.endswith("--reindex")))
+    with pytest.raises(IndexFileError, match="^image index image_cache.sqlite was deleted or replaced while "
+                                             "this run wrote to it: the rows of this run are lost"):
+        run(settings, progress=progress)

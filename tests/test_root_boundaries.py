@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -84,6 +85,28 @@ def test_a_gone_owner_is_taken_over_aloud_and_its_files_are_kept(rendered: Path)
     assert f"belongs to another index, {rendered / 'other.sqlite'}" in line
     assert {k: v for k, v in tree_digest(root).items() if k in first} == first
     assert as_other(rendered, "verify", "--deep").returncode == 0
+
+
+def test_reindex_at_another_path_makes_the_marker_name_the_new_index(rendered: Path):
+    """The owner index gone, `repair --reindex` rebuilds it at another path: the marker must name the new
+    index, or a fresh index at the old path later passes for the owner "replaced at the same path" and
+    takes the root over from the rebuilt one."""
+    root = rendered / "image-cache"
+    images = tree_digest(root)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{rendered / 'image_cache.sqlite'}{suffix}").unlink(missing_ok=True)
+    result = run_cli(rendered, "repair", "--config", "image_cache.toml", "--reindex", "--index-db", "new.sqlite",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    said = f"took over image root image-cache: its owner index {rendered / 'image_cache.sqlite'} no longer exists"
+    assert said in json.loads(result.stdout)["notes"]
+    assert json.loads(result.stdout)["adopted"] == len(images)
+    assert json.loads((root / ".image_cache_root").read_text())["index_path"] == str(rendered / "new.sqlite")
+    line = one_error_line(render_cli(rendered))  # a fresh index at the old path: the rebuilt one owns the root
+    assert f"belongs to another index, {rendered / 'new.sqlite'}" in line, line
+    assert tree_digest(root) == images
+    assert run_cli(rendered, "verify", "--config", "image_cache.toml", "--index-db", "new.sqlite",
+                   "--deep").returncode == 0
 
 
 def test_two_first_renders_cannot_both_own_a_root(tmp_path: Path):
@@ -210,6 +233,46 @@ def test_one_unrepairable_path_never_stops_the_rest(rendered: Path, tmp_path_fac
     mode = os.lstat(root / blocked).st_mode
     assert {"folder": stat.S_ISDIR, "fifo": stat.S_ISFIFO, "link": stat.S_ISLNK}[kind](mode)
     assert target.read_text() == "outside"
+
+
+@pytest.fixture(params=["read-only", "full"])
+def unwritable_month(rendered: Path, request):
+    """BTCUSDT/1h/2024/06, the first folder repair draws into, as a read-only or a full file system (a tmpfs
+    mounted over it: root writes through chmod). Its images are hidden under the mount: repair must redraw
+    them and cannot."""
+    import subprocess
+    folder = rendered / "image-cache" / "BTCUSDT" / "1h" / "2024" / "06"
+    options = "ro" if request.param == "read-only" else "size=4k"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    if request.param == "full":
+        with open(folder / "filler", "wb") as handle:
+            handle.write(b"\0" * 4096)
+    yield folder, {"read-only": "Read-only file system", "full": "No space left on device"}[request.param]
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_unwritable_folder_stops_only_the_writes_into_it(rendered: Path, unwritable_month):
+    """Repair used to stop every draw at the first chunk that could not write (re-drew 0, adopted 0)."""
+    folder, cause = unwritable_month
+    root = rendered / "image-cache"
+    original = tree_digest(root)
+    redraw = sorted((root / "ETHUSDT" / "4h" / "2024" / "06").glob("*.png"))[:2]
+    for path in redraw:
+        path.unlink()
+    adopt = sorted((root / "ETHUSDT" / "1h" / "2024" / "06").glob("*.png"))[0]
+    with sqlite3.connect(rendered / "image_cache.sqlite") as conn:  # a file without its row: a crash leaves it
+        conn.execute("DELETE FROM images WHERE file_path = ?", (str(adopt.relative_to(root)),))
+    conn.close()
+    result = run_cli(rendered, "repair", "--config", "image_cache.toml", "--json")
+    assert "Traceback" not in result.stderr and result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["redrawn"], report["adopted"]) == (2, 1)
+    [failed] = report["unrepairable"]  # the chunk of that folder, once
+    assert failed.startswith(f"cannot write {folder}/BTCUSDT_1h_2024-") and failed.endswith(f": {cause}"), failed
+    assert {str(p.relative_to(root)): original[str(p.relative_to(root))] for p in redraw} == \
+        {str(p.relative_to(root)): tree_digest(root)[str(p.relative_to(root))] for p in redraw}
+    assert str(adopt.relative_to(root)) in {r[3] for r in index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'")}
 
 
 def test_a_pipe_at_a_new_image_path_is_never_replaced_by_render(workdir: Path):

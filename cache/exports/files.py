@@ -1,5 +1,5 @@
 """File helpers shared by the format writers: checked reads, copies that share no inode with the cache,
-deterministic tar members, SHA256SUMS and the export marker."""
+deterministic tar members, SHA256SUMS and the export marker; the leftovers of killed exports and previews."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from typing import Any
 
@@ -17,6 +18,36 @@ from core.errors import MarketError
 FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone of a whole file (btrfs, XFS); never a shared inode
 MARKER = ".image_cache-export.json"  # names a folder as an export we wrote, which `--force` may replace
 MARKER_TEXT = '{"written_by": "image_cache export"}\n'
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return pid != os.getpid()  # ours: a leftover of this process is its own to clear
+
+
+def killed_leftovers(target: str) -> list[tuple[str, str]]:
+    """(path, 'tmp' or 'old') of each `.NAME.PID.tmp` / `.NAME.PID.old` next to `target` (NAME its base name)
+    whose process is gone: what an export or preview of `target` killed before it finished left. Links are
+    never listed; whether an entry is the caller's own is the caller's to check. `.old` first: it may go
+    back into place."""
+    parent, base = os.path.split(target)
+    ours = re.compile(rf"\.{re.escape(base)}\.(\d+)\.(tmp|old)")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []  # no folder to clear: the command itself says why it cannot write there
+    found = []
+    for name in sorted(names, key=lambda n: n.endswith(".tmp")):
+        match = ours.fullmatch(name)
+        path = os.path.join(parent, name)
+        if match and not _alive(int(match[1])) and not os.path.islink(path):
+            found.append((path, match[2]))
+    return found
 
 
 def dumps(value: Any) -> str:

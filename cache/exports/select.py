@@ -61,6 +61,8 @@ def open_index(path: str) -> sqlite3.Connection:
     kind = index.identify(path)
     if kind == "absent":
         raise MarketError(f"image index not found: {path} (run render first)")
+    if kind in index.PLACE_CAUSES:
+        raise index.IndexFileError(f"cannot open image index {path}: {index.PLACE_CAUSES[kind]}")
     if kind != "index":
         raise MarketError(f"{path} is not an image index ({kind.replace('-', ' ')})")
     try:
@@ -69,7 +71,7 @@ def open_index(path: str) -> sqlite3.Connection:
         conn.execute("BEGIN")  # one snapshot for the whole selection
         columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
     except sqlite3.DatabaseError as exc:
-        raise MarketError(f"cannot read image index {path}: {exc}") from None
+        raise index.failure(path, exc) from None
     missing = [c for c in INDEX_COLUMNS if c not in columns]
     if missing:
         conn.close()
@@ -119,14 +121,15 @@ def select(settings: Settings, filters: Filters, horizons: tuple[int, ...], labe
     index_conn = open_index(settings.image_index_db)
     market_conn = market.open_market(settings.market_db_path)
     try:
-        for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
-            rows, others = _index_rows(index_conn, preset, spec.spec_hash, symbol, interval, settings)
-            counts["not_ok"] += others
-            counts["selected"] += len(rows)
-            if rows:
-                series = read_from(market_conn, symbol, interval, sid, rows[0]["end_open_time_ms"],
-                                   spec.window_len + spec.history)
-                samples.extend(_label_series(series, rows, spec, horizons, label, now, counts))
+        with index.guarded(index_conn, settings.image_index_db):
+            for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
+                rows, others = _index_rows(index_conn, preset, spec.spec_hash, symbol, interval, settings)
+                counts["not_ok"] += others
+                counts["selected"] += len(rows)
+                if rows:
+                    series = read_from(market_conn, symbol, interval, sid, rows[0]["end_open_time_ms"],
+                                       spec.window_len + spec.history)
+                    samples.extend(_label_series(series, rows, spec, horizons, label, now, counts))
     finally:
         market_conn.close()
         index_conn.close()
