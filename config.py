@@ -45,6 +45,7 @@ class Settings:
     jobs_over_cores: bool = False
     executor: str = "local"
     scheduler: str | None = None
+    worker_wait: int = 180  # seconds a Dask run waits while its cluster has no worker
 
     @property
     def start_ms(self) -> int:
@@ -188,6 +189,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("jobs_over_cores", "--jobs-over-cores", "allow --jobs above the cores present", _switch),
     Option("executor", "--executor", "local process pool, or dask", _choice("local", "dask"), "NAME"),
     Option("scheduler", "--scheduler", "Dask scheduler address (with --executor dask)", _text, "ADDRESS"),
+    Option("worker_wait", "--worker-wait", "seconds a Dask run waits while its cluster has no worker, then "
+           "stops (default 180)", _int(_positive), "S"),
 )
 _BY_FIELD = {option.field: option for option in OPTIONS}
 

@@ -106,11 +106,16 @@ def _lost(worker: _Worker) -> NoReturn:
     raise MarketError(f"a worker process ended unexpectedly (exit code {worker.process.exitcode})") from None
 
 
-def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str) -> Iterator[T]:
+# How often a Dask run looks at its cluster while no result comes.
+DASK_POLL_S = 1.0
+
+
+def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str, worker_wait: float) -> Iterator[T]:
     """Results of chunks from a Dask cluster, two per worker thread in flight: the scheduler never holds
-    every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled."""
+    every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled. A cluster
+    with no worker for `worker_wait` seconds stops the run (Dask itself would wait for ever)."""
     try:
-        from distributed import Client, as_completed
+        from distributed import Client, wait
     except ImportError:
         raise MarketError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
     if not chunks:
@@ -118,16 +123,28 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str)
     with Client(scheduler) as client:
         waiting = iter(chunks)
         in_flight = 2 * max(1, sum(client.nthreads().values()))
-        running = as_completed([client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, in_flight)])
+        pending = {client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, in_flight)}
+        alone_since: float | None = None
         try:
-            for future in running:
+            while pending:
                 signals.check()  # a Stopped raised inside one of Dask's finalisers is dropped there
-                result = future.result()
-                for chunk in itertools.islice(waiting, 1):
-                    running.add(client.submit(fn, chunk, pure=False))
-                yield result
+                try:
+                    done, pending = wait(pending, timeout=DASK_POLL_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    if client.nthreads():
+                        alone_since = None
+                    elif alone_since is None:
+                        alone_since = time.monotonic()
+                    elif time.monotonic() - alone_since > worker_wait:
+                        raise MarketError(f"the Dask cluster at {scheduler} has had no worker for {worker_wait:g} s "
+                                          "(--worker-wait): stopped; repair adopts the files already written") from None
+                    continue
+                for future in done:
+                    result = future.result()
+                    pending |= {client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, 1)}
+                    yield result
         finally:
-            client.cancel(list(running.futures))
+            client.cancel(list(pending))
 
 
 def chunk_windows(total: int, workers: int) -> int:
@@ -150,7 +167,7 @@ def executor(settings: Settings) -> Iterator[Run]:
     so that they are ready when the driver has finished planning.
     """
     if settings.executor == "dask":
-        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler)
+        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler, settings.worker_wait)
         return
     if settings.workers == 1:
         yield lambda fn, chunks: (fn(chunk) for chunk in chunks)

@@ -64,12 +64,38 @@ def _tasks_on_worker(_chunk: int) -> int:
     return len(get_worker().state.tasks)
 
 
+def _slow(chunk: int) -> int:
+    import time
+    time.sleep(0.05)
+    return chunk
+
+
+def test_a_dask_cluster_left_without_workers_stops_the_run_after_worker_wait():
+    """Every worker gone: Dask would wait for ever; the run stops once --worker-wait seconds pass with no
+    worker, in one line (a MarketError), and the results that came before it are kept."""
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    from cache.executors import _dask_results
+    from core.errors import MarketError
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                                  protocol="tcp", host="127.0.0.1") as cluster:
+        results = _dask_results(_slow, list(range(200)), cluster.scheduler_address, 2)
+        got = [next(results)]
+        cluster.scale(0)
+        began = time.monotonic()
+        with pytest.raises(MarketError, match=r"no worker for 2 s \(--worker-wait\)"):
+            got.extend(results)
+        assert time.monotonic() - began < 8
+    assert 1 <= len(got) < 200
+
+
 def test_dask_keeps_a_bounded_number_of_chunks_in_flight():
     """Two chunks per worker thread at a time: 60 chunks never sit on the cluster at once."""
     distributed = pytest.importorskip("distributed")
     from cache.executors import _dask_results
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                                   protocol="tcp", host="127.0.0.1") as cluster:
-        seen = list(_dask_results(_tasks_on_worker, list(range(60)), cluster.scheduler_address))
+        seen = list(_dask_results(_tasks_on_worker, list(range(60)), cluster.scheduler_address, 60))
     assert len(seen) == 60
     assert max(seen) <= 8, max(seen)  # 4 in flight, with room for tasks not yet released
