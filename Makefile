@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-COMPILED := chart/_kernel.so cache/_files.so
+COMPILED := src/image_cache/chart/_kernel.so src/image_cache/cache/_files.so
 DEMO   := demo-data
 
 .PHONY: venv test demo bench soak clean
@@ -16,9 +16,10 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-dask.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt -r requirements-dask.txt
 	touch $@
 
-# The compiled modules: the drawing engines' pixel loops (chart/kernel.py) and the batched atomic file writes
-# (cache/layout.py), each built for the venv's Python from the .c file of its name; the source's SHA-256 is
-# compiled in, so the module refuses a build that does not match its source (core/compiled.py).
+# The compiled modules, built in place: the drawing engines' pixel loops (image_cache/chart/kernel.py) and the
+# batched atomic file writes (image_cache/cache/layout.py), each built for the venv's Python from the .c file of
+# its name; the source's SHA-256 is compiled in, so the module refuses a build that does not match its source
+# (image_cache/core/compiled.py). `pip install .` builds the same two with the same flags (setup.py).
 $(COMPILED): %.so: %.c $(STAMP)
 	$(CC) -O3 -Wall -shared -fPIC -fno-strict-aliasing \
 	  -I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
@@ -52,4 +53,4 @@ soak: venv
 	$(PY) bench/determinism_soak.py --seconds 600 --record
 
 clean:
-	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis
+	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis build dist src/*.egg-info

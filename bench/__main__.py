@@ -287,9 +287,9 @@ def driver_section(ctx: Context) -> Section:
     """What the driver alone sustains: index rows written through BatchWriter (as render writes them,
     500 per transaction, WAL, synchronous=NORMAL, checkpoints included) into a fresh index, and planning
     a run from scratch."""
-    from cache import index, market, runner
-    from cache.layout import relative_path
-    from config import load
+    from image_cache.cache import index, market, runner
+    from image_cache.cache.layout import relative_path
+    from image_cache.settings import load
 
     count = ctx.n(WRITER_ROWS)
     runs, cpu = [], []
@@ -361,8 +361,8 @@ def verify_section(ctx: Context) -> Section:
 
 def ingest_section(ctx: Context) -> Section:
     """12 monthly Binance Vision zips of 1m candles for one symbol (a year, 525,600 rows minus gaps)."""
-    from ingest.sample import generate_symbol
-    from core.grid import utc_ms
+    from image_cache.ingest.sample import generate_symbol
+    from image_cache.core.grid import utc_ms
 
     mirror = WORK / "zips"
     if not mirror.exists():

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-import chart
-from cache.system import tune_allocator
-from chart import jkx, png, raster
+from image_cache import chart
+from image_cache.cache.system import tune_allocator
+from image_cache.chart import jkx, png, raster
 
 # (label, style, size, window): the presets issue 13 sets targets for, and two more jkx lengths.
 CASES = (("mike 1280 w150", "mike", 1280, 150), ("mike 224 w60", "mike", 224, 60), ("jkx w5", "jkx", 0, 5),

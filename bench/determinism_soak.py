@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
-from cache.market import list_series, open_market, read_series  # noqa: E402
-from cache.windows import window_rows  # noqa: E402
+from image_cache.cache.market import list_series, open_market, read_series  # noqa: E402
+from image_cache.cache.windows import window_rows  # noqa: E402
 
 MARKET_SEEDS = 3  # few markets, so that each market and preset is rendered many times
 # (style, size, window): the default preset, jkx's three windows, other sizes and windows.
@@ -49,7 +49,7 @@ def _burn(stop) -> None:
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 

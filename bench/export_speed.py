@@ -31,7 +31,7 @@ PRESETS = (("mike", 224, 60), ("jkx", 224, 20))  # (style, size, window); jkx's 
 
 
 def _settings(work: Path, style: str, size: int, window: int):
-    import config
+    from image_cache import settings as config
     return config.load(None, {"market_db_path": str(work / "market.sqlite"),
                               "image_index_db": str(work / "image_cache.sqlite"),
                               "image_root_dir": str(work / "image-cache"), "pairs": ["BTCUSDT", "ETHUSDT"],
@@ -41,8 +41,8 @@ def _settings(work: Path, style: str, size: int, window: int):
 
 def build(work: Path, days: int, style: str, size: int, window: int):
     """A sample market and a full render of the preset (reused when already there)."""
-    from cache.runner import Filters, render
-    from ingest.sample import build_sample
+    from image_cache.cache.runner import Filters, render
+    from image_cache.ingest.sample import build_sample
 
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "market.sqlite").exists():
@@ -131,8 +131,8 @@ def read_numpy_whole(out: Path) -> int:
 
 
 def read_dataset(settings, horizons) -> int:
-    from cache.dataset import ChartDataset
-    from cache.exports.labels import parse_splits
+    from image_cache.cache.dataset import ChartDataset
+    from image_cache.cache.exports.labels import parse_splits
     n = 0
     for split in ("train", "validation", "test"):
         ds = ChartDataset(settings, split, horizons=horizons, splits=parse_splits(SPLIT))
@@ -154,9 +154,9 @@ def rows(work: Path | None = None, days: int = 120, rounds: int = 3,
 
 
 def _preset_rows(work: Path, days: int, rounds: int, style: str, size: int, window: int) -> list[dict]:
-    from cache.export import ExportOptions, export
-    from cache.exports.labels import parse_splits
-    from cache.runner import Filters
+    from image_cache.cache.export import ExportOptions, export
+    from image_cache.cache.exports.labels import parse_splits
+    from image_cache.cache.runner import Filters
 
     settings = build(work, days, style, size, window)
     preset = f"{style} w{window}" + ("" if style == "jkx" else f" {size} px")

@@ -48,7 +48,7 @@ def peak_rss(args: list[str], cwd: Path, limit: int = MEMORY_LIMIT) -> tuple[int
     """(exit code, peak RSS in MB, seconds, output without the peak line) of `python -m ingest ARGS`."""
     began = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", RUNNER, str(limit), *args], cwd=cwd, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         text=True, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     seconds = time.perf_counter() - began
     lines = run.stderr.splitlines()
     peak = next((int(line.removeprefix("peak_kb=")) / 1024 for line in lines if line.startswith("peak_kb=")), 0.0)
@@ -115,7 +115,7 @@ CASES = ("csv", "zip", "folder", "monthly")
 
 def measure(csv_mb: int = 1024, cases: tuple[str, ...] = CASES) -> list[dict]:
     """One row per case: input, peak RSS, seconds, whether it met the target, and how it ended."""
-    from ingest.binance_vision import AHEAD_BYTES, WHOLE_MEMBER_BYTES
+    from image_cache.ingest.binance_vision import AHEAD_BYTES, WHOLE_MEMBER_BYTES
 
     WORK.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

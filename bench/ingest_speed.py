@@ -43,7 +43,7 @@ print(json.dumps({{"wall": wall, "cpu": cpu, "peak_kb": peak, "rows": result.tot
 
 
 def _measure(setup: str, call: str) -> dict[str, Any]:
-    code = _MEASURE.format(paths=[str(REPO), str(REPO / "tests")], setup=setup, call=call)
+    code = _MEASURE.format(paths=[str(REPO / "src"), str(REPO), str(REPO / "tests")], setup=setup, call=call)
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed")
@@ -51,8 +51,8 @@ def _measure(setup: str, call: str) -> dict[str, Any]:
 
 
 def _candles(days: int) -> np.ndarray:
-    from core.grid import utc_ms
-    from ingest.sample import generate_symbol
+    from image_cache.core.grid import utc_ms
+    from image_cache.ingest.sample import generate_symbol
     return generate_symbol("BTCUSDT", days=days, seed=3, end_ms=utc_ms("2024-01-01"), gaps=[])
 
 
@@ -107,7 +107,7 @@ def archive_row(work: Path) -> dict[str, Any]:
 def rest_row(work: Path, count: int) -> dict[str, Any]:
     setup = f"""
 from fake_binance import FakeBinance
-from ingest.rest import api
+from image_cache.ingest.rest import api
 fake = FakeBinance()
 fake.add_series("spot", "BTCUSDT", "1m", 1704067200000, {count})
 """

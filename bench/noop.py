@@ -23,9 +23,9 @@ END = "2024-07-01"
 
 def measure(rows_target: int, folder: Path) -> tuple[Figure, Figure, int]:
     """(first no-op, steady no-op, indexed images) for an index of about `rows_target` rows."""
-    from cache import index, market, runner
-    from cache.windows import fingerprint, window_rows
-    from config import load
+    from image_cache.cache import index, market, runner
+    from image_cache.cache.windows import fingerprint, window_rows
+    from image_cache.settings import load
 
     db = folder / "noop-market.sqlite"
     days = rows_target // (2 * 1440) + 1

@@ -46,8 +46,8 @@ def _timed(owner: Any, name: str, stage: str, spent: dict[str, float]) -> None:
 
 def install() -> dict[str, float]:
     """Wrap each stage's functions once in this process; the seconds they spend add up in the result."""
-    import chart
-    from cache import durable, index, root, runner, work
+    from image_cache import chart
+    from image_cache.cache import durable, index, root, runner, work
 
     spent = dict.fromkeys(INLINE + THREADED, 0.0)
     for owner, name, stage in [(runner, "plan", "plan"), (chart, "render", "draw"), (work, "base_rows", "row"),
@@ -61,8 +61,8 @@ def install() -> dict[str, float]:
 def measure(spent: dict[str, float], market: str, folder: Path, flags: list[str], count: int) -> dict[str, float]:
     """Stage ms per image of one render of `count` images (15m windows of BTCUSDT and ETHUSDT), with the
     render's own flags (e.g. --size 224 --window 60)."""
-    import config
-    from cache import runner
+    from image_cache.cli import settings as config
+    from image_cache.cache import runner
 
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)

@@ -93,7 +93,7 @@ def run_measured(args: list[str], cwd: Path = REPO) -> tuple[float, float, list[
 
     began = time.perf_counter()
     process = psutil.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+                           env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     samples = []
     while process.poll() is None:
         total = 0

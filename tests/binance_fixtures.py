@@ -10,7 +10,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from core.grid import INTERVAL_MS, utc_ms
+from image_cache.core.grid import INTERVAL_MS, utc_ms
 
 FUTURES_HEADER = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,"
                   "taker_buy_volume,taker_buy_quote_volume,ignore")

@@ -32,7 +32,7 @@ jobs = 1
 def run_cli(cwd: Path, *args: str, module: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python image_cache.py ARGS` (or `python -m MODULE ARGS`) in `cwd` as a real subprocess."""
     command = [sys.executable, "-m", module] if module else [sys.executable, str(REPO / "image_cache.py")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
     return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -42,7 +42,7 @@ def render_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def sample_market(tmp_path_factory) -> Path:
-    from ingest.sample import build_sample
+    from image_cache.ingest.sample import build_sample
     path = tmp_path_factory.mktemp("market") / "market.sqlite"
     build_sample(str(path), symbols=["BTCUSDT", "ETHUSDT"], days=10, seed=7)
     return path

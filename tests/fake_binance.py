@@ -17,7 +17,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from core.grid import INTERVAL_MS, close_time_ms
+from image_cache.core.grid import INTERVAL_MS, close_time_ms
 
 KLINES = {"/api/v3/klines": ("spot", 1000), "/fapi/v1/klines": ("um", 1500), "/dapi/v1/klines": ("cm", 1500)}
 EXCHANGE_INFO = {"/api/v3/exchangeInfo": "spot", "/fapi/v1/exchangeInfo": "um", "/dapi/v1/exchangeInfo": "cm"}

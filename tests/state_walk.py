@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import chart  # noqa: E402
-from cache import runner, verify  # noqa: E402
-from cache.market import open_market, read_series  # noqa: E402
-from cache.windows import fingerprint, window_rows  # noqa: E402
-from config import Settings  # noqa: E402
-from core.db import lock_is_held  # noqa: E402
-from core.errors import MarketError  # noqa: E402
-from core.grid import iso_utc  # noqa: E402
-from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
+from image_cache import chart  # noqa: E402
+from image_cache.cache import runner, verify  # noqa: E402
+from image_cache.cache.market import open_market, read_series  # noqa: E402
+from image_cache.cache.windows import fingerprint, window_rows  # noqa: E402
+from image_cache.settings import Settings  # noqa: E402
+from image_cache.core.db import lock_is_held  # noqa: E402
+from image_cache.core.errors import MarketError  # noqa: E402
+from image_cache.core.grid import iso_utc  # noqa: E402
+from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
 
 HOUR = 3_600_000
 T0 = 1_719_792_000_000  # 2024-07-01T00:00Z
@@ -519,7 +519,7 @@ class Walk:
         last verify)."""
         conn = open_market(self.market)
         series = {s: read_series(conn, s, "1h", sid) for (s, _), sid in
-                  __import__("cache.market", fromlist=["list_series"]).list_series(conn).items()}
+                  __import__("image_cache.cache.market", fromlist=["list_series"]).list_series(conn).items()}
         conn.close()
         with self._index() as index:
             rows = index.execute("SELECT symbol, end_open_time_ms, style_name, img_size_px, window_len, "

@@ -2,7 +2,7 @@
 
 A golden mismatch means the drawing changed: that requires bumping the engine's DRAW_VERSION in
 chart/styles.py (every image it drew goes stale), then regenerating the goldens with
-    PYTHONPATH=. .venv/bin/python tests/test_chart_golden.py   (from the repository root)
+    PYTHONPATH=src:tests .venv/bin/python tests/test_chart_golden.py   (from the repository root)
 and pasting its output over GOLDEN_PIXELS, GOLDEN_FILES and GOLDEN_SPECS.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import chart
-from chart.styles import MIKE_COLOURS
+from image_cache import chart
+from image_cache.chart.styles import MIKE_COLOURS
 from chart_windows import BUILDERS, open_times
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_fresh_process_gives_identical_bytes(tmp_path):
               "for i, name in enumerate(sys.argv[2:]):\n"
               "    Path(sys.argv[1], str(i)).write_bytes(draw_case(name).png)\n")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path), *names], cwd=REPO, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"})
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}{os.pathsep}{REPO / 'tests'}"})
     assert result.returncode == 0, result.stderr
     for i, name in enumerate(names):
         assert (tmp_path / str(i)).read_bytes() == draw_case(name).png, name

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import chart
-from chart import jkx
+from image_cache import chart
+from image_cache.chart import jkx
 from chart_windows import flat, open_times, trending
 
 # 4 history candles at 12 (the MA's extra history), then the 5-period window; columns O, H, L, C, V.

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import chart
-from chart import jkx, kernel, raster
-from chart.styles import JKX_MIN_HEIGHT, raster_min_size
+from image_cache import chart
+from image_cache.chart import jkx, kernel, raster
+from image_cache.chart.styles import JKX_MIN_HEIGHT, raster_min_size
 from chart_windows import open_times, trending
 from test_chart_jkx import sequential_moving_average
 from test_chart_properties import windows
@@ -85,7 +85,7 @@ def test_stale_build_is_refused(tmp_path, monkeypatch):
     edited = tmp_path / "_kernel.c"
     edited.write_bytes(kernel.SOURCE.read_bytes() + b"\n/* edited */\n")
     monkeypatch.setattr(kernel, "SOURCE", edited)
-    with pytest.raises(chart.ChartError, match=r"built from another chart/_kernel.c: run `make venv`"):
+    with pytest.raises(chart.ChartError, match=r"built from another image_cache/chart/_kernel.c: run `make venv`"):
         kernel.load().mike
 
 
@@ -94,11 +94,11 @@ def test_missing_build_is_a_one_line_cli_error(tmp_path):
     block = ("import sys\n"
              "class Block:\n"
              "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name == 'chart._kernel':\n"
+             "        if name == 'image_cache.chart._kernel':\n"
              "            raise ImportError(name)\n"
              "sys.meta_path.insert(0, Block())\n")
     (tmp_path / "sitecustomize.py").write_text(block)
-    code = ("import numpy as np, chart, console\n"
+    code = ("import numpy as np; from image_cache import chart; from image_cache.cli import console\n"
             "from chart_windows import open_times, trending\n"
             "spec = chart.make_spec('jkx', 0, 5)\n"
             "class R:\n"
@@ -109,10 +109,10 @@ def test_missing_build_is_a_one_line_cli_error(tmp_path):
             "    chart.render(spec, open_times(9), trending(9))\n"
             "    return R()\n"
             "raise SystemExit(console.run(command, False))\n")
-    env = {"PYTHONPATH": f"{tmp_path}:{REPO}:{REPO / 'tests'}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{tmp_path}:{REPO / 'src'}:{REPO / 'tests'}", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 1
-    assert proc.stderr == ("Error: the drawing kernel chart/_kernel.so is not built: run `make venv` "
+    assert proc.stderr == ("Error: the drawing kernel image_cache/chart/_kernel.so is not built: run `make venv` "
                            "(it needs a C compiler and the Python headers)\n")
 
 

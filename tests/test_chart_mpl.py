@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import chart
-from chart.styles import MPL_STYLES, STYLES
+from image_cache import chart
+from image_cache.chart.styles import MPL_STYLES, STYLES
 from chart_windows import flat, open_times, trending, zero_volume
 from test_chart_raster import png_chunks
 
@@ -75,7 +75,7 @@ def test_no_figures_leak():
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}{os.pathsep}{REPO / 'tests'}"}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env=env)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from blake3 import blake3
 
-import chart
-from chart import png
+from image_cache import chart
+from image_cache.chart import png
 from chart_windows import open_times, trending
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import chart
+from image_cache import chart
 from chart_windows import open_times
 
 MIKE = chart.make_spec("mike", 128, 20)

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-import chart
+from image_cache import chart
 from chart_windows import alternating, flat, one_huge_candle, open_times, trending, zero_volume
 
 BACKGROUND, GRID, WHITE, BLACK, BLUE, VOLUME = ((10, 10, 10), (46, 46, 46), (255, 255, 255), (0, 0, 0),

@@ -144,7 +144,7 @@ def test_a_reader_that_leaves_early_gets_a_quiet_exit(rendered: Path, cli: str, 
     try:
         result = subprocess.run(command + args + ["--config", "image_cache.toml"] * (cli == RENDER),
                                 cwd=rendered, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     finally:
         os.close(writer)
     assert result.stderr == ""

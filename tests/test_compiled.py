@@ -24,14 +24,14 @@ BLOCK = ("import sys\n"
 def _cli(workdir: Path, blocked: str, *args: str) -> subprocess.CompletedProcess:
     (workdir / "site").mkdir(exist_ok=True)
     (workdir / "site" / "sitecustomize.py").write_text(BLOCK.format(module=blocked))
-    env = {**os.environ, "PYTHONPATH": f"{workdir / 'site'}:{REPO}"}
+    env = {**os.environ, "PYTHONPATH": f"{workdir / 'site'}:{REPO / 'src'}:{REPO}"}
     return subprocess.run([sys.executable, str(REPO / "image_cache.py"), *args, "--config", "image_cache.toml"],
                           cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.parametrize("module, message", [
-    ("chart._kernel", "the drawing kernel chart/_kernel.so is not built"),
-    ("cache._files", "the file writer cache/_files.so is not built"),
+    ("image_cache.chart._kernel", "the drawing kernel image_cache/chart/_kernel.so is not built"),
+    ("image_cache.cache._files", "the file writer image_cache/cache/_files.so is not built"),
 ])
 def test_render_without_a_build_stops_before_any_work(workdir: Path, module: str, message: str):
     """The old render recorded every window as undrawable when the kernel was missing: rows that stayed
@@ -49,14 +49,14 @@ def test_render_without_a_build_stops_before_any_work(workdir: Path, module: str
 
 
 def test_a_dry_run_needs_no_build(workdir: Path):
-    proc = _cli(workdir, "chart._kernel", "render", "--dry-run")
+    proc = _cli(workdir, "image_cache.chart._kernel", "render", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "would draw" in proc.stdout
 
 
 def test_a_build_naming_no_source_or_a_missing_source_is_unbuilt(tmp_path: Path, monkeypatch):
     """Either used to escape as an AttributeError or FileNotFoundError at import: a traceback."""
-    from core import compiled
+    from image_cache.core import compiled
     (tmp_path / "built_here.py").write_text("SOURCE_SHA256 = 'abc'\n")
     (tmp_path / "no_hash.py").write_text("")
     (tmp_path / "built_here.c").write_text("/* another source */\n")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import config
-from config import ConfigError, Settings
+from image_cache import settings as config
+from image_cache.settings import ConfigError, Settings
 from conftest import render_cli
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from ingest.binance_vision import ingest_paths
-from core.grid import DAY_MS, utc_ms
-from ingest.schema import read_candles
+from image_cache.ingest.binance_vision import ingest_paths
+from image_cache.core.grid import DAY_MS, utc_ms
+from image_cache.ingest.schema import read_candles
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS_PER_DAY = 1440
@@ -32,7 +32,7 @@ ROWS_PER_DAY = 1440
 # SIGKILLs itself at that function's N-th call. No fault hooks live in the production code.
 CRASHER = r"""
 import os, signal, sys, threading
-import ingest.binance_vision as binance_vision, ingest.registry as registry
+import image_cache.ingest.binance_vision as binance_vision, image_cache.ingest.registry as registry
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -85,7 +85,7 @@ elif point == "racing-checkpoint":  # a second thread kills while the checkpoint
         threading.Event().wait(10)
     registry.checkpoint = checkpoint
 sys.argv = ["python -m ingest"] + sys.argv[3:]
-from ingest.__main__ import main
+from image_cache.cli.ingest import main
 sys.exit(main())
 """
 
@@ -117,7 +117,7 @@ def prepare(folder: Path) -> tuple[Path, Path]:
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
 
 
 def dump(db: Path) -> list[tuple]:

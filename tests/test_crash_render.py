@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from chart import pixel_hash
+from image_cache.chart import pixel_hash
 from conftest import REPO, index_rows, run_cli, tree_digest
 
 # Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
 CRASHER = r"""
 import functools, os, signal, sys
-import cache.index as index, cache.layout as layout, cache.root as root
+import image_cache.cache.index as index, image_cache.cache.layout as layout, image_cache.cache.root as root
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -80,8 +80,8 @@ elif point == "after-commit":  # a batch committed, the run not finished
 index.BatchWriter = functools.partial(index.BatchWriter, max_rows=40)
 root.FileQueue.__init__.__defaults__ = (8, 4)
 sys.argv = ["image_cache.py"] + sys.argv[3:]
-import image_cache
-sys.exit(image_cache.main())
+from image_cache.cli.cache import main
+sys.exit(main())
 """
 
 POINTS = [("before-rename", 1), ("before-rename", 40), ("after-rename", 1), ("after-rename", 25),
@@ -151,7 +151,7 @@ def _differences(root: Path, reference: Path, runs: list[subprocess.CompletedPro
 def test_kill_at_a_named_moment(tmp_path: Path, sample_market: Path, reference, point: str, nth: int):
     _prepare(tmp_path, sample_market)
     crashed = subprocess.run([sys.executable, "-c", CRASHER, point, str(nth), *ARGS, "--jobs", "1"],
-                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                              timeout=300)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     if point == "before-rename":

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from core.errors import MarketError
-from core.grid import utc_ms
-from ingest.binance_vision import ingest_paths
-from ingest.csv_source import ingest_csv, parse_csv
+from image_cache.core.errors import MarketError
+from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import ingest_paths
+from image_cache.ingest.csv_source import ingest_csv, parse_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_a_large_csv_is_parsed_in_bounded_memory(tmp_path: Path) -> None:
             # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) across exec.
             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))" % n)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.strip()) / 1024
     assert peak_mb < 300, f"peak RSS {peak_mb:.0f} MB"

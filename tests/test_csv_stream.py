@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import MarketError
-from core.grid import utc_ms
-from ingest.csv_source import ingest_csv, parse_csv
+from image_cache.core.errors import MarketError
+from image_cache.core.grid import utc_ms
+from image_cache.ingest.csv_source import ingest_csv, parse_csv
 
 HOUR = 3_600_000
 T0 = utc_ms("2024-01-01")

@@ -74,7 +74,7 @@ def test_read_only_root_then_writable(workdir: Path, small_root: Path, tmp_path_
 
 INJECTOR = r"""
 import errno, sys
-import cache.layout as layout
+import image_cache.cache.layout as layout
 budget = [int(sys.argv[1])]
 real = layout.FILE_WRITER
 class Full:  # the C writer on a disk that fills up: it stops at the first file that does not fit
@@ -89,8 +89,8 @@ class Full:  # the C writer on a disk that fills up: it stops at the first file 
         return (written, err) if err or fit == len(datas) else (written, errno.ENOSPC)
 layout.FILE_WRITER = Full
 sys.argv = ["image_cache.py"] + sys.argv[2:]
-import image_cache
-sys.exit(image_cache.main())
+from image_cache.cli.cache import main
+sys.exit(main())
 """
 
 
@@ -102,7 +102,7 @@ def test_injected_enospc(workdir: Path, tmp_path_factory):
     reference = _reference(workdir, tmp_path_factory)
     result = subprocess.run([sys.executable, "-c", INJECTOR, "150000", "render", "--config", "image_cache.toml",
                              "--jobs", "1"], cwd=workdir, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1 and "No space left on device" in result.stderr
     assert 0 < _index_is_truthful(workdir) < len(reference)
     assert not list((workdir / "image-cache").rglob("*.tmp"))
@@ -115,10 +115,10 @@ def test_a_chunk_stops_drawing_once_a_file_cannot_be_written(tmp_path: Path, mon
     draw every remaining window for nothing) and reports the error with no rows."""
     import numpy as np
 
-    import chart
-    from cache import work
-    from cache.runner import preset_of
-    from cache.windows import Series
+    from image_cache import chart
+    from image_cache.cache import work
+    from image_cache.cache.runner import preset_of
+    from image_cache.cache.windows import Series
     from chart_windows import START_MS, trending
 
     spec, count = chart.make_spec("mike", 64, 20), 2000

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from ingest.download import Archive, daily_fallback, download, is_recent, plan_interval
+from image_cache.ingest.download import Archive, daily_fallback, download, is_recent, plan_interval
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

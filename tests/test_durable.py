@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cache import durable, index
-from cache.index import Row
-from core.errors import MarketError
+from image_cache.cache import durable, index
+from image_cache.cache.index import Row
+from image_cache.core.errors import MarketError
 
 
 def _row(end: int, status: str = "ok") -> Row:

@@ -76,8 +76,8 @@ def test_a_dask_cluster_left_without_workers_stops_the_run_after_worker_wait():
     import time
 
     distributed = pytest.importorskip("distributed")
-    from cache.executors import _dask_results
-    from core.errors import MarketError
+    from image_cache.cache.executors import _dask_results
+    from image_cache.core.errors import MarketError
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
                                   protocol="tcp", host="127.0.0.1") as cluster:
         results = _dask_results(_slow, list(range(200)), cluster.scheduler_address, 2)
@@ -93,7 +93,7 @@ def test_a_dask_cluster_left_without_workers_stops_the_run_after_worker_wait():
 def test_dask_keeps_a_bounded_number_of_chunks_in_flight():
     """Two chunks per worker thread at a time: 60 chunks never sit on the cluster at once."""
     distributed = pytest.importorskip("distributed")
-    from cache.executors import _dask_results
+    from image_cache.cache.executors import _dask_results
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                                   protocol="tcp", host="127.0.0.1") as cluster:
         seen = list(_dask_results(_tasks_on_worker, list(range(60)), cluster.scheduler_address, 60))

@@ -24,7 +24,7 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
-import chart
+from image_cache import chart
 from conftest import CONFIG, index_rows, render_cli, run_cli, tree_digest
 
 H = 3_600_000
@@ -345,7 +345,7 @@ def test_failed_export_leaves_nothing(cache: Path, tmp_path: Path):
 
 
 def test_numpy_palette_maps_every_image_onto_one_palette():
-    from cache.exports.npy import Palette
+    from image_cache.cache.exports.npy import Palette
     palette = Palette()
     first = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), "P")
     first.putpalette(b"\x00\x00\x00" b"\xff\x00\x00" b"\x00\xff\x00")

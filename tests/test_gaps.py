@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.gaps import Gap, find_gaps, gap_arrays
-from core.grid import DAY_MS, MINUTE_MS, utc_ms
-from ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
+from image_cache.ingest.gaps import Gap, find_gaps, gap_arrays
+from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
+from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
-from ingest.binance_vision import MAX_MEMBER_BYTES, ingest_paths
-from ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE, read_candles
+from image_cache.ingest.binance_vision import MAX_MEMBER_BYTES, ingest_paths
+from image_cache.ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE, read_candles
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2024-01-15"
@@ -33,7 +33,7 @@ MEMBER = NAME.removesuffix(".zip") + ".csv"
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
     return subprocess.run([sys.executable, "-m", "ingest", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60, env=env)
 

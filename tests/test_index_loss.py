@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, render_cli, run_cli
-from core.db import immediate
+from image_cache.core.db import immediate
 
 
 def _errors(stderr: str) -> list[str]:
@@ -42,7 +42,7 @@ def index_dir(workdir: Path):
 def test_index_deleted_while_a_render_runs_is_an_error(workdir: Path):
     render = subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), "render", "--config", "image_cache.toml",
                                "--interval", "1m"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              text=True, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     drawing = workdir / "image-cache" / "BTCUSDT" / "1m"
     deadline = time.monotonic() + 60
     while not drawing.exists() and render.poll() is None and time.monotonic() < deadline:
@@ -189,9 +189,9 @@ def test_every_command_calls_an_index_in_a_read_only_place_read_only(workdir: Pa
 def test_an_index_deleted_while_verify_or_repair_runs_is_an_error(rendered: Path, monkeypatch, command: str):
     """The file is deleted as the run checks the images (its progress hook), as `rm` would: the run used to
     write its findings and report success into a file no one can open again."""
-    import config
-    from cache import verify
-    from cache.index import IndexFileError
+    from image_cache import settings as config
+    from image_cache.cache import verify
+    from image_cache.cache.index import IndexFileError
 
     monkeypatch.chdir(rendered)
     (rendered / "image-cache" / "ETHUSDT" / "4h" / "2024" / "06").iterdir().__next__().unlink()

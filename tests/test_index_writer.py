@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cache import index, runner, verify
-from cache.index import Row
-from config import Settings
+from image_cache.cache import index, runner, verify
+from image_cache.cache.index import Row
+from image_cache.settings import Settings
 
 END = 1_700_000_000_000
 

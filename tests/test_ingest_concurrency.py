@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from cache.market import list_series, open_market, read_series
-from cache.windows import fingerprint, window_rows
+from image_cache.cache.market import list_series, open_market, read_series
+from image_cache.cache.windows import fingerprint, window_rows
 from conftest import REPO, index_rows, tree_digest
-from ingest.binance_vision import ingest_paths
-from ingest.schema import read_candles
+from image_cache.ingest.binance_vision import ingest_paths
+from image_cache.ingest.schema import read_candles
 
 WINDOW = 30
 SERIES = ("BTCUSDT", "1h")
@@ -37,7 +37,7 @@ REISSUE = "BTCUSDT-1h-2024-06.zip"
 # not yet), until the test says go: an ingest can then commit in the middle of the render's read.
 GATED_RENDER = r"""
 import os, sys, time
-import cache.market as market
+import image_cache.cache.market as market
 real_read_series = market.read_series
 
 def read_series(*args, **kwargs):
@@ -49,14 +49,14 @@ def read_series(*args, **kwargs):
 
 market.read_series = read_series
 sys.argv = ["image_cache.py"] + sys.argv[1:]
-import image_cache
-sys.exit(image_cache.main())
+from image_cache.cli.cache import main
+sys.exit(main())
 """
 
 # The real ingest, paused while it holds the writer lock, before it writes its first file.
 HOLDING_INGEST = r"""
 import os, sys, time
-import ingest.binance_vision as binance_vision
+import image_cache.ingest.binance_vision as binance_vision
 real_write_file = binance_vision.write_file
 
 def write_file(*args, **kwargs):
@@ -68,11 +68,11 @@ def write_file(*args, **kwargs):
 
 binance_vision.write_file = write_file
 sys.argv = ["python -m ingest"] + sys.argv[1:]
-from ingest.__main__ import main
+from image_cache.cli.ingest import main
 sys.exit(main())
 """
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
 
 
 def popen(cwd: Path, *args: str) -> subprocess.Popen:

@@ -18,10 +18,10 @@ import pytest
 
 from bench.ingest_memory import peak_rss
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
-from ingest.binance_vision import MAX_MEMBER_BYTES, WHOLE_MEMBER_BYTES
+from image_cache.ingest.binance_vision import MAX_MEMBER_BYTES, WHOLE_MEMBER_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
 GOOD_CSV = b"open_time,open,high,low,close,volume\n1705276800000,1,2,0.5,1.5,10\n"
 
 
@@ -124,7 +124,7 @@ def test_a_market_path_with_hash_and_question_mark_is_read_as_named(tmp_path: Pa
 
 def _foreign_market(db: Path, sql: str) -> None:
     """A market written by another tool: our four core tables, one series, then `sql`."""
-    from ingest.schema import CORE_DDL
+    from image_cache.ingest.schema import CORE_DDL
     with sqlite3.connect(db) as conn:
         conn.executescript(CORE_DDL + """
             INSERT INTO symbols(symbol, base_asset, quote_asset) VALUES ('BTCUSDT', 'BTC', 'USDT');

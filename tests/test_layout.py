@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.layout import is_temp_name, parse_relative_path, relative_path, relative_paths, write_atomic
-from cache.root import FileQueue, RootError, Tree
+from image_cache.cache.layout import is_temp_name, parse_relative_path, relative_path, relative_paths, write_atomic
+from image_cache.cache.root import FileQueue, RootError, Tree
 
 END = 1719532800000  # 2024-06-28T00:00:00Z
 
@@ -133,10 +133,10 @@ def test_only_plain_paths_are_written(tmp_path: Path, rel: str):
 
 def test_the_path_is_a_function_of_the_index_key_and_back():
     """Schema 4 drops UNIQUE on file_path: the unique key must decide the path, and the path the key."""
-    import chart
-    from cache.runner import preset_of
-    from cache.work import image_path
-    from chart.styles import style_from_tag
+    from image_cache import chart
+    from image_cache.cache.runner import preset_of
+    from image_cache.cache.work import image_path
+    from image_cache.chart.styles import style_from_tag
 
     seen = {}
     for style in ("mike", "jkx", "mplfinance:yahoo", "mplfinance:mike"):

@@ -13,7 +13,7 @@ from conftest import REPO, render_cli, run_cli
 
 HOLDER = """
 import sys, time
-from core.db import exclusive_lock
+from image_cache.core.db import exclusive_lock
 with exclusive_lock(sys.argv[1], "image_cache render (test holder)"):
     print("held", flush=True)
     time.sleep(60)

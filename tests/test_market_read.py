@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import market
+from image_cache.cache import market
 from conftest import run_cli
-from core.errors import MarketError
+from image_cache.core.errors import MarketError
 
 HOUR = 3_600_000
 START = 1_719_792_000_000  # 2024-07-01

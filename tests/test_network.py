@@ -21,7 +21,7 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import REPO, run_cli
-from core.db import lock_is_held, lock_path
+from image_cache.core.db import lock_is_held, lock_path
 from fake_binance import FakeBinance
 
 NIGHTLY_CONFIG = """
@@ -56,7 +56,7 @@ def start(cwd: Path, argv: list[str]) -> subprocess.Popen:
     (cwd / "image_cache.toml").write_text(NIGHTLY_CONFIG)
     # As from a terminal: Ctrl-C not ignored even when the suite runs in the background.
     return subprocess.Popen([sys.executable, *argv], cwd=cwd, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

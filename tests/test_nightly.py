@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import run_cli
-from core.db import writer_lock
-from core.grid import utc_ms
+from image_cache.core.db import writer_lock
+from image_cache.core.grid import utc_ms
 from fake_binance import FakeBinance
 
 CONFIG = """

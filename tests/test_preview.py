@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cache.preview import CELL, LINE_PX, MARGIN, TEXT_ROWS, pick
+from image_cache.cache.preview import CELL, LINE_PX, MARGIN, TEXT_ROWS, pick
 from conftest import run_cli
 
 

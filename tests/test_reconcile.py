@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cache import index, runner, verify
-from cache.runner import Filters
-from config import Settings
+from image_cache.cache import index, runner, verify
+from image_cache.cache.runner import Filters
+from image_cache.settings import Settings
 
 HOUR = 3_600_000
 

@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from core.grid import utc_ms
-from ingest.binance_vision import ingest_paths
+from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import ingest_paths
 
 NAME = "BTCUSDT-1h-2024-01-15.zip"
 

@@ -10,11 +10,11 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import run_cli
-from core.grid import DAY_MS, INTERVAL_MS, utc_ms
+from image_cache.core.grid import DAY_MS, INTERVAL_MS, utc_ms
 from fake_binance import FakeBinance
-from ingest.binance_vision import ingest_paths
-from ingest.rest import MARKETS, Client, api, fetch_klines
-from ingest.update import update
+from image_cache.ingest.binance_vision import ingest_paths
+from image_cache.ingest.rest import MARKETS, Client, api, fetch_klines
+from image_cache.ingest.update import update
 
 NOW = utc_ms("2024-03-02T12:30:30")
 

@@ -23,7 +23,7 @@ from conftest import index_rows, render_cli, run_cli, tree_digest
 
 def other_market(folder: Path) -> None:
     """A second dataset's market beside the first: other symbols, other candles."""
-    from ingest.sample import build_sample
+    from image_cache.ingest.sample import build_sample
     build_sample(str(folder / "other-market.sqlite"), symbols=["SOLUSDT"], days=10, seed=8)
 
 
@@ -111,8 +111,8 @@ def test_reindex_at_another_path_makes_the_marker_name_the_new_index(rendered: P
 
 def test_two_first_renders_cannot_both_own_a_root(tmp_path: Path):
     """The marker is created exclusively: a second claim of a fresh root by another live index is refused."""
-    from cache import index
-    from cache.root import RootError, claim, read_marker
+    from image_cache.cache import index
+    from image_cache.cache.root import RootError, claim, read_marker
     conns = [index.connect(str(tmp_path / f"{name}.sqlite")) for name in ("a", "b")]
     try:
         ids = [index.index_id(conn) for conn in conns]
@@ -153,7 +153,7 @@ def test_a_lock_file_names_no_holder_once_released(rendered: Path):
 def test_removal_never_follows_a_folder_swapped_for_a_link(tmp_path: Path, monkeypatch):
     """Between the check and the unlink, the month folder becomes a link to a folder outside the root
     holding a file of the same name: that file survives (before, it was deleted)."""
-    from cache.root import Tree
+    from image_cache.cache.root import Tree
     rel = "BTCUSDT/1h/2024/06/BTCUSDT_1h_2024-06-25T00-00-00_px128_w30_v1.png"
     inside, outside = tmp_path / "root" / rel, tmp_path / "outside" / os.path.basename(rel)
     inside.parent.mkdir(parents=True)
@@ -309,8 +309,8 @@ def test_reindex_of_a_healthy_index_keeps_it_and_says_so(rendered: Path):
 
 def test_a_file_repair_cannot_remove_is_counted_not_a_traceback(rendered: Path, monkeypatch):
     """unlink refused (a read-only root): each file is reported once, the rest is settled, no OSError."""
-    from cache import verify
-    import config
+    from image_cache.cache import verify
+    from image_cache import settings as config
     root = rendered / "image-cache"
     folder = root / os.path.dirname(_ok_paths(rendered, 1)[0])
     temp = folder / ".BTCUSDT_1h_2024-06-25T00-00-00_px128_w30_v1.png.99.tmp"

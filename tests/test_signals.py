@@ -75,7 +75,7 @@ def start_render(cwd: Path) -> tuple[subprocess.Popen, dict[int, bytes]]:
     # (a shell without job control starts background commands with SIGINT ignored, and children inherit it).
     proc = subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), *ARGS], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -153,7 +153,7 @@ def start_in_own_group(cwd: Path, args: list[str]) -> subprocess.Popen:
     """A run in a process group of its own, as a terminal starts a foreground command (Ctrl-C reaches
     every process of the group), with Ctrl-C at its default handling."""
     return subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -178,8 +178,8 @@ def test_ctrl_c_at_random_moments_always_ends_promptly(workdir: Path):
     """Ctrl-C at 50 random moments of `render --jobs 2` (start-up, pool start, planning, drawing, the end):
     every run ends within 10 s with exit 130 (or 0 when it had finished) and one line, the lock is free,
     and every row points at its complete file; repair then settles what was left."""
-    from core.db import lock_is_held
-    from image_cache import main
+    from image_cache.core.db import lock_is_held
+    from image_cache.cli.cache import main
 
     began = time.monotonic()
     calibration = start_in_own_group(workdir, QUICK + ["--index-db", "full.sqlite", "--image-root", "full"])
@@ -247,8 +247,8 @@ def test_every_signal_stops_every_command(quick_cache: Path, tmp_path: Path, com
     """Each signal, sent to the whole process group as a terminal does, stops each command while it works:
     within 5 s, exit 128 + signum and one line, the lock free, no temp output left; a stopped render or
     repair leaves only what repair settles."""
-    from core.db import lock_is_held
-    from image_cache import main
+    from image_cache.core.db import lock_is_held
+    from image_cache.cli.cache import main
 
     cwd = tmp_path / "run"
     shutil.copytree(quick_cache, cwd)
@@ -291,7 +291,7 @@ def test_sigterm_stops_a_dask_render(workdir: Path):
     """A render on a Dask cluster stops within seconds too: the futures in flight are cancelled, and a
     cluster that does not answer cannot hold the run past its grace time."""
     distributed = pytest.importorskip("distributed")
-    from core.db import lock_is_held
+    from image_cache.core.db import lock_is_held
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                                   protocol="tcp", host="127.0.0.1") as cluster:
         proc = start_in_own_group(workdir, QUICK[:-2] + ["--executor", "dask", "--scheduler", cluster.scheduler_address])
@@ -309,8 +309,8 @@ def test_sigterm_stops_a_dask_render(workdir: Path):
 
 HANGING_CLEANUP = """
 import sys, time
-import console
-from core import signals
+from image_cache.cli import console
+from image_cache.core import signals
 signals.exit_on_signals()
 def command():
     try:
@@ -325,7 +325,7 @@ def test_a_cleanup_that_does_not_end_is_cut_short():
     """The first signal starts the cleanup; a second (a closing shell sends SIGHUP again) does not cut it
     short, but a cleanup still running after the grace time is: the run ends in one line all the same."""
     proc = subprocess.Popen([sys.executable, "-c", HANGING_CLEANUP], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     wait_handling(proc)
     time.sleep(0.5)  # in the command
     signalled = time.monotonic()

@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from ingest.binance_vision import ingest_paths
-from core.grid import utc_ms
-from ingest.schema import SCHEMA_VERSION
-from ingest.status import status
+from image_cache.ingest.binance_vision import ingest_paths
+from image_cache.core.grid import utc_ms
+from image_cache.ingest.schema import SCHEMA_VERSION
+from image_cache.ingest.status import status
 
 # The upstream DDL, as the upstream crypto-sqlite-pipeline writes it: no known_gaps, no registry, no user_version.
 UPSTREAM_DDL = """

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows
-from ingest.binance_vision import parse_klines
-from core.errors import MarketError
-from core.grid import utc_ms
-from ingest.validate import split_lines, validate
+from image_cache.ingest.binance_vision import parse_klines
+from image_cache.core.errors import MarketError
+from image_cache.core.grid import utc_ms
+from image_cache.ingest.validate import split_lines, validate
 
 NAME = "BTCUSDT-1m-2024-01.zip"
 JANUARY = (utc_ms("2024-01-01"), utc_ms("2024-02-01"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cache.windows import Series, due_windows, fingerprint, month_digests, touches_months, window_rows
+from image_cache.cache.windows import Series, due_windows, fingerprint, month_digests, touches_months, window_rows
 
 H = 3600_000
 T0 = 1719532800000  # 2024-06-28T00:00Z

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive
-from core.grid import utc_ms
-from ingest.binance_vision import WHOLE_MEMBER_BYTES, ingest_paths, parse_klines
+from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import WHOLE_MEMBER_BYTES, ingest_paths, parse_klines
 
 STREAMED = [dict(whole_member_bytes=0, chunk_bytes=size) for size in (1, 300, 2**20)]
 DAY = "2024-01-15"

@@ -1,0 +1,181 @@
+"""Where chunks of work run: in this process, a local process pool (forkserver), or a Dask cluster.
+
+Every executor runs the same worker functions (cache/work.py) and yields their results to the driver,
+which alone writes the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import multiprocessing
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any, NamedTuple, NoReturn, TypeVar
+
+from image_cache.cache.system import serve, start_forkserver
+from image_cache.cache.work import Chunk
+from image_cache.settings import Settings
+from image_cache.core import signals
+from image_cache.core.errors import MarketError
+
+T = TypeVar("T")
+STOP_S = 5.0  # how long ended workers get to exit before they are killed
+
+
+class _Worker(NamedTuple):
+    process: multiprocessing.process.BaseProcess
+    tasks: Connection    # the write end: this process alone holds it (cache/system.py serve)
+    results: Connection  # the read end: the worker alone holds the write end, so its death reads as end of file
+
+
+def _start_workers(count: int) -> list[_Worker]:
+    start_forkserver()
+    # forkserver: workers never inherit the parent's SQLite connections.
+    context = multiprocessing.get_context("forkserver")
+    workers = []
+    try:
+        for _ in range(count):
+            tasks_r, tasks_w = context.Pipe(duplex=False)
+            results_r, results_w = context.Pipe(duplex=False)
+            process = context.Process(target=serve, args=(tasks_r, results_w), daemon=True, name="image_cache worker")
+            process.start()
+            tasks_r.close()
+            results_w.close()
+            workers.append(_Worker(process, tasks_w, results_r))
+    except BaseException:
+        _stop_workers(workers, at_once=True)
+        raise
+    return workers
+
+
+def _stop_workers(workers: list[_Worker], at_once: bool) -> None:
+    """End the workers and reap them, never waiting on one for more than a few seconds. Done (`at_once`
+    false), closing `tasks` ends them; interrupted or failed, nobody will use what they are drawing, so
+    they are killed: their finished files have no rows yet, which repair adopts."""
+    for worker in workers:
+        worker.tasks.close()
+        if at_once:
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+    deadline = time.monotonic() + STOP_S
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.exitcode is None:
+            with contextlib.suppress(OSError):
+                worker.process.kill()
+            worker.process.join(1.0)
+        worker.results.close()
+
+
+def _pool_results(workers: list[_Worker], fn: Callable[[Any], T], items: list[Any]) -> Iterator[T]:
+    """Results of `fn` over items from the workers, in completion order, two items in flight per worker
+    (flat memory; each has its next item at hand). A worker is sent its next item when it returns one,
+    so nothing is queued that an interruption or a failing item would have to drain: the caller's
+    error or signal ends the run at once (`executor` then stops the workers)."""
+    waiting = iter(items)
+    owner = {worker.results: worker for worker in workers}
+    in_flight = dict.fromkeys(owner, 0)
+
+    def give(conn: Connection, count: int) -> None:
+        for item in itertools.islice(waiting, count):
+            try:
+                owner[conn].tasks.send((fn, item))
+            except OSError:
+                _lost(owner[conn])
+            in_flight[conn] += 1
+
+    for conn in owner:
+        give(conn, 2)
+    while any(in_flight.values()):
+        for conn in wait([conn for conn, count in in_flight.items() if count]):
+            try:
+                ok, value = conn.recv()
+            except (EOFError, OSError):
+                _lost(owner[conn])
+            if not ok:
+                raise value
+            in_flight[conn] -= 1
+            give(conn, 1)
+            yield value
+
+
+def _lost(worker: _Worker) -> NoReturn:
+    worker.process.join(1.0)
+    raise MarketError(f"a worker process ended unexpectedly (exit code {worker.process.exitcode})") from None
+
+
+# How often a Dask run looks at its cluster while no result comes.
+DASK_POLL_S = 1.0
+
+
+def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str, worker_wait: float) -> Iterator[T]:
+    """Results of chunks from a Dask cluster, two per worker thread in flight: the scheduler never holds
+    every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled. A cluster
+    with no worker for `worker_wait` seconds stops the run (Dask itself would wait for ever)."""
+    try:
+        from distributed import Client, wait
+    except ImportError:
+        raise MarketError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
+    if not chunks:
+        return
+    with Client(scheduler) as client:
+        waiting = iter(chunks)
+        in_flight = 2 * max(1, sum(client.nthreads().values()))
+        pending = {client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, in_flight)}
+        alone_since: float | None = None
+        try:
+            while pending:
+                signals.check()  # a Stopped raised inside one of Dask's finalisers is dropped there
+                try:
+                    done, pending = wait(pending, timeout=DASK_POLL_S, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    if client.nthreads():
+                        alone_since = None
+                    elif alone_since is None:
+                        alone_since = time.monotonic()
+                    elif time.monotonic() - alone_since > worker_wait:
+                        raise MarketError(f"the Dask cluster at {scheduler} has had no worker for {worker_wait:g} s "
+                                          "(--worker-wait): stopped; repair adopts the files already written") from None
+                    continue
+                for future in done:
+                    result = future.result()
+                    pending |= {client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, 1)}
+                    yield result
+        finally:
+            client.cancel(list(pending))
+
+
+def chunk_windows(total: int, workers: int) -> int:
+    """Windows per chunk: small enough that every worker gets several chunks (even load), large
+    enough that per-chunk costs (pickling the candles, one syncfs) stay small per image."""
+    if workers <= 1:
+        return 500
+    return max(16, min(500, total // (workers * 8) or 16))
+
+
+# Work items are chunks of windows (render, repair) or batches of files (verify --deep).
+Run = Callable[[Callable[[Any], T], list[Any]], Iterator[T]]
+
+
+@contextlib.contextmanager
+def executor(settings: Settings) -> Iterator[Run]:
+    """A function giving the results of `fn` over chunks, in completion order, on the configured executor.
+
+    A local pool starts its workers at once (they import the drawing code and tune their allocator)
+    so that they are ready when the driver has finished planning.
+    """
+    if settings.executor == "dask":
+        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler, settings.worker_wait)
+        return
+    if settings.workers == 1:
+        yield lambda fn, chunks: (fn(chunk) for chunk in chunks)
+        return
+    workers = _start_workers(settings.workers)
+    try:
+        yield lambda fn, chunks: _pool_results(workers, fn, chunks)
+    except BaseException:
+        _stop_workers(workers, at_once=True)
+        raise
+    _stop_workers(workers, at_once=False)

@@ -1,0 +1,88 @@
+"""What every format writer gets (a Job) and what each format declares (a Format)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from image_cache.cache.exports.labels import LabelRule, Split
+from image_cache.cache.exports.select import Sample, Selection
+from image_cache.cache.runner import preset_label
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str
+    horizons: tuple[int, ...] = (5, 20)
+    label: LabelRule = LabelRule("sign")
+    splits: tuple[Split, ...] | None = None  # None: DEFAULT_FRACTIONS of the labelled range
+    shard_size: int = 10_000  # webdataset: at most this many samples per shard
+    min_shards: int = 8  # webdataset: at least this many shards per split (multi-worker loaders need them)
+    seed: int = 0  # webdataset: the shuffle before sharding
+    license: str = "other"
+    force: bool = False  # replace an existing export we wrote (its marker file says so)
+    command: str = ""  # the exact command line, recorded in the dataset card
+
+
+@dataclass
+class Job:
+    """The split samples and where their images are: everything a writer needs."""
+
+    options: ExportOptions
+    selection: Selection
+    splits: tuple[Split, ...]
+    per_split: dict[str, list[Sample]]
+    image_root: str
+
+    def present(self) -> list[str]:
+        """Split names that hold samples, in time order."""
+        return [s.name for s in self.splits if self.per_split[s.name]]
+
+    def record(self, sample: Sample) -> dict[str, Any]:
+        """The metadata of one sample, the same in every format."""
+        fields: dict[str, Any] = {
+            "key": sample.key, "symbol": sample.symbol, "interval": sample.interval,
+            "window_start_open_time_ms": sample.window_start_ms, "window_end_open_time_ms": sample.end_ms,
+            "label_end_open_time_ms": sample.label_end_ms, "split": sample.split,
+            "preset": preset_label(self.selection.preset), "spec_hash": self.selection.spec_hash,
+            "sha256": sample.sha256, "pixel_hash": sample.pixel_hash, "width": sample.width,
+            "height": sample.height, "label": sample.classes[0]}
+        for h, r, c in zip(self.options.horizons, sample.returns, sample.classes):
+            fields[f"label_h{h}"] = c
+            fields[f"return_h{h}"] = r
+        return fields
+
+
+Feature = tuple[str, "str | tuple[str, ...]"]  # (column, Hugging Face dtype, or the names of a ClassLabel)
+
+
+def record_features(job: Job) -> list[Feature]:
+    """The columns of `Job.record`, typed as the Hugging Face loaders read them; labels are ClassLabels."""
+    names = job.options.label.names
+    columns: list[Feature] = [
+        ("key", "string"), ("symbol", "string"), ("interval", "string"), ("window_start_open_time_ms", "int64"),
+        ("window_end_open_time_ms", "int64"), ("label_end_open_time_ms", "int64"), ("split", "string"),
+        ("preset", "string"), ("spec_hash", "string"), ("sha256", "string"), ("pixel_hash", "string"),
+        ("width", "int64"), ("height", "int64"), ("label", names)]
+    for h in job.options.horizons:
+        columns += [(f"label_h{h}", names), (f"return_h{h}", "float64")]
+    return columns
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: its writer and what the dataset card says about it.
+
+    `data_files` is the card's `configs` pattern per split (`{split}` filled in), None when the
+    Hugging Face loader cannot read the format; `features` the columns that loader yields, as
+    (name, YAML dtype); `snippets` code that loads the export, per client.
+    """
+
+    name: str
+    help: str
+    write: Callable[[str, Job], None]
+    layout: str
+    data_files: str | None
+    features: Callable[[Job], list[Feature]]
+    snippets: Callable[[Job], list[tuple[str, str]]]

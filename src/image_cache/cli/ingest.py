@@ -1,0 +1,98 @@
+"""Everything that writes market.sqlite.
+
+`image-cache ingest <command>` installed, `python -m ingest <command>` in a checkout.
+
+Each command parses its arguments, calls one library function, and prints the result it returns
+(text, or `--json`). Library functions take `progress` (wraps an iterable in a progress bar) and
+`warn` (one log line) callables so that they never print themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from image_cache.cli import console
+from image_cache.core import flags
+from image_cache.core.errors import MarketError, os_error_message
+from image_cache.core.grid import INTERVAL_MS
+from image_cache.ingest.sources import sources
+
+
+PROG = "python -m ingest"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = console.Parser(prog=prog, description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default="market.sqlite", help="market database (default: %(default)s)")
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
+                        help="how long to wait for another ingest to finish (default: %(default)s)")
+    checksum = argparse.ArgumentParser(add_help=False)
+    checksum.add_argument("--require-checksum", action="store_true",
+                          help="reject archives without a .CHECKSUM file (default: ingest them as unverified)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for source in sources():
+        p = sub.add_parser(source.name, parents=[common, checksum] if source.checksums else [common],
+                           help=source.help)
+        source.arguments(p)
+
+    p = sub.add_parser("resample", parents=[common], help="derive higher intervals from a base interval")
+    p.add_argument("--from", dest="source", default="1m", choices=list(INTERVAL_MS))
+    p.add_argument("--to", dest="targets", type=flags.intervals, required=True)
+    p.add_argument("--symbol", action="append", dest="symbols", type=flags.symbol, help="repeatable (default: all)")
+
+    p = sub.add_parser("gaps", parents=[common], help="find and record the gaps of each series")
+    p.add_argument("--symbol", action="append", dest="symbols", type=flags.symbol, help="repeatable (default: all)")
+    p.add_argument("--interval", action="append", dest="intervals", type=flags.interval,
+                   help="repeatable (default: all)")
+
+    p = sub.add_parser("status", parents=[common], help="series and ingested files")
+    p.add_argument("--failures", action="store_true", help="list rejected files with their reasons")
+    return parser
+
+
+def command(args: argparse.Namespace):
+    """The library call behind each command, as a zero-argument callable."""
+    hooks = dict(progress=console.progress, warn=console.log)
+    for source in sources():
+        if args.command == source.name:
+            return lambda: source.run(args, hooks)
+    if args.command == "resample":
+        from image_cache.ingest.resample import resample
+        return lambda: resample(args.db, source=args.source, targets=args.targets, symbols=args.symbols,
+                                lock_wait=args.lock_wait, **hooks)
+    if args.command == "gaps":
+        from image_cache.ingest.gaps import record_gaps
+        return lambda: record_gaps(args.db, symbols=args.symbols, intervals=args.intervals,
+                                   lock_wait=args.lock_wait, **hooks)
+    from image_cache.ingest.status import status
+    return lambda: status(args.db, failures=args.failures)
+
+
+def one_line_errors(call: Callable[[], Any], db: str) -> Callable[[], Any]:
+    """`call`, with the OS and SQLite errors that escape the library told as one-line domain errors.
+
+    The library turns the errors it expects into MarketError at their source; this is the last line
+    that keeps a traceback from the user (a disk filling up mid-write, an I/O error).
+    """
+    def wrapped() -> Any:
+        try:
+            return call()
+        except sqlite3.Error as exc:
+            raise MarketError(f"{db}: {exc}") from None
+        except OSError as exc:
+            raise MarketError(os_error_message("write" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "access",
+                                               exc.filename or db, exc)) from None
+    return wrapped
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    return console.run(one_line_errors(command(args), args.db), args.json)
+

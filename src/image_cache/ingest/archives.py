@@ -1,0 +1,26 @@
+"""The `binance-vision` source: local Binance Vision kline zips (files or directories).
+
+The archive format itself (names, .CHECKSUM, zip members, the kline CSV) is binance_vision.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from image_cache.ingest.binance_vision import ingest_paths
+from image_cache.ingest.registry import IngestResult
+from image_cache.ingest.sources import Source
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH")
+
+
+def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> IngestResult:
+    return ingest_paths(args.db, args.paths, require_checksum=args.require_checksum, lock_wait=args.lock_wait,
+                        **hooks)
+
+
+SOURCE = Source("binance-vision", "ingest local Binance Vision kline zips (files or directories)",
+                _arguments, _run, checksums=True)
