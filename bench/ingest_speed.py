@@ -96,7 +96,7 @@ def archive_row(work: Path) -> dict[str, Any]:
     zips = work / "zips"
     zips.mkdir()
     count = write_zips(zips)
-    m = _measure("from ingest.binance_vision import ingest_paths",
+    m = _measure("from image_cache.ingest.binance_vision import ingest_paths",
                  f"ingest_paths({str(work / 'a.sqlite')!r}, [{str(zips)!r}])")
     assert m["rows"] == count
     return {"figure": f"archive ingest, 12 monthly 1m zips ({count:,} candles)",
@@ -124,7 +124,7 @@ def csv_row(work: Path, megabytes: int) -> dict[str, Any]:
     path = work / "big.csv"
     count = write_csv(path, megabytes)
     size = path.stat().st_size / 1e6
-    m = _measure("from ingest.csv_source import ingest_csv",
+    m = _measure("from image_cache.ingest.csv_source import ingest_csv",
                  f"ingest_csv({str(work / 'c.sqlite')!r}, {str(path)!r}, symbol='BTCUSDT', interval='1m')")
     assert m["rows"] == count
     return {"figure": f"CSV ingest, {size:.0f} MB pandas CSV ({count:,} candles)",

@@ -82,7 +82,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 def test_raster_engines_never_import_matplotlib():
     result = _python(
-        "import sys, chart\n"
+        "import sys\nfrom image_cache import chart\n"
         "from chart_windows import open_times, trending\n"
         "for style, size, n in (('mike', 256, 30), ('jkx', 0, 20)):\n"
         "    spec = chart.make_spec(style, size, n)\n"
@@ -96,7 +96,7 @@ def test_raster_engines_never_import_matplotlib():
 def test_drawing_writes_nothing_to_stderr():
     """Workers share the terminal with the progress bar: a style's missing font weight must not be logged there."""
     result = _python(
-        "import chart\n"
+        "from image_cache import chart\n"
         "from chart_windows import open_times, trending\n"
         "for style in ('binance', 'charles'):\n"
         "    spec = chart.make_spec('mplfinance:' + style, 100, 20)\n"

@@ -130,7 +130,7 @@ def test_a_large_csv_is_parsed_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     df.to_csv(path, index=False, float_format="%.8f")
     assert path.stat().st_size > 40e6
-    code = ("from ingest.csv_source import ingest_csv; "
+    code = ("from image_cache.ingest.csv_source import ingest_csv; "
             f"r = ingest_csv({str(tmp_path / 'm.sqlite')!r}, {str(path)!r}, symbol='BTCUSDT', interval='1m'); "
             "assert r.ok and r.files[0].rows_inserted == %d, r.text(); "
             # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) across exec.
