@@ -300,13 +300,9 @@ class Tree:
         Raises FileNotFoundError when absent, RootError when a folder on the way is a link, and
         OSError (errno ELOOP for a link, EINVAL for a non-regular file) when it cannot be read as an image.
         """
-        parts = _plain_parts(rel_path)
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=self._folder(parts[:-1]))
+        fd = self.open_file(rel_path)
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
             chunks, left = [], info.st_size if limit is None else min(limit, info.st_size)
             while left > 0:
                 chunk = os.read(fd, left)
@@ -317,6 +313,20 @@ class Tree:
             return info.st_size, b"".join(chunks)
         finally:
             os.close(fd)
+
+    def open_file(self, rel_path: str) -> int:
+        """A read-only descriptor (the caller's to close) of the regular file at `rel_path`, opened relative
+        to its folder, never through a link, never blocking; the errors of `read`."""
+        parts = _plain_parts(rel_path)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=self._folder(parts[:-1]))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def entry(self, rel_path: str) -> str | None:
         """What is at `rel_path`: None (nothing), 'file' (a regular file), or what else it is (a folder, a
