@@ -209,3 +209,24 @@ def test_export_never_reads_an_image_through_a_linked_folder(cache: Path, tmp_pa
     result = run_cli(copy, "export", str(tmp_path / "out"), "--format", "imagefolder", *ARGS, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("planted", ["pipe", "linked folder"])
+def test_preview_never_reads_a_pipe_or_through_a_link(cache: Path, tmp_path: Path, planted: str):
+    """A FIFO at an image path, or a folder on its way swapped for a link: one line, never a hang, never
+    a file outside the root read."""
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    if planted == "pipe":
+        for image in (copy / "image-cache").rglob("*.png"):
+            image.unlink()
+            os.mkfifo(image)
+    else:
+        interval = copy / "image-cache" / "BTCUSDT" / "1h"
+        shutil.move(interval, tmp_path / "outside")
+        interval.symlink_to(tmp_path / "outside", target_is_directory=True)
+    result = run_cli(copy, "preview", str(tmp_path / "sheet.png"), "--config", "image_cache.toml", "--n", "4",
+                     timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "sheet.png").exists()
