@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from cache.exports.files import killed_leftovers
 from cache.exports.labels import LabelRule
 from cache.exports.select import Sample, select
+from cache.root import Tree
 from cache.runner import Filters
 from config import Settings
 from core.hooks import Warn, no_warn
@@ -60,8 +61,15 @@ def pick(count: int, n: int) -> list[int]:
     return [round(k * (count - 1) / (n - 1)) for k in range(n)]
 
 
-def _thumbnail(path: str) -> Image.Image:
-    with Image.open(path) as image:
+def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
+    """The image at `rel_path` under the root, opened through its folders' descriptors: never through a
+    link, never blocking on a pipe, nothing but a regular file."""
+    try:
+        handle = open(tree.open_file(rel_path), "rb")
+    except OSError as exc:
+        raise MarketError(f"cannot read an image for the preview: "
+                          f"{os_error_message('open', os.path.join(tree.root, rel_path), exc)} (run verify)") from None
+    with handle, Image.open(handle, formats=["PNG"]) as image:
         image = image.convert("RGB")
     scale = CELL / max(image.width, image.height)
     # Nearest neighbour keeps small (jkx) images' pixels sharp when enlarged.
@@ -74,18 +82,20 @@ def caption(sample: Sample, horizons: tuple[int, ...]) -> tuple[str, str]:
     return sample.key, labels
 
 
-def contact_sheet(paths: list[str], captions: list[tuple[str, str]]) -> Image.Image:
+def contact_sheet(root: str, paths: list[str], captions: list[tuple[str, str]]) -> Image.Image:
+    """The sheet of the images at `paths` (relative to the image root `root`), each with its caption."""
     columns = math.ceil(math.sqrt(len(paths)))
     rows = math.ceil(len(paths) / columns)
     cell_w, cell_h = CELL + 2 * MARGIN, CELL + 2 * MARGIN + TEXT_ROWS * LINE_PX
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    for k, (path, lines) in enumerate(zip(paths, captions)):
-        x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
-        sheet.paste(_thumbnail(path), (x, y))
-        for line_no, line in enumerate(lines):
-            draw.text((x, y + CELL + line_no * LINE_PX), line, fill="black", font=font)
+    with Tree(root) as tree:
+        for k, (path, lines) in enumerate(zip(paths, captions)):
+            x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
+            sheet.paste(_thumbnail(tree, path), (x, y))
+            for line_no, line in enumerate(lines):
+                draw.text((x, y + CELL + line_no * LINE_PX), line, fill="black", font=font)
     return sheet
 
 
@@ -146,7 +156,7 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
     chosen = [samples[i] for i in pick(len(samples), n)]
     root = os.path.abspath(settings.image_root_dir)
     try:
-        sheet = contact_sheet([os.path.join(root, s.file_path) for s in chosen],
+        sheet = contact_sheet(root, [s.file_path for s in chosen],
                               [caption(s, horizons) for s in chosen])
     except OSError as exc:
         raise MarketError(f"cannot read an image for the preview: {exc} (run verify)") from None

@@ -7,6 +7,7 @@ Each test fails on the code before that issue.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -342,3 +343,26 @@ def test_repair_on_a_read_only_folder_is_one_line_exit_1(rendered: Path):
         folder.chmod(0o755)
     assert "Traceback" not in result.stderr and result.returncode == 1
     assert "could not remove" in result.stdout and "permission denied" in result.stdout
+
+
+def test_a_folder_nested_thousands_deep_is_walked_not_a_traceback(rendered: Path):
+    """A folder tree 1,500 deep inside the root (deeper than Python's recursion limit): verify reports the
+    file at its bottom and repair leaves it, each without a traceback."""
+    root = rendered / "image-cache"
+    fds = [os.open(root / "BTCUSDT", os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        os.close(os.open("notes.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fds[-1]))
+        for command in ("verify", "repair"):
+            result = run_cli(rendered, command, "--config", "image_cache.toml", "--json")
+            assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr, result.stderr[-2000:]
+            assert "notes.txt" in result.stdout, (command, result.stdout[-2000:])
+        os.unlink("notes.txt", dir_fd=fds[-1])
+    finally:  # removed here, bottom up: a recursive removal (pytest's of old temp folders) would fail on it
+        for parent in reversed(fds[:-1]):
+            with contextlib.suppress(OSError):
+                os.rmdir("d", dir_fd=parent)
+        for fd in fds:
+            os.close(fd)
