@@ -13,10 +13,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import itertools
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -159,6 +161,7 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
     if not os.path.lexists(root):
         os.makedirs(root, exist_ok=True)
     with _root_fd(root) as fd:
+        _take_turns(fd, root)  # two claims at once (two takeovers of a gone owner) would both win
         for _ in range(2):  # a first render racing ours may create the marker in between
             marker = _read_marker(fd, root)
             if marker is None:
@@ -181,6 +184,20 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
             _write_marker(fd, index_id, index_path, replace=True)
             return f"took over image root {root}: its owner index {marker.index_path} {why}"
     raise RootError(f"the marker of image root {root} changed while it was being claimed; run again")
+
+
+def _take_turns(fd: int, root: str, wait_s: float = 10.0) -> None:
+    """Hold an flock on the root's folder while claiming it (released when `fd` closes); a claim takes
+    milliseconds, so a root still held after `wait_s` is an error, never a wait without end."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RootError(f"image root {root} is being claimed by another run; run again") from None
+            time.sleep(0.01)
 
 
 def check_owned(root: str, index_id: str | None) -> Marker:

@@ -143,6 +143,20 @@ def test_a_linked_lock_file_is_refused_and_its_target_untouched(rendered: Path, 
     assert (rendered / lock).is_symlink()
 
 
+@pytest.mark.parametrize("lock, command", [("image_cache.sqlite.lock", ["render", "--config", "image_cache.toml"]),
+                                           ("market.sqlite.lock", ["gaps", "--db", "market.sqlite"])])
+def test_a_hard_linked_lock_file_is_refused_and_its_other_name_untouched(rendered: Path, lock, command):
+    """A hard link is another name of the same file: writing the holder into it would change the user's file."""
+    target = rendered / "precious.txt"
+    target.write_text("precious")
+    (rendered / lock).unlink(missing_ok=True)
+    os.link(target, rendered / lock)
+    result = run_cli(rendered, *command, module="ingest" if command[0] == "gaps" else None)
+    line = one_error_line(result)
+    assert "has other names (hard links)" in line and lock in line
+    assert target.read_text() == "precious"
+
+
 def test_a_lock_file_names_no_holder_once_released(rendered: Path):
     assert (rendered / "image_cache.sqlite.lock").read_bytes() == b""
     assert run_cli(rendered, "verify", "--config", "image_cache.toml").returncode == 0
