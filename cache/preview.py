@@ -164,36 +164,53 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
     return PreviewResult(out, [s.key for s in chosen], len(samples))
 
 
-def _link_new(temp: str, target: str) -> None:
-    """`target` as a new name of the finished temp file; a plain exclusive create where links are not allowed."""
-    try:
-        os.link(temp, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        with open(temp, "rb") as source, open(target, "xb") as handle:
-            shutil.copyfileobj(source, handle)
-
-
 def _save(sheet: Image.Image, out: str, force: bool) -> None:
-    """Write next to OUT, then link it into place (which never replaces a file that appeared meanwhile),
-    or, with `force`, rename it over a sheet of ours."""
-    target = os.path.abspath(out)
-    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
+    """Write a temp file next to OUT, created exclusively and never through a link, then link it into place
+    (which never replaces a file that appeared meanwhile) or, with `force`, rename it over a sheet of ours;
+    all relative to OUT's folder, opened once."""
+    folder, name = os.path.split(os.path.abspath(out))
+    temp = f".{name}.{os.getpid()}.tmp"
     info = PngImagePlugin.PngInfo()
     info.add_text(SHEET_KEY, SHEET_VALUE)
+    created = False
     try:
-        sheet.save(temp, format="PNG", pnginfo=info)
-        if force and os.path.lexists(target):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MarketError(os_error_message("write", out, exc)) from None
+    try:
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
+        except FileExistsError:
+            raise MarketError(f"{os.path.join(folder, temp)} exists and is not this preview's: remove it") from None
+        created = True
+        with os.fdopen(fd, "wb") as handle:
+            sheet.save(handle, format="PNG", pnginfo=info)
+        if force and os.path.lexists(out):
             check_target(out, force)
-            os.replace(temp, target)
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         else:
-            _link_new(temp, target)
+            _link_new(dir_fd, temp, name)
     except FileExistsError:
         raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)") \
             from None
     except OSError as exc:
         raise MarketError(os_error_message("write", out, exc)) from None
     finally:
-        if os.path.lexists(temp):
-            os.remove(temp)
+        if created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+        os.close(dir_fd)
+
+
+def _link_new(dir_fd: int, temp: str, name: str) -> None:
+    """`name` as a new name of the finished temp file; a plain exclusive create where links are not allowed."""
+    try:
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:
+        with open(os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as source, \
+                open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=dir_fd), "wb") as handle:
+            shutil.copyfileobj(source, handle)

@@ -230,3 +230,20 @@ def test_preview_never_reads_a_pipe_or_through_a_link(cache: Path, tmp_path: Pat
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "sheet.png").exists()
+
+
+def test_a_link_at_the_preview_temp_name_is_never_written_through(tmp_path: Path):
+    """The sheet's temp file is created exclusively, never through a link: one planted at its name (the
+    pid is guessable) is refused and what it points at keeps its bytes."""
+    from PIL import Image
+
+    from cache.preview import _save
+    from core.errors import MarketError
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    out = tmp_path / "sheet.png"
+    (tmp_path / f".sheet.png.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(MarketError, match="is not this preview's"):
+        _save(Image.new("RGB", (4, 4)), str(out), force=False)
+    assert target.read_text() == "precious" and not out.exists()
+    assert (tmp_path / f".sheet.png.{os.getpid()}.tmp").is_symlink()
