@@ -464,7 +464,8 @@ def export_section(ctx: Context) -> Section:
 
 
 def soak_section(ctx: Context) -> Section:
-    """The last `make soak` (tests/state_walk.py writes bench/soak.json): sequences run, violations."""
+    """The last `make soak`: tests/state_walk.py writes bench/soak.json (sequences run, violations),
+    bench/determinism_soak.py bench/determinism_soak.json (renders, images compared, mismatches)."""
     path = REPO / "bench" / "soak.json"
     if not path.exists():
         return Section(markdown=["### Soak", "", "No `make soak` result yet."])
@@ -472,10 +473,25 @@ def soak_section(ctx: Context) -> Section:
     text = (f"`make soak` on {soak['machine']}, {soak['finished']}: {soak['sequences']:,} random sequences of "
             f"{soak['steps_per_sequence']} steps over render/verify/repair, {soak['violations']} invariant "
             f"violations, {soak['seconds']:,.0f} s.")
-    target = Target("soak: 10,000 sequences, 0 invariant violations (issue 9)",
-                    f"{soak['sequences']:,} sequences, {soak['violations']} violations",
-                    soak["sequences"] >= 10_000 and soak["violations"] == 0)
-    return Section(markdown=["### Soak (make soak)", "", text], targets=[target])
+    if soak.get("sequences_with_signals"):
+        text += (f" {soak['sequences_with_signals']:,} of the sequences also stopped real renders with SIGINT, "
+                 "SIGTERM or SIGHUP.")
+    targets = [Target("soak: 10,000 sequences, 0 invariant violations (issue 9)",
+                      f"{soak['sequences']:,} sequences, {soak['violations']} violations",
+                      soak["sequences"] >= 10_000 and soak["violations"] == 0)]
+    markdown = ["### Soak (make soak)", "", text]
+    path = REPO / "bench" / "determinism_soak.json"  # bench/determinism_soak.py, the second half of make soak
+    if path.exists():
+        det = json.loads(path.read_text())
+        layers = ", ".join(f"{n} {layer}" for layer, n in det["by_layer"].items() if n) or "none"
+        markdown += ["", f"Determinism soak on {det['machine']}, {det['finished']}, {det['load_processes']} "
+                     f"CPU-burning processes: {det['renders']:,} fresh renders ({det['repairs']:,} followed by a "
+                     f"repair), {det['images_compared']:,} images compared byte for byte and by pixel hash, "
+                     f"{det['mismatches']} mismatches (by layer: {layers}), {det['seconds']:,.0f} s."]
+        targets.append(Target("determinism soak: same inputs, same bytes (issue 23)",
+                              f"{det['images_compared']:,} images, {det['mismatches']} mismatches",
+                              det["mismatches"] == 0))
+    return Section(markdown=markdown, targets=targets)
 
 
 # Sections of RESULTS.md, in order: each a function `section(ctx: Context) -> Section` (bench/report.py)

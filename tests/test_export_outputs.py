@@ -182,3 +182,68 @@ def test_the_next_preview_clears_only_the_temp_sheets_killed_previews_left(cache
     assert not any(path.exists() for path in killed)
     assert {path: path.read_bytes() for path in kept} == kept
     assert link.is_symlink() and outside.read_bytes() == whole
+
+
+@pytest.mark.parametrize("fmt", ["manifest", "imagefolder"])
+def test_export_of_an_image_path_holding_a_pipe_is_one_line_never_a_hang(cache: Path, tmp_path: Path, fmt: str):
+    """A FIFO put where an `ok` row's image was: export refuses it at once (pipes never block)."""
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    image = sorted((copy / "image-cache").rglob("*2024-06-25T*.png"))[0]  # in the train split
+    image.unlink()
+    os.mkfifo(image)
+    result = run_cli(copy, "export", str(tmp_path / "out"), "--format", fmt, *ARGS, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: ") and str(image) in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_never_reads_an_image_through_a_linked_folder(cache: Path, tmp_path: Path):
+    """A folder on the way to an image swapped for a link (to a copy outside the root): never followed."""
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    month = sorted((copy / "image-cache").rglob("*2024-06-25T*.png"))[0].parent
+    outside = tmp_path / "outside"
+    shutil.move(month, outside)
+    month.symlink_to(outside, target_is_directory=True)
+    result = run_cli(copy, "export", str(tmp_path / "out"), "--format", "imagefolder", *ARGS, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("planted", ["pipe", "linked folder"])
+def test_preview_never_reads_a_pipe_or_through_a_link(cache: Path, tmp_path: Path, planted: str):
+    """A FIFO at an image path, or a folder on its way swapped for a link: one line, never a hang, never
+    a file outside the root read."""
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    if planted == "pipe":
+        for image in (copy / "image-cache").rglob("*.png"):
+            image.unlink()
+            os.mkfifo(image)
+    else:
+        interval = copy / "image-cache" / "BTCUSDT" / "1h"
+        shutil.move(interval, tmp_path / "outside")
+        interval.symlink_to(tmp_path / "outside", target_is_directory=True)
+    result = run_cli(copy, "preview", str(tmp_path / "sheet.png"), "--config", "image_cache.toml", "--n", "4",
+                     timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "sheet.png").exists()
+
+
+def test_a_link_at_the_preview_temp_name_is_never_written_through(tmp_path: Path):
+    """The sheet's temp file is created exclusively, never through a link: one planted at its name (the
+    pid is guessable) is refused and what it points at keeps its bytes."""
+    from PIL import Image
+
+    from image_cache.cache.preview import _save
+    from image_cache.core.errors import MarketError
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    out = tmp_path / "sheet.png"
+    (tmp_path / f".sheet.png.{os.getpid()}.tmp").symlink_to(target)
+    with pytest.raises(MarketError, match="is not this preview's"):
+        _save(Image.new("RGB", (4, 4)), str(out), force=False)
+    assert target.read_text() == "precious" and not out.exists()
+    assert (tmp_path / f".sheet.png.{os.getpid()}.tmp").is_symlink()

@@ -7,6 +7,7 @@ Each test fails on the code before that issue.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -75,7 +76,7 @@ def test_a_gone_owner_is_taken_over_aloud_and_its_files_are_kept(rendered: Path)
     result = as_other(rendered, "render", "--json")
     assert result.returncode == 0, result.stderr
     said = f"took over image root image-cache: its owner index {rendered / 'image_cache.sqlite'} no longer exists"
-    assert said in result.stderr and said in json.loads(result.stdout)["notes"]
+    assert result.stderr.count(said) == 1 and json.loads(result.stdout)["took_over"] == said
     result = as_other(rendered, "repair", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["removed"] == 0
@@ -140,6 +141,20 @@ def test_a_linked_lock_file_is_refused_and_its_target_untouched(rendered: Path, 
     assert "is a symbolic link" in line and lock in line
     assert target.read_text() == "precious"
     assert (rendered / lock).is_symlink()
+
+
+@pytest.mark.parametrize("lock, command", [("image_cache.sqlite.lock", ["render", "--config", "image_cache.toml"]),
+                                           ("market.sqlite.lock", ["gaps", "--db", "market.sqlite"])])
+def test_a_hard_linked_lock_file_is_refused_and_its_other_name_untouched(rendered: Path, lock, command):
+    """A hard link is another name of the same file: writing the holder into it would change the user's file."""
+    target = rendered / "precious.txt"
+    target.write_text("precious")
+    (rendered / lock).unlink(missing_ok=True)
+    os.link(target, rendered / lock)
+    result = run_cli(rendered, *command, module="ingest" if command[0] == "gaps" else None)
+    line = one_error_line(result)
+    assert "has other names (hard links)" in line and lock in line
+    assert target.read_text() == "precious"
 
 
 def test_a_lock_file_names_no_holder_once_released(rendered: Path):
@@ -342,3 +357,26 @@ def test_repair_on_a_read_only_folder_is_one_line_exit_1(rendered: Path):
         folder.chmod(0o755)
     assert "Traceback" not in result.stderr and result.returncode == 1
     assert "could not remove" in result.stdout and "permission denied" in result.stdout
+
+
+def test_a_folder_nested_thousands_deep_is_walked_not_a_traceback(rendered: Path):
+    """A folder tree 1,500 deep inside the root (deeper than Python's recursion limit): verify reports the
+    file at its bottom and repair leaves it, each without a traceback."""
+    root = rendered / "image-cache"
+    fds = [os.open(root / "BTCUSDT", os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        os.close(os.open("notes.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fds[-1]))
+        for command in ("verify", "repair"):
+            result = run_cli(rendered, command, "--config", "image_cache.toml", "--json")
+            assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr, result.stderr[-2000:]
+            assert "notes.txt" in result.stdout, (command, result.stdout[-2000:])
+        os.unlink("notes.txt", dir_fd=fds[-1])
+    finally:  # removed here, bottom up: a recursive removal (pytest's of old temp folders) would fail on it
+        for parent in reversed(fds[:-1]):
+            with contextlib.suppress(OSError):
+                os.rmdir("d", dir_fd=parent)
+        for fd in fds:
+            os.close(fd)

@@ -40,7 +40,8 @@ def _start_workers(count: int) -> list[_Worker]:
             tasks_r, tasks_w = context.Pipe(duplex=False)
             results_r, results_w = context.Pipe(duplex=False)
             process = context.Process(target=serve, args=(tasks_r, results_w), daemon=True, name="image_cache worker")
-            process.start()
+            with signals.deferred():  # cut mid-handshake, the half-started worker would print a traceback
+                process.start()
             tasks_r.close()
             results_w.close()
             workers.append(_Worker(process, tasks_w, results_r))

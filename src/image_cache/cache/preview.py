@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from image_cache.cache.exports.files import killed_leftovers
 from image_cache.cache.exports.labels import LabelRule
 from image_cache.cache.exports.select import Sample, select
+from image_cache.cache.root import Tree
 from image_cache.cache.runner import Filters
 from image_cache.settings import Settings
 from image_cache.core.hooks import Warn, no_warn
@@ -60,8 +61,15 @@ def pick(count: int, n: int) -> list[int]:
     return [round(k * (count - 1) / (n - 1)) for k in range(n)]
 
 
-def _thumbnail(path: str) -> Image.Image:
-    with Image.open(path) as image:
+def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
+    """The image at `rel_path` under the root, opened through its folders' descriptors: never through a
+    link, never blocking on a pipe, nothing but a regular file."""
+    try:
+        handle = open(tree.open_file(rel_path), "rb")
+    except OSError as exc:
+        raise MarketError(f"cannot read an image for the preview: "
+                          f"{os_error_message('open', os.path.join(tree.root, rel_path), exc)} (run verify)") from None
+    with handle, Image.open(handle, formats=["PNG"]) as image:
         image = image.convert("RGB")
     scale = CELL / max(image.width, image.height)
     # Nearest neighbour keeps small (jkx) images' pixels sharp when enlarged.
@@ -74,18 +82,20 @@ def caption(sample: Sample, horizons: tuple[int, ...]) -> tuple[str, str]:
     return sample.key, labels
 
 
-def contact_sheet(paths: list[str], captions: list[tuple[str, str]]) -> Image.Image:
+def contact_sheet(root: str, paths: list[str], captions: list[tuple[str, str]]) -> Image.Image:
+    """The sheet of the images at `paths` (relative to the image root `root`), each with its caption."""
     columns = math.ceil(math.sqrt(len(paths)))
     rows = math.ceil(len(paths) / columns)
     cell_w, cell_h = CELL + 2 * MARGIN, CELL + 2 * MARGIN + TEXT_ROWS * LINE_PX
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    for k, (path, lines) in enumerate(zip(paths, captions)):
-        x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
-        sheet.paste(_thumbnail(path), (x, y))
-        for line_no, line in enumerate(lines):
-            draw.text((x, y + CELL + line_no * LINE_PX), line, fill="black", font=font)
+    with Tree(root) as tree:
+        for k, (path, lines) in enumerate(zip(paths, captions)):
+            x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
+            sheet.paste(_thumbnail(tree, path), (x, y))
+            for line_no, line in enumerate(lines):
+                draw.text((x, y + CELL + line_no * LINE_PX), line, fill="black", font=font)
     return sheet
 
 
@@ -146,7 +156,7 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
     chosen = [samples[i] for i in pick(len(samples), n)]
     root = os.path.abspath(settings.image_root_dir)
     try:
-        sheet = contact_sheet([os.path.join(root, s.file_path) for s in chosen],
+        sheet = contact_sheet(root, [s.file_path for s in chosen],
                               [caption(s, horizons) for s in chosen])
     except OSError as exc:
         raise MarketError(f"cannot read an image for the preview: {exc} (run verify)") from None
@@ -154,36 +164,53 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
     return PreviewResult(out, [s.key for s in chosen], len(samples))
 
 
-def _link_new(temp: str, target: str) -> None:
-    """`target` as a new name of the finished temp file; a plain exclusive create where links are not allowed."""
-    try:
-        os.link(temp, target)
-    except FileExistsError:
-        raise
-    except OSError:
-        with open(temp, "rb") as source, open(target, "xb") as handle:
-            shutil.copyfileobj(source, handle)
-
-
 def _save(sheet: Image.Image, out: str, force: bool) -> None:
-    """Write next to OUT, then link it into place (which never replaces a file that appeared meanwhile),
-    or, with `force`, rename it over a sheet of ours."""
-    target = os.path.abspath(out)
-    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
+    """Write a temp file next to OUT, created exclusively and never through a link, then link it into place
+    (which never replaces a file that appeared meanwhile) or, with `force`, rename it over a sheet of ours;
+    all relative to OUT's folder, opened once."""
+    folder, name = os.path.split(os.path.abspath(out))
+    temp = f".{name}.{os.getpid()}.tmp"
     info = PngImagePlugin.PngInfo()
     info.add_text(SHEET_KEY, SHEET_VALUE)
+    created = False
     try:
-        sheet.save(temp, format="PNG", pnginfo=info)
-        if force and os.path.lexists(target):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MarketError(os_error_message("write", out, exc)) from None
+    try:
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
+        except FileExistsError:
+            raise MarketError(f"{os.path.join(folder, temp)} exists and is not this preview's: remove it") from None
+        created = True
+        with os.fdopen(fd, "wb") as handle:
+            sheet.save(handle, format="PNG", pnginfo=info)
+        if force and os.path.lexists(out):
             check_target(out, force)
-            os.replace(temp, target)
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         else:
-            _link_new(temp, target)
+            _link_new(dir_fd, temp, name)
     except FileExistsError:
         raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)") \
             from None
     except OSError as exc:
         raise MarketError(os_error_message("write", out, exc)) from None
     finally:
-        if os.path.lexists(temp):
-            os.remove(temp)
+        if created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=dir_fd)
+        os.close(dir_fd)
+
+
+def _link_new(dir_fd: int, temp: str, name: str) -> None:
+    """`name` as a new name of the finished temp file; a plain exclusive create where links are not allowed."""
+    try:
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:
+        with open(os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as source, \
+                open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=dir_fd), "wb") as handle:
+            shutil.copyfileobj(source, handle)

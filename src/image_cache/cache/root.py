@@ -13,10 +13,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import itertools
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -159,6 +161,7 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
     if not os.path.lexists(root):
         os.makedirs(root, exist_ok=True)
     with _root_fd(root) as fd:
+        _take_turns(fd, root)  # two claims at once (two takeovers of a gone owner) would both win
         for _ in range(2):  # a first render racing ours may create the marker in between
             marker = _read_marker(fd, root)
             if marker is None:
@@ -181,6 +184,20 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
             _write_marker(fd, index_id, index_path, replace=True)
             return f"took over image root {root}: its owner index {marker.index_path} {why}"
     raise RootError(f"the marker of image root {root} changed while it was being claimed; run again")
+
+
+def _take_turns(fd: int, root: str, wait_s: float = 10.0) -> None:
+    """Hold an flock on the root's folder while claiming it (released when `fd` closes); a claim takes
+    milliseconds, so a root still held after `wait_s` is an error, never a wait without end."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RootError(f"image root {root} is being claimed by another run; run again") from None
+            time.sleep(0.01)
 
 
 def check_owned(root: str, index_id: str | None) -> Marker:
@@ -300,13 +317,9 @@ class Tree:
         Raises FileNotFoundError when absent, RootError when a folder on the way is a link, and
         OSError (errno ELOOP for a link, EINVAL for a non-regular file) when it cannot be read as an image.
         """
-        parts = _plain_parts(rel_path)
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=self._folder(parts[:-1]))
+        fd = self.open_file(rel_path)
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
             chunks, left = [], info.st_size if limit is None else min(limit, info.st_size)
             while left > 0:
                 chunk = os.read(fd, left)
@@ -317,6 +330,20 @@ class Tree:
             return info.st_size, b"".join(chunks)
         finally:
             os.close(fd)
+
+    def open_file(self, rel_path: str) -> int:
+        """A read-only descriptor (the caller's to close) of the regular file at `rel_path`, opened relative
+        to its folder, never through a link, never blocking; the errors of `read`."""
+        parts = _plain_parts(rel_path)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=self._folder(parts[:-1]))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def entry(self, rel_path: str) -> str | None:
         """What is at `rel_path`: None (nothing), 'file' (a regular file), or what else it is (a folder, a
@@ -370,33 +397,56 @@ class Tree:
                 os.close(fd)
 
     def _walk(self, fd: int, prefix: str) -> Iterator[tuple[str, str]]:
-        """Entries of the folder open as `fd`, whose path relative to the root is `prefix` ('' or ending in '/')."""
-        try:
-            entries = sorted(os.scandir(fd), key=lambda e: e.name)
-        except OSError:
+        """Entries of the folder open as `fd`, whose path relative to the root is `prefix` ('' or ending in '/'):
+        depth first, each folder's entries in name order. A stack of its own, not recursion: a folder nested
+        thousands deep is walked (or, past the descriptors we may open, reported), never a RecursionError."""
+        entries = _listing(fd)
+        if entries is None:
             yield "foreign", prefix.rstrip("/")
             return
-        for entry in entries:
-            rel = prefix + entry.name
-            if not prefix and entry.name == MARKER:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                if parse_relative_path(rel) is not None:  # a folder where an image belongs: one entry, not entered
-                    yield "foreign", rel
+        stack: list[tuple[int, str, Iterator[os.DirEntry]]] = [(fd, prefix, iter(entries))]  # fd: the caller's
+        try:
+            while stack:
+                folder, where, left = stack[-1]
+                entry = next(left, None)
+                if entry is None:
+                    stack.pop()
+                    if stack:  # a folder this walk opened
+                        os.close(folder)
                     continue
-                try:
-                    child = os.open(entry.name, _FOLDER_FLAGS, dir_fd=fd)
-                except OSError:  # swapped for a link since it was listed, or not readable
-                    yield "foreign", rel
+                rel = where + entry.name
+                if not where and entry.name == MARKER:
                     continue
-                try:
-                    yield from self._walk(child, rel + "/")
-                finally:
-                    os.close(child)
-            elif entry.is_file(follow_symlinks=False):
-                yield ("temp" if is_temp_name(entry.name) else "file"), rel
-            else:
-                yield "foreign", rel
+                if entry.is_dir(follow_symlinks=False):
+                    if parse_relative_path(rel) is not None:  # a folder where an image belongs: one entry, not entered
+                        yield "foreign", rel
+                        continue
+                    try:
+                        child = os.open(entry.name, _FOLDER_FLAGS, dir_fd=folder)
+                    except OSError:  # swapped for a link since it was listed, or not readable
+                        yield "foreign", rel
+                        continue
+                    children = _listing(child)
+                    if children is None:
+                        os.close(child)
+                        yield "foreign", rel
+                        continue
+                    stack.append((child, rel + "/", iter(children)))
+                elif entry.is_file(follow_symlinks=False):
+                    yield ("temp" if is_temp_name(entry.name) else "file"), rel
+                else:
+                    yield "foreign", rel
+        finally:
+            for folder, _, _ in stack[1:]:
+                os.close(folder)
+
+
+def _listing(fd: int) -> list[os.DirEntry] | None:
+    """The entries of the folder open as `fd`, in name order; None when it cannot be listed."""
+    try:
+        return sorted(os.scandir(fd), key=lambda e: e.name)
+    except OSError:
+        return None
 
 
 class FileQueue(Generic[K]):

@@ -233,6 +233,7 @@ class RenderResult:
     marked_stale: int = 0   # rows outside this run's range found stale (left to repair or a wider render)
     unread: int = 0         # settled windows counted from bucket stamps, their candles and rows not read
     notes: list[str] = field(default_factory=list)
+    took_over: str | None = None  # said on stderr as it happens, and in the JSON
     seconds: float = 0.0
     error: str | None = None
 
@@ -252,7 +253,8 @@ class RenderResult:
         return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
                 "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "blocked": self.blocked,
                 "up_to_date": self.up_to_date,
-                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "seconds": round(self.seconds, 3),
+                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "took_over": self.took_over,
+                "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
     def text(self) -> str:
@@ -309,8 +311,8 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
             result.plan = {f"{p.rec.series.symbol} {p.rec.series.interval}": p.counts for p in plans}
             result.up_to_date = sum(p.counts["up_to_date"] for p in plans)
             result.undrawable = sum(p.counts["undrawable"] for p in plans)
-            result.notes = [took_over] if took_over else []
-            result.notes += [p.note for p in plans if p.note]
+            result.took_over = took_over
+            result.notes = [p.note for p in plans if p.note]
             result.unread = sum(p.stamping.skipped.windows for p in plans if p.stamping is not None)
             if dry_run:
                 result.drawn = sum(len(p.draw) for p in plans)

@@ -14,7 +14,7 @@ import threading
 from multiprocessing.connection import Connection
 
 from image_cache.core.errors import MarketError
-from image_cache.core.signals import SIGNALS
+from image_cache.core.signals import SIGNALS, deferred
 
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -65,14 +65,13 @@ def start_forkserver() -> None:
     signal pending even while it is ignored)."""
     import multiprocessing.forkserver
 
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in SIGNALS}
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with deferred():
+        handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in SIGNALS}
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def serve(tasks: Connection, results: Connection) -> None:

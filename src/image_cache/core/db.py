@@ -63,9 +63,13 @@ def _open_lock(path: str, flags: int) -> int:
         raise
     finally:
         os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise LockFileError(f"lock file {path} is not a regular file: refusing to use it; remove it")
+    if info.st_nlink > 1:  # another name for someone's file: writing the holder would change it
+        os.close(fd)
+        raise LockFileError(f"lock file {path} has other names (hard links): refusing to write into it; remove it")
     return fd
 
 

@@ -59,6 +59,17 @@ def _install(handler) -> dict[int, object]:
     return previous
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within: SIGNALS are blocked, kept pending by the kernel, and delivered (to this process's
+    handlers) as soon as it ends: for a step a signal must not cut in two."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def exit_on_signals() -> None:
     """From now on, a signal ends the process at once with its one line (nothing is held yet)."""
     _install(_exit_now)

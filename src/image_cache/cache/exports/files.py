@@ -10,9 +10,10 @@ import json
 import os
 import re
 import tarfile
-from typing import Any
+from typing import Any, BinaryIO
 
 from image_cache.cache.exports.select import Sample
+from image_cache.cache.root import RootError, Tree
 from image_cache.core.errors import MarketError
 
 FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone of a whole file (btrfs, XFS); never a shared inode
@@ -61,14 +62,27 @@ def _read_checked(handle, path: str, sample: Sample) -> bytes:
     return data
 
 
+def _open_image(image_root: str, sample: Sample) -> BinaryIO:
+    """The image file, opened through folders opened one at a time from the root: never through a link
+    (its own or a folder's on the way), never blocking on a pipe, nothing but a regular file."""
+    path = os.path.join(image_root, sample.file_path)
+    try:
+        with Tree(image_root) as tree:
+            return open(tree.open_file(sample.file_path), "rb")
+    except RootError as exc:
+        raise MarketError(f"cannot read {path}: {exc} (run verify, then repair)") from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
 def checked_bytes(image_root: str, sample: Sample) -> bytes:
     """The image's bytes, refused unless they hash to the index's SHA-256 (links are not followed)."""
     path = os.path.join(image_root, sample.file_path)
-    try:
-        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+    with _open_image(image_root, sample) as handle:
+        try:
             return _read_checked(handle, path, sample)
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
 
 
 def _unreadable(path: str, exc: OSError) -> MarketError:
@@ -79,11 +93,7 @@ def copy_image(image_root: str, sample: Sample, target: str) -> None:
     """A checked copy of the image at `target`: a copy-on-write clone where the file system has them,
     else the bytes; never a hard link, so editing the export cannot change the cache."""
     path = os.path.join(image_root, sample.file_path)
-    try:
-        source = open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
-    with source:
+    with _open_image(image_root, sample) as source:
         try:
             data = _read_checked(source, path, sample)
         except OSError as exc:
