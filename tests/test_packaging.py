@@ -22,8 +22,11 @@ from conftest import CONFIG, REPO, index_rows, run_cli, tree_digest
 SRC = REPO / "src" / "image_cache"
 
 # The architecture, bottom up: a module may import its own part and the parts of lower rank, never a part
-# of its own rank or above. The package root (`image_cache/__init__.py`: the version) is below them all.
-RANKS = {"core": 0, "chart": 1, "settings": 2, "ingest": 3, "cache": 4, "cli": 5}
+# of its own rank or above.
+RANKS = {"core": 0, "errors": 0.5, "chart": 1, "settings": 2, "ingest": 3, "cache": 4, "cli": 5}
+# The package root (`image_cache/__init__.py`) is the public API: it may import every part but the command lines
+# (lazily, to keep `import image_cache` cheap); a part may import `image_cache.__version__`.
+ROOT_RANK = 4.5
 
 
 def _part(module: str) -> str | None:
@@ -64,7 +67,7 @@ def test_every_import_points_down_the_layers():
             target = _part(module)
             if target is None or target == "" or module == "image_cache.__version__" or target == own:
                 continue
-            if own == "" or RANKS[target] >= RANKS[own]:
+            if RANKS[target] >= (ROOT_RANK if own == "" else RANKS[own]):
                 wrong.append(f"{relative}:{line}: {own or 'image_cache'} imports {module}")
     assert not wrong, "\n".join(wrong)
 

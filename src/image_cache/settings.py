@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from image_cache import chart
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ConfigError, ImageCacheError
 from image_cache.core.grid import check_interval, check_symbol, utc_ms
-
-
-class ConfigError(MarketError):
-    """A bad setting: the message names the key (or flag) and the rule."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ def _names(parse: Callable[[str], str]) -> Callable[[str, Any], tuple[str, ...]]
             raise ConfigError(f"{name} must be a non-empty list")
         try:
             return tuple(parse(str(item).strip()) for item in items)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             raise ConfigError(f"{name}: {exc}") from None
     return check
 
@@ -122,7 +118,7 @@ def _date(name: str, value: Any) -> str | None:
         return None
     try:
         utc_ms(str(value))
-    except MarketError as exc:
+    except ImageCacheError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     return str(value)
 

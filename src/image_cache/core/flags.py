@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ConfigError, ImageCacheError
 from image_cache.core.grid import check_interval, check_symbol, utc_ms
 
 T = TypeVar("T")
@@ -19,7 +19,7 @@ def flag_type(check: Callable[[str], T]) -> Callable[[str], T]:
     def convert(text: str) -> T:
         try:
             return check(text)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return convert
 
@@ -53,7 +53,7 @@ def _list(check: Callable[[str], str]) -> Callable[[str], list[str]]:
     def parse(value: str) -> list[str]:
         items = [check(item.strip()) for item in value.split(",") if item.strip()]
         if not items:
-            raise MarketError(f"expected a comma-separated list, got {value!r}")
+            raise ConfigError(f"expected a comma-separated list, got {value!r}")
         return items
     return flag_type(parse)
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from image_cache.core import flags
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
@@ -320,7 +320,7 @@ def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
 
         try:
             tally = check.finish(looks, reader.unit)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
             if label is None and ": interval: " in str(exc) and check.unique > 1 and looks() == reader.interval:
                 raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None

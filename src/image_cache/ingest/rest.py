@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import check_interval, check_symbol, close_time_ms, grid_index, grid_time, iso_utc, now_ms, utc_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.network import HostDown, Network, unreachable
@@ -283,7 +283,7 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
                           close_ms=close_ms, period=(tail.start_ms, tail.end_ms))
     except (GaveUp, HostDown):
         raise  # nothing was served to judge: not a rejected file
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return reject(conn, src, str(exc))
     span = f"{iso_utc(int(parsed.candles['open_time'][0]))}..{iso_utc(int(parsed.candles['open_time'][-1]))}"
     # No period: a REST batch vouches for the candles it served, not for a whole day or month.
