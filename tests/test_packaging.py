@@ -77,6 +77,67 @@ def test_every_part_is_ranked():
     assert parts == set(RANKS)
 
 
+def _runtime_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of the imports a module runs when it is imported: its top level, not the functions'
+    bodies nor `if TYPE_CHECKING:` blocks."""
+    found = []
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, node.module or ""))
+        elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            todo += node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body]
+        elif isinstance(node, (ast.With, ast.ClassDef)):
+            todo += node.body
+    return found
+
+
+def test_no_library_module_imports_the_command_line():
+    """Outside cli/, nothing imports tqdm or the command lines, and argparse never when a module is imported
+    (the ingest sources' flag definitions name it for type checking only; core/flags.py imports it when a
+    command line refuses a value)."""
+    wrong = []
+    for path in sorted(SRC.rglob("*.py")):
+        relative = path.relative_to(SRC)
+        if relative.parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for line, module in _imports(path):
+            if module.split(".")[0] == "tqdm" or module.startswith("image_cache.cli"):
+                wrong.append(f"{relative}:{line}: imports {module}")
+        for line, module in _runtime_imports(tree):
+            if module.split(".")[0] == "argparse":
+                wrong.append(f"{relative}:{line}: imports argparse when imported")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_api_needs_no_command_line():
+    """A training script uses the whole API without argparse, tqdm or the command lines being imported."""
+    code = ("import sys, image_cache; image_cache.Settings, image_cache.ChartDataset, image_cache.ImageCacheError;"
+            "import image_cache.cache.runner, image_cache.cache.verify, image_cache.cache.export,"
+            " image_cache.cache.status, image_cache.cache.preview, image_cache.errors;"
+            "from image_cache.ingest.sources import sources; sources();"
+            "print(sorted(m for m in ('argparse', 'tqdm', 'image_cache.cli') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_package_is_cheap():
+    code = ("import sys, image_cache; print(sorted(m for m in ('numpy', 'sqlite3', 'image_cache.cache', "
+            "'image_cache.chart') if m in sys.modules), image_cache.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "[]"
+
+
 def test_the_settings_need_no_command_line():
     """A training script builds Settings without argparse, tqdm or the command lines."""
     code = ("import sys; from image_cache.settings import Settings, load, make_spec; make_spec(load());"

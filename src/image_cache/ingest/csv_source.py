@@ -15,14 +15,13 @@ a chunk, not the file; a file not in time order is sorted through a staging tabl
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -39,6 +38,9 @@ from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, 
 from image_cache.ingest.staging import Staged
 from image_cache.ingest.validate import (UTF8_BOM, RuleError, Validated, detect_unit, fail, field_counts, row_error,
                              spacing_code, split_lines, to_ms)
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 MAX_LINE_BYTES = 64 * 1024
 # Text parsed at a time: a chunk's strings cost ~10x its bytes while it is converted.

@@ -15,7 +15,6 @@ validated like any archive and written as one registry entry (source `rest`) in 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
@@ -27,7 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +38,9 @@ from image_cache.ingest.network import HostDown, Network, unreachable
 from image_cache.ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
 from image_cache.ingest.sources import Source
 from image_cache.ingest.validate import fail, validate
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 
 @dataclass(frozen=True)
