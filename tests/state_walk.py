@@ -37,7 +37,7 @@ from image_cache.cache.market import open_market, read_series  # noqa: E402
 from image_cache.cache.windows import fingerprint, window_rows  # noqa: E402
 from image_cache.settings import Settings  # noqa: E402
 from image_cache.core.db import lock_is_held  # noqa: E402
-from image_cache.core.errors import MarketError  # noqa: E402
+from image_cache.core.errors import ImageCacheError  # noqa: E402
 from image_cache.core.grid import iso_utc  # noqa: E402
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
 
@@ -302,7 +302,7 @@ class Walk:
                 verify.verify(settings)
             else:
                 verify.repair(settings)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             if str(self.index_path) not in str(exc) and command == "render":
                 raise Violation(f"second index refused without naming the owner: {exc}") from None
         else:
@@ -367,7 +367,7 @@ class Walk:
         try:
             try:
                 (runner.render if command == "render" else getattr(verify, command))(self.settings())
-            except MarketError as exc:
+            except ImageCacheError as exc:
                 outcome = f"refused: {exc}"
             else:
                 raise Violation(f"{command} went ahead with its {which} file a link")

@@ -13,7 +13,7 @@ import pytest
 from binance_fixtures import kline_csv, kline_rows, write_archive, zip_bytes
 from image_cache.ingest.binance_vision import ingest_paths, parse_name, read_member
 from image_cache.core.db import writer_lock
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import LockHeld, MarketError
 from image_cache.core.grid import utc_ms
 from image_cache.ingest.schema import read_candles
 
@@ -201,7 +201,7 @@ def test_the_writer_lock_is_honoured(tmp_path: Path) -> None:
     day_zip(tmp_path / "m")
     db = str(tmp_path / "market.sqlite")
     with writer_lock(db, "test holder", 0):
-        with pytest.raises(MarketError, match="locked by another run .*test holder"):
+        with pytest.raises(LockHeld, match="locked by another run .*test holder"):
             ingest_paths(db, [str(tmp_path / "m")], lock_wait=0.1)
 
 

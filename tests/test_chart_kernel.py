@@ -113,7 +113,8 @@ def test_missing_build_is_a_one_line_cli_error(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 1
     assert proc.stderr == ("Error: the drawing kernel image_cache/chart/_kernel.so is not built: run `make venv` "
-                           "(it needs a C compiler and the Python headers)\n")
+                           "(a checkout) or reinstall with `pip install .` (both need a C compiler and the Python "
+                           "headers)\n")
 
 
 def test_jkx_draw_is_the_png_pixels():

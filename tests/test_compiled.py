@@ -38,7 +38,8 @@ def test_render_without_a_build_stops_before_any_work(workdir: Path, module: str
     refused after the build, until their candles changed."""
     proc = _cli(workdir, module, "render")
     assert proc.returncode == 1
-    assert proc.stderr == f"Error: {message}: run `make venv` (it needs a C compiler and the Python headers)\n"
+    assert proc.stderr == (f"Error: {message}: run `make venv` (a checkout) or reinstall with `pip install .` "
+                           "(both need a C compiler and the Python headers)\n")
     db = workdir / "image_cache.sqlite"
     if db.exists():
         with sqlite3.connect(db) as conn:

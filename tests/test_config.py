@@ -59,13 +59,43 @@ def test_file_errors(tmp_path: Path):
         config.load(str(tmp_path / "y.toml"))
 
 
-def test_flag_errors_name_the_flag_and_ranges_are_checked():
+def test_flag_errors_name_the_flag_and_ranges_are_checked(monkeypatch):
     with pytest.raises(ConfigError, match="--window must be an integer"):
         config.load(None, {"window_len": "ten"})
     with pytest.raises(ConfigError, match="end 2020-01-01 is not after start 2021-01-01"):
         config.load(None, {"start": "2021-01-01", "end": "2020-01-01"})
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with pytest.raises(ConfigError, match="needs --scheduler"):
         config.load(None, {"executor": "dask"})
+
+
+def test_dask_scheduler_address_from_the_environment(monkeypatch):
+    """Dask's own convention: without --scheduler, DASK_SCHEDULER_ADDRESS names the scheduler."""
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match=r"needs --scheduler ADDRESS \(or DASK_SCHEDULER_ADDRESS in the environ"):
+        config.load(None, {"executor": "dask"})
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.0.0.1:8786")
+    assert config.load(None, {"executor": "dask"}).scheduler == "tcp://10.0.0.1:8786"
+    assert config.load(None, {"executor": "dask", "scheduler": "tcp://h:1"}).scheduler == "tcp://h:1"  # the flag wins
+    assert config.load(None, {}).scheduler is None  # a local run does not read it
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/x", "gs://bucket/images", "az://container/d", "file:///tmp/x"])
+def test_an_image_root_that_is_a_url_is_a_usage_error(tmp_path: Path, monkeypatch, capsys, root: str):
+    """`--image-root s3://bucket/x` once created a local folder named `s3:`."""
+    from image_cache.cli import cache as cli
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["render", "--image-root", root]) == 2
+    err = capsys.readouterr().err
+    scheme = root.split(":")[0]
+    assert err == (f"Error: --image-root {root!r} is a URL: {scheme}:// is not supported; the image root, the index "
+                   "and the market must be on a local or mounted file system (mount the bucket, e.g. with s3fs or "
+                   "gcsfuse, and give that folder)\n")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ConfigError, match="image_root_dir 's3://b' is a URL"):
+        Settings(image_root_dir="s3://b")  # the API too
+    with pytest.raises(ConfigError, match="--index-db 'gs://b/i.sqlite' is a URL"):
+        config.load(None, {"image_index_db": "gs://b/i.sqlite"})
 
 
 def test_every_setting_has_one_flag():

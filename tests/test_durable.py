@@ -14,7 +14,7 @@ import pytest
 
 from image_cache.cache import durable, index
 from image_cache.cache.index import Row
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import StorageError
 
 
 def _row(end: int, status: str = "ok") -> Row:
@@ -67,7 +67,7 @@ def test_a_failed_sync_commits_none_of_its_rows(tmp_path: Path, monkeypatch: pyt
     db = tmp_path / "index.sqlite"
     writer = durable.SyncedWriter(index.connect(str(db)), str(tmp_path))
     writer.add([_row(1)])
-    with pytest.raises(MarketError, match=f"cannot flush to disk {tmp_path}: .*Input/output error"):
+    with pytest.raises(StorageError, match=f"cannot flush to disk {tmp_path}: .*Input/output error"):
         writer.flush()
     writer.writer.flush()
     assert _committed(db) == []

@@ -72,19 +72,19 @@ def _slow(chunk: int) -> int:
 
 def test_a_dask_cluster_left_without_workers_stops_the_run_after_worker_wait():
     """Every worker gone: Dask would wait for ever; the run stops once --worker-wait seconds pass with no
-    worker, in one line (a MarketError), and the results that came before it are kept."""
+    worker, in one line (a WorkerError), and the results that came before it are kept."""
     import time
 
     distributed = pytest.importorskip("distributed")
     from image_cache.cache.executors import _dask_results
-    from image_cache.core.errors import MarketError
+    from image_cache.core.errors import WorkerError
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
                                   protocol="tcp", host="127.0.0.1") as cluster:
         results = _dask_results(_slow, list(range(200)), cluster.scheduler_address, 2)
         got = [next(results)]
         cluster.scale(0)
         began = time.monotonic()
-        with pytest.raises(MarketError, match=r"no worker for 2 s \(--worker-wait\)"):
+        with pytest.raises(WorkerError, match=r"no worker for 2 s \(--worker-wait\)"):
             got.extend(results)
         assert time.monotonic() - began < 8
     assert 1 <= len(got) < 200

@@ -238,12 +238,12 @@ def test_a_link_at_the_preview_temp_name_is_never_written_through(tmp_path: Path
     from PIL import Image
 
     from image_cache.cache.preview import _save
-    from image_cache.core.errors import MarketError
+    from image_cache.core.errors import ImageCacheError
     target = tmp_path / "precious.txt"
     target.write_text("precious")
     out = tmp_path / "sheet.png"
     (tmp_path / f".sheet.png.{os.getpid()}.tmp").symlink_to(target)
-    with pytest.raises(MarketError, match="is not this preview's"):
+    with pytest.raises(ImageCacheError, match="is not this preview's"):
         _save(Image.new("RGB", (4, 4)), str(out), force=False)
     assert target.read_text() == "precious" and not out.exists()
     assert (tmp_path / f".sheet.png.{os.getpid()}.tmp").is_symlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable
@@ -16,12 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from image_cache import chart
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ConfigError, ImageCacheError
 from image_cache.core.grid import check_interval, check_symbol, utc_ms
-
-
-class ConfigError(MarketError):
-    """A bad setting: the message names the key (or flag) and the rule."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,11 @@ class Settings:
     executor: str = "local"
     scheduler: str | None = None
     worker_wait: int = 180  # seconds a Dask run waits while its cluster has no worker
+
+    def __post_init__(self) -> None:
+        # Built directly (the API) as well as by load(): a URL never becomes a local folder named `s3:`.
+        for name in ("market_db_path", "image_index_db", "image_root_dir"):
+            _refuse_url(name, getattr(self, name))
 
     @property
     def start_ms(self) -> int:
@@ -104,7 +106,7 @@ def _names(parse: Callable[[str], str]) -> Callable[[str, Any], tuple[str, ...]]
             raise ConfigError(f"{name} must be a non-empty list")
         try:
             return tuple(parse(str(item).strip()) for item in items)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             raise ConfigError(f"{name}: {exc}") from None
     return check
 
@@ -122,7 +124,7 @@ def _date(name: str, value: Any) -> str | None:
         return None
     try:
         utc_ms(str(value))
-    except MarketError as exc:
+    except ImageCacheError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     return str(value)
 
@@ -151,9 +153,22 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+# `scheme://…`: s3://, gs://, az://, http://, file://, ...
+URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _refuse_url(name: str, value: Any) -> None:
+    if isinstance(value, str) and URL_RE.match(value):
+        scheme = value.split(":", 1)[0]
+        raise ConfigError(f"{name} {value!r} is a URL: {scheme}:// is not supported; the image root, the index and "
+                          "the market must be on a local or mounted file system (mount the bucket, e.g. with "
+                          "s3fs or gcsfuse, and give that folder)")
+
+
 def _path(name: str, value: Any) -> str:
     if "\0" in _text(name, value):
         raise ConfigError(f"{name} must not contain a NUL character")
+    _refuse_url(name, value)
     return value
 
 
@@ -242,7 +257,12 @@ def load(config_file: str | None = None, flags: dict[str, Any] | None = None) ->
             values[field] = _BY_FIELD[field].convert(_BY_FIELD[field].flag, value)
     settings = dataclasses.replace(Settings(), **values)
     if settings.executor == "dask" and not settings.scheduler:
-        raise ConfigError("--executor dask needs --scheduler ADDRESS")
+        # Dask's own convention: `dask scheduler` prints the address, clients read DASK_SCHEDULER_ADDRESS.
+        address = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+        if not address:
+            raise ConfigError("--executor dask needs --scheduler ADDRESS "
+                              "(or DASK_SCHEDULER_ADDRESS in the environment)")
+        settings = dataclasses.replace(settings, scheduler=address)
     if settings.end_ms is not None and settings.end_ms <= settings.start_ms:
         raise ConfigError(f"end {settings.end} is not after start {settings.start}")
     try:

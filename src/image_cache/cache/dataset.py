@@ -28,7 +28,7 @@ from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, c
 from image_cache.cache.runner import Filters, make_spec, select_series
 from image_cache.cache.windows import Series, window_rows
 from image_cache.settings import Settings
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
 
@@ -79,12 +79,12 @@ class ChartDataset:
             conn.close()
         ends = [self.series[k].times[last] for _, k, last, _, _ in labelled]
         if not any(len(e) for e in ends):
-            raise MarketError("no labelled windows in range: nothing to train on")
+            raise ImageCacheError("no labelled windows in range: nothing to train on")
         self.splits = splits or default_splits(int(min(e.min() for e in ends if len(e))),
                                                int(max(e.max() for e in ends if len(e))))
         names = [s.name for s in self.splits]
         if split not in names:
-            raise MarketError(f"no split {split!r}: the splits are {', '.join(names)}")
+            raise ImageCacheError(f"no split {split!r}: the splits are {', '.join(names)}")
         purge = purge_candles(self.spec.window_len, self.spec.history, horizons)
         windows = []
         for (interval, k, last, classes, label_end), end in zip(labelled, ends):

@@ -18,13 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from image_cache.cache import index
 from image_cache.cache.index import Row
 from image_cache.cache.layout import sync_tree
-from image_cache.core.errors import MarketError, os_error_message
+from image_cache.core.errors import storage_error
 
 
 class SyncedWriter:
     """Takes rows whose files were written under `root`; commits them in batches once a syncfs that
     started after they arrived has returned. A failed syncfs commits none of the rows it covered
-    (their files have no rows: repair adopts them) and is a MarketError naming the failure."""
+    (their files have no rows: repair adopts them) and is a StorageError naming the failure."""
 
     def __init__(self, conn: sqlite3.Connection, root: str) -> None:
         self.root = root
@@ -65,7 +65,7 @@ class SyncedWriter:
             try:
                 sync.result()
             except OSError as exc:  # the rows it covered are never committed
-                raise MarketError(os_error_message("flush to disk", self.root, exc)) from None
+                raise storage_error("flush to disk", self.root, exc) from None
             self.writer.add(covered)
         if self.sync is None and self.unsynced:
             self.syncing, self.unsynced = self.unsynced, []

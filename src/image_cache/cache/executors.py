@@ -18,7 +18,7 @@ from image_cache.cache.system import serve, start_forkserver
 from image_cache.cache.work import Chunk
 from image_cache.settings import Settings
 from image_cache.core import signals
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, WorkerError
 
 T = TypeVar("T")
 STOP_S = 5.0  # how long ended workers get to exit before they are killed
@@ -104,7 +104,7 @@ def _pool_results(workers: list[_Worker], fn: Callable[[Any], T], items: list[An
 
 def _lost(worker: _Worker) -> NoReturn:
     worker.process.join(1.0)
-    raise MarketError(f"a worker process ended unexpectedly (exit code {worker.process.exitcode})") from None
+    raise WorkerError(f"a worker process ended unexpectedly (exit code {worker.process.exitcode})") from None
 
 
 # How often a Dask run looks at its cluster while no result comes.
@@ -118,7 +118,7 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str,
     try:
         from distributed import Client, wait
     except ImportError:
-        raise MarketError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
+        raise ImageCacheError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
     if not chunks:
         return
     with Client(scheduler) as client:
@@ -137,7 +137,7 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str,
                     elif alone_since is None:
                         alone_since = time.monotonic()
                     elif time.monotonic() - alone_since > worker_wait:
-                        raise MarketError(f"the Dask cluster at {scheduler} has had no worker for {worker_wait:g} s "
+                        raise WorkerError(f"the Dask cluster at {scheduler} has had no worker for {worker_wait:g} s "
                                           "(--worker-wait): stopped; repair adopts the files already written") from None
                     continue
                 for future in done:

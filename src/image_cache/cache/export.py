@@ -21,7 +21,7 @@ from image_cache.cache.exports.registry import FORMATS
 from image_cache.cache.exports.select import select, split_samples
 from image_cache.cache.runner import Filters, preset_label, run_lock
 from image_cache.settings import ConfigError, Settings
-from image_cache.core.errors import MarketError, os_error_message
+from image_cache.core.errors import ImageCacheError, storage_error
 from image_cache.core.hooks import Warn, no_warn
 
 __all__ = ["ExportOptions", "ExportResult", "export"]
@@ -72,7 +72,7 @@ def check_out(out: str, force: bool) -> bool:
     if not os.path.lexists(out) or (os.path.isdir(out) and not os.path.islink(out) and not os.listdir(out)):
         return False
     if not force or os.path.islink(out) or not os.path.isdir(out):
-        raise MarketError(f"{out} exists and is not an empty folder: choose a new OUT"
+        raise ImageCacheError(f"{out} exists and is not an empty folder: choose a new OUT"
                           + ("" if force else " (--force replaces an export written by this tool)"))
     marker = os.path.join(out, MARKER)
     try:
@@ -80,10 +80,10 @@ def check_out(out: str, force: bool) -> bool:
     except (OSError, UnicodeDecodeError):
         ours = False
     if not ours:
-        raise MarketError(f"{out} is not an export written by this tool (no {MARKER}): not replacing it")
+        raise ImageCacheError(f"{out} is not an export written by this tool (no {MARKER}): not replacing it")
     foreign = _foreign_file(out)
     if foreign:
-        raise MarketError(f"{out} holds {foreign}, which the export did not write: not replacing it")
+        raise ImageCacheError(f"{out} holds {foreign}, which the export did not write: not replacing it")
     return True
 
 
@@ -99,7 +99,7 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
     with run_lock(settings, "export", need_index="run render first"):
         selection = select(settings, filters, options.horizons, options.label, warn, now)
         if not selection.samples:
-            raise MarketError(f"nothing to export: no labelled images of preset {preset_label(selection.preset)} "
+            raise ImageCacheError(f"nothing to export: no labelled images of preset {preset_label(selection.preset)} "
                               f"in range ({selection.counts['selected']} ok rows selected; run render first?)")
         splits = options.splits or default_splits(min(s.end_ms for s in selection.samples),
                                                   max(s.end_ms for s in selection.samples))
@@ -111,7 +111,7 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
             if not group:
                 warn(f"split {name} is empty (shorter than the purge of {purge} candles, or no data in it)")
         if not counts["exported"]:
-            raise MarketError("nothing to export: every labelled image is outside the splits or in a purge gap")
+            raise ImageCacheError("nothing to export: every labelled image is outside the splits or in a purge gap")
         job = Job(options, selection, splits, per_split, os.path.abspath(settings.image_root_dir))
         files, replaced = _write(target, out, job, fmt, Card(settings, job, fmt, purge, counts), options.force)
     summary = [{"name": s.name, "start": s.start_ms, "end": s.end_ms, "exported": len(per_split[s.name]),
@@ -154,7 +154,7 @@ def _write(target: str, out: str, job: Job, fmt: Format, card: Card, force: bool
         if os.path.isdir(old) and not os.path.lexists(target):
             os.rename(old, target)  # put the old export back
         if isinstance(exc, OSError):
-            raise MarketError(os_error_message("write the export to", out, exc)) from None
+            raise storage_error("write the export to", out, exc) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     return files, replaced

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from image_cache.core.db import file_uri, immediate
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, IndexFileError
 
 APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
 SCHEMA_VERSION = 5
@@ -174,10 +174,6 @@ END;
 """
 
 MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
-
-
-class IndexFileError(MarketError):
-    """The file at the index path is not (or no longer) a usable image index."""
 
 
 class NotAnIndex(IndexFileError):
@@ -336,7 +332,7 @@ def connect(path: str, create: bool = True) -> IndexConnection:
         conn.execute("PRAGMA synchronous=NORMAL")
         migrate(conn, path)
     except sqlite3.OperationalError as exc:
-        raise MarketError(f"cannot open image index {path}: {_describe(exc, path)}") from None
+        raise ImageCacheError(f"cannot open image index {path}: {_describe(exc, path)}") from None
     except sqlite3.DatabaseError as exc:
         raise DamagedIndex(f"image index {path} is damaged ({exc})") from None
     return conn

@@ -20,9 +20,9 @@ import numpy as np
 from image_cache import chart
 from image_cache.cache.system import syncfs
 from image_cache.core import compiled
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 
-FILE_WRITER = compiled.load("image_cache.cache._files", "the file writer", Path(__file__).with_name("_files.c"), MarketError)
+FILE_WRITER = compiled.load("image_cache.cache._files", "the file writer", Path(__file__).with_name("_files.c"), ImageCacheError)
 
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"

@@ -26,7 +26,7 @@ from image_cache.cache.root import Tree
 from image_cache.cache.runner import Filters
 from image_cache.settings import Settings
 from image_cache.core.hooks import Warn, no_warn
-from image_cache.core.errors import MarketError, os_error_message
+from image_cache.core.errors import ImageCacheError, os_error_message, storage_error
 
 CELL = 256  # thumbnail edge in px
 TEXT_ROWS = 2
@@ -67,7 +67,7 @@ def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
     try:
         handle = open(tree.open_file(rel_path), "rb")
     except OSError as exc:
-        raise MarketError(f"cannot read an image for the preview: "
+        raise ImageCacheError(f"cannot read an image for the preview: "
                           f"{os_error_message('open', os.path.join(tree.root, rel_path), exc)} (run verify)") from None
     with handle, Image.open(handle, formats=["PNG"]) as image:
         image = image.convert("RGB")
@@ -140,9 +140,9 @@ def check_target(out: str, force: bool) -> None:
     if not os.path.lexists(out):
         return
     if not force:
-        raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)")
+        raise ImageCacheError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)")
     if not is_our_sheet(out):
-        raise MarketError(f"{out} is not a preview sheet written by this tool: not replacing it")
+        raise ImageCacheError(f"{out} is not a preview sheet written by this tool: not replacing it")
 
 
 def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tuple[int, ...], label: LabelRule,
@@ -152,14 +152,14 @@ def preview(settings: Settings, filters: Filters, out: str, n: int, horizons: tu
     check_target(out, force)
     samples = sorted(select(settings, filters, horizons, label, warn).samples, key=lambda s: s.key)
     if not samples:
-        raise MarketError("nothing to preview: no labelled images of this preset in range (run render first?)")
+        raise ImageCacheError("nothing to preview: no labelled images of this preset in range (run render first?)")
     chosen = [samples[i] for i in pick(len(samples), n)]
     root = os.path.abspath(settings.image_root_dir)
     try:
         sheet = contact_sheet(root, [s.file_path for s in chosen],
                               [caption(s, horizons) for s in chosen])
     except OSError as exc:
-        raise MarketError(f"cannot read an image for the preview: {exc} (run verify)") from None
+        raise ImageCacheError(f"cannot read an image for the preview: {exc} (run verify)") from None
     _save(sheet, out, force)
     return PreviewResult(out, [s.key for s in chosen], len(samples))
 
@@ -176,13 +176,13 @@ def _save(sheet: Image.Image, out: str, force: bool) -> None:
     try:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise MarketError(os_error_message("write", out, exc)) from None
+        raise storage_error("write", out, exc) from None
     try:
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=dir_fd)
         except FileExistsError:
-            raise MarketError(f"{os.path.join(folder, temp)} exists and is not this preview's: remove it") from None
+            raise ImageCacheError(f"{os.path.join(folder, temp)} exists and is not this preview's: remove it") from None
         created = True
         with os.fdopen(fd, "wb") as handle:
             sheet.save(handle, format="PNG", pnginfo=info)
@@ -192,10 +192,10 @@ def _save(sheet: Image.Image, out: str, force: bool) -> None:
         else:
             _link_new(dir_fd, temp, name)
     except FileExistsError:
-        raise MarketError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)") \
+        raise ImageCacheError(f"{out} exists: choose a new file name (--force replaces a sheet written by preview)") \
             from None
     except OSError as exc:
-        raise MarketError(os_error_message("write", out, exc)) from None
+        raise storage_error("write", out, exc) from None
     finally:
         if created:
             with contextlib.suppress(FileNotFoundError):

@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 from image_cache.cache import index
 from image_cache.cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path, write_atomic
-from image_cache.core.errors import MarketError, os_error_message
+from image_cache.core.errors import ImageCacheError, RootError, os_error_message
 from image_cache.core.grid import INTERVAL_MS, SYMBOL_RE
 
 MARKER = ".image_cache_root"
@@ -34,10 +34,6 @@ MARKER_KIND = "image_cache image root"
 # Each folder on the way to an image: opened relative to its parent, never through a link.
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 K = TypeVar("K")
-
-
-class RootError(MarketError):
-    """The image root is not ours, or a path would leave it."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +141,7 @@ def owner_gone(marker: Marker, own_index_path: str) -> str | None:
             return "is not an image index"
         if kind == "index" and index.id_at(marker.index_path) != marker.index_id:
             return "now holds another index"
-    except (OSError, MarketError):
+    except (OSError, ImageCacheError):
         pass  # cannot tell: treated as present
     return None
 

@@ -29,7 +29,7 @@ from image_cache.cache.windows import due_windows, member_of_sorted
 from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
 from image_cache.settings import Settings, make_spec
 from image_cache.core.db import exclusive_lock, immediate
-from image_cache.core.errors import LockHeld, MarketError
+from image_cache.core.errors import ConfigError, LockHeld, MarketError
 from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 
@@ -287,7 +287,7 @@ def render(settings: Settings, filters: Filters | None = None, *, dry_run: bool 
     """Apply the reconciler's draw and record actions to the due windows of the configured preset."""
     filters = filters or Filters()
     if limit is not None and limit < 0:
-        raise MarketError(f"--limit must be 0 or more, got {limit}")
+        raise ConfigError(f"--limit must be 0 or more, got {limit}")
     spec = make_spec(settings)
     if not dry_run:
         require_built()  # here, not in a worker: one clear error, no window recorded as refused

@@ -13,7 +13,7 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import WorkerError
 from image_cache.core.signals import SIGNALS, deferred
 
 # glibc mallopt parameters (malloc.h)
@@ -98,7 +98,7 @@ def serve(tasks: Connection, results: Connection) -> None:
         try:
             results.send(reply)
         except Exception as exc:  # a result or error that does not pickle: say so rather than hang the driver
-            results.send((False, MarketError(f"a worker could not send back its result: {exc!r}")))
+            results.send((False, WorkerError(f"a worker could not send back its result: {exc!r}")))
 
 
 def _receive(tasks: Connection, queued: queue.SimpleQueue) -> None:

@@ -36,7 +36,7 @@ from image_cache.cache.windows import Series, window_gaps
 from image_cache.cache.work import adopt_chunk, require_built, settle_chunk, split_months
 from image_cache.settings import Settings
 from image_cache.core.db import file_uri
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 
 PROBLEMS = ("missing", "corrupt", "stale", "orphan", "temp")
@@ -113,7 +113,7 @@ def _check_file(tree: Tree, path: str, size: int, width: int, height: int, sha: 
         actual, data = tree.read(path, None if deep else 33)
     except FileNotFoundError:
         return "missing", "file missing"
-    except (OSError, MarketError) as exc:
+    except (OSError, ImageCacheError) as exc:
         return "corrupt", f"unreadable: {getattr(exc, 'strerror', None) or exc}"
     if actual != size:
         return "corrupt", f"size {actual} bytes, indexed {size}"

@@ -23,20 +23,9 @@ from image_cache.cache.root import FileQueue, RootError, Tree
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, fingerprint, unsound_before, unsound_candle, window_rows
 from image_cache.core import compiled
+from image_cache.core.errors import WorkerError
 
 
-class WorkerError(Exception):
-    """A chunk could not be finished (e.g. the image root is not writable, or the disk is full).
-
-    Carries the rows of the images the chunk did write, so that the driver indexes them before stopping.
-    """
-
-    def __init__(self, message: str, rows: list[Row]):
-        super().__init__(message, rows)
-        self.message, self.rows = message, rows
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

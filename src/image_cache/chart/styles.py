@@ -13,9 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
-
-class ChartError(ValueError):
-    """A bad spec or an undrawable window; the message is one line for the user."""
+from image_cache.core.errors import ChartError
 
 
 # Bump an engine's number whenever its drawing code changes pixels: every image it drew goes stale.

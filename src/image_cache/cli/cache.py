@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
         call = command(args)
     except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return console.EXIT_USAGE
+        return console.usage_error(exc)
     return console.run(call, args.json)
 

@@ -17,8 +17,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 from tqdm import tqdm
 
-from image_cache.chart import ChartError
-from image_cache.core.errors import LockHeld, MarketError
+from image_cache.core.errors import ConfigError, ImageCacheError, LockHeld
 from image_cache.core.signals import Stopped, stop_on_signals
 
 EXIT_OK = 0
@@ -30,6 +29,21 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE   # 141, as a shell reports `cmd | head`
 # SIGTERM 143, SIGHUP 129: core/signals.py
 
 T = TypeVar("T")
+
+
+def exit_code(exc: ImageCacheError) -> int:
+    """The one place that maps an error's kind to an exit code: a held lock 75, every other error 1.
+
+    A usage error (ConfigError) found while the command line is read exits 2 (`usage_error`); once the
+    command runs, it is a failure like any other (1), as it always was.
+    """
+    return EXIT_LOCKED if isinstance(exc, LockHeld) else EXIT_FAILURE
+
+
+def usage_error(exc: ConfigError) -> int:
+    """A bad flag or setting, found before the command runs: one `Error:` line, exit 2."""
+    print(f"Error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 class Result(Protocol):
@@ -56,12 +70,9 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     try:
         with stop_on_signals():
             result = command()
-    except LockHeld as exc:
+    except ImageCacheError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except (MarketError, ChartError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exit_code(exc)
     except Stopped as exc:  # SIGINT, SIGTERM or SIGHUP, after the command's cleanup
         with contextlib.suppress(OSError):  # after SIGHUP, stderr may be a terminal that is gone
             print(f"Error: {exc.message}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any
 
 from image_cache.cli import console
 from image_cache.core import flags
-from image_cache.core.errors import MarketError, os_error_message
+from image_cache.core.errors import MarketError, storage_error
 from image_cache.core.grid import INTERVAL_MS
 from image_cache.ingest.sources import sources
 
@@ -78,7 +78,7 @@ def command(args: argparse.Namespace):
 def one_line_errors(call: Callable[[], Any], db: str) -> Callable[[], Any]:
     """`call`, with the OS and SQLite errors that escape the library told as one-line domain errors.
 
-    The library turns the errors it expects into MarketError at their source; this is the last line
+    The library turns the errors it expects into ImageCacheErrors at their source; this is the last line
     that keeps a traceback from the user (a disk filling up mid-write, an I/O error).
     """
     def wrapped() -> Any:
@@ -87,8 +87,8 @@ def one_line_errors(call: Callable[[], Any], db: str) -> Callable[[], Any]:
         except sqlite3.Error as exc:
             raise MarketError(f"{db}: {exc}") from None
         except OSError as exc:
-            raise MarketError(os_error_message("write" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "access",
-                                               exc.filename or db, exc)) from None
+            raise storage_error("write" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "access",
+                                exc.filename or db, exc) from None
     return wrapped
 
 

@@ -24,7 +24,7 @@ from image_cache.cli import console
 from image_cache.cli import settings as cli_settings
 from image_cache.cache.runner import Filters, render
 from image_cache.cache.verify import verify
-from image_cache.core.errors import LockHeld, MarketError
+from image_cache.core.errors import ImageCacheError, LockHeld
 from image_cache.ingest.download import add_archive_arguments
 from image_cache.ingest.rest import add_market_arguments
 from image_cache.ingest.update import update
@@ -80,7 +80,7 @@ def _step(result: NightlyResult, name: str, call: Any) -> None:
         step.result = call()
     except LockHeld:
         raise
-    except MarketError as exc:
+    except ImageCacheError as exc:
         step.error = str(exc)
 
 
@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
         settings = cli_settings.from_args(args)
     except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return console.EXIT_USAGE
+        return console.usage_error(exc)
     return console.run(lambda: nightly(
         settings, market=args.market, market_start=args.market_start, api_url=args.api_url,
         base_url=args.base_url, mirror=args.mirror, retry_failed=args.retry_failed,

@@ -14,6 +14,11 @@ from types import ModuleType
 from typing import Any
 
 
+# The fix, for both ways of having the code: a checkout builds in place, an installed copy is built by pip.
+FIX = ("run `make venv` (a checkout) or reinstall with `pip install .` "
+       "(both need a C compiler and the Python headers)")
+
+
 class Unbuilt:
     """Stands in for the module: any use raises `error` with the reason it could not be loaded."""
 
@@ -21,7 +26,7 @@ class Unbuilt:
         self.reason, self.error = reason, error
 
     def __getattr__(self, name: str) -> Any:
-        raise self.error(f"{self.reason}: run `make venv` (it needs a C compiler and the Python headers)")
+        raise self.error(f"{self.reason}: {FIX}")
 
 
 def load(module: str, what: str, source: Path, error: type[Exception]) -> ModuleType | Unbuilt:

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
-from image_cache.core.errors import LockHeld, MarketError, os_error_message
+from image_cache.core.errors import ImageCacheError, LockFileError, LockHeld, storage_error
 
 def file_uri(path: str, mode: str) -> str:
     """An SQLite URI for `path` opened with `mode` (ro, rw): quoted, since an unquoted `?` or `#` would
@@ -44,10 +44,6 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 
 def lock_path(db_path: str) -> str:
     return db_path + ".lock"
-
-
-class LockFileError(MarketError):
-    """A lock file that is a link or not a regular file: refused, its target never touched."""
 
 
 def _open_lock(path: str, flags: int) -> int:
@@ -85,7 +81,7 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
-        raise MarketError(os_error_message("create lock file", path, exc)) from None
+        raise storage_error("create lock file", path, exc) from None
     locked = False
     try:
         deadline = time.monotonic() + wait_seconds
@@ -96,7 +92,7 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise MarketError(os_error_message("lock", path, exc)) from None
+                    raise storage_error("lock", path, exc) from None
                 if time.monotonic() >= deadline:
                     raise LockHeld(path, os.pread(fd, 4096, 0).decode(errors="replace").strip()) from None
                 time.sleep(0.05)
@@ -104,7 +100,7 @@ def exclusive_lock(path: str, purpose: str, wait_seconds: float = 0.0) -> Iterat
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
         except OSError as exc:
-            raise MarketError(os_error_message("write lock file", path, exc)) from None
+            raise storage_error("write lock file", path, exc) from None
         yield
     finally:
         if locked:
@@ -147,24 +143,24 @@ def check_sqlite_file(path: str, what: str, table: str) -> None:
     A missing or empty file, or an SQLite file without tables, is fine: it becomes a new database.
     """
     if path in ("", ":memory:"):  # SQLite's names for a database that vanishes when closed
-        raise MarketError(f"{path!r} names no {what} file")
+        raise ImageCacheError(f"{path!r} names no {what} file")
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise MarketError(os_error_message(f"open {what}", path, exc)) from None
+        raise storage_error(f"open {what}", path, exc) from None
     if not stat.S_ISREG(info.st_mode):
-        raise MarketError(f"{path}: not a {what}: not a regular file")
+        raise ImageCacheError(f"{path}: not a {what}: not a regular file")
     if info.st_size == 0:
         return
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_HEADER))
     except OSError as exc:
-        raise MarketError(os_error_message(f"read {what}", path, exc)) from None
+        raise storage_error(f"read {what}", path, exc) from None
     if head != SQLITE_HEADER:
-        raise MarketError(f"{path}: not a {what}: not an SQLite file (it starts with {head[:8]!r})")
+        raise ImageCacheError(f"{path}: not a {what}: not an SQLite file (it starts with {head[:8]!r})")
     try:
         conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
         try:
@@ -172,7 +168,7 @@ def check_sqlite_file(path: str, what: str, table: str) -> None:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise MarketError(f"{path}: cannot read {what}: {exc}") from None
+        raise ImageCacheError(f"{path}: cannot read {what}: {exc}") from None
     if tables and table not in tables:
-        raise MarketError(f"{path}: not a {what}: an SQLite file without a {table} table "
+        raise ImageCacheError(f"{path}: not a {what}: an SQLite file without a {table} table "
                           f"(tables: {', '.join(sorted(tables)[:5])}); refusing to add tables to it")

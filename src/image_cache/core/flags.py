@@ -3,15 +3,20 @@ refuses is a usage error (exit 2) before anything is opened."""
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 from typing import TypeVar
 
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ConfigError, ImageCacheError
 from image_cache.core.grid import check_interval, check_symbol, utc_ms
 
 T = TypeVar("T")
+
+
+def _refused(message: str) -> Exception:
+    """argparse's error for a refused value; argparse is imported only when a command line reads flags."""
+    import argparse
+    return argparse.ArgumentTypeError(message)
 
 
 def flag_type(check: Callable[[str], T]) -> Callable[[str], T]:
@@ -19,8 +24,8 @@ def flag_type(check: Callable[[str], T]) -> Callable[[str], T]:
     def convert(text: str) -> T:
         try:
             return check(text)
-        except MarketError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        except ImageCacheError as exc:
+            raise _refused(str(exc)) from None
     return convert
 
 
@@ -30,10 +35,10 @@ def integer(low: int, high: int | None = None) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise _refused(f"expected an integer, got {text!r}") from None
         if value < low or (high is not None and value > high):
             bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+            raise _refused(f"must be {bounds}, got {value}")
         return value
     return convert
 
@@ -43,9 +48,9 @@ def seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise _refused(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, at least 0, got {text!r}")
+        raise _refused(f"must be a finite number of seconds, at least 0, got {text!r}")
     return value
 
 
@@ -53,7 +58,7 @@ def _list(check: Callable[[str], str]) -> Callable[[str], list[str]]:
     def parse(value: str) -> list[str]:
         items = [check(item.strip()) for item in value.split(",") if item.strip()]
         if not items:
-            raise MarketError(f"expected a comma-separated list, got {value!r}")
+            raise ConfigError(f"expected a comma-separated list, got {value!r}")
         return items
     return flag_type(parse)
 

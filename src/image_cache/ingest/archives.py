@@ -5,12 +5,14 @@ The archive format itself (names, .CHECKSUM, zip members, the kline CSV) is bina
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.registry import IngestResult
 from image_cache.ingest.sources import Source
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

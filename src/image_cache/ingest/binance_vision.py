@@ -33,7 +33,7 @@ import pandas as pd
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.registry import (FileOutcome, IngestResult, SourceFile, already_ingested, ingest_file, ingest_stream,
                              reject, skipped, write_file, writer)
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
 from image_cache.ingest.inputs import CHUNK_BYTES, line_chunks, open_regular, sha256_stream
 from image_cache.ingest.schema import CANDLE_DTYPE
@@ -95,7 +95,7 @@ def parse_name(file_name: str) -> ArchiveName:
     try:
         check_symbol(match["symbol"])
         check_interval(match["interval"])
-    except MarketError as exc:
+    except ImageCacheError as exc:
         raise fail(file_name, None, "file name", str(exc)) from None
     year, month = int(match["year"]), int(match["month"])
     try:
@@ -118,7 +118,7 @@ def read_checksum(zip_path: str) -> str | None:
     try:
         with open_regular(zip_path + ".CHECKSUM", name + ".CHECKSUM") as f:
             text = f.read(4096).decode("ascii", errors="replace")
-    except MarketError as exc:
+    except ImageCacheError as exc:
         raise fail(name, None, "checksum", str(exc)) from None
     except OSError as exc:
         raise fail(name, None, "checksum", f"cannot read .CHECKSUM file ({exc.strerror or exc})") from None
@@ -439,7 +439,7 @@ def inspect_archive(path: str, *, require_checksum: bool = False, source: str = 
                                                  f"a zip of one member within {max_member_bytes} bytes can be")))
             digest, size = sha256_stream(f, head)
             member_bytes = _declared_bytes(f)
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return rejected(unread, str(exc))
     except OSError as exc:
         return rejected(unread, str(fail(file_name, None, "cannot read", exc.strerror or str(exc))))
@@ -448,7 +448,7 @@ def inspect_archive(path: str, *, require_checksum: bool = False, source: str = 
         name = parse_name(file_name)
         src = SourceFile(path, file_name, digest, size, source, name.symbol, name.interval, name.period)
         expected = read_checksum(path)
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return rejected(src, str(exc))
     if expected is None and require_checksum:
         return rejected(src, f"{file_name}: checksum: no .CHECKSUM file (--require-checksum)")
@@ -599,7 +599,7 @@ def _finish(conn: sqlite3.Connection, item: Inspected, plan: str | Future[Valida
     # its transaction is rolled back and the next files still go in.
     try:
         return write_file(conn, item.src, load(), verified=item.verified)
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return reject(conn, item.src, str(exc))
 
 

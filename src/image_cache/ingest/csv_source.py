@@ -15,20 +15,19 @@ a chunk, not the file; a file not in time order is sorted through a staging tabl
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from image_cache.core import flags
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
@@ -39,6 +38,9 @@ from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, 
 from image_cache.ingest.staging import Staged
 from image_cache.ingest.validate import (UTF8_BOM, RuleError, Validated, detect_unit, fail, field_counts, row_error,
                              spacing_code, split_lines, to_ms)
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 MAX_LINE_BYTES = 64 * 1024
 # Text parsed at a time: a chunk's strings cost ~10x its bytes while it is converted.
@@ -320,7 +322,7 @@ def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
 
         try:
             tally = check.finish(looks, reader.unit)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
             if label is None and ": interval: " in str(exc) and check.unique > 1 and looks() == reader.interval:
                 raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None

@@ -15,7 +15,6 @@ files removed, so that nothing half-fetched is ever taken for an archive.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import os
@@ -29,7 +28,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cache.core import flags
 from image_cache.core.hooks import no_progress, no_warn
@@ -40,6 +39,9 @@ from image_cache.ingest.sources import Source
 from image_cache.core.db import file_uri
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from image_cache.core.db import checkpoint, immediate, writer_lock
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import DAY_MS, iso_utc, now_ms
 from image_cache.ingest.gaps import refresh_gaps_between
 from image_cache.ingest.schema import connect_writer, open_times, series_id, upsert_candles
@@ -192,7 +192,7 @@ def ingest_file(conn: sqlite3.Connection, src: SourceFile, load: Callable[[], Va
         return skipped(conn, src)
     try:
         parsed = load()
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return reject(conn, src, str(exc))
     return write_file(conn, src, parsed, verified=verified)
 
@@ -264,7 +264,7 @@ def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[
                                rows_read=tally.rows_read, rows_inserted=sink.inserted, rows_revised=sink.revised,
                                rows_dropped=tally.dropped, rows_flagged=tally.flagged, rows_withdrawn=sink.withdrawn)
             _record(conn, src, outcome)
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return reject(conn, src, str(exc))
     return outcome
 

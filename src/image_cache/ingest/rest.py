@@ -15,7 +15,6 @@ validated like any archive and written as one registry entry (source `rest`) in 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
@@ -27,18 +26,21 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import check_interval, check_symbol, close_time_ms, grid_index, grid_time, iso_utc, now_ms, utc_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.network import HostDown, Network, unreachable
 from image_cache.ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
 from image_cache.ingest.sources import Source
 from image_cache.ingest.validate import fail, validate
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
                           close_ms=close_ms, period=(tail.start_ms, tail.end_ms))
     except (GaveUp, HostDown):
         raise  # nothing was served to judge: not a rejected file
-    except MarketError as exc:
+    except ImageCacheError as exc:
         return reject(conn, src, str(exc))
     span = f"{iso_utc(int(parsed.candles['open_time'][0]))}..{iso_utc(int(parsed.candles['open_time'][-1]))}"
     # No period: a REST batch vouches for the candles it served, not for a whole day or month.

@@ -7,11 +7,13 @@ function with the parsed arguments and the progress/warn hooks.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 SOURCE_MODULES = (
     "image_cache.ingest.archives",

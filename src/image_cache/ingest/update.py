@@ -9,13 +9,12 @@ taken from the exchange's instrument list (`--quote USDT`: every trading symbol 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
@@ -26,6 +25,9 @@ from image_cache.ingest.network import Network
 from image_cache.ingest.registry import writer
 from image_cache.ingest.rest import ApiResult, Client, add_market_arguments, check_api_url, check_market, fetch_tails
 from image_cache.ingest.sources import Source, csv_list
+
+if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+    import argparse
 
 
 def read_symbol_file(path: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from image_cache.cache.exports.select import Sample
 from image_cache.cache.root import RootError, Tree
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 
 FICLONE = 0x40049409  # Linux ioctl: copy-on-write clone of a whole file (btrfs, XFS); never a shared inode
 MARKER = ".image_cache-export.json"  # names a folder as an export we wrote, which `--force` may replace
@@ -58,7 +58,7 @@ def dumps(value: Any) -> str:
 def _read_checked(handle, path: str, sample: Sample) -> bytes:
     data = handle.read()
     if hashlib.sha256(data).hexdigest() != sample.sha256:
-        raise MarketError(f"{path} differs from its index row (run verify --deep, then repair)")
+        raise ImageCacheError(f"{path} differs from its index row (run verify --deep, then repair)")
     return data
 
 
@@ -70,7 +70,7 @@ def _open_image(image_root: str, sample: Sample) -> BinaryIO:
         with Tree(image_root) as tree:
             return open(tree.open_file(sample.file_path), "rb")
     except RootError as exc:
-        raise MarketError(f"cannot read {path}: {exc} (run verify, then repair)") from None
+        raise ImageCacheError(f"cannot read {path}: {exc} (run verify, then repair)") from None
     except OSError as exc:
         raise _unreadable(path, exc) from None
 
@@ -85,8 +85,8 @@ def checked_bytes(image_root: str, sample: Sample) -> bytes:
             raise _unreadable(path, exc) from None
 
 
-def _unreadable(path: str, exc: OSError) -> MarketError:
-    return MarketError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)")
+def _unreadable(path: str, exc: OSError) -> ImageCacheError:
+    return ImageCacheError(f"cannot read {path}: {exc.strerror or exc} (run verify, then repair)")
 
 
 def copy_image(image_root: str, sample: Sample, target: str) -> None:

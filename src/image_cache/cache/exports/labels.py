@@ -10,7 +10,7 @@ import numpy as np
 
 from image_cache.cache.windows import Series
 from image_cache.settings import ConfigError
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import close_time_ms, grid_index, iso_utc, on_grid, utc_ms
 
 DEFAULT_FRACTIONS = (("train", 70), ("validation", 15), ("test", 15))
@@ -98,7 +98,7 @@ def parse_splits(text: str) -> tuple[Split, ...]:
                               "starting with a letter")
         try:
             split = Split(name, utc_ms(start) if start else None, utc_ms(end) if end else None)
-        except MarketError as exc:
+        except ImageCacheError as exc:
             raise ConfigError(f"--split {part!r}: {exc}") from None
         if split.start_ms is not None and split.end_ms is not None and split.end_ms <= split.start_ms:
             raise ConfigError(f"--split {part!r}: end is not after start")

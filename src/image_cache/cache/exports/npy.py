@@ -16,7 +16,7 @@ from PIL import Image
 from image_cache.cache.exports.base import Feature, Format, Job, record_features
 from image_cache.cache.exports.files import checked_bytes
 from image_cache.cache.exports.parquet import write_table
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 
 
 class Palette:
@@ -34,7 +34,7 @@ class Palette:
                 colour = raw[3 * k:3 * k + 3]
                 if colour not in self.colours:
                     if len(self.colours) == 256:
-                        raise MarketError("the images use more than 256 colours together: no common palette")
+                        raise ImageCacheError("the images use more than 256 colours together: no common palette")
                     self.colours.append(colour)
                 table[k] = self.colours.index(colour)
             # The usual case, one palette for every image: its indices are already ours, no remapping.
@@ -70,7 +70,7 @@ def _write_images(path: str, job: Job, samples: list, palette: Palette) -> None:
                     "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                     "shape": (len(samples), *shape)})
             if pixels.shape != shape:
-                raise MarketError(f"{sample.file_path}: {pixels.shape} pixels, the others {shape}")
+                raise ImageCacheError(f"{sample.file_path}: {pixels.shape} pixels, the others {shape}")
             handle.write(np.ascontiguousarray(pixels, dtype=np.uint8).data)
 
 

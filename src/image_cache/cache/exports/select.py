@@ -18,7 +18,7 @@ from image_cache.cache.runner import Filters, make_spec, preset_of, read_margin_
 from image_cache.cache.windows import Series, fingerprint, window_rows
 from image_cache.settings import Settings
 from image_cache.core.db import file_uri
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
 
@@ -60,11 +60,11 @@ def open_index(path: str) -> sqlite3.Connection:
     """The image index, read-only (never created), after its schema says it is one."""
     kind = index.identify(path)
     if kind == "absent":
-        raise MarketError(f"image index not found: {path} (run render first)")
+        raise ImageCacheError(f"image index not found: {path} (run render first)")
     if kind in index.PLACE_CAUSES:
         raise index.IndexFileError(f"cannot open image index {path}: {index.PLACE_CAUSES[kind]}")
     if kind != "index":
-        raise MarketError(f"{path} is not an image index ({kind.replace('-', ' ')})")
+        raise ImageCacheError(f"{path} is not an image index ({kind.replace('-', ' ')})")
     try:
         conn = sqlite3.connect(file_uri(path, "ro"), uri=True, isolation_level=None)
         conn.row_factory = sqlite3.Row
@@ -75,7 +75,7 @@ def open_index(path: str) -> sqlite3.Connection:
     missing = [c for c in INDEX_COLUMNS if c not in columns]
     if missing:
         conn.close()
-        raise MarketError(f"{path} is not an image index: no images table with column(s) {', '.join(missing)}")
+        raise ImageCacheError(f"{path} is not an image index: no images table with column(s) {', '.join(missing)}")
     return conn
 
 
