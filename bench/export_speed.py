@@ -210,5 +210,6 @@ def main() -> None:
           f"best of {args.rounds} rounds; {args.days} days of 1h candles, 2 symbols; shared machine: noisy.\n")
     print(table(figures))
 
+
 if __name__ == "__main__":
     main()

@@ -127,6 +127,32 @@ def test_two_first_renders_cannot_both_own_a_root(tmp_path: Path):
             conn.close()
 
 
+def test_a_claim_waits_while_another_claims_the_root(tmp_path: Path):
+    """Claims of one root take turns (an flock on its folder): two takeovers of a gone owner cannot both
+    read the old marker and both win. Held by another, a claim waits; released, it goes on."""
+    import fcntl
+    import threading
+
+    from image_cache.cache import index
+    from image_cache.cache.root import claim, read_marker
+    root = tmp_path / "root"
+    root.mkdir()
+    conn = index.connect(str(tmp_path / "a.sqlite"))
+    held = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        claimer = threading.Thread(target=claim, args=(str(root), index.index_id(conn), str(tmp_path / "a.sqlite")))
+        claimer.start()
+        claimer.join(0.3)
+        assert claimer.is_alive() and read_marker(str(root)) is None  # waiting its turn, nothing written
+        fcntl.flock(held, fcntl.LOCK_UN)
+        claimer.join(5)
+        assert not claimer.is_alive() and read_marker(str(root)).index_id == index.index_id(conn)
+    finally:
+        os.close(held)
+        conn.close()
+
+
 # ------------------------------------------------------------------------------------------ item 2
 
 @pytest.mark.parametrize("lock, command", [("image_cache.sqlite.lock", ["render", "--config", "image_cache.toml"]),

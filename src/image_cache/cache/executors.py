@@ -118,7 +118,8 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str,
     try:
         from distributed import Client, wait
     except ImportError:
-        raise ImageCacheError("--executor dask needs the optional requirements: pip install -r requirements-dask.txt") from None
+        raise ImageCacheError("--executor dask needs the optional requirements: pip install 'image-cache[dask]' "
+                              "(a checkout: make venv)") from None
     if not chunks:
         return
     with Client(scheduler) as client:

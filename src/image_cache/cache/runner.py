@@ -33,6 +33,7 @@ from image_cache.core.errors import ConfigError, LockHeld, MarketError
 from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 
+
 @contextlib.contextmanager
 def run_lock(settings: Settings, command: str, need_index: str | None = None) -> Iterator[None]:
     """One render/verify/repair at a time per index; a second one fails at once (exit 75).

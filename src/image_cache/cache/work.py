@@ -26,8 +26,6 @@ from image_cache.core import compiled
 from image_cache.core.errors import WorkerError
 
 
-
-
 @dataclass(frozen=True)
 class Chunk:
     """Windows of one series and month to draw (or, with `compare`, to check against files)."""

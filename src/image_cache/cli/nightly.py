@@ -15,7 +15,6 @@ well; 1 otherwise; 75 when another run holds a lock (a scheduler may retry later
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from image_cache.core.errors import ImageCacheError, LockFileError, LockHeld, storage_error
 
+
 def file_uri(path: str, mode: str) -> str:
     """An SQLite URI for `path` opened with `mode` (ro, rw): quoted, since an unquoted `?` or `#` would
     end the path there and SQLite would open (or create) that shorter path instead."""

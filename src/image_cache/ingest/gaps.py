@@ -19,8 +19,6 @@ from image_cache.core.grid import check_interval, check_symbol, grid_index, grid
 from image_cache.ingest.schema import connect_writer, open_times
 
 
-
-
 @dataclass(frozen=True)
 class Gap:
     """Missing grid slots `first`..`last` (open times, epoch ms, inclusive), `count` of them."""

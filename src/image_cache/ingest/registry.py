@@ -26,6 +26,7 @@ from image_cache.ingest.validate import Validated
 
 PERIOD_RE = re.compile(r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
 
+
 @dataclass(frozen=True)
 class SourceFile:
     """An input file as the registry knows it; symbol/interval/period are None when unparsable."""

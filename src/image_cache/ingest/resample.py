@@ -26,7 +26,6 @@ from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, read_candles
 SUMMED = ("volume", "quote_asset_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
 
 
-
 def check_pair(source: str, target: str) -> None:
     """Raise MarketError unless every `target` bucket is a whole number of `source` grid slots."""
     check_interval(source)

@@ -46,7 +46,6 @@ HOURLY_ACTIVITY = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.7, 0.75, 0.85, 0.95, 1.
 MINUTES_PER_DAY = DAY_MS // MINUTE_MS
 
 
-
 def stable_seed(seed: int, name: str) -> int:
     """A 128-bit seed from (seed, name) via SHA-256: stable across runs, unlike Python's `hash`."""
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{name}".encode()).digest()[:16], "big")
