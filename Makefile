@@ -28,7 +28,7 @@ $(COMPILED): %.so: %.c $(STAMP)
 	  || { echo "Error: could not build $@ from $<: it needs a C compiler (\$$CC, default cc) and the Python headers (Debian: python3-dev)" >&2; exit 1; }
 
 test: venv
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 # Sample market -> render two presets -> verify -> show where the images are.
 DEMO_FLAGS := --market-db $(DEMO)/market.sqlite --index-db $(DEMO)/image_cache.sqlite \

@@ -80,6 +80,17 @@ def test_dask_scheduler_address_from_the_environment(monkeypatch):
     assert config.load(None, {}).scheduler is None  # a local run does not read it
 
 
+def test_dask_scheduler_address_from_dasks_config(monkeypatch):
+    """`scheduler-address` in Dask's config (its YAML files; test_dask_cluster uses a real one) names the
+    scheduler when neither the flag nor the environment does."""
+    dask_config = pytest.importorskip("dask.config")
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with dask_config.set({"scheduler-address": "tcp://10.0.0.2:8786"}):
+        assert config.load(None, {"executor": "dask"}).scheduler == "tcp://10.0.0.2:8786"
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.0.0.1:8786")
+        assert config.load(None, {"executor": "dask"}).scheduler == "tcp://10.0.0.1:8786"
+
+
 @pytest.mark.parametrize("root", ["s3://bucket/x", "gs://bucket/images", "az://container/d", "file:///tmp/x"])
 def test_an_image_root_that_is_a_url_is_a_usage_error(tmp_path: Path, monkeypatch, capsys, root: str):
     """`--image-root s3://bucket/x` once created a local folder named `s3:`."""

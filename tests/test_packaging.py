@@ -8,10 +8,8 @@ import argparse
 import ast
 import os
 import re
-import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -20,6 +18,8 @@ import pytest
 from conftest import CONFIG, REPO, index_rows, run_cli, tree_digest
 
 SRC = REPO / "src" / "image_cache"
+# One install (conftest's `installed`) for this module and test_dask_cluster's (Makefile: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("installed")
 
 # The architecture, bottom up: a module may import its own part and the parts of lower rank, never a part
 # of its own rank or above.
@@ -169,54 +169,6 @@ def test_the_distribution_pins_the_requirements():
     assert version == "0.9.0"
     assert f"## {version}" in (REPO / "CHANGELOG.md").read_text()
     assert "Copyright (c) 2026 the image_cache authors" in (REPO / "LICENSE").read_text()
-
-
-def _can_build_offline() -> bool:
-    """The running venv has a setuptools that builds wheels by itself (70.1 on; `make venv` pins one)."""
-    try:
-        from importlib.metadata import version
-        major, minor = (int(n) for n in version("setuptools").split(".")[:2])
-    except Exception:
-        return False
-    return (major, minor) >= (70, 1)
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A fresh virtualenv with the checkout installed by pip (compiling both C modules), reusing the test
-    venv's packages for the dependencies (a .pth file: fast and offline)."""
-    root = tmp_path_factory.mktemp("install")
-    copy = root / "checkout"
-    # The sources as a clone has them: no in-place build, no caches.
-    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "tests", "bench", "docs", "demo-data", "*.so", "__pycache__", "build", "dist",
-        "*.egg-info", "*.sqlite*", "image-cache", ".pytest_cache", ".hypothesis"))
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    shared = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (site / "_image_cache_test_deps.pth").write_text("\n".join(sorted(shared)) + "\n")
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-           "--no-compile", "--disable-pip-version-check", "--quiet"]
-    if _can_build_offline():
-        pip += ["--no-build-isolation", "--no-index"]
-    out = subprocess.run([*pip, str(copy)], capture_output=True, text=True, timeout=300)
-    if out.returncode != 0 and not _can_build_offline() and "setuptools" in out.stderr:
-        pytest.skip("this venv predates the setuptools pin of requirements-dev.txt and no index answered: "
-                    "run `make venv`")
-    assert out.returncode == 0, out.stderr
-    return venv
-
-
-@pytest.fixture
-def user_folder(tmp_path: Path) -> Path:
-    """A training project's folder: its own config.py, cache/ and core/, which must not shadow ours."""
-    (tmp_path / "config.py").write_text("WHOSE = 'the user'\n")
-    for name in ("cache", "core", "chart", "ingest"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('the user {name} was imported')\n")
-    return tmp_path
 
 
 def _script(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -243,6 +243,20 @@ def read_toml(path: str) -> dict[str, Any]:
     return table
 
 
+def _dask_scheduler_address() -> str:
+    """Dask's own convention for a client: DASK_SCHEDULER_ADDRESS, then `scheduler-address` in Dask's
+    config files (~/.config/dask/*.yaml, DASK_CONFIG); read here, not by Client(), which would start a
+    local cluster when neither is set."""
+    address = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+    if address:
+        return address
+    try:
+        import dask.config
+    except ImportError:  # the executor says which extra to install
+        return ""
+    return str(dask.config.get("scheduler-address", default="") or "").strip()
+
+
 def load(config_file: str | None = None, flags: dict[str, Any] | None = None) -> Settings:
     """Settings from defaults, then the TOML file, then non-None flags; every value validated."""
     values: dict[str, Any] = {}
@@ -257,11 +271,10 @@ def load(config_file: str | None = None, flags: dict[str, Any] | None = None) ->
             values[field] = _BY_FIELD[field].convert(_BY_FIELD[field].flag, value)
     settings = dataclasses.replace(Settings(), **values)
     if settings.executor == "dask" and not settings.scheduler:
-        # Dask's own convention: `dask scheduler` prints the address, clients read DASK_SCHEDULER_ADDRESS.
-        address = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+        address = _dask_scheduler_address()
         if not address:
-            raise ConfigError("--executor dask needs --scheduler ADDRESS "
-                              "(or DASK_SCHEDULER_ADDRESS in the environment)")
+            raise ConfigError("--executor dask needs --scheduler ADDRESS (or DASK_SCHEDULER_ADDRESS in the "
+                              "environment, or scheduler-address in Dask's config)")
         settings = dataclasses.replace(settings, scheduler=address)
     if settings.end_ms is not None and settings.end_ms <= settings.start_ms:
         raise ConfigError(f"end {settings.end} is not after start {settings.start}")

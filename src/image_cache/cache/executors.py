@@ -19,6 +19,7 @@ from image_cache.cache.work import Chunk
 from image_cache.settings import Settings
 from image_cache.core import signals
 from image_cache.core.errors import ImageCacheError, WorkerError
+from image_cache.core.hooks import Warn, no_warn
 
 T = TypeVar("T")
 STOP_S = 5.0  # how long ended workers get to exit before they are killed
@@ -107,14 +108,46 @@ def _lost(worker: _Worker) -> NoReturn:
     raise WorkerError(f"a worker process ended unexpectedly (exit code {worker.process.exitcode})") from None
 
 
-# How often a Dask run looks at its cluster while no result comes.
+# How often a Dask run looks at its cluster.
 DASK_POLL_S = 1.0
 
 
-def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str, worker_wait: float) -> Iterator[T]:
+class _Watch:
+    """The cluster's workers as this run sees them: a worker that leaves is said once (on `warn` and in
+    `lost`); a cluster left without workers for `worker_wait` seconds stops the run (Dask itself would
+    wait for ever). One scheduler call a second at most, whether or not results are coming."""
+
+    def __init__(self, client: Any, scheduler: str, worker_wait: float, warn: Warn, lost: list[str]) -> None:
+        self.client, self.scheduler, self.worker_wait, self.warn, self.lost = client, scheduler, worker_wait, warn, lost
+        self.known: set[str] = set()
+        self.alone_since: float | None = None
+        self.looked = 0.0
+        self.look(force=True)
+
+    def look(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.looked < DASK_POLL_S:
+            return
+        self.looked = now
+        present = set(self.client.nthreads())
+        for address in sorted(self.known - present):
+            self.lost.append(address)
+            self.warn(f"Dask worker {address} left the cluster during the run; the scheduler runs its chunks "
+                      f"again on the others ({len(present)} left)")
+        self.known = present
+        if present:
+            self.alone_since = None
+        elif self.alone_since is None:
+            self.alone_since = now
+        elif now - self.alone_since > self.worker_wait:
+            raise WorkerError(f"the Dask cluster at {self.scheduler} has had no worker for {self.worker_wait:g} s "
+                              "(--worker-wait): stopped; repair adopts the files already written")
+
+
+def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str, worker_wait: float,
+                  warn: Warn = no_warn, lost: list[str] | None = None) -> Iterator[T]:
     """Results of chunks from a Dask cluster, two per worker thread in flight: the scheduler never holds
-    every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled. A cluster
-    with no worker for `worker_wait` seconds stops the run (Dask itself would wait for ever)."""
+    every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled."""
     try:
         from distributed import Client, wait
     except ImportError:
@@ -122,31 +155,48 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str,
                               "(a checkout: make venv)") from None
     if not chunks:
         return
-    with Client(scheduler) as client:
+    with _connect(Client, scheduler) as client:
+        watch = _Watch(client, scheduler, worker_wait, warn, [] if lost is None else lost)
         waiting = iter(chunks)
         in_flight = 2 * max(1, sum(client.nthreads().values()))
         pending = {client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, in_flight)}
-        alone_since: float | None = None
         try:
             while pending:
                 signals.check()  # a Stopped raised inside one of Dask's finalisers is dropped there
                 try:
                     done, pending = wait(pending, timeout=DASK_POLL_S, return_when="FIRST_COMPLETED")
                 except TimeoutError:
-                    if client.nthreads():
-                        alone_since = None
-                    elif alone_since is None:
-                        alone_since = time.monotonic()
-                    elif time.monotonic() - alone_since > worker_wait:
-                        raise WorkerError(f"the Dask cluster at {scheduler} has had no worker for {worker_wait:g} s "
-                                          "(--worker-wait): stopped; repair adopts the files already written") from None
-                    continue
+                    done = set()
+                watch.look()
                 for future in done:
-                    result = future.result()
+                    result = _result(future, scheduler)
                     pending |= {client.submit(fn, chunk, pure=False) for chunk in itertools.islice(waiting, 1)}
                     yield result
+            watch.look(force=True)  # a worker lost near the end is said too
         finally:
             client.cancel(list(pending))
+
+
+def _result(future: Any, scheduler: str) -> Any:
+    """A chunk's result; a cluster that cannot load our tasks (the scheduler or a worker lacks this package)
+    said as such, not as Dask's "Error during deserialization of the task graph"."""
+    try:
+        return future.result()
+    except (RuntimeError, ImportError) as exc:
+        if isinstance(exc, ImportError) or "deserializ" in str(exc):
+            raise WorkerError(f"the Dask cluster at {scheduler} cannot load image_cache's tasks "
+                              f"({(str(exc).splitlines() or [type(exc).__name__])[0]}): "
+                              "install this package, the same build, where the scheduler and every worker "
+                              "run (docs/scaling.md)") from None
+        raise
+
+
+def _connect(client_class: Any, scheduler: str) -> Any:
+    """A client of the scheduler, or one line saying why not (within Dask's connect timeout)."""
+    try:
+        return client_class(scheduler)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise WorkerError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
 
 
 def chunk_windows(total: int, workers: int) -> int:
@@ -162,14 +212,15 @@ Run = Callable[[Callable[[Any], T], list[Any]], Iterator[T]]
 
 
 @contextlib.contextmanager
-def executor(settings: Settings) -> Iterator[Run]:
+def executor(settings: Settings, warn: Warn = no_warn, lost: list[str] | None = None) -> Iterator[Run]:
     """A function giving the results of `fn` over chunks, in completion order, on the configured executor.
+    Dask workers that leave during the run are said on `warn` and added to `lost`.
 
     A local pool starts its workers at once (they import the drawing code and tune their allocator)
     so that they are ready when the driver has finished planning.
     """
     if settings.executor == "dask":
-        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler, settings.worker_wait)
+        yield lambda fn, chunks: _dask_results(fn, chunks, settings.scheduler, settings.worker_wait, warn, lost)
         return
     if settings.workers == 1:
         yield lambda fn, chunks: (fn(chunk) for chunk in chunks)

@@ -235,6 +235,7 @@ class RenderResult:
     unread: int = 0         # settled windows counted from bucket stamps, their candles and rows not read
     notes: list[str] = field(default_factory=list)
     took_over: str | None = None  # said on stderr as it happens, and in the JSON
+    lost_workers: list[str] = field(default_factory=list)  # Dask workers that left during the run
     seconds: float = 0.0
     error: str | None = None
 
@@ -255,7 +256,7 @@ class RenderResult:
                 "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "blocked": self.blocked,
                 "up_to_date": self.up_to_date,
                 "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "took_over": self.took_over,
-                "seconds": round(self.seconds, 3),
+                "lost_workers": self.lost_workers, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
     def text(self) -> str:
@@ -339,7 +340,8 @@ def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filter
         run_id = index.start_run(index_conn, "render", {**settings.__dict__, **filters.__dict__, "limit": limit})
         # Nothing to draw (a nightly no-op): no worker pool or cluster to start and stop.
         drawing = any(len(p.draw) for p in plans)
-        with executor(settings if drawing else replace(settings, jobs=1, executor="local")) as run:
+        with executor(settings if drawing else replace(settings, jobs=1, executor="local"), warn,
+                      result.lost_workers) as run:
             _apply(plans, spec, settings, index_conn, run, result, progress, warn)
         index_conn.check_file()
         result.seconds = time.monotonic() - began

@@ -438,6 +438,7 @@ class RepairResult:
     unrepairable: list[str] = field(default_factory=list)
     reindexed_from: str | None = None
     notes: list[str] = field(default_factory=list)
+    lost_workers: list[str] = field(default_factory=list)  # Dask workers that left during the run
     seconds: float = 0.0
 
     @property
@@ -447,7 +448,8 @@ class RepairResult:
     def as_dict(self) -> dict[str, Any]:
         return {"found": self.found, "redrawn": self.redrawn, "adopted": self.adopted, "removed": self.removed,
                 "retired": self.retired, "foreign": self.foreign, "unrepairable": self.unrepairable,
-                "reindexed_from": self.reindexed_from, "notes": self.notes, "seconds": round(self.seconds, 3),
+                "reindexed_from": self.reindexed_from, "notes": self.notes, "lost_workers": self.lost_workers,
+                "seconds": round(self.seconds, 3),
                 "ok": self.ok}
 
     def text(self) -> str:
@@ -517,7 +519,7 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
                 result.found = found.result.counts()
                 result.foreign = found.result.foreign
                 result.unrepairable = list(found.unrepairable)
-                _apply(conn, settings, found, result)
+                _apply(conn, settings, found, result, warn)
                 index.finish_run(conn, run_id, result.as_dict(), 0 if result.ok else 1)
         finally:
             conn.close()
@@ -543,16 +545,17 @@ def _prepare_reindex(settings: Settings, result: RepairResult) -> None:
         result.notes.append(took_over)
 
 
-def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult) -> None:
+def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult,
+           warn: Warn) -> None:
     """Apply every action. A path that cannot be settled (a folder, pipe or link where an image should be; a
     file that cannot be removed) is reported once in `unrepairable` and never stops the rest."""
     root = os.path.abspath(settings.image_root_dir)
     with Tree(root) as tree:
-        _apply_in(conn, settings, found, result, tree, root)
+        _apply_in(conn, settings, found, result, tree, root, warn)
 
 
 def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult, tree: Tree,
-              root: str) -> None:
+              root: str, warn: Warn) -> None:
     remove = partial(_remove, tree, result)
     for path in found.temps:
         result.removed += bool(remove(path))
@@ -592,7 +595,7 @@ def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, r
     writer = SyncedWriter(conn, root)
     adopted: set[str] = set()
     try:
-        with executors.executor(settings) as run:
+        with executors.executor(settings, warn, result.lost_workers) as run:
             for rows, failed in run(partial(settle_chunk, sync=settings.executor == "dask"), draw_chunks):
                 writer.add(rows)
                 result.redrawn += sum(row.status == "ok" for row in rows)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -23,7 +24,7 @@ from image_cache.cache.root import FileQueue, RootError, Tree
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, fingerprint, unsound_before, unsound_candle, window_rows
 from image_cache.core import compiled
-from image_cache.core.errors import WorkerError
+from image_cache.core.errors import ImageCacheError, WorkerError
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Chunk:
     series: Series          # only the rows these windows need
     last: np.ndarray         # indices into `series` of each window's last candle
     reason: tuple[str | None, ...]  # reason recorded with each image (e.g. 'gap' under policy render)
+    code: str = field(default_factory=compiled.code_identity)  # the driver's code: workers must run the same
 
     @cached_property
     def unsound(self) -> np.ndarray:
@@ -43,9 +45,15 @@ class Chunk:
         return unsound_before(self.series)
 
 
-def require_built() -> None:
-    """Fail at once where the compiled drawing kernel or file writer is missing or stale (core/compiled.py)."""
+def require_built(chunk: Chunk | None = None) -> None:
+    """Fail at once where the compiled drawing kernel or file writer is missing or stale (core/compiled.py),
+    or where this worker runs other code than the driver that made `chunk` (a Dask worker on another
+    install): its images would differ from the driver's under the same preset."""
     compiled.require_built(kernel.kernel, layout.FILE_WRITER)
+    if chunk is not None and chunk.code != compiled.code_identity():
+        raise ImageCacheError(f"a worker on {socket.gethostname()} runs image_cache {compiled.code_identity()}, "
+                              f"the driver {chunk.code}: install the same build on every worker "
+                              "(docs/scaling.md)")
 
 
 def image_path(spec: chart.Spec, symbol: str, interval: str, end_open_time_ms: int) -> str:
@@ -86,7 +94,7 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     before it commits their rows (cache/durable.py); with `sync`, on a machine whose page cache the
     driver cannot flush (a Dask worker), the chunk does it before returning.
     """
-    require_built()
+    require_built(chunk)
     tune_allocator()
     out = []
     # The files are written on a thread of their own while the next images are drawn.
@@ -161,7 +169,7 @@ def _ok_row(row: Row, spec: chart.Spec, drawn: chart.Drawn, reason: str | None) 
 def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     """For files on disk without rows: rows for those equal to a fresh render, and the paths of the
     others (which repair removes). Nothing is written."""
-    require_built()
+    require_built(chunk)
     tune_allocator()
     adopted, rejected = [], []
     with Tree(chunk.image_root) as tree:

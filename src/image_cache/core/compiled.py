@@ -7,6 +7,7 @@ fix, so that a checkout that skipped the build never runs code other than what i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 from pathlib import Path
@@ -49,3 +50,18 @@ def require_built(*modules: ModuleType | Unbuilt) -> None:
     for module in modules:
         if isinstance(module, Unbuilt):
             getattr(module, "SOURCE_SHA256")
+
+
+@functools.cache
+def code_identity() -> str:
+    """This copy's code: the package version and a digest of every Python and C source of the package.
+    A Dask worker on another install (an older wheel, another checkout) would write other bytes under
+    rows that name this run's preset, so each chunk carries the driver's identity and the worker
+    compares (cache/work.py). Once a process: about 60 files."""
+    from image_cache import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".c")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{__version__} (sources {digest.hexdigest()[:12]})"
