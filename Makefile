@@ -32,9 +32,9 @@ test: venv
 
 # Sample market -> render two presets -> verify -> show where the images are.
 DEMO_FLAGS := --market-db $(DEMO)/market.sqlite --index-db $(DEMO)/image_cache.sqlite \
-              --image-root $(DEMO)/image-cache --pairs BTCUSDT,ETHUSDT --intervals 1h,4h --start 2024-06-24
+              --image-root $(DEMO)/image-cache --symbols BTCUSDT,ETHUSDT --intervals 1h,4h --start 2024-06-24
 demo: venv
-	$(PY) -m ingest sample --db $(DEMO)/market.sqlite --symbols BTCUSDT,ETHUSDT --days 30
+	$(PY) -m ingest sample --market-db $(DEMO)/market.sqlite --symbols BTCUSDT,ETHUSDT --days 30
 	$(PY) image_cache.py render $(DEMO_FLAGS)
 	$(PY) image_cache.py render $(DEMO_FLAGS) --style jkx --window 20
 	$(PY) image_cache.py verify $(DEMO_FLAGS) --deep

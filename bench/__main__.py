@@ -42,7 +42,7 @@ def build_market(days: int) -> None:
     if MARKET.exists():
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    run_measured([PY, "-m", "ingest", "sample", "--db", str(MARKET), "--symbols", "BTCUSDT,ETHUSDT",
+    run_measured([PY, "-m", "ingest", "sample", "--market-db", str(MARKET), "--symbols", "BTCUSDT,ETHUSDT",
                   "--days", str(days), "--end", END])
 
 
@@ -68,7 +68,7 @@ def render_case(name: str, flags: list[str], count: int, reps: int) -> Figure:
         folder.mkdir(parents=True)
         seconds, peak, _, out = run_measured([PY, str(REPO / "image_cache.py"), "render", "--market-db", str(MARKET),
                                               "--index-db", str(folder / "index.sqlite"), "--image-root",
-                                              str(folder / "img"), "--pairs", "BTCUSDT,ETHUSDT", "--start",
+                                              str(folder / "img"), "--symbols", "BTCUSDT,ETHUSDT", "--start",
                                               "2024-05-01", "--limit", str(count), "--json", *flags])
         figure.runs.append(seconds)
         own.append(json_of(out)["seconds"])
@@ -344,7 +344,7 @@ def verify_section(ctx: Context) -> Section:
     """verify fast and deep over the images of a 224 px render."""
     folder = fresh(WORK / "verify")
     flags = ["--market-db", str(MARKET), "--index-db", str(folder / "index.sqlite"), "--image-root",
-             str(folder / "img"), "--pairs", "BTCUSDT,ETHUSDT", "--intervals", "15m", "--start", "2024-05-01",
+             str(folder / "img"), "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "15m", "--start", "2024-05-01",
              "--size", "224", "--window", "60"]
     run_measured([PY, str(REPO / "image_cache.py"), "render", *flags])
     count = sum(1 for _ in (folder / "img").rglob("*.png"))
@@ -389,7 +389,7 @@ def ingest_section(ctx: Context) -> Section:
     figure = Figure(f"9. ingest: 12 monthly 1m zips ({rows:,} candles)", count=rows, unit="candles/s")
     for _ in range(ctx.reps):
         folder = fresh(WORK / "ingest")
-        seconds, peak, _, _ = run_measured([PY, "-m", "ingest", "binance-vision", "--db",
+        seconds, peak, _, _ = run_measured([PY, "-m", "ingest", "binance-vision", "--market-db",
                                             str(folder / "m.sqlite"), str(mirror)])
         figure.runs.append(seconds)
         figure.peak_mb = max(figure.peak_mb or 0, peak)
@@ -402,10 +402,10 @@ def memory_section(ctx: Context) -> Section:
     count = ctx.n(100_000)
     folder = fresh(WORK / "memory")
     db = folder / "m.sqlite"
-    run_measured([PY, "-m", "ingest", "sample", "--db", str(db), "--symbols", "BTCUSDT,ETHUSDT", "--days",
+    run_measured([PY, "-m", "ingest", "sample", "--market-db", str(db), "--symbols", "BTCUSDT,ETHUSDT", "--days",
                   str(count // 2880 + 2), "--end", END])
     args = [PY, str(REPO / "image_cache.py"), "render", "--market-db", str(db), "--index-db",
-            str(folder / "index.sqlite"), "--image-root", str(folder / "img"), "--pairs", "BTCUSDT,ETHUSDT",
+            str(folder / "index.sqlite"), "--image-root", str(folder / "img"), "--symbols", "BTCUSDT,ETHUSDT",
             "--intervals", "1m", "--start", "2000-01-01", "--size", "224", "--window", "60", "--limit", str(count),
             "--jobs", "2"]
     seconds, peak, samples, _ = run_measured(args)

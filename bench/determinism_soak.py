@@ -56,7 +56,7 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def _market(work: Path, seed: int) -> Path:
     path = work / f"market-{seed}.sqlite"
     if not path.exists():
-        result = _cli(work, "-m", "ingest", "sample", "--db", str(path), "--symbols", "AAAUSDT,BBBUSDT",
+        result = _cli(work, "-m", "ingest", "sample", "--market-db", str(path), "--symbols", "AAAUSDT,BBBUSDT",
                       "--days", "12", "--seed", str(seed))
         if result.returncode != 0:
             raise SystemExit(f"ingest sample failed: {result.stderr}")
@@ -66,7 +66,7 @@ def _market(work: Path, seed: int) -> Path:
 def _render_args(market: Path, preset: tuple[str, int, int], jobs: int) -> list[str]:
     style, size, window = preset
     return ["--market-db", str(market), "--index-db", "image_cache.sqlite", "--image-root", "image-cache",
-            "--pairs", "AAAUSDT,BBBUSDT", "--intervals", INTERVALS, "--start", "2024-06-22", "--end", "2024-07-01",
+            "--symbols", "AAAUSDT,BBBUSDT", "--intervals", INTERVALS, "--start", "2024-06-22", "--end", "2024-07-01",
             "--style", style, "--size", str(size), "--window", str(window), "--jobs", str(jobs)]
 
 

@@ -122,7 +122,7 @@ def measure(csv_mb: int = 1024, cases: tuple[str, ...] = CASES) -> list[dict]:
 
     def case(name: str, size_mb: float, args: list[str]) -> None:
         db = fresh(f"db-{len(rows)}") / "market.sqlite"
-        rc, peak, seconds, output = peak_rss([args[0], "--db", str(db), *args[1:]], WORK)
+        rc, peak, seconds, output = peak_rss([args[0], "--market-db", str(db), *args[1:]], WORK)
         last = output.splitlines()[-1] if output else ""
         ended = "ok" if rc == 0 else (f"failed (exit {rc}) under the {MEMORY_LIMIT >> 30} GB address-space cap: "
                                       f"{last[:120]}")

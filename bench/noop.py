@@ -29,7 +29,7 @@ def measure(rows_target: int, folder: Path) -> tuple[Figure, Figure, int]:
 
     db = folder / "noop-market.sqlite"
     days = rows_target // (2 * 1440) + 1
-    run_measured([PY, "-m", "ingest", "sample", "--db", str(db), "--symbols", "BTCUSDT,ETHUSDT", "--days",
+    run_measured([PY, "-m", "ingest", "sample", "--market-db", str(db), "--symbols", "BTCUSDT,ETHUSDT", "--days",
                   str(days), "--end", END])
     settings = load(None, {"market_db_path": str(db), "image_index_db": str(folder / "index.sqlite"),
                            "image_root_dir": str(folder / "img"), "pairs": "BTCUSDT,ETHUSDT", "intervals": "1m",
@@ -67,7 +67,7 @@ def measure(rows_target: int, folder: Path) -> tuple[Figure, Figure, int]:
     mconn.close()
     del plans
     render = [PY, str(REPO / "image_cache.py"), "render", "--market-db", str(db), "--index-db",
-              settings.image_index_db, "--image-root", settings.image_root_dir, "--pairs", "BTCUSDT,ETHUSDT",
+              settings.image_index_db, "--image-root", settings.image_root_dir, "--symbols", "BTCUSDT,ETHUSDT",
               "--intervals", "1m", "--start", "2000-01-01", "--size", "224", "--window", "60"]
     first = Figure(f"no-op render over {total:,} indexed images, first run (reads all, stamps)", count=total,
                    unit="s")

@@ -68,7 +68,7 @@ def measure(spent: dict[str, float], market: str, folder: Path, flags: list[str]
     config.add_arguments(parser)
     settings = config.from_args(parser.parse_args([
         "--market-db", market, "--index-db", str(folder / "index.sqlite"), "--image-root", str(folder / "img"),
-        "--pairs", "BTCUSDT,ETHUSDT", "--intervals", "15m", "--start", "2024-05-01", "--jobs", "1", *flags]))
+        "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "15m", "--start", "2024-05-01", "--jobs", "1", *flags]))
     spent.update(dict.fromkeys(spent, 0.0))
     result = runner.render(settings, limit=count)
     assert result.ok and result.drawn == count, result.error

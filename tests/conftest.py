@@ -18,13 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Small images keep the suite fast; the goldens cover full-size presets.
 CONFIG = """
 [image_cache]
-market_db_path = "market.sqlite"
-image_index_db = "image_cache.sqlite"
-image_root_dir = "image-cache"
-pairs = ["BTCUSDT", "ETHUSDT"]
+market_db = "market.sqlite"
+index_db = "image_cache.sqlite"
+image_root = "image-cache"
+symbols = ["BTCUSDT", "ETHUSDT"]
 intervals = ["1h", "4h"]
-img_size_px = 128
-window_len = 30
+size = 128
+window = 30
 start = "2024-06-25"
 jobs = 1
 """

@@ -384,7 +384,7 @@ class Walk:
         sig = self.rng.choice(SIGNALS)
         p = self.preset
         command = [sys.executable, str(REPO / "image_cache.py"), "render", "--market-db", self.market,
-                   "--index-db", str(self.index_path), "--image-root", str(self.root), "--pairs", ",".join(SYMBOLS),
+                   "--index-db", str(self.index_path), "--image-root", str(self.root), "--symbols", ",".join(SYMBOLS),
                    "--intervals", "1h", "--start", "2024-06-01", "--gap-policy", self.gap_policy,
                    "--style", p["style_name"], "--size", str(p["img_size_px"]), "--window", str(p["window_len"]),
                    "--jobs", str(self.rng.choice((1, 2)))]

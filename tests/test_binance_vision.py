@@ -216,18 +216,18 @@ def test_cli_summary_and_exit_codes(tmp_path: Path) -> None:
     day_zip(tmp_path / "m", "2024-01-15")
     day_zip(tmp_path / "m", "2024-01-16", checksum="wrong")
     db = str(tmp_path / "market.sqlite")
-    run = cli("binance-vision", "--db", db, str(tmp_path / "m"))
+    run = cli("binance-vision", "--market-db", db, str(tmp_path / "m"))
     assert run.returncode == 1, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("rejected: BTCUSDT-1h-2024-01-16.zip: checksum: mismatch")
     assert lines[1].startswith("files: 1 ok, 0 skipped, 1 rejected, 0 unverified; rows: 24 inserted, 0 revised, "
                                "0 dropped; 0 flagged; ")
-    again = cli("binance-vision", "--db", db, str(tmp_path / "m" / "BTCUSDT-1h-2024-01-15.zip"))
+    again = cli("binance-vision", "--market-db", db, str(tmp_path / "m" / "BTCUSDT-1h-2024-01-15.zip"))
     assert again.returncode == 0 and again.stdout.startswith("files: 0 ok, 1 skipped, 0 rejected")
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
-    run = cli("binance-vision", "--db", str(tmp_path / "market.sqlite"), str(tmp_path / "nope"))
+    run = cli("binance-vision", "--market-db", str(tmp_path / "market.sqlite"), str(tmp_path / "nope"))
     assert run.returncode == 1
     assert run.stderr == f"Error: no such file or directory: {tmp_path / 'nope'}\n" and run.stdout == ""
 

@@ -26,7 +26,7 @@ def test_defaults_match_the_product_brief():
 
 def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path):
     path = tmp_path / "c.toml"
-    path.write_text('[image_cache]\nwindow_len = 60\nimg_size_px = 224\npairs = ["ETHUSDT"]\n')
+    path.write_text('[image_cache]\nwindow = 60\nsize = 224\nsymbols = ["ETHUSDT"]\n')
     s = config.load(str(path), {"img_size_px": "512", "style_name": None})
     assert (s.window_len, s.img_size_px, s.pairs, s.style_name) == (60, 512, ("ETHUSDT",), "mike")
     assert config.load(None, {"pairs": "BTCUSDT, XRPUSDT"}).pairs == ("BTCUSDT", "XRPUSDT")
@@ -34,11 +34,11 @@ def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path):
 
 @pytest.mark.parametrize("body, message", [
     ("colour = 1", "unknown key 'colour'"),
-    ('window_len = "x"', "window_len must be an integer"),
+    ('window = "x"', "window must be an integer"),
     ("stride = 0", "stride must be at least 1"),
     ('gap_policy = "fill"', "gap_policy must be one of skip, render"),
     ('intervals = ["2w"]', "intervals: unknown interval code '2w'"),
-    ('pairs = ["../x"]', "pairs: invalid symbol '../x'"),
+    ('symbols = ["../x"]', "symbols: invalid symbol '../x'"),
     ('start = "yesterday"', "start: invalid date 'yesterday'"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, body: str, message: str):

@@ -164,7 +164,7 @@ def test_a_killed_ingest_is_all_or_nothing_per_file(tmp_path: Path, reference: d
                                                     committed: int) -> None:
     db, run = prepare(tmp_path)
     files = sorted(run.glob("*.zip"))
-    crashed = cli(tmp_path, "-c", CRASHER, point, str(nth), "binance-vision", "--db", str(db), str(run))
+    crashed = cli(tmp_path, "-c", CRASHER, point, str(nth), "binance-vision", "--market-db", str(db), str(run))
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
     if point == "mid-upsert":  # the kill came inside the upsert, neither before nor after it
         writes = int(crashed.stderr.split("killed after ")[1].split()[0])
@@ -180,7 +180,7 @@ def test_a_killed_ingest_is_all_or_nothing_per_file(tmp_path: Path, reference: d
     # The registry claims a file exactly when its candles are in.
     assert [ok_rows(db, f) for f in files] == [1 if committed > i else 0 for i in range(3)]
 
-    again = cli(tmp_path, "-m", "ingest", "binance-vision", "--db", str(db), "--lock-wait", "5", str(run))
+    again = cli(tmp_path, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "5", str(run))
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith(f"files: {3 - committed} ok, {committed} skipped, 0 rejected, 0 unverified")
     assert dump(db) == reference["dump"]

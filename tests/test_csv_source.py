@@ -90,7 +90,7 @@ def test_cli(tmp_path: Path) -> None:
     db = str(tmp_path / "market.sqlite")
 
     def run(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ingest", "csv", str(path), "--db", db, "--symbol", "ABCUSDT",
+        return subprocess.run([sys.executable, "-m", "ingest", "csv", str(path), "--market-db", db, "--symbol", "ABCUSDT",
                                "--interval", "1d"], cwd=REPO, capture_output=True, text=True, timeout=60)
 
     ok = run(good)

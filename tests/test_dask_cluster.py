@@ -25,13 +25,13 @@ pytestmark = pytest.mark.xdist_group("installed")
 
 CLUSTER_CONFIG = """
 [image_cache]
-market_db_path = "market.sqlite"
-image_index_db = "image_cache.sqlite"
-image_root_dir = "image-cache"
-pairs = ["BTCUSDT", "ETHUSDT"]
+market_db = "market.sqlite"
+index_db = "image_cache.sqlite"
+image_root = "image-cache"
+symbols = ["BTCUSDT", "ETHUSDT"]
 intervals = ["15m", "1h"]
-img_size_px = 128
-window_len = 30
+size = 128
+window = 30
 jobs = 4
 """
 START_S = 60  # a cluster on a loaded 2-core machine
@@ -95,7 +95,7 @@ def reference(installed: Path, tmp_path_factory) -> Path:
     """A checkout's `--jobs 1` render of a 60-day sample market (about 14,000 images)."""
     folder = tmp_path_factory.mktemp("reference")
     (folder / "image_cache.toml").write_text(CLUSTER_CONFIG)
-    made = run_cli(folder, "sample", "--db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--days", "60",
+    made = run_cli(folder, "sample", "--market-db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--days", "60",
                    "--seed", "7", module="ingest")
     assert made.returncode == 0, made.stderr
     drawn = run_cli(folder, "render", "--config", "image_cache.toml", "--jobs", "1")
@@ -140,7 +140,7 @@ def test_a_cluster_of_dasks_own_commands_renders_the_bytes_of_jobs_1_also_when_a
     out, err = render.communicate(timeout=300)
     assert render.returncode == 0, err
     report = json.loads(out)
-    assert len(report["lost_workers"]) == 1 and report["error"] is None, report
+    assert len(report["lost_workers"]) == 1 and report["error"] is None, (report, err)
     address = report["lost_workers"][0]
     assert f"Dask worker {address} left the cluster during the run" in err
     _same_as(folder, reference)
@@ -163,7 +163,7 @@ def test_a_cluster_left_without_workers_stops_in_one_line_and_repair_and_a_rende
                       "worker for 3 s (--worker-wait): stopped; repair adopts the files already written"], err
     assert "Traceback" not in err
     report = json.loads(out)
-    assert report["drawn"] < 14_000 and len(report["lost_workers"]) == 2, report
+    assert report["drawn"] < 14_000 and len(report["lost_workers"]) == 2, (report, err)
     # A truthful index: every row it has names its file.
     for row in index_rows(folder / "image_cache.sqlite", "WHERE status = 'ok'"):
         assert (folder / "image-cache" / row[3]).is_file()

@@ -28,7 +28,7 @@ def cache(request, tmp_path_factory, sample_market: Path) -> tuple[Path, pd.Data
     shutil.copy(sample_market, folder / "market.sqlite")
     toml = CONFIG.replace(', "4h"', "")
     if request.param == "jkx":  # grayscale, with moving-average history before each window
-        toml = toml.replace("window_len = 30", "window_len = 20") + 'style_name = "jkx"\n'
+        toml = toml.replace("window = 30", "window = 20") + 'style = "jkx"\n'
     (folder / "image_cache.toml").write_text(toml)
     result = render_cli(folder, "--start", "2024-06-22")
     assert result.returncode == 0, result.stderr

@@ -30,8 +30,8 @@ def test_order_does_not_matter(workdir: Path, tmp_path_factory):
     for name in ("market.sqlite", "image_cache.toml"):
         shutil.copy(workdir / name, whole / name)
     expected = _render(whole)
-    _render(workdir, "--symbol", "ETHUSDT", "--interval", "4h")
-    _render(workdir, "--symbol", "BTCUSDT", "--limit", "5")
+    _render(workdir, "--symbols", "ETHUSDT", "--intervals", "4h")
+    _render(workdir, "--symbols", "BTCUSDT", "--limit", "5")
     assert _render(workdir) == expected
 
 

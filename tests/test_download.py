@@ -258,7 +258,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_downloads_and_requires_checksums_when_asked(tmp_path, server):
     publish(server.root, "BTCUSDT", "1d", "2024-01-01", 1)
     publish(server.root, "BTCUSDT", "1d", "2024-01-02", 1, checksum=None)
-    common = ["--db", str(tmp_path / "m.sqlite"), "--symbols", "BTCUSDT", "--intervals", "1d",
+    common = ["--market-db", str(tmp_path / "m.sqlite"), "--symbols", "BTCUSDT", "--intervals", "1d",
               "--start", "2024-01-01", "--end", "2024-01-03", "--base-url", server.url,
               "--mirror", str(tmp_path / "mirror"), "--jobs", "2"]
 
@@ -277,7 +277,7 @@ def test_cli_downloads_and_requires_checksums_when_asked(tmp_path, server):
 
 
 def test_cli_rejects_an_empty_date_range(tmp_path):
-    run = _cli("download", "--db", str(tmp_path / "m.sqlite"), "--symbols", "BTCUSDT", "--intervals", "1d",
+    run = _cli("download", "--market-db", str(tmp_path / "m.sqlite"), "--symbols", "BTCUSDT", "--intervals", "1d",
                "--start", "2024-02-01", "--end", "2024-01-01", "--mirror", str(tmp_path / "mirror"))
     assert run.returncode == 1
     assert run.stderr.startswith("Error: --start 2024-02-01 must be before --end 2024-01-01")

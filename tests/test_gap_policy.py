@@ -26,7 +26,7 @@ def _hole(workdir: Path) -> int:
 
 def test_skip_records_undrawable_gap_rows(workdir: Path):
     hole = _hole(workdir)
-    assert render_cli(workdir, "--symbol", "BTCUSDT", "--interval", "1h").returncode == 0
+    assert render_cli(workdir, "--symbols", "BTCUSDT", "--intervals", "1h").returncode == 0
     gap_rows = index_rows(workdir / "image_cache.sqlite", "WHERE status = 'undrawable'")
     # Every window whose 30 candles span the hole: the 29 following windows plus those the hole
     # interrupts; the hole itself ends no window.
@@ -36,12 +36,12 @@ def test_skip_records_undrawable_gap_rows(workdir: Path):
     verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--json")
     assert verify.returncode == 0, verify.stdout
     assert json.loads(verify.stdout)["no_image"]["gap"] == 29
-    assert json.loads(render_cli(workdir, "--symbol", "BTCUSDT", "--interval", "1h", "--json").stdout)["recorded"] == 0
+    assert json.loads(render_cli(workdir, "--symbols", "BTCUSDT", "--intervals", "1h", "--json").stdout)["recorded"] == 0
 
 
 def test_render_policy_draws_gap_windows(workdir: Path):
     hole = _hole(workdir)
-    assert render_cli(workdir, "--symbol", "BTCUSDT", "--interval", "1h", "--gap-policy", "render").returncode == 0
+    assert render_cli(workdir, "--symbols", "BTCUSDT", "--intervals", "1h", "--gap-policy", "render").returncode == 0
     drawn = index_rows(workdir / "image_cache.sqlite", "WHERE reason = 'gap'")
     assert {r[2] for r in drawn} == {hole + k * HOUR for k in range(1, 30)}
     assert {r[6] for r in drawn} == {"ok"}

@@ -78,7 +78,7 @@ def test_cli_records_and_replaces_known_gaps(tmp_path):
     _series(db, "BBBUSDT", "1h", [t0, t0 + 5 * h])
     _series(db, "AAAUSDT", "1d", [t0, t0 + 2 * DAY_MS])
 
-    run = _cli("gaps", "--db", db, "--symbol", "AAAUSDT", "--interval", "1h")
+    run = _cli("gaps", "--market-db", db, "--symbols", "AAAUSDT", "--intervals", "1h")
 
     assert run.returncode == 0, run.stderr
     assert _known_gaps(db) == [("AAAUSDT", "1h", t0 + 3 * h, t0 + 4 * h), ("AAAUSDT", "1h", t0 + 7 * h, t0 + 7 * h)]
@@ -86,7 +86,7 @@ def test_cli_records_and_replaces_known_gaps(tmp_path):
     assert "2024-03-05T03:00:00Z … 2024-03-05T04:00:00Z (2 missing)" in run.stdout
 
     _series(db, "AAAUSDT", "1h", [t0 + 3 * h, t0 + 4 * h])  # the missing hours arrive later
-    run = _cli("gaps", "--db", db, "--json")
+    run = _cli("gaps", "--market-db", db, "--json")
 
     assert run.returncode == 0, run.stderr
     assert _known_gaps(db) == [("AAAUSDT", "1d", t0 + DAY_MS, t0 + DAY_MS),
@@ -99,6 +99,6 @@ def test_cli_records_and_replaces_known_gaps(tmp_path):
 
 
 def test_cli_rejects_an_unknown_interval(tmp_path):
-    run = _cli("gaps", "--db", str(tmp_path / "market.sqlite"), "--interval", "7m")
+    run = _cli("gaps", "--market-db", str(tmp_path / "market.sqlite"), "--intervals", "7m")
     assert run.returncode == 2  # a usage error
-    assert run.stderr.startswith("Error: python -m ingest gaps: argument --interval: unknown interval code '7m'")
+    assert run.stderr.startswith("Error: python -m ingest gaps: argument --intervals: unknown interval code '7m'")

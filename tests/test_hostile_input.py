@@ -307,7 +307,7 @@ def test_the_corpus_holds_at_least_60_ingest_inputs() -> None:
 def test_hostile_input_is_rejected_end_to_end(tmp_path: Path, case: str, build, message: str) -> None:
     db = tmp_path / "market.sqlite"
     args = build(tmp_path / "in")
-    run = cli(tmp_path, args[0], "--db", str(db), *args[1:])
+    run = cli(tmp_path, args[0], "--market-db", str(db), *args[1:])
     assert run.returncode == 1, run.stdout + run.stderr
     assert run.stderr == ""  # no traceback, no warning
     lines = run.stdout.splitlines()
@@ -330,7 +330,7 @@ ACCEPTED_VARIANTS = ["crlf", "bom"]
 def test_a_hostile_symbol_argument_is_refused_before_any_file(tmp_path: Path, symbol: str) -> None:
     (tmp_path / "prices.csv").write_bytes(GOOD_CSV)
     db = tmp_path / "market.sqlite"
-    run = cli(tmp_path, "csv", "--db", str(db), str(tmp_path / "prices.csv"), "--symbol", symbol, "--interval", "1h")
+    run = cli(tmp_path, "csv", "--market-db", str(db), str(tmp_path / "prices.csv"), "--symbol", symbol, "--interval", "1h")
     assert run.returncode == 2 and run.stdout == ""  # a usage error
     assert run.stderr == (f"Error: python -m ingest csv: argument --symbol: invalid symbol {symbol!r}: "
                           "must match ^[A-Z0-9][A-Z0-9_-]{0,39}$\n")
@@ -345,7 +345,7 @@ def test_crlf_and_bom_are_accepted_by_design(tmp_path: Path, variant: str) -> No
     data = {"crlf": kline_csv(rows(), line_end="\r\n"),
             "bom": b"\xef\xbb\xbf" + kline_csv(rows(), header=True)}[variant]
     db = tmp_path / "market.sqlite"
-    run = cli(tmp_path, "binance-vision", "--db", str(db), str(write_archive(tmp_path / "in", NAME, data)))
+    run = cli(tmp_path, "binance-vision", "--market-db", str(db), str(write_archive(tmp_path / "in", NAME, data)))
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.startswith("files: 1 ok, 0 skipped, 0 rejected, 0 unverified; rows: 24 inserted, ")
     assert [r[1] for r in registry(db)] == ["ok"]

@@ -41,7 +41,7 @@ def index_dir(workdir: Path):
 
 def test_index_deleted_while_a_render_runs_is_an_error(workdir: Path):
     render = subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), "render", "--config", "image_cache.toml",
-                               "--interval", "1m"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               "--intervals", "1m"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"})
     drawing = workdir / "image-cache" / "BTCUSDT" / "1m"
     deadline = time.monotonic() + 60
@@ -57,7 +57,7 @@ def test_index_deleted_while_a_render_runs_is_an_error(workdir: Path):
 
 
 def test_index_disk_full_is_one_line_and_the_index_stays_truthful(workdir: Path, index_dir: Path):
-    result = render_cli(workdir, "--interval", "1m", "--index-db", "idx/i.sqlite")
+    result = render_cli(workdir, "--intervals", "1m", "--index-db", "idx/i.sqlite")
     assert result.returncode == 1
     assert _errors(result.stderr) == ["Error: image index idx/i.sqlite: disk full (database or disk is full)"]
     with contextlib.closing(sqlite3.connect(index_dir / "i.sqlite")) as conn:  # closed: the folder is unmounted
@@ -67,8 +67,8 @@ def test_index_disk_full_is_one_line_and_the_index_stays_truthful(workdir: Path,
         assert hashlib.sha256((workdir / "image-cache" / path).read_bytes()).hexdigest() == sha256
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(index_dir)], check=True)
-    assert render_cli(workdir, "--interval", "1m", "--index-db", "idx/i.sqlite").returncode == 0
-    verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--interval", "1m", "--index-db",
+    assert render_cli(workdir, "--intervals", "1m", "--index-db", "idx/i.sqlite").returncode == 0
+    verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--intervals", "1m", "--index-db",
                      "idx/i.sqlite", "--deep")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 

@@ -29,7 +29,7 @@ from image_cache.ingest.schema import read_candles
 WINDOW = 30
 SERIES = ("BTCUSDT", "1h")
 RENDER = ("render", "--market-db", "market.sqlite", "--index-db", "image_cache.sqlite", "--image-root",
-          "image-cache", "--pairs", SERIES[0], "--intervals", SERIES[1], "--size", "128", "--window", str(WINDOW),
+          "image-cache", "--symbols", SERIES[0], "--intervals", SERIES[1], "--size", "128", "--window", str(WINDOW),
           "--start", "2024-06-25", "--jobs", "1")
 REISSUE = "BTCUSDT-1h-2024-06.zip"
 
@@ -162,7 +162,7 @@ def test_ingest_committing_during_the_render_read_is_not_seen(tmp_path: Path, sa
     render = popen(folder, "-c", GATED_RENDER, *RENDER)
     wait_for(lambda: (folder / "reading").exists() or render.poll() is not None, "the render to open its snapshot")
     assert render.poll() is None, render.communicate()
-    ingest = popen(folder, "-m", "ingest", "binance-vision", "--db", "market.sqlite", str(states["zip"]))
+    ingest = popen(folder, "-m", "ingest", "binance-vision", "--market-db", "market.sqlite", str(states["zip"]))
 
     def committed() -> bool:
         with sqlite3.connect(f"file:{folder / 'market.sqlite'}?mode=ro", uri=True) as conn:
@@ -187,7 +187,7 @@ def test_render_and_ingest_running_freely_side_by_side(tmp_path: Path, sample_ma
     """The render starts `delay` s after the ingest: here it mostly reads before the commit at 0 s and
     after it at 1 s. Either state is right; a mix, or images other than that state's, is not."""
     folder = workdir(tmp_path, sample_market)
-    ingest = popen(folder, "-m", "ingest", "binance-vision", "--db", "market.sqlite", str(states["zip"]))
+    ingest = popen(folder, "-m", "ingest", "binance-vision", "--market-db", "market.sqlite", str(states["zip"]))
     time.sleep(delay)
     render = popen(folder, str(REPO / "image_cache.py"), *RENDER)
     assert finish(render)[0] == 0 and finish(ingest)[0] == 0
@@ -213,7 +213,7 @@ def assert_both_in(db: Path) -> None:
 
 
 def hold(folder: Path, db: Path, path: Path) -> subprocess.Popen:
-    holder = popen(folder, "-c", HOLDING_INGEST, "binance-vision", "--db", str(db), str(path))
+    holder = popen(folder, "-c", HOLDING_INGEST, "binance-vision", "--market-db", str(db), str(path))
     wait_for(lambda: (folder / "holding").exists() or holder.poll() is not None, "the first ingest to hold the lock")
     assert holder.poll() is None, holder.communicate()
     return holder
@@ -224,14 +224,14 @@ def test_a_second_ingest_without_wait_exits_75_naming_the_holder(tmp_path: Path)
     db = tmp_path / "market.sqlite"
     holder = hold(tmp_path, db, first)
     try:
-        refused = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--db", str(db), "--lock-wait", "0",
+        refused = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "0",
                                   str(second)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     finally:
         (tmp_path / "release").touch()
     assert refused.returncode == 75 and refused.stdout == ""
     assert refused.stderr == f"Error: {db}.lock is locked by another run (pid {holder.pid}: ingest binance-vision)\n"
     assert finish(holder)[0] == 0
-    again = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--db", str(db), str(second)],
+    again = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db), str(second)],
                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert_both_in(db)
@@ -241,7 +241,7 @@ def test_a_second_ingest_with_wait_runs_after_the_first(tmp_path: Path):
     first, second = two_days(tmp_path)
     db = tmp_path / "market.sqlite"
     holder = hold(tmp_path, db, first)
-    waiting = popen(tmp_path, "-m", "ingest", "binance-vision", "--db", str(db), "--lock-wait", "60", str(second))
+    waiting = popen(tmp_path, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "60", str(second))
     try:
         time.sleep(1.5)
         assert waiting.poll() is None, "the second ingest did not wait for the lock"
@@ -261,7 +261,7 @@ def test_a_killed_holder_releases_the_lock(tmp_path: Path):
     holder.send_signal(signal.SIGKILL)
     assert holder.wait() == -signal.SIGKILL
     for path in (first, second):
-        run = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--db", str(db), "--lock-wait", "0",
+        run = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "0",
                               str(path)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
     assert_both_in(db)

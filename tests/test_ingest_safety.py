@@ -83,7 +83,7 @@ def test_a_db_that_is_not_a_market_is_refused_untouched(tmp_path: Path, command:
     db = _not_a_market(tmp_path, kind)
     args = COMMANDS[command](tmp_path)
     before = _snapshot(tmp_path)
-    run = cli(tmp_path, args[0], "--db", str(db), *args[1:])
+    run = cli(tmp_path, args[0], "--market-db", str(db), *args[1:])
     message = one_line_error(run)
     assert str(db) in message or db.name in message, message
     assert _snapshot(tmp_path) == before  # the file untouched, no lock file left next to it
@@ -97,7 +97,7 @@ def test_a_db_that_is_not_a_market_is_refused_untouched(tmp_path: Path, command:
 ])
 def test_the_db_refusal_says_why(tmp_path: Path, kind: str, reason: str) -> None:
     db = _not_a_market(tmp_path, kind)
-    run = cli(tmp_path, "sample", "--db", str(db), "--symbols", "BTCUSDT", "--days", "1")
+    run = cli(tmp_path, "sample", "--market-db", str(db), "--symbols", "BTCUSDT", "--days", "1")
     assert reason in one_line_error(run)
 
 
@@ -105,7 +105,7 @@ def test_the_db_refusal_says_why(tmp_path: Path, kind: str, reason: str) -> None
 def test_a_db_path_sqlite_would_make_a_throwaway_database_of_is_refused(tmp_path: Path, db: str) -> None:
     args = COMMANDS["binance-vision"](tmp_path)
     before = _snapshot(tmp_path)
-    run = cli(tmp_path, args[0], "--db", db, *args[1:])
+    run = cli(tmp_path, args[0], "--market-db", db, *args[1:])
     assert one_line_error(run) == f"Error: {db!r} names no market database file"
     assert _snapshot(tmp_path) == before
 
@@ -113,9 +113,9 @@ def test_a_db_path_sqlite_would_make_a_throwaway_database_of_is_refused(tmp_path
 def test_a_market_path_with_hash_and_question_mark_is_read_as_named(tmp_path: Path) -> None:
     """status opens the market read-only by URI: an unquoted `#` or `?` would open (create) another file."""
     db = tmp_path / "a#b?c.sqlite"
-    assert cli(tmp_path, "sample", "--db", str(db), "--symbols", "BTCUSDT", "--days", "1").returncode == 0
+    assert cli(tmp_path, "sample", "--market-db", str(db), "--symbols", "BTCUSDT", "--days", "1").returncode == 0
     before = set(os.listdir(tmp_path))
-    run = cli(tmp_path, "status", "--db", str(db))
+    run = cli(tmp_path, "status", "--market-db", str(db))
     assert run.returncode == 0, run.stderr
     assert "BTCUSDT" in run.stdout
     # No empty file "a" made of the path cut at `#` (the read-only open may add its -shm and -wal).
@@ -138,7 +138,7 @@ def test_text_in_a_foreign_market_rejects_that_file_and_the_others_go_in(tmp_pat
     folder = tmp_path / "in"
     write_archive(folder, "BTCUSDT-1h-2024-01-15.zip", kline_csv(kline_rows("1h", "2024-01-15", 24)))
     write_archive(folder, "ETHUSDT-1h-2024-01-15.zip", kline_csv(kline_rows("1h", "2024-01-15", 24)))
-    run = cli(tmp_path, "binance-vision", "--db", str(db), str(folder))
+    run = cli(tmp_path, "binance-vision", "--market-db", str(db), str(folder))
     assert run.returncode == 1 and run.stderr == "", run.stderr
     assert run.stdout.splitlines()[0] == (
         "rejected: market database: candle of series 1 at open_time 1705276800000 holds a value that is not a "
@@ -153,7 +153,7 @@ def test_an_sqlite_error_while_writing_is_one_line(tmp_path: Path) -> None:
     db = tmp_path / "market.sqlite"
     _foreign_market(db, "CREATE TRIGGER veto BEFORE INSERT ON candles BEGIN SELECT RAISE(ABORT, 'vetoed'); END;")
     args = COMMANDS["binance-vision"](tmp_path)
-    assert one_line_error(cli(tmp_path, args[0], "--db", str(db), *args[1:])) == f"Error: {db}: vetoed"
+    assert one_line_error(cli(tmp_path, args[0], "--market-db", str(db), *args[1:])) == f"Error: {db}: vetoed"
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM candles").fetchone()[0] == 0
 
@@ -177,7 +177,7 @@ def full_disk(tmp_path: Path):
 
 def test_a_full_disk_when_the_lock_is_written_is_one_line(tmp_path: Path, full_disk: Path) -> None:
     args = COMMANDS["binance-vision"](tmp_path)
-    run = cli(tmp_path, args[0], "--db", str(full_disk / "market.sqlite"), *args[1:])
+    run = cli(tmp_path, args[0], "--market-db", str(full_disk / "market.sqlite"), *args[1:])
     assert one_line_error(run) == (f"Error: cannot write lock file {full_disk / 'market.sqlite.lock'}: "
                                    "disk full (No space left on device)")
 
@@ -185,7 +185,7 @@ def test_a_full_disk_when_the_lock_is_written_is_one_line(tmp_path: Path, full_d
 def test_a_disk_too_full_for_the_database_is_one_line(tmp_path: Path, full_disk: Path) -> None:
     (full_disk / "filler").write_bytes(b"\0" * 40960)  # room for the lock file, not for the database
     args = COMMANDS["binance-vision"](tmp_path)
-    run = cli(tmp_path, args[0], "--db", str(full_disk / "market.sqlite"), *args[1:])
+    run = cli(tmp_path, args[0], "--market-db", str(full_disk / "market.sqlite"), *args[1:])
     # SQLite tells a full tmpfs as "disk I/O error" (its shared-memory file cannot grow).
     assert one_line_error(run).startswith(f"Error: {full_disk / 'market.sqlite'}: cannot open market database: ")
 
@@ -212,7 +212,7 @@ def test_hostile_members_in_a_folder_do_not_stop_the_valid_files(tmp_path: Path)
     (folder / "BTCUSDT-1h-2024-01-17.zip.CHECKSUM").mkdir()
     write_archive(folder, "BTCUSDT-1h-2024-01-18.zip", day("2024-01-18"))
     db = tmp_path / "market.sqlite"
-    run = cli(tmp_path, "binance-vision", "--db", str(db), str(folder))
+    run = cli(tmp_path, "binance-vision", "--market-db", str(db), str(folder))
     assert run.returncode == 1 and run.stderr == "", run.stderr
     assert run.stdout.splitlines()[:3] == [
         "rejected: BTCUSDT-1h-2024-01-15.zip: zip: member 'BTCUSDT-1h-2024-01-15.csv' is encrypted",
@@ -245,7 +245,7 @@ def test_a_huge_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path:
     with open(path, "wb") as f:
         f.write(b"1705276800000,")
         f.truncate(4 * 2**30)
-    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
+    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--market-db", str(tmp_path / "m.sqlite"), str(path))
     assert rc == 1 and "zip: not a zip archive (starts with b'1705')" in output, output
     assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
 
@@ -259,7 +259,7 @@ def test_a_small_zip_holding_a_huge_member_is_refused_in_bounded_memory(tmp_path
         block = row * (2**20 // len(row))
         for _ in range(MAX_MEMBER_BYTES // 2**20 + 1):
             member.write(block)
-    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
+    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--market-db", str(tmp_path / "m.sqlite"), str(path))
     assert rc == 1 and f"is larger than {MAX_MEMBER_BYTES} bytes uncompressed" in output, output
     assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
 
@@ -274,6 +274,6 @@ def test_a_member_past_the_whole_parse_size_streams_in_bounded_memory(tmp_path: 
             archive.open("BTCUSDT-1s-2024-01.csv", "w") as member:
         for first in range(0, count, 100_000):
             member.write(b"".join(row(start + i * 1000) for i in range(first, min(count, first + 100_000))))
-    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--db", str(tmp_path / "m.sqlite"), str(path))
+    rc, peak, output = peak_rss_mb(tmp_path, "binance-vision", "--market-db", str(tmp_path / "m.sqlite"), str(path))
     assert rc == 0 and f"rows: {count} inserted" in output, output
     assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"

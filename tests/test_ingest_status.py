@@ -104,7 +104,7 @@ def test_not_a_market_database(tmp_path: Path) -> None:
 
 def test_cli_json_and_failures(market: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ingest", "status", "--db", str(market), *args], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "ingest", "status", "--market-db", str(market), *args], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
 
     as_json = run("--json", "--failures")
@@ -116,6 +116,6 @@ def test_cli_json_and_failures(market: Path) -> None:
     assert text.returncode == 0
     assert text.stdout.splitlines()[-2:] == [
         "failures: 1", f"  {data['failures'][0]['reason']}"]
-    missing = subprocess.run([sys.executable, "-m", "ingest", "status", "--db", str(market.parent / "x.sqlite")],
+    missing = subprocess.run([sys.executable, "-m", "ingest", "status", "--market-db", str(market.parent / "x.sqlite")],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and missing.stderr == f"Error: no market database at {market.parent / 'x.sqlite'}\n"

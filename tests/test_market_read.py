@@ -57,7 +57,7 @@ def test_a_value_that_is_not_a_number_names_table_series_and_column(tmp_path: Pa
     assert message.startswith(f"{path}: table candles, series AAAUSDT 1h (id 7): column {column} holds {shown}")
     assert "\n" not in message
 
-    result = run_cli(tmp_path, "render", "--dry-run", "--market-db", str(path), "--pairs", "AAAUSDT",
+    result = run_cli(tmp_path, "render", "--dry-run", "--market-db", str(path), "--symbols", "AAAUSDT",
                      "--intervals", "1h", "--window", "5", "--size", "64", "--start", "2024-07-01")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr == f"Error: {message}\n"
@@ -94,7 +94,7 @@ def test_a_path_with_uri_characters_opens_that_file_and_creates_nothing(tmp_path
 def test_a_candle_ingest_would_refuse_makes_its_windows_undrawable(tmp_path: Path, column, value, rule):
     """A market another program wrote: its windows were drawn and indexed ok, whatever the candle said."""
     path = foreign_market(tmp_path / "foreign.sqlite", column, value)
-    args = ("render", "--market-db", str(path), "--pairs", "AAAUSDT", "--intervals", "1h", "--window", "5",
+    args = ("render", "--market-db", str(path), "--symbols", "AAAUSDT", "--intervals", "1h", "--window", "5",
             "--size", "64", "--start", "2024-07-01", "--json")
     result = run_cli(tmp_path, *args)
     assert result.returncode == 0, result.stderr

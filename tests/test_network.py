@@ -26,13 +26,13 @@ from fake_binance import FakeBinance
 
 NIGHTLY_CONFIG = """
 [image_cache]
-market_db_path = "market.sqlite"
-image_index_db = "image_cache.sqlite"
-image_root_dir = "image-cache"
-pairs = ["BTCUSDT", "ETHUSDT"]
+market_db = "market.sqlite"
+index_db = "image_cache.sqlite"
+image_root = "image-cache"
+symbols = ["BTCUSDT", "ETHUSDT"]
 intervals = ["1d"]
-img_size_px = 128
-window_len = 30
+size = 128
+window = 30
 start = "2024-01-02"
 jobs = 1
 """
@@ -45,7 +45,7 @@ def commands(command: str, base_url: str, api_url: str) -> list[str]:
     if command == "nightly":
         return [str(REPO / "nightly.py"), "--config", "image_cache.toml", "--api-url", api_url,
                 "--market-start", "2024-01-02", *common]
-    market = ["--db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1d", "--start", "2024-01-02",
+    market = ["--market-db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1d", "--start", "2024-01-02",
               "--jobs", "2", *common]
     if command == "download":
         return ["-m", "ingest", "download", *market, "--end", "2024-02-01"]

@@ -15,13 +15,13 @@ from fake_binance import FakeBinance
 
 CONFIG = """
 [image_cache]
-market_db_path = "market.sqlite"
-image_index_db = "image_cache.sqlite"
-image_root_dir = "image-cache"
-pairs = ["BTCUSDT"]
+market_db = "market.sqlite"
+index_db = "image_cache.sqlite"
+image_root = "image-cache"
+symbols = ["BTCUSDT"]
 intervals = ["1h"]
-img_size_px = 128
-window_len = 30
+size = 128
+window = 30
 start = "{start}"
 jobs = 1
 """

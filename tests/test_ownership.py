@@ -49,7 +49,7 @@ def test_bad_symbol_is_refused_before_any_file_call(rendered: Path):
     victim = rendered / "victim"
     victim.mkdir()
     (victim / "BTCUSDT_1h_2024-06-25T00-00-00_px128_w30_v1.png").write_bytes(b"precious")
-    result = run_cli(rendered, "repair", "--config", "image_cache.toml", "--symbol", "../victim",
+    result = run_cli(rendered, "repair", "--config", "image_cache.toml", "--symbols", "../victim",
                      "--market-db", "nope.sqlite")
     no_traceback(result)
     assert result.returncode in (1, 2) and "symbol" in result.stderr
@@ -64,7 +64,7 @@ def test_symlinked_symbol_folder_is_never_followed(rendered: Path, tmp_path_fact
     (elsewhere / name).write_bytes(b"not yours")
     shutil.rmtree(rendered / "image-cache" / "ETHUSDT")
     (rendered / "image-cache" / "ETHUSDT").symlink_to(elsewhere / "ETHUSDT")
-    for args in ([], ["--symbol", "ETHUSDT"], ["--symbol", "ETHUSDT", "--interval", "1h"]):
+    for args in ([], ["--symbols", "ETHUSDT"], ["--symbols", "ETHUSDT", "--intervals", "1h"]):
         result = run_cli(rendered, "repair", "--config", "image_cache.toml", *args)
         no_traceback(result)
         assert (elsewhere / name).read_bytes() == b"not yours"
@@ -120,7 +120,7 @@ def test_a_root_belongs_to_one_index(rendered: Path):
     result = run_cli(rendered, "verify", "--config", "image_cache.toml", "--index-db", "other.sqlite")
     assert result.returncode == 1 and "not found" in result.stderr
     assert not (rendered / "other.sqlite.lock").exists()  # no stray lock file for want of an index
-    result = render_cli(rendered, "--index-db", "other.sqlite", "--interval", "4h")
+    result = render_cli(rendered, "--index-db", "other.sqlite", "--intervals", "4h")
     assert result.returncode == 1 and f"belongs to another index, {rendered / 'image_cache.sqlite'}" in result.stderr
     assert run_cli(rendered, "verify", "--config", "image_cache.toml").returncode == 0
 

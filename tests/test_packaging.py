@@ -216,7 +216,7 @@ def test_the_console_script_from_a_folder_of_its_own(installed: Path, user_folde
 
 
 def test_the_console_script_draws_the_checkouts_bytes(installed: Path, user_folder: Path, tmp_path_factory):
-    sample = ("sample", "--db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--days", "10", "--seed", "7")
+    sample = ("sample", "--market-db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--days", "10", "--seed", "7")
     (user_folder / "image_cache.toml").write_text(CONFIG)
     assert _script(installed, user_folder, "ingest", *sample).returncode == 0
     drawn = _script(installed, user_folder, "render", "--config", "image_cache.toml")

@@ -18,8 +18,8 @@ def test_pick_spreads_evenly_and_includes_both_ends():
 
 
 def test_preview_writes_a_grid_of_labelled_thumbnails(rendered: Path):
-    result = run_cli(rendered, "preview", "sheet.png", "--config", "image_cache.toml", "--symbol", "BTCUSDT",
-                     "--interval", "1h", "--n", "5", "--horizons", "1,3", "--json")
+    result = run_cli(rendered, "preview", "sheet.png", "--config", "image_cache.toml", "--symbols", "BTCUSDT",
+                     "--intervals", "1h", "--n", "5", "--horizons", "1,3", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     keys = report["keys"]

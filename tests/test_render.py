@@ -54,7 +54,7 @@ def test_limit_then_resume(workdir: Path):
 
 
 def test_filters_and_dates_select_exact_windows(workdir: Path):
-    result = render_cli(workdir, "--symbol", "ETHUSDT", "--interval", "4h", "--start", "2024-06-28",
+    result = render_cli(workdir, "--symbols", "ETHUSDT", "--intervals", "4h", "--start", "2024-06-28",
                         "--end", "2024-06-29T12:00", "--json")
     assert result.returncode == 0, result.stderr
     rows = index_rows(workdir / "image_cache.sqlite")
@@ -66,7 +66,7 @@ def test_filters_and_dates_select_exact_windows(workdir: Path):
 
 
 def test_stride_keeps_a_fixed_grid(workdir: Path):
-    render_cli(workdir, "--interval", "1h", "--symbol", "BTCUSDT", "--stride", "6")
+    render_cli(workdir, "--intervals", "1h", "--symbols", "BTCUSDT", "--stride", "6")
     ends = [r[2] for r in index_rows(workdir / "image_cache.sqlite")]
     assert ends and all((end // 3600_000) % 6 == 0 for end in ends)
 
@@ -88,15 +88,15 @@ def test_market_without_tables_is_a_clear_error(workdir: Path):
 
 
 def test_bad_settings_are_usage_errors(workdir: Path):
-    (workdir / "bad.toml").write_text('[image_cache]\nwindow_len = "many"\n')
+    (workdir / "bad.toml").write_text('[image_cache]\nwindow = "many"\n')
     result = run_cli(workdir, "render", "--config", "bad.toml")
-    assert result.returncode == 2 and "window_len must be an integer" in result.stderr
+    assert result.returncode == 2 and "window must be an integer" in result.stderr
     result = render_cli(workdir, "--style", "nosuch")
     assert result.returncode == 2 and result.stderr.startswith("Error: ") and "nosuch" in result.stderr
 
 
 def test_absent_symbols_are_reported_not_fatal(workdir: Path):
-    result = render_cli(workdir, "--pairs", "BTCUSDT,XRPUSDT", "--interval", "4h")
+    result = render_cli(workdir, "--symbols", "BTCUSDT,XRPUSDT", "--intervals", "4h")
     assert result.returncode == 0, result.stderr
     assert "not in the market database, skipped: XRPUSDT" in result.stderr
 

@@ -179,7 +179,7 @@ def test_cli_writes_complete_buckets_and_reports_the_rest(tmp_path):
     _write(db, "AAAUSDT", "1m", base)
     _write(db, "BBBUSDT", "1m", make_candles([t0 + i * MINUTE_MS for i in range(60)]))
 
-    run = _cli("resample", "--db", db, "--from", "1m", "--to", "1h,15m", "--symbol", "AAAUSDT")
+    run = _cli("resample", "--market-db", db, "--from", "1m", "--to", "1h,15m", "--symbols", "AAAUSDT")
 
     assert run.returncode == 0, run.stderr
     hours = _rows(db, "AAAUSDT", "1h")
@@ -196,7 +196,7 @@ def test_cli_writes_complete_buckets_and_reports_the_rest(tmp_path):
                                 ORDER BY 1""").fetchall()
     assert known == [("15m", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS), ("1h", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS)]
 
-    again = _cli("resample", "--db", db, "--from", "1m", "--to", "1h", "--json")
+    again = _cli("resample", "--market-db", db, "--from", "1m", "--to", "1h", "--json")
     assert again.returncode == 0, again.stderr
     assert '"inserted": 0' in again.stdout and "BBBUSDT" in again.stdout
     assert len(_rows(db, "BBBUSDT", "1h")) == 1
@@ -204,6 +204,6 @@ def test_cli_writes_complete_buckets_and_reports_the_rest(tmp_path):
 
 def test_cli_rejects_a_target_finer_than_the_source(tmp_path):
     db = str(tmp_path / "market.sqlite")
-    run = _cli("resample", "--db", db, "--from", "1h", "--to", "5m")
+    run = _cli("resample", "--market-db", db, "--from", "1h", "--to", "5m")
     assert run.returncode == 1
     assert run.stderr.startswith("Error: cannot resample 1h to 5m")

@@ -31,7 +31,7 @@ def other_market(folder: Path) -> None:
 def as_other(folder: Path, command: str, *args: str):
     """`command` with the second dataset's config: its own market and index, the same image root."""
     return run_cli(folder, command, "--config", "image_cache.toml", "--market-db", "other-market.sqlite",
-                   "--index-db", "other.sqlite", "--symbol", "SOLUSDT", *args)
+                   "--index-db", "other.sqlite", "--symbols", "SOLUSDT", *args)
 
 
 def one_error_line(result) -> str:
@@ -156,7 +156,7 @@ def test_a_claim_waits_while_another_claims_the_root(tmp_path: Path):
 # ------------------------------------------------------------------------------------------ item 2
 
 @pytest.mark.parametrize("lock, command", [("image_cache.sqlite.lock", ["render", "--config", "image_cache.toml"]),
-                                           ("market.sqlite.lock", ["gaps", "--db", "market.sqlite"])])
+                                           ("market.sqlite.lock", ["gaps", "--market-db", "market.sqlite"])])
 def test_a_linked_lock_file_is_refused_and_its_target_untouched(rendered: Path, tmp_path_factory, lock, command):
     target = tmp_path_factory.mktemp("elsewhere") / "precious.txt"
     target.write_text("precious")
@@ -170,7 +170,7 @@ def test_a_linked_lock_file_is_refused_and_its_target_untouched(rendered: Path, 
 
 
 @pytest.mark.parametrize("lock, command", [("image_cache.sqlite.lock", ["render", "--config", "image_cache.toml"]),
-                                           ("market.sqlite.lock", ["gaps", "--db", "market.sqlite"])])
+                                           ("market.sqlite.lock", ["gaps", "--market-db", "market.sqlite"])])
 def test_a_hard_linked_lock_file_is_refused_and_its_other_name_untouched(rendered: Path, lock, command):
     """A hard link is another name of the same file: writing the holder into it would change the user's file."""
     target = rendered / "precious.txt"

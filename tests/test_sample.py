@@ -88,8 +88,8 @@ def _dump(db: str) -> list[tuple]:
 
 def test_cli_builds_identical_databases_and_registers_each_symbol(tmp_path):
     args = ["sample", "--symbols", "BTCUSDT,SOLUSDT", "--days", "3", "--seed", "5", "--end", "2024-01-10"]
-    first = _cli(*args, "--db", str(tmp_path / "a.sqlite"))
-    second = _cli(*args, "--db", str(tmp_path / "b.sqlite"), "--json")
+    first = _cli(*args, "--market-db", str(tmp_path / "a.sqlite"))
+    second = _cli(*args, "--market-db", str(tmp_path / "b.sqlite"), "--json")
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     rows = _dump(str(tmp_path / "a.sqlite"))
@@ -114,7 +114,7 @@ def test_cli_builds_identical_databases_and_registers_each_symbol(tmp_path):
                                 WHERE s.symbol = 'BTCUSDT' AND i.code = '1m' ORDER BY 1""").fetchall()
     assert known == spans
 
-    again = _cli(*args, "--db", str(tmp_path / "a.sqlite"))
+    again = _cli(*args, "--market-db", str(tmp_path / "a.sqlite"))
     assert again.returncode == 0, again.stderr
     assert "BTCUSDT [skipped]" in again.stdout
     assert _dump(str(tmp_path / "a.sqlite")) == rows
@@ -126,8 +126,8 @@ def test_cli_builds_identical_databases_and_registers_each_symbol(tmp_path):
 
 def test_cli_rejects_bad_arguments(tmp_path):
     db = str(tmp_path / "m.sqlite")
-    run = _cli("sample", "--db", db, "--days", "0")
+    run = _cli("sample", "--market-db", db, "--days", "0")
     assert run.returncode == 2 and run.stderr.startswith("Error: python -m ingest sample: argument --days: "
                                                          "must be between 1")  # usage errors exit 2
-    run = _cli("sample", "--db", db, "--symbols", "btc/usdt")
+    run = _cli("sample", "--market-db", db, "--symbols", "btc/usdt")
     assert run.returncode == 2 and "argument --symbols: invalid symbol 'btc/usdt'" in run.stderr

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 # 1m windows: thousands of images in chunks of a few hundred, so the run is surely still drawing when
 # signalled, after its first rows are indexed.
 LIMIT = 6000
-ARGS = ["render", "--pairs", "BTCUSDT,ETHUSDT", "--intervals", "1m", "--start", "2024-06-22", "--size", "256",
+ARGS = ["render", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1m", "--start", "2024-06-22", "--size", "256",
         "--window", "60", "--jobs", "2", "--limit", str(LIMIT)]
 
 
@@ -144,7 +144,7 @@ def test_sigterm_ctrl_c_and_sighup_stop_cleanly(workdir: Path, signum: int, code
 
 
 # Small, quick runs (1,440 images of 64 px, ~1 s): 50 signals at random moments fit in a minute.
-QUICK = ["render", "--pairs", "BTCUSDT,ETHUSDT", "--intervals", "1h,15m", "--start", "2024-06-25", "--size", "64",
+QUICK = ["render", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1h,15m", "--start", "2024-06-25", "--size", "64",
          "--window", "20", "--jobs", "2"]
 TRIES = 50
 

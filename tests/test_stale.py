@@ -64,12 +64,12 @@ def test_only_rows_a_render_leaves_are_called_outside_its_range(rendered: Path):
     ends = [r[2] for r in index_rows(rendered / "image_cache.sqlite",
                                      "WHERE symbol = 'BTCUSDT' AND interval = '1h' AND status = 'ok'")]
     _change_candle(rendered / "market.sqlite", "BTCUSDT", "1h", ends[-40])
-    full = render_cli(rendered, "--symbol", "BTCUSDT", "--interval", "1h")
+    full = render_cli(rendered, "--symbols", "BTCUSDT", "--intervals", "1h")
     assert full.returncode == 0 and full.stdout.startswith("drawn 30,")
     assert "outside this run's range" not in full.stdout
 
     _change_candle(rendered / "market.sqlite", "BTCUSDT", "1h", ends[-40])
     end = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ends[-20] / 1000))  # cuts the 30 windows in two
-    part = json.loads(render_cli(rendered, "--symbol", "BTCUSDT", "--interval", "1h", "--end", end, "--json").stdout)
+    part = json.loads(render_cli(rendered, "--symbols", "BTCUSDT", "--intervals", "1h", "--end", end, "--json").stdout)
     assert (part["drawn"], part["marked_stale"]) == (20, 10)
     assert len(index_rows(rendered / "image_cache.sqlite", "WHERE status = 'stale'")) == 10

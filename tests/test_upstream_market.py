@@ -38,7 +38,7 @@ def test_upstream_wal_market_renders_like_ours(workdir: Path, tmp_path_factory):
     assert Path(str(upstream_dir / "market.sqlite") + "-wal").stat().st_size > 0
     try:
         for folder in (workdir, upstream_dir):
-            result = render_cli(folder, "--interval", "4h")
+            result = render_cli(folder, "--intervals", "4h")
             assert result.returncode == 0, result.stderr
     finally:
         upstream.close()

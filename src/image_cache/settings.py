@@ -19,6 +19,7 @@ from typing import Any
 from image_cache import chart
 from image_cache.core.errors import ConfigError, ImageCacheError
 from image_cache.core.grid import check_interval, check_symbol, utc_ms
+from image_cache.core.hooks import Warn, no_warn
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,17 @@ class Option:
     convert: Callable[[str, Any], Any]
     metavar: str | None = None  # None: a switch, a flag without a value
 
+    @property
+    def key(self) -> str:
+        """The config file's key: the flag's name (`--market-db` is `market_db`)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
 
 OPTIONS: tuple[Option, ...] = (
     Option("market_db_path", "--market-db", "market database, opened read-only", _path, "PATH"),
     Option("image_index_db", "--index-db", "image index database", _path, "PATH"),
     Option("image_root_dir", "--image-root", "folder the images are written under", _path, "DIR"),
-    Option("pairs", "--pairs", "comma-separated symbols to draw", _names(check_symbol), "SYMS"),
+    Option("pairs", "--symbols", "comma-separated symbols", _names(check_symbol), "SYMS"),
     Option("intervals", "--intervals", "comma-separated interval codes to draw", _names(check_interval), "IVS"),
     Option("img_size_px", "--size", "image edge in pixels (square presets)", _int(_positive), "PX"),
     Option("window_len", "--window", "candles per image", _int(_positive), "N"),
@@ -208,6 +214,25 @@ OPTIONS: tuple[Option, ...] = (
            "stops (default 180)", _int(_positive), "S"),
 )
 _BY_FIELD = {option.field: option for option in OPTIONS}
+_BY_KEY = {option.key: option for option in OPTIONS}
+# Where a config file is looked for when none is named: the environment, the working folder, the user's.
+CONFIG_ENV = "IMAGE_CACHE_CONFIG"
+CONFIG_NAME = "image_cache.toml"
+
+
+def find_config(named: str | None = None) -> str | None:
+    """The config file a command reads: the one named (`--config`), else $IMAGE_CACHE_CONFIG, else
+    ./image_cache.toml, else $XDG_CONFIG_HOME/image_cache/config.toml (~/.config when unset), the
+    first that exists; None when there is none (defaults and flags only)."""
+    if named:
+        return named
+    if os.environ.get(CONFIG_ENV):
+        return os.environ[CONFIG_ENV]
+    if os.path.isfile(CONFIG_NAME):
+        return CONFIG_NAME
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    user = os.path.join(xdg, "image_cache", "config.toml")
+    return user if os.path.isfile(user) else None
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -257,15 +282,26 @@ def _dask_scheduler_address() -> str:
     return str(dask.config.get("scheduler-address", default="") or "").strip()
 
 
-def load(config_file: str | None = None, flags: dict[str, Any] | None = None) -> Settings:
-    """Settings from defaults, then the TOML file, then non-None flags; every value validated."""
+def load(config_file: str | None = None, flags: dict[str, Any] | None = None, warn: Warn = no_warn) -> Settings:
+    """Settings from defaults, then the TOML file, then non-None flags (by field name); every value
+    validated. A file's keys are the flags' names; the older keys (the field names) still work this
+    release, each said once on `warn`."""
     values: dict[str, Any] = {}
     if config_file:
+        old: dict[str, str] = {}
         for key, value in read_toml(config_file).items():
-            if key not in _BY_FIELD:
+            option = _BY_KEY.get(key.replace("-", "_"))
+            if option is None and key in _BY_FIELD:
+                option = _BY_FIELD[key]
+                old[key] = option.key
+            if option is None:
                 raise ConfigError(f"{config_file}: unknown key {key!r} in [image_cache] "
-                                  f"(known: {', '.join(_BY_FIELD)})")
-            values[key] = _BY_FIELD[key].convert(key, value)
+                                  f"(known: {', '.join(_BY_KEY)})")
+            values[option.field] = option.convert(key, value)
+        if old:
+            keys = f"the keys {', '.join(old)} are" if len(old) > 1 else f"the key {next(iter(old))} is"
+            warn(f"note: {config_file}: {keys} deprecated and will be removed after 0.9; "
+                 f"use {', '.join(old.values())}")
     for field, value in (flags or {}).items():
         if field in _BY_FIELD and value is not None:
             values[field] = _BY_FIELD[field].convert(_BY_FIELD[field].flag, value)

@@ -391,7 +391,6 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     writer.flush()
     total = sum(len(c.last) for c in chunks)
     bar = iter(progress(range(total), total=total, desc="render", unit="img"))
-    logged = time.monotonic()
     try:
         for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), chunks):
             writer.add(rows)
@@ -404,9 +403,6 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
                 else:
                     result.undrawable += 1
                     result.refused += 1
-            if time.monotonic() - logged > 10:
-                warn(f"render: {result.drawn + result.refused}/{total} images")
-                logged = time.monotonic()
     except Exception as exc:  # a failing worker: keep what is done, report the failure
         if isinstance(exc, (LockHeld, IndexFileError, sqlite3.Error)):  # the index failed, not a worker
             raise

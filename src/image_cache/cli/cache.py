@@ -18,7 +18,7 @@ from image_cache.cache.runner import Filters
 from image_cache.cli import console
 from image_cache.cli import settings as cli_settings
 from image_cache.core import flags
-from image_cache.settings import ConfigError, Settings, check_filters
+from image_cache.settings import ConfigError, Settings
 
 # How the command line was started: the checkout's launcher, or the installed console script. Named in
 # usage lines and recorded in an export's dataset card.
@@ -27,13 +27,8 @@ PROG = "python image_cache.py"
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = console.Parser(prog=prog, description=__doc__.split("\n")[0])
-    common = argparse.ArgumentParser(add_help=False)
-    cli_settings.add_arguments(common)
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
-    common.add_argument("--symbol", action="append", dest="symbols", metavar="SYM",
-                        help="only this symbol (repeatable; default: the configured pairs)")
-    common.add_argument("--interval", action="append", dest="filter_intervals", metavar="IV",
-                        help="only this interval (repeatable; default: the configured intervals)")
+    common = console.common_flags()
+    cli_settings.add_arguments(common, filters=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("render", parents=[common], help="draw the due windows that are not up to date")
@@ -63,12 +58,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="webdataset: samples per shard at most")
     p.add_argument("--min-shards", type=int, default=8, metavar="N", help="webdataset: shards per split at least")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="webdataset: seed of the shuffle before sharding")
-    p.add_argument("--license", default="other", metavar="ID", help="license in the dataset card (default other)")
+    p.add_argument("--license", default="other", metavar="ID", help="license in the dataset card")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an export written by this tool")
 
     p = sub.add_parser("preview", parents=[common, labels], help="a contact sheet of sample images with labels")
     p.add_argument("out", metavar="OUT.png", help="PNG file to write (new)")
-    p.add_argument("--n", type=int, default=16, metavar="N", help="images on the sheet (default 16)")
+    p.add_argument("--n", type=int, default=16, metavar="N", help="images on the sheet")
     p.add_argument("--force", action="store_true", help="replace OUT.png if it is a sheet written by preview")
     return parser
 
@@ -76,8 +71,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def command(args: argparse.Namespace):
     """The library call behind each command, as a zero-argument callable."""
     settings = cli_settings.from_args(args)
-    check_filters(args.symbols, args.filter_intervals)
-    filters = Filters(symbols=args.symbols, intervals=args.filter_intervals)
+    filters = cli_settings.filters_from(args, settings)
     hooks = dict(progress=console.progress, warn=console.log)
     note = settings.jobs_note()
     if note and args.command in ("render", "verify", "repair"):  # the commands with workers
@@ -125,7 +119,10 @@ def _dataset_command(args: argparse.Namespace, settings: Settings, filters: Filt
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
+    args = console.parse(build_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    console.configure(args)
     args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by export's dataset card
     args.prog = prog
     try:

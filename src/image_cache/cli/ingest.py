@@ -27,11 +27,11 @@ PROG = "python -m ingest"
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = console.Parser(prog=prog, description=__doc__.split("\n")[0])
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default="market.sqlite", help="market database (default: %(default)s)")
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common = console.common_flags()
+    common.add_argument("--market-db", dest="db", default="market.sqlite", metavar="PATH", help="market database")
+    common.add_argument("--db", dest="db", help=argparse.SUPPRESS, action=console.deprecated("--db", "--market-db"))
     common.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
-                        help="how long to wait for another ingest to finish (default: %(default)s)")
+                        help="how long to wait for another ingest to finish")
     checksum = argparse.ArgumentParser(add_help=False)
     checksum.add_argument("--require-checksum", action="store_true",
                           help="reject archives without a .CHECKSUM file (default: ingest them as unverified)")
@@ -45,16 +45,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = sub.add_parser("resample", parents=[common], help="derive higher intervals from a base interval")
     p.add_argument("--from", dest="source", default="1m", choices=list(INTERVAL_MS))
     p.add_argument("--to", dest="targets", type=flags.intervals, required=True)
-    p.add_argument("--symbol", action="append", dest="symbols", type=flags.symbol, help="repeatable (default: all)")
+    _series_filters(p, intervals=False)
 
     p = sub.add_parser("gaps", parents=[common], help="find and record the gaps of each series")
-    p.add_argument("--symbol", action="append", dest="symbols", type=flags.symbol, help="repeatable (default: all)")
-    p.add_argument("--interval", action="append", dest="intervals", type=flags.interval,
-                   help="repeatable (default: all)")
+    _series_filters(p, intervals=True)
 
     p = sub.add_parser("status", parents=[common], help="series and ingested files")
     p.add_argument("--failures", action="store_true", help="list rejected files with their reasons")
     return parser
+
+
+def _series_filters(p: argparse.ArgumentParser, intervals: bool) -> None:
+    """--symbols (and --intervals): the series a command covers, as every command names them; the old
+    repeatable --symbol and --interval still work this release."""
+    p.add_argument("--symbols", type=flags.symbols, metavar="SYMS", help="comma-separated (default: all)")
+    p.add_argument("--symbol", dest="symbols", type=flags.symbol, help=argparse.SUPPRESS,
+                   action=console.deprecated("--symbol", "--symbols", "append"))
+    if intervals:
+        p.add_argument("--intervals", type=flags.intervals, metavar="IVS", help="comma-separated (default: all)")
+        p.add_argument("--interval", dest="intervals", type=flags.interval, help=argparse.SUPPRESS,
+                       action=console.deprecated("--interval", "--intervals", "append"))
 
 
 def command(args: argparse.Namespace):
@@ -93,6 +103,9 @@ def one_line_errors(call: Callable[[], Any], db: str) -> Callable[[], Any]:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
+    args = console.parse(build_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    console.configure(args)
     return console.run(one_line_errors(command(args), args.db), args.json)
 

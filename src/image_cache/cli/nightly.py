@@ -23,6 +23,7 @@ from image_cache.cli import console
 from image_cache.cli import settings as cli_settings
 from image_cache.cache.runner import Filters, render
 from image_cache.cache.verify import verify
+from image_cache.core import flags
 from image_cache.core.errors import ImageCacheError, LockHeld
 from image_cache.ingest.download import add_archive_arguments
 from image_cache.ingest.rest import add_market_arguments
@@ -107,7 +108,7 @@ PROG = "python nightly.py"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = console.Parser(prog=prog, description=__doc__.split("\n")[0], parents=[console.common_flags()])
     cli_settings.add_arguments(parser)
     add_market_arguments(parser)
     add_archive_arguments(parser)
@@ -115,14 +116,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="first UTC date of market data for series with none yet (default: the start setting)")
     parser.add_argument("--require-checksum", action="store_true", help="reject archives without a .CHECKSUM")
     parser.add_argument("--deep", action="store_true", help="verify re-hashes every image file")
-    parser.add_argument("--lock-wait", type=float, default=30.0, metavar="SECONDS",
-                        help="how long the update waits for another ingest (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
+                        help="how long the update waits for another ingest")
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
+    args = console.parse(build_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+    console.configure(args)
     try:
         settings = cli_settings.from_args(args)
     except ConfigError as exc:
