@@ -99,3 +99,14 @@ def test_dask_keeps_a_bounded_number_of_chunks_in_flight():
         seen = list(_dask_results(_tasks_on_worker, list(range(60)), cluster.scheduler_address, 60))
     assert len(seen) == 60
     assert max(seen) <= 8, max(seen)  # 4 in flight, with room for tasks not yet released
+
+
+def test_a_failed_chunks_rows_are_counted_by_what_they_are():
+    """A chunk that stops on a write failure returns its rows so far; render once counted every one of them
+    as drawn, also those recorded undrawable or blocked (issue 20: counts that count what they name)."""
+    from types import SimpleNamespace
+
+    from image_cache.cache.runner import RenderResult, tally
+    result = RenderResult(dry_run=False)
+    tally(result, [SimpleNamespace(status=s) for s in ("ok", "ok", "missing", "undrawable")])
+    assert (result.drawn, result.blocked, result.undrawable, result.refused) == (2, 1, 1, 1)

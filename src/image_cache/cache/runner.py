@@ -350,6 +350,19 @@ def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filter
         raise index.failure(settings.image_index_db, exc) from None
 
 
+def tally(result: RenderResult, rows: list) -> None:
+    """Count a chunk's rows by what they are: drawn (a file), blocked (its path held by something not
+    ours), or refused by the engine (undrawable)."""
+    for row in rows:
+        if row.status == "ok":
+            result.drawn += 1
+        elif row.status == "missing":
+            result.blocked += 1
+        else:
+            result.undrawable += 1
+            result.refused += 1
+
+
 def _limit(plans: list[SeriesPlan], limit: int | None) -> None:
     """Keep the first `limit` windows to draw, series by series (records are cheap and always kept)."""
     if limit is None:
@@ -394,21 +407,15 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
     try:
         for rows in run(partial(draw_chunk, sync=settings.executor == "dask"), chunks):
             writer.add(rows)
-            for row in rows:
+            tally(result, rows)
+            for _ in rows:
                 next(bar, None)
-                if row.status == "ok":
-                    result.drawn += 1
-                elif row.status == "missing":  # its path is held by something not ours
-                    result.blocked += 1
-                else:
-                    result.undrawable += 1
-                    result.refused += 1
     except Exception as exc:  # a failing worker: keep what is done, report the failure
         if isinstance(exc, (LockHeld, IndexFileError, sqlite3.Error)):  # the index failed, not a worker
             raise
         if isinstance(exc, WorkerError):
             writer.add(exc.rows)
-            result.drawn += len(exc.rows)
+            tally(result, exc.rows)
         detail = str(exc) if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
         result.error = f"render stopped, a worker failed: {detail}"
     finally:
