@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import hashlib
+import io
 import os
 import shutil
 import sqlite3
@@ -30,11 +33,34 @@ jobs = 1
 """
 
 
-def run_cli(cwd: Path, *args: str, module: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python image_cache.py ARGS` (or `python -m MODULE ARGS`) in `cwd` as a real subprocess."""
-    command = [sys.executable, "-m", module] if module else [sys.executable, str(REPO / "image_cache.py")]
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
-    return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+PROGS = {None: "python image_cache.py", "ingest": "python -m ingest", "nightly": "python nightly.py"}
+
+
+def run_cli(cwd: Path, *args: str, module: str | None = None, timeout: float = 300,
+            process: bool = False) -> subprocess.CompletedProcess:
+    """`python image_cache.py ARGS` (or `python -m MODULE ARGS`) in `cwd`: in this process through the command
+    line's `main(argv)` (stdout and stderr captured), or with `process` as a real subprocess, for the tests
+    whose subject is the process boundary (start-up, signals, crashes, concurrent runs)."""
+    if process:
+        command = [sys.executable, "-m", module] if module else [sys.executable, str(REPO / "image_cache.py")]
+        env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
+        return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=env)
+    from image_cache.cli import cache, ingest, nightly
+    main = {None: cache.main, "ingest": ingest.main, "nightly": nightly.main}[module]
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    # A command that hangs (a pipe opened blocking, a wait without end) ends this test process with every
+    # thread's stack, as the subprocess's timeout did: a failure, never a suite that hangs.
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args), prog=PROGS[module])
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        os.chdir(before)
+    return subprocess.CompletedProcess([PROGS[module], *args], code, out.getvalue(), err.getvalue())
 
 
 def render_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -25,6 +25,8 @@ from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.core.grid import DAY_MS, utc_ms
 from image_cache.ingest.schema import read_candles
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS_PER_DAY = 1440
 

@@ -19,6 +19,8 @@ import pytest
 from image_cache.chart import pixel_hash
 from conftest import REPO, index_rows, run_cli, tree_digest
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 # Runs the real CLI with one main-process function wrapped so that it SIGKILLs itself at its N-th call.
 CRASHER = r"""
 import functools, os, signal, sys

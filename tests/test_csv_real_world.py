@@ -119,6 +119,7 @@ def test_a_huge_trade_count_is_not_called_negative() -> None:
     assert str(info.value) == "t.csv: line 2: integer: trades is '1e30', too large for a count (at most 9007199254740991)"
 
 
+@pytest.mark.slow
 def test_a_large_csv_is_parsed_in_bounded_memory(tmp_path: Path) -> None:
     """About 40 MB of CSV: the old whole-file parse peaked near 700 MB; streaming stays far below."""
     n = 450_000

@@ -21,7 +21,7 @@ from conftest import index_rows, run_cli, tree_digest
 
 pytest.importorskip("distributed")
 # One install for this module and test_packaging's: both run on the same xdist worker (Makefile: loadgroup).
-pytestmark = pytest.mark.xdist_group("installed")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("installed")]
 
 CLUSTER_CONFIG = """
 [image_cache]

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import index_rows, render_cli, run_cli, tree_digest
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 
 def _mount(root: Path, options: str) -> bool:
     return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(root)],

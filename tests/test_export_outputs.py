@@ -27,12 +27,12 @@ def cache(tmp_path_factory, sample_market: Path) -> Path:
     return folder
 
 
-def export(cache: Path, out: Path, *extra: str):
-    return run_cli(cache, "export", str(out), "--format", "manifest", *ARGS, *extra)
+def export(cache: Path, out: Path, *extra: str, process: bool = False):
+    return run_cli(cache, "export", str(out), "--format", "manifest", *ARGS, *extra, process=process)
 
 
-def preview(cache: Path, out: Path, *extra: str):
-    return run_cli(cache, "preview", str(out), "--config", "image_cache.toml", "--n", "4", *extra)
+def preview(cache: Path, out: Path, *extra: str, process: bool = False):
+    return run_cli(cache, "preview", str(out), "--config", "image_cache.toml", "--n", "4", *extra, process=process)
 
 
 def digest(path: Path) -> str:
@@ -137,7 +137,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(cache: Path, ful
 
 def test_the_next_export_clears_what_killed_exports_left(cache: Path, tmp_path: Path):
     out = tmp_path / "out"
-    assert export(cache, out).returncode == 0
+    assert export(cache, out, process=True).returncode == 0
     written = tree_digest(out)
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid no process has now: an export killed long ago
@@ -147,18 +147,18 @@ def test_the_next_export_clears_what_killed_exports_left(cache: Path, tmp_path: 
     running = tmp_path / f".out.{os.getpid()}.tmp"  # an export still running (this process) is left alone
     running.mkdir()
 
-    result = export(cache, out)
+    result = export(cache, out, process=True)
     assert result.returncode == 1 and "exists and is not an empty folder" in result.stderr
     assert tree_digest(out) == written  # the old export is back in place
     assert sorted(os.listdir(tmp_path)) == sorted(["out", running.name])
     running.rmdir()
-    assert export(cache, out, "--force").returncode == 0
+    assert export(cache, out, "--force", process=True).returncode == 0
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
 def test_the_next_preview_clears_only_the_temp_sheets_killed_previews_left(cache: Path, tmp_path: Path):
     sheet = tmp_path / "sheet.png"
-    assert preview(cache, sheet).returncode == 0
+    assert preview(cache, sheet, process=True).returncode == 0
     whole = sheet.read_bytes()
     sheet.unlink()
     gone = subprocess.Popen(["true"])
@@ -177,7 +177,7 @@ def test_the_next_preview_clears_only_the_temp_sheets_killed_previews_left(cache
     link = tmp_path / f".sheet.png.{gone.pid + 400000}.tmp"
     link.symlink_to(outside)
 
-    result = preview(cache, sheet)
+    result = preview(cache, sheet, process=True)
     assert result.returncode == 0, result.stderr
     assert not any(path.exists() for path in killed)
     assert {path: path.read_bytes() for path in kept} == kept

@@ -26,6 +26,8 @@ from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive
 from image_cache.ingest.binance_vision import MAX_MEMBER_BYTES, ingest_paths
 from image_cache.ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE, read_candles
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2024-01-15"
 NAME = f"BTCUSDT-1h-{DAY}.zip"

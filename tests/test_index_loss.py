@@ -18,6 +18,8 @@ import pytest
 from conftest import REPO, render_cli, run_cli
 from image_cache.core.db import immediate
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 
 def _errors(stderr: str) -> list[str]:
     assert "Traceback" not in stderr, stderr

@@ -26,6 +26,8 @@ from conftest import REPO, index_rows, tree_digest
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.schema import read_candles
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 WINDOW = 30
 SERIES = ("BTCUSDT", "1h")
 RENDER = ("render", "--market-db", "market.sqlite", "--index-db", "image_cache.sqlite", "--image-root",

@@ -20,6 +20,8 @@ from bench.ingest_memory import peak_rss
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
 from image_cache.ingest.binance_vision import MAX_MEMBER_BYTES, WHOLE_MEMBER_BYTES
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
 GOOD_CSV = b"open_time,open,high,low,close,volume\n1705276800000,1,2,0.5,1.5,10\n"

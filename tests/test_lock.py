@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO, render_cli, run_cli
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 HOLDER = """
 import sys, time
 from image_cache.core.db import exclusive_lock

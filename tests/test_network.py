@@ -24,6 +24,8 @@ from conftest import REPO, run_cli
 from image_cache.core.db import lock_is_held, lock_path
 from fake_binance import FakeBinance
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 NIGHTLY_CONFIG = """
 [image_cache]
 market_db = "market.sqlite"

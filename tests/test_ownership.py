@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from conftest import render_cli, run_cli, tree_digest
 
 
@@ -125,6 +127,7 @@ def test_a_root_belongs_to_one_index(rendered: Path):
     assert run_cli(rendered, "verify", "--config", "image_cache.toml").returncode == 0
 
 
+@pytest.mark.slow
 def test_foreign_files_survive_every_command(workdir: Path, tmp_path_factory):
     """Image root and index next to other files: a market, notes, a link to elsewhere, a named pipe.
     After render, verify, repair and repair --reindex every foreign entry is byte for byte as it was."""

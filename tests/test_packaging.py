@@ -19,7 +19,7 @@ from conftest import CONFIG, REPO, index_rows, run_cli, tree_digest
 
 SRC = REPO / "src" / "image_cache"
 # One install (conftest's `installed`) for this module and test_dask_cluster's (Makefile: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("installed")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("installed")]
 
 # The architecture, bottom up: a module may import its own part and the parts of lower rank, never a part
 # of its own rank or above.

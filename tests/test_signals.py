@@ -24,7 +24,7 @@ import pytest
 
 from conftest import REPO, index_rows
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")]
 
 # 1m windows: thousands of images in chunks of a few hundred, so the run is surely still drawing when
 # signalled, after its first rows are indexed.

@@ -11,6 +11,8 @@ import pytest
 
 from state_walk import run_many
 
+pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
+
 BLOCKS, PER_BLOCK, STEPS = 8, 25, 20
 
 

@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 from image_cache.cache import index
 from image_cache.cache.layout import TEMP_SUFFIX, is_temp_name, parse_relative_path, write_atomic
-from image_cache.core.errors import ImageCacheError, RootError, os_error_message
+from image_cache.core.errors import ImageCacheError, RootError, os_error_message, storage_error
 from image_cache.core.grid import INTERVAL_MS, SYMBOL_RE
 
 MARKER = ".image_cache_root"
@@ -154,6 +154,13 @@ def claim(root: str, index_id: str, index_path: str) -> str | None:
     another path that is gone (a moved index, one rebuilt by `repair --reindex`) is made to name this path.
     A folder holding anything else is refused.
     """
+    try:
+        return _claim(root, index_id, index_path)
+    except OSError as exc:  # a read-only or full file system, a folder we may not write: one line
+        raise storage_error("write the marker of image root", root, exc) from None
+
+
+def _claim(root: str, index_id: str, index_path: str) -> str | None:
     if not os.path.lexists(root):
         os.makedirs(root, exist_ok=True)
     with _root_fd(root) as fd:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 from tqdm import tqdm
 
 from image_cache import __version__
-from image_cache.core.errors import ConfigError, ImageCacheError, LockHeld
+from image_cache.core.errors import ConfigError, ImageCacheError, LockHeld, os_error_message
 from image_cache.core.signals import Stopped, stop_on_signals
 
 EXIT_OK = 0
@@ -140,6 +140,9 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
     except ImageCacheError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exit_code(exc)
+    except OSError as exc:  # the last net: the libraries name their OS errors; one that escapes is still one line
+        print(f"Error: {os_error_message('access', exc.filename or 'a file', exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     except Stopped as exc:  # SIGINT, SIGTERM or SIGHUP, after the command's cleanup
         with contextlib.suppress(OSError):  # after SIGHUP, stderr may be a terminal that is gone
             print(f"Error: {exc.message}", file=sys.stderr)
