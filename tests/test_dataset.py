@@ -35,7 +35,7 @@ def cache(request, tmp_path_factory, sample_market: Path) -> tuple[Path, pd.Data
     result = run_cli(folder, "export", "out", "--format", "manifest", "--config", "image_cache.toml", "--start",
                      "2024-06-22", "--split", SPLIT, "--horizons", "2,4")
     assert result.returncode == 0, result.stderr
-    return folder, pd.read_parquet(folder / "out" / "manifest.parquet")
+    return folder, pd.read_parquet(folder / "out" / "manifest")
 
 
 def settings_of(folder: Path) -> config.Settings:
@@ -70,7 +70,7 @@ def test_default_splits_match_the_export(cache, tmp_path: Path):
     result = run_cli(folder, "export", str(tmp_path / "out"), "--format", "manifest", "--config",
                      "image_cache.toml", "--start", "2024-06-22", "--horizons", "2")
     assert result.returncode == 0, result.stderr
-    exported = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    exported = pd.read_parquet(tmp_path / "out" / "manifest")
     for split in ("train", "validation", "test"):
         ds = ChartDataset(settings_of(folder), split, horizons=(2,))
         assert ds.keys == sorted(exported.key[exported.split == split])
@@ -105,5 +105,7 @@ def test_stream_follows_the_loader_worker_it_runs_in(cache, monkeypatch: pytest.
 
 def test_unknown_split_is_an_error(cache):
     folder, _ = cache
-    with pytest.raises(Exception, match="no split 'val': the splits are train, validation, test"):
+    with pytest.raises(Exception, match="no split 'holdout': the splits are train, validation, test"):
+        ChartDataset(settings_of(folder), "holdout", horizons=(2,))
+    with pytest.raises(Exception, match="a split named 'val' as 'validation': name it validation"):
         ChartDataset(settings_of(folder), "val", horizons=(2,))

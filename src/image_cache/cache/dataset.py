@@ -23,8 +23,8 @@ import numpy as np
 from image_cache import chart
 from image_cache.chart import jkx, raster
 from image_cache.cache import market
-from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, complete_windows, default_splits,
-                                  forward_returns, purge_candles, sample_key)
+from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, check_split_name, complete_windows,
+                                             default_splits, forward_returns, purge_candles, sample_key)
 from image_cache.cache.runner import Filters, make_spec, select_series
 from image_cache.cache.windows import Series, window_rows
 from image_cache.settings import Settings
@@ -83,6 +83,8 @@ class ChartDataset:
         self.splits = splits or default_splits(int(min(e.min() for e in ends if len(e))),
                                                int(max(e.max() for e in ends if len(e))))
         names = [s.name for s in self.splits]
+        for name in (split, *names):
+            check_split_name(name, "split")
         if split not in names:
             raise ImageCacheError(f"no split {split!r}: the splits are {', '.join(names)}")
         purge = purge_candles(self.spec.window_len, self.spec.history, horizons)

@@ -1,0 +1,56 @@
+"""Pixel modes a user asks images in (`--mode rgb|palette|gray`), and the conversions from an engine's own.
+
+Each engine draws in one mode (`NATIVE`): the raster engine palette indices, jkx gray levels, mplfinance
+RGB. Any of them converts to `rgb` or `gray` exactly as Pillow converts the PNG (`Image.convert`), so
+that a converted array equals what a client decoding the file in that mode gets; `palette` exists only
+where the engine draws one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from image_cache.chart.styles import ChartError, Spec
+
+MODES = ("rgb", "palette", "gray")
+NATIVE = {"raster": "palette", "jkx": "gray", "mplfinance": "rgb"}
+PIL_MODES = {"rgb": "RGB", "palette": "P", "gray": "L"}
+
+
+def native(spec: Spec) -> str:
+    """The mode the spec's engine draws in."""
+    return NATIVE[spec.engine]
+
+
+def check(mode: str, spec: Spec) -> str:
+    """`mode`, refused where the spec's images cannot be given in it."""
+    if mode not in MODES:
+        raise ChartError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "palette" and native(spec) != "palette":
+        raise ChartError(f"mode palette: {spec.name} images are {native(spec)}, not palette images "
+                         "(choose rgb or gray)")
+    return mode
+
+
+def _rgb_table(palette: list[str]) -> np.ndarray:
+    return np.array([[int(c[k:k + 2], 16) for k in (1, 3, 5)] for c in palette], dtype=np.uint8)
+
+
+def converter(spec: Spec, mode: str, palette: list[str] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from the engine's pixels to `mode`'s: (H, W) for palette and gray, (H, W, 3) for rgb."""
+    have = native(spec)
+    check(mode, spec)
+    if mode == have:
+        return lambda pixels: pixels
+    if have == "palette":
+        assert palette is not None
+        table = _rgb_table(palette)
+        if mode == "gray":  # each palette colour's gray level, as Pillow converts a P image to L
+            table = np.asarray(Image.fromarray(table[None, :, :], "RGB").convert("L"))[0]
+        return lambda pixels: table[pixels]
+    if have == "gray":  # gray to rgb: the level in each channel
+        return lambda pixels: np.repeat(pixels[:, :, None], 3, axis=2)
+    return lambda pixels: np.asarray(Image.fromarray(pixels, "RGB").convert("L"))
