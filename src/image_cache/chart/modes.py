@@ -8,8 +8,6 @@ where the engine draws one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from PIL import Image
 
@@ -39,18 +37,24 @@ def _rgb_table(palette: list[str]) -> np.ndarray:
     return np.array([[int(c[k:k + 2], 16) for k in (1, 3, 5)] for c in palette], dtype=np.uint8)
 
 
-def converter(spec: Spec, mode: str, palette: list[str] | None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from the engine's pixels to `mode`'s: (H, W) for palette and gray, (H, W, 3) for rgb."""
-    have = native(spec)
-    check(mode, spec)
-    if mode == have:
-        return lambda pixels: pixels
-    if have == "palette":
-        assert palette is not None
-        table = _rgb_table(palette)
-        if mode == "gray":  # each palette colour's gray level, as Pillow converts a P image to L
-            table = np.asarray(Image.fromarray(table[None, :, :], "RGB").convert("L"))[0]
-        return lambda pixels: table[pixels]
-    if have == "gray":  # gray to rgb: the level in each channel
-        return lambda pixels: np.repeat(pixels[:, :, None], 3, axis=2)
-    return lambda pixels: np.asarray(Image.fromarray(pixels, "RGB").convert("L"))
+class Converter:
+    """The engine's pixels to `mode`'s: (H, W) for palette and gray, (H, W, 3) for rgb. Picklable, for
+    loader workers."""
+
+    def __init__(self, spec: Spec, mode: str, palette: list[str] | None) -> None:
+        self.have, self.mode = native(spec), check(mode, spec)
+        self.table: np.ndarray | None = None
+        if self.have == "palette" and mode != "palette":
+            assert palette is not None
+            self.table = _rgb_table(palette)
+            if mode == "gray":  # each palette colour's gray level, as Pillow converts a P image to L
+                self.table = np.asarray(Image.fromarray(self.table[None, :, :], "RGB").convert("L"))[0]
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.mode == self.have:
+            return pixels
+        if self.table is not None:
+            return self.table[pixels]
+        if self.have == "gray":  # gray to rgb: the level in each channel
+            return np.repeat(pixels[:, :, None], 3, axis=2)
+        return np.asarray(Image.fromarray(pixels, "RGB").convert("L"))
