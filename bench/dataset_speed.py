@@ -11,10 +11,11 @@ Per preset (1280 px, 224 px, jkx 20), CPU ms per image (thread time, best of 3 r
 
 from __future__ import annotations
 
-import numpy as np
-
+import functools
 import time
 from pathlib import Path
+
+import numpy as np
 
 from bench.chart_speed import CASES, _repeat, best_ms, window
 from image_cache import chart
@@ -73,13 +74,15 @@ def measure() -> list[dict]:
         spec = chart.make_spec(style, size or None, n)
         times, ohlcv = window(spec.n_candles)
         repeat = _repeat(spec)
-        row = {"preset": label, "engine_ms": best_ms(lambda: chart.render(spec, times, ohlcv), repeat),
-               "dataset_ms": best_ms(lambda: draw_pixels(spec, times, ohlcv), repeat)}
+        row = {"preset": label,
+               "engine_ms": best_ms(functools.partial(chart.render, spec, times, ohlcv), repeat),
+               "dataset_ms": best_ms(functools.partial(draw_pixels, spec, times, ohlcv), repeat)}
         if spec.engine == "raster":
             packed, _ = raster.draw_rows(spec, ohlcv)
             out = np.empty((spec.height, spec.width), dtype=np.uint8)
-            row["unpack_c_ms"] = best_ms(lambda: kernel.unpack4(packed, out, spec.height, spec.width), repeat)
-            row["unpack_numpy_ms"] = best_ms(lambda: _numpy_unpack(packed, spec.width), repeat)
+            row["unpack_c_ms"] = best_ms(functools.partial(kernel.unpack4, packed, out, spec.height, spec.width),
+                                         repeat)
+            row["unpack_numpy_ms"] = best_ms(functools.partial(_numpy_unpack, packed, spec.width), repeat)
         row["items_engine_ms"], row["items_dataset_ms"] = _items_ms(label)
         results.append(row)
     return results

@@ -3,13 +3,12 @@ empty folder, in-process (export.md's torch and torchvision blocks where those a
 
 from __future__ import annotations
 
-import re
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 API_DOC = REPO / "docs" / "api.md"
@@ -17,7 +16,7 @@ EXPORT_DOC = REPO / "docs" / "export.md"
 
 
 def blocks(doc: Path = API_DOC) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", doc.read_text(), flags=re.S | re.M)
+    return re.findall(r"^```python\n(.*?)^```$", doc.read_text(), flags=re.DOTALL | re.MULTILINE)
 
 
 def test_the_api_doc_has_examples():
@@ -42,7 +41,7 @@ def test_the_public_api():
 
 def needs_missing_package(code: str) -> str | None:
     """torch or torchvision, when the block imports one that is not installed (the test venv has neither)."""
-    for name in re.findall(r"^(?:from|import) (torch|torchvision)\b", code, flags=re.M):
+    for name in re.findall(r"^(?:from|import) (torch|torchvision)\b", code, flags=re.MULTILINE):
         if importlib.util.find_spec(name) is None:
             return name
     return None

@@ -167,7 +167,7 @@ def test_mode_gives_the_png_converted_by_pillow(cache, mode: str):
     ds = ChartDataset(settings_of(folder), "validation", horizons=(2, 4), splits=parse_splits(SPLIT), mode=mode)
     assert ds.palette is None
     for k in (0, len(ds) - 1):
-        pixels, _, key = ds[k]
+        pixels, _, _ = ds[k]
         with Image.open(folder / "image-cache" / part.path.iloc[k]) as png:
             assert (pixels == np.asarray(png.convert({"rgb": "RGB", "gray": "L"}[mode]))).all()
 

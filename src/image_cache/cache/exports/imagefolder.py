@@ -38,12 +38,13 @@ def snippets(job: Job) -> list[tuple[str, str]]:
     # torchvision's default loader converts to RGB; other modes name their own.
     loader = "" if job.mode == "rgb" else f', loader=lambda path: Image.open(path).convert("{pil}")'
     return [
-        ("datasets", 'from datasets import load_dataset\n\n'
-                     f'ds = load_dataset("OUT")  # the card decodes images in mode {pil}\n'
-                     f'image, label = ds["{first}"][0]["image"], ds["{first}"][0]["label"]\n'
-                     f'pixels = ds["{first}"].with_format("numpy")[0]["image"]  # {SHAPES[job.mode]} uint8'),
-        ("torchvision", ('from PIL import Image\n' if loader else '') + 'from torchvision.datasets import ImageFolder\n\n'
-                        f'train = ImageFolder("OUT/{first}"{loader})  # classes == {list(job.options.label.names)}'),
+        ("datasets", ('from datasets import load_dataset\n\n'
+                      f'ds = load_dataset("OUT")  # the card decodes images in mode {pil}\n'
+                      f'image, label = ds["{first}"][0]["image"], ds["{first}"][0]["label"]\n'
+                      f'pixels = ds["{first}"].with_format("numpy")[0]["image"]  # {SHAPES[job.mode]} uint8')),
+        ("torchvision", ('from PIL import Image\n' if loader else '')
+                        + 'from torchvision.datasets import ImageFolder\n\n'
+                        + f'train = ImageFolder("OUT/{first}"{loader})  # classes == {list(job.options.label.names)}'),
         ("pandas", 'import pandas as pd\n\n'
                    f'meta = pd.read_json("OUT/{SAMPLES}", lines=True)  # file_name, split, returns, labels'),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class LabelRule:
             return ("down", "up")
         width = len(str(self.n_classes - 1))
         edges = [repr(e) for e in self.edges]
-        spans = [f"lt_{edges[0]}", *(f"{a}_to_{b}" for a, b in zip(edges, edges[1:])), f"ge_{edges[-1]}"]
+        spans = [f"lt_{edges[0]}", *(f"{a}_to_{b}" for a, b in itertools.pairwise(edges)), f"ge_{edges[-1]}"]
         return tuple(f"{k:0{width}d}_{span}" for k, span in enumerate(spans))
 
     def describe(self) -> str:

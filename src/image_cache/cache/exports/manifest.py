@@ -30,12 +30,12 @@ def features(job: Job) -> list[Feature]:
 
 def snippets(job: Job) -> list[tuple[str, str]]:
     first = job.present()[0]
-    return [("datasets", 'from datasets import load_dataset\n\n'
-                         f'ds = load_dataset("OUT")  # images opened from the cache, in mode {PIL_MODES[job.mode]}\n'
-                         f'pixels = ds["{first}"].with_format("numpy")[0]["image"]  # {SHAPES[job.mode]} uint8'),
-            ("pandas", 'import os\nimport pandas as pd\nfrom PIL import Image\n\n'
-                       f'train = pd.read_parquet("OUT/manifest/{first}.parquet")\n'
-                       f'image = Image.open(os.path.join("{job.image_root}", train.path.iloc[0]))')]
+    return [("datasets", ('from datasets import load_dataset\n\n'
+                          f'ds = load_dataset("OUT")  # images opened from the cache, in mode {PIL_MODES[job.mode]}\n'
+                          f'pixels = ds["{first}"].with_format("numpy")[0]["image"]  # {SHAPES[job.mode]} uint8')),
+            ("pandas", ('import os\nimport pandas as pd\nfrom PIL import Image\n\n'
+                        f'train = pd.read_parquet("OUT/manifest/{first}.parquet")\n'
+                        f'image = Image.open(os.path.join("{job.image_root}", train.path.iloc[0]))'))]
 
 
 FORMAT = Format(

@@ -130,7 +130,7 @@ def snippets(job: Job) -> list[tuple[str, str]]:
                       + ('\ncolours = np.load("OUT/palette.npy")[images[0]]  # (H, W, 3) RGB'
                          if job.mode == "palette" else '')),
             ("datasets", 'from datasets import load_dataset\n\n'
-                         f'labels = load_dataset("OUT")  # the label tables only: the images are the arrays above')]
+                         'labels = load_dataset("OUT")  # the label tables only: the images are the arrays above')]
 
 
 FORMAT = Format(
