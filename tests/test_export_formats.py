@@ -337,6 +337,7 @@ def test_sha256sums_check_passes_and_catches_a_change(exports: dict[str, Path], 
     (("--stride", "0"), "--stride"),
     (("--split", "train:..2024-06-26,val:2024-06-26.."), "as 'validation': name it validation"),
     (("--split", "all:.."), "'all' is reserved by the datasets library"),
+    (("--array-file", "dat"), "--array-file dat: one of npy, dat, numpy format only"),
 ])
 def test_bad_arguments_are_usage_errors(cache: Path, tmp_path: Path, extra, message):
     result = run_cli(cache, "export", str(tmp_path / "out"), "--format", "parquet", "--config",
