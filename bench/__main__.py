@@ -463,6 +463,24 @@ def export_section(ctx: Context) -> Section:
                    targets=targets)
 
 
+def dataset_section(ctx: Context) -> Section:
+    """The in-memory dataset's images/s against the engine's, per preset (bench/dataset_speed.py, issue 21)."""
+    from bench import dataset_speed
+
+    rows = dataset_speed.measure()
+    lines = ["### In-memory dataset against the engine, one core (bench/dataset_speed.py)", "",
+             "| preset | engine ms | draw ms | engine ms, whole items | ChartDataset[i] ms | × the engine |",
+             "|---|---:|---:|---:|---:|---:|"]
+    targets = []
+    for r in rows:
+        ratio = r["items_engine_ms"] / r["items_dataset_ms"]
+        lines.append(f"| {r['preset']} | {r['engine_ms']:.3f} | {r['dataset_ms']:.3f} | {r['items_engine_ms']:.3f} "
+                     f"| {r['items_dataset_ms']:.3f} | {ratio:.2f} |")
+        targets.append(Target(f"in-memory dataset images/s ≥ the engine's ({r['preset']}, issue 21)",
+                              f"{ratio:.2f}×", ratio >= 1))
+    return Section(markdown=lines, targets=targets)
+
+
 def soak_section(ctx: Context) -> Section:
     """The last `make soak`: tests/state_walk.py writes bench/soak.json (sequences run, violations),
     bench/determinism_soak.py bench/determinism_soak.json (renders, images compared, mismatches)."""
@@ -510,6 +528,7 @@ SECTIONS: list[Callable[[Context], Section]] = [
     ingest_rates_section,
     ingest_memory_section,
     export_section,
+    dataset_section,
     soak_section,
 ]
 

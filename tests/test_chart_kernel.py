@@ -236,3 +236,15 @@ def test_deflate_runs_edge_cases_inflate_and_repeat(data):
     stream = kernel.kernel.deflate_runs(data)
     assert zlib.decompress(stream, -15) == data
     assert kernel.kernel.deflate_runs(bytearray(data)) == stream  # the same bytes, whatever holds them
+
+
+@pytest.mark.parametrize("width", [1, 7, 224])
+def test_unpack4_gives_each_nibble_in_order(width: int):
+    # The high nibble is the first pixel; an odd width leaves the last byte's low nibble unused.
+    rng = np.random.default_rng(width)
+    packed = rng.integers(0, 256, size=(3, (width + 1) // 2), dtype=np.uint8)
+    out = np.empty((3, width), dtype=np.uint8)
+    kernel.kernel.unpack4(packed, out, 3, width)
+    assert (out == np.stack([packed >> 4, packed & 15], axis=2).reshape(3, -1)[:, :width]).all()
+    with pytest.raises(ValueError, match="out: expected"):
+        kernel.kernel.unpack4(packed, np.empty((3, width + 2), dtype=np.uint8), 3, width)

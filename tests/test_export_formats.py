@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 from image_cache import chart
+from image_cache.core.grid import iso_utc, utc_ms
 from conftest import CONFIG, index_rows, render_cli, run_cli, tree_digest
 
 H = 3_600_000
@@ -32,6 +33,7 @@ SPLITS = ("train", "validation", "test")
 SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
 ARGS = ("--config", "image_cache.toml", "--start", "2024-06-22", "--split", SPLIT, "--horizons", "2,4")
 FORMATS = ("imagefolder", "parquet", "webdataset", "numpy", "manifest")
+NAMES = ("down", "up")  # --label sign
 
 datasets.disable_progress_bars()
 
@@ -83,7 +85,7 @@ def expected(cache: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def keys(exports: dict[str, Path]) -> dict[str, list[str]]:
     """The keys of each split, in key order, from the manifest (the reference for the other formats)."""
-    frame = pd.read_parquet(exports["manifest"] / "manifest.parquet")
+    frame = pd.read_parquet(exports["manifest"] / "manifest")
     return {name: sorted(frame.key[frame.split == name]) for name in SPLITS}
 
 
@@ -106,11 +108,11 @@ def test_imagefolder_first_level_folders_are_the_classes(exports: dict[str, Path
     out = exports["imagefolder"]
     for name in SPLITS:
         classes = sorted(p.name for p in (out / name).iterdir())
-        assert classes == ["0", "1"]  # torchvision's ImageFolder(OUT/split) takes exactly these as classes
+        assert classes == list(NAMES)  # torchvision's ImageFolder(OUT/split) takes exactly these as classes
         for cls in classes:
             entries = list((out / name / cls).iterdir())
             assert entries and all(p.is_file() and p.suffix == ".png" for p in entries)
-            assert all(expected[key_of(p.name)] == int(cls) for p in entries)
+            assert all(expected[key_of(p.name)] == NAMES.index(cls) for p in entries)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [".image_cache-export.json", "README.md", "SHA256SUMS", "samples.jsonl", *SPLITS])
 
@@ -122,7 +124,7 @@ def test_imagefolder_loads_with_datasets(exports: dict[str, Path], keys, expecte
               datasets.load_dataset("imagefolder", data_dir=out, cache_dir=str(tmp_path)))
     got = {}
     for name, split in loaded.items():
-        assert split.features["label"] == datasets.ClassLabel(names=["0", "1"])
+        assert split.features["label"] == datasets.ClassLabel(names=list(NAMES))
         paths = split.cast_column("image", datasets.Image(decode=False))["image"]
         got[name] = [key_of(p["path"]) for p in paths]
         assert list(split["label"]) == [expected[k] for k in got[name]]
@@ -139,7 +141,7 @@ def test_imagefolder_metadata_lists_every_image(exports: dict[str, Path], cache:
         r["key"] for r in records if r["split"] == "test")
     for record in records:
         image = out / record["file_name"]
-        assert record["file_name"] == f"{record['split']}/{record['label']}/{record['key']}.png"
+        assert record["file_name"] == f"{record['split']}/{NAMES[record['label']]}/{record['key']}.png"
         assert sha256(image) == record["sha256"] and {"return_h2", "return_h4", "label_h4"} <= set(record)
 
 
@@ -165,7 +167,7 @@ def test_parquet_is_self_contained_and_loads_with_datasets(exports: dict[str, Pa
     loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path))
     got = {}
     for name, split in loaded.items():
-        assert split.features["label"] == split.features["label_h4"] == datasets.ClassLabel(names=["0", "1"])
+        assert split.features["label"] == split.features["label_h4"] == datasets.ClassLabel(names=list(NAMES))
         assert isinstance(split.features["image"], datasets.Image)
         got[name] = list(split["key"])
         assert list(split["label"]) == [expected[k] for k in got[name]] and set(split["split"]) == {name}
@@ -179,14 +181,18 @@ def test_parquet_is_self_contained_and_loads_with_datasets(exports: dict[str, Pa
 
 
 def test_manifest_points_into_the_cache(cache: Path, exports: dict[str, Path], keys):
-    path = exports["manifest"] / "manifest.parquet"
-    frame = pd.read_parquet(path)
-    assert pq.read_schema(path).names[:2] == ["path", "key"]
-    check_split_keys({name: list(frame.key[frame.split == name]) for name in SPLITS}, keys)
-    for row in frame.itertuples():
-        assert sha256(cache / "image-cache" / row.path) == row.sha256
+    got = {}
+    for name in SPLITS:
+        path = exports["manifest"] / "manifest" / f"{name}.parquet"
+        frame = pd.read_parquet(path)
+        assert pq.read_schema(path).names[:3] == ["path", "image", "key"] and set(frame.split) == {name}
+        got[name] = list(frame.key)
+        for row in frame.itertuples():
+            assert sha256(cache / "image-cache" / row.path) == row.sha256
+            assert row.image == {"bytes": None, "path": str(cache / "image-cache" / row.path)}
+    check_split_keys(got, keys)
     assert sorted(os.listdir(exports["manifest"])) == [".image_cache-export.json", "README.md", "SHA256SUMS",
-                                                      "manifest.parquet"]
+                                                      "manifest"]
 
 
 def test_webdataset_is_shuffled_into_equal_shards(exports: dict[str, Path], keys, expected):
@@ -237,6 +243,10 @@ def test_webdataset_loads_with_datasets(exports: dict[str, Path], keys, expected
     got = {name: list(split["__key__"]) for name, split in loaded.items()}
     check_split_keys(got, keys)
     assert list(loaded["train"]["cls"]) == [expected[k] for k in got["train"]]
+    assert loaded["train"].features["cls"] == datasets.ClassLabel(names=list(NAMES))
+    row = loaded["validation"][0]
+    assert row["json"]["key"] == row["__key__"] and row["json"]["label"] == row["cls"]
+    assert row["png"].mode == "RGB" and row["png"].size == (128, 128)
 
 
 def test_numpy_images_open_memory_mapped_in_label_order(exports: dict[str, Path], keys, expected):
@@ -266,12 +276,12 @@ def test_card_is_hub_metadata_with_a_snippet_per_client(exports: dict[str, Path]
     info = meta["dataset_info"]
     assert [s["name"] for s in info["splits"]] == list(SPLITS) and all(s["num_examples"] > 10
                                                                        for s in info["splits"])
-    if fmt in ("imagefolder", "parquet"):
-        label = next(f for f in info["features"] if f["name"] == "label")
-        assert label["dtype"]["class_label"]["names"] == {"0": "0", "1": "1"}
-        assert [c["split"] for c in meta["configs"][0]["data_files"]] == list(SPLITS)
+    label = next(f for f in info["features"] if f["name"] in ("label", "cls"))
+    assert label["dtype"]["class_label"]["names"] == {"0": "down", "1": "up"}
+    assert [c["split"] for c in meta["configs"][0]["data_files"]] == list(SPLITS)
     clients = {"imagefolder": ("datasets", "torchvision", "pandas"), "parquet": ("datasets", "pandas"),
-               "webdataset": ("webdataset", "datasets"), "numpy": ("numpy",), "manifest": ("pandas",)}[fmt]
+               "webdataset": ("webdataset", "datasets"), "numpy": ("numpy", "datasets"),
+               "manifest": ("datasets", "pandas")}[fmt]
     for client in clients:
         assert f"With `{client}`" in body
     assert "| validation | ETHUSDT | 1h |" in body and "| train | h4 |" in body
@@ -281,7 +291,7 @@ def test_card_is_hub_metadata_with_a_snippet_per_client(exports: dict[str, Path]
 def test_stride_samples_windows_on_the_grid(cache: Path, tmp_path: Path, keys):
     result = export_cli(cache, tmp_path / "out", "manifest", "--stride", "3")
     assert result.returncode == 0, result.stderr
-    frame = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    frame = pd.read_parquet(tmp_path / "out" / "manifest")
     assert len(frame) > 10 and ((frame.window_end_open_time_ms // H) % 3 == 0).all()
     every = [k for name in SPLITS for k in keys[name]]
     assert set(frame.key) < set(every) and len(frame) < len(every) / 2
@@ -325,6 +335,9 @@ def test_sha256sums_check_passes_and_catches_a_change(exports: dict[str, Path], 
     (("--horizons", "5,0"), "each horizon must be a distinct integer"),
     (("--min-shards", "0"), "--min-shards must be at least 1, got 0"),
     (("--stride", "0"), "--stride"),
+    (("--split", "train:..2024-06-26,val:2024-06-26.."), "as 'validation': name it validation"),
+    (("--split", "all:.."), "'all' is reserved by the datasets library"),
+    (("--array-file", "dat"), "--array-file dat: one of npy, dat, numpy format only"),
 ])
 def test_bad_arguments_are_usage_errors(cache: Path, tmp_path: Path, extra, message):
     result = run_cli(cache, "export", str(tmp_path / "out"), "--format", "parquet", "--config",
@@ -354,3 +367,83 @@ def test_numpy_palette_maps_every_image_onto_one_palette():
     assert palette.indices(first).tolist() == [[0, 1], [2, 1]]
     assert palette.indices(second).tolist() == [[2, 3], [3, 2]]
     assert palette.array().tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_load_dataset_reads_every_format_from_its_card(exports: dict[str, Path], keys, expected, tmp_path: Path,
+                                                       fmt: str):
+    # The card's configs and features alone: splits, the ClassLabel, and the images decoded as colours.
+    loaded = datasets.load_dataset(str(exports[fmt]), cache_dir=str(tmp_path))
+    label, image = {"webdataset": ("cls", "png")}.get(fmt, ("label", "image"))
+    assert list(loaded) == list(SPLITS)
+    got = {}
+    for name, split in loaded.items():
+        got[name] = ([key_of(p["path"]) for p in split.cast_column(image, datasets.Image(decode=False))[image]]
+                     if fmt == "imagefolder" else list(split["__key__" if fmt == "webdataset" else "key"]))
+        assert split.features[label] == datasets.ClassLabel(names=list(NAMES))
+        assert list(split[label]) == [expected[k] for k in got[name]]
+    check_split_keys(got, keys)
+    if fmt == "numpy":  # the label tables only: the images are for np.load (the card says so)
+        assert image not in loaded["train"].features
+        return
+    assert loaded["train"].features[image] == datasets.Image(mode="RGB")
+    pixels = loaded["test"].with_format("numpy")[0][image]
+    assert pixels.shape == (128, 128, 3) and pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("fmt, mode, shape", [("parquet", "rgb", (128, 128, 3)), ("imagefolder", "gray", (128, 128)),
+                                              ("webdataset", "palette", (128, 128))])
+def test_mode_reaches_with_format_numpy_as_the_png_decoded_in_that_mode(cache: Path, tmp_path: Path, fmt: str,
+                                                                         mode: str, shape: tuple):
+    out = tmp_path / "out"
+    result = export_cli(cache, out, fmt, "--mode", mode)
+    assert result.returncode == 0, result.stderr
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))["validation"]
+    column = "png" if fmt == "webdataset" else "image"
+    row = loaded.cast_column(column, datasets.Image(decode=False))[3][column]
+    with Image.open(io.BytesIO(row["bytes"]) if row["bytes"] else row["path"]) as png:
+        assert png.mode == "P"  # the cached file itself, unchanged
+        want = np.asarray(png.convert({"rgb": "RGB", "gray": "L", "palette": "P"}[mode]))
+    got = loaded.with_format("numpy")[3][column]
+    assert got.shape == shape and (got == want).all()
+    if mode == "palette":
+        assert got.max() < 8  # indices, as asked
+
+
+def test_mode_palette_is_refused_for_gray_presets(cache: Path, tmp_path: Path):
+    result = export_cli(cache, tmp_path / "out", "numpy", "--mode", "palette", "--style", "jkx", "--window", "20")
+    assert result.returncode == 2 and "--mode palette: jkx images are gray" in result.stderr
+
+
+def test_numpy_rgb_and_the_headerless_dat_memmap_of_the_jkx_code(cache: Path, exports: dict[str, Path],
+                                                                 tmp_path: Path):
+    out = tmp_path / "out"
+    result = export_cli(cache, out, "numpy", "--mode", "rgb", "--array-file", "dat")
+    assert result.returncode == 0, result.stderr
+    assert "numpy: " in result.stderr and "MB of arrays" in result.stderr  # the size, said before writing
+    palette = np.load(exports["numpy"] / "palette.npy")
+    for name in SPLITS:
+        sidecar = json.loads((out / name / "images.json").read_text())
+        assert sidecar["dtype"] == "uint8" and sidecar["shape"][1:] == [128, 128, 3]
+        images = np.memmap(out / name / "images.dat", dtype=np.uint8, mode="r").reshape(-1, 128, 128, 3)
+        labels = pd.read_parquet(out / name / "labels.parquet")
+        assert len(images) == len(labels) == sidecar["shape"][0]
+        indices = np.load(exports["numpy"] / name / "images.npy", mmap_mode="r")
+        assert (images == palette[indices]).all()  # equal to the PNGs' colours
+    assert not (out / "palette.npy").exists()
+
+
+def test_sample_month_end_keeps_the_last_window_of_each_month(cache: Path, tmp_path: Path):
+    # The sample market ends with June: its last hour is the one month end, for both symbols, and unlabelled.
+    result = export_cli(cache, tmp_path / "out", "manifest", "--sample", "month-end", "--split", "train:..")
+    assert result.returncode == 1 and "(2 ok rows selected" in result.stderr
+    from image_cache.cache.exports.labels import on_sample
+    hours = np.arange(utc_ms("2024-01-31T20:00"), utc_ms("2024-03-01T02:00"), H)
+    assert [iso_utc(int(t)) for t in hours[on_sample("1h", hours, "month-end")]] == [
+        "2024-01-31T23:00:00Z", "2024-02-29T23:00:00Z"]
+    days = np.arange(utc_ms("2023-12-01"), utc_ms("2024-03-05"), 24 * H)
+    assert [iso_utc(int(t))[:10] for t in days[on_sample("1d", days, "month-end")]] == [
+        "2023-12-31", "2024-01-31", "2024-02-29"]
+    weeks = np.arange(utc_ms("2024-01-01"), utc_ms("2024-03-01"), 7 * 24 * H)  # Mondays
+    assert [iso_utc(int(t))[:10] for t in weeks[on_sample("1w", weeks, "month-end")]] == ["2024-01-29",
+                                                                                        "2024-02-26"]

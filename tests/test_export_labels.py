@@ -39,7 +39,7 @@ def export_parquet(folder: Path, out: Path) -> tuple[dict, pd.DataFrame]:
     result = run_cli(folder, "export", str(out), "--config", "image_cache.toml", "--start", "2024-06-22",
                      "--format", "manifest", "--split", SPLIT, "--horizons", ",".join(map(str, HORIZONS)), "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout), pd.read_parquet(out / "manifest.parquet")
+    return json.loads(result.stdout), pd.read_parquet(out / "manifest")
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +88,24 @@ def test_parse_splits_sorts_and_rejects_bad_ranges():
     parsed = parse_splits("test:2024-01-01..,train:..2023-01-01")
     assert [(s.name, s.text()) for s in parsed] == [("train", "train:..2023-01-01T00:00:00Z"),
                                                     ("test", "test:2024-01-01T00:00:00Z..")]
-    for text, message in (("train:..2023-06-01,val:2023-01-01..", "train and val overlap"),
+    for text, message in (("train:..2023-06-01,holdout:2023-01-01..", "train and holdout overlap"),
                           ("train:..2023-06-01,train:2024-01-01..", "split names must be distinct"),
                           ("Train:..2023-01-01", "split names are lower-case letters"),
-                          ("val:2023-02-01..2023-01-01", "end is not after start"),
-                          ("val:2023-13-01..", "invalid date '2023-13-01'")):
+                          ("holdout:2023-02-01..2023-01-01", "end is not after start"),
+                          ("holdout:2023-13-01..", "invalid date '2023-13-01'")):
         with pytest.raises(ConfigError, match=message):
             parse_splits(text)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("val", "read a split named 'val' as 'validation': name it validation"),
+    ("valid", "name it validation"), ("dev", "name it validation"), ("training", "name it train"),
+    ("eval", "name it test"), ("testing", "name it test"),
+    ("all", "'all' is reserved by the datasets library"),
+])
+def test_split_names_a_loader_renames_or_reserves_are_refused(name: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        parse_splits(f"train:..2023-01-01,{name}:2023-01-01..")
 
 
 def test_label_rules_and_purge_length():
@@ -192,6 +203,8 @@ def test_default_splits_are_recorded_in_the_card(cache: Path, tmp_path: Path):
 
 def test_class_names_sort_in_class_order():
     # Folder loaders (torchvision, Hugging Face) number classes by sorted folder name.
-    assert parse_label("sign").names == ("0", "1")
+    assert parse_label("sign").names == ("down", "up")
+    assert parse_label("bucket:-0.01,0.01").names == ("0_lt_-0.01", "1_-0.01_to_0.01", "2_ge_0.01")
     names = parse_label("bucket:" + ",".join(str(k / 100) for k in range(10))).names
-    assert len(names) == 11 and list(names) == sorted(names) and names[10] == "10" and names[2] == "02"
+    assert len(names) == 11 and list(names) == sorted(names) and names[10] == "10_ge_0.09"
+    assert names[2] == "02_0.01_to_0.02"

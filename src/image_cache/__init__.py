@@ -94,10 +94,11 @@ def status(settings: Settings) -> Any:
 def export(settings: Settings, out: str, format: str, *, symbols: list[str] | None = None,
            intervals: list[str] | None = None, horizons: tuple[int, ...] = (5, 20), label: str = "sign",
            splits: str | None = None, warn: Any = None, **options: Any) -> Any:
-    """Write an ML dataset to the new folder `out` (formats: imagefolder, parquet, webdataset, npy, manifest).
+    """Write an ML dataset to the new folder `out` (formats: imagefolder, parquet, webdataset, numpy, manifest).
 
     `label` and `splits` take the command line's forms ("sign", "bucket:-0.01,0.01"; "train:..2024-06-01,...");
-    other options (shard_size, min_shards, seed, license, force) are ExportOptions fields."""
+    other options (shard_size, min_shards, seed, mode, sample, array_file, license, force) are ExportOptions
+    fields."""
     from image_cache.cache.export import ExportOptions
     from image_cache.cache.export import export as run
     from image_cache.cache.exports.labels import parse_label, parse_splits

@@ -16,15 +16,19 @@ from typing import Any
 from image_cache.cache.exports.base import ExportOptions, Format, Job
 from image_cache.cache.exports.card import Card, balance, split_bytes
 from image_cache.cache.exports.files import MARKER, MARKER_TEXT, killed_leftovers, write_sha256sums
-from image_cache.cache.exports.labels import default_splits, purge_candles
+from image_cache.cache.exports.labels import check_split_name, default_splits, purge_candles
 from image_cache.cache.exports.registry import FORMATS
 from image_cache.cache.exports.select import select, split_samples
-from image_cache.cache.runner import Filters, preset_label, run_lock
+from image_cache.cache.runner import Filters, make_spec, preset_label, run_lock
+from image_cache.chart import modes
+from image_cache.chart.styles import ChartError
 from image_cache.settings import ConfigError, Settings
 from image_cache.core.errors import ImageCacheError, storage_error
 from image_cache.core.hooks import Warn, no_warn
 
 __all__ = ["ExportOptions", "ExportResult", "export"]
+
+ARRAY_FILES = ("npy", "dat")
 
 
 @dataclass
@@ -87,17 +91,38 @@ def check_out(out: str, force: bool) -> bool:
     return True
 
 
+def resolve_mode(settings: Settings, options: ExportOptions) -> tuple[str, str]:
+    """The pixel mode the export writes (`--mode`, else the format's default) and the preset's own; a
+    ConfigError for a mode or an option the format or preset cannot have."""
+    fmt = FORMATS.get(options.format)
+    if fmt is None:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {options.format!r}")
+    if options.array_file not in ARRAY_FILES or (options.array_file != "npy" and fmt.name != "numpy"):
+        raise ConfigError(f"--array-file {options.array_file}: one of {', '.join(ARRAY_FILES)}, numpy format only")
+    spec = make_spec(settings)
+    native = modes.native(spec)
+    mode = options.mode or (fmt.palette_mode if native == "palette" else native)
+    try:
+        modes.check(mode, spec)
+    except ChartError as exc:
+        raise ConfigError(f"--{exc}") from None
+    return mode, native
+
+
 def export(settings: Settings, filters: Filters, out: str, options: ExportOptions,
            warn: Warn = no_warn, now: int | None = None) -> ExportResult:
     """Write the labelled, split samples to OUT in the chosen format, with SHA256SUMS and a dataset card."""
     fmt = FORMATS.get(options.format)
     if fmt is None:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {options.format!r}")
+    for split in options.splits or ():
+        check_split_name(split.name, "split")
+    mode, native = resolve_mode(settings, options)
     target = os.path.abspath(out)
     _clear_leftovers(target)
     check_out(out, options.force)
     with run_lock(settings, "export", need_index="run render first"):
-        selection = select(settings, filters, options.horizons, options.label, warn, now)
+        selection = select(settings, filters, options.horizons, options.label, warn, now, options.sample)
         if not selection.samples:
             raise ImageCacheError(f"nothing to export: no labelled images of preset {preset_label(selection.preset)} "
                               f"in range ({selection.counts['selected']} ok rows selected; run render first?)")
@@ -112,7 +137,7 @@ def export(settings: Settings, filters: Filters, out: str, options: ExportOption
                 warn(f"split {name} is empty (shorter than the purge of {purge} candles, or no data in it)")
         if not counts["exported"]:
             raise ImageCacheError("nothing to export: every labelled image is outside the splits or in a purge gap")
-        job = Job(options, selection, splits, per_split, os.path.abspath(settings.image_root_dir))
+        job = Job(options, selection, splits, per_split, os.path.abspath(settings.image_root_dir), mode, native, warn)
         files, replaced = _write(target, out, job, fmt, Card(settings, job, fmt, purge, counts), options.force)
     summary = [{"name": s.name, "start": s.start_ms, "end": s.end_ms, "exported": len(per_split[s.name]),
                 "purged": counts["purged_per_split"][s.name],

@@ -255,6 +255,37 @@ done:
     return result;
 }
 
+/* 4-bit rows (first pixel in the high nibble) to one palette index a byte: height x width, contiguous. */
+static PyObject *unpack4(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    Py_ssize_t height, width;
+    if (!PyArg_ParseTuple(args, "y*w*nn", &in, &out, &height, &width)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t rowbytes = (width + 1) / 2;
+    if (!check_range("height", height, 1, MAX_SIDE) || !check_range("width", width, 1, MAX_SIDE)
+        || !check_items(&in, "rows", height * rowbytes, 1) || !check_items(&out, "out", height * width, 1))
+        goto done;
+    PyThreadState *released = release_gil(out.len);
+    const uint8_t *src = in.buf;
+    uint8_t *dst = out.buf;
+    Py_ssize_t pairs = width / 2;
+    for (Py_ssize_t r = 0; r < height; r++) {
+        const uint8_t *row = src + r * rowbytes;
+        uint8_t *o = dst + r * width;
+        for (Py_ssize_t k = 0; k < pairs; k++) {
+            o[2 * k] = (uint8_t)(row[k] >> 4);
+            o[2 * k + 1] = (uint8_t)(row[k] & 15);
+        }
+        if (width & 1) o[width - 1] = (uint8_t)(row[pairs] >> 4);
+    }
+    if (released != NULL) PyEval_RestoreThread(released);
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 /* Our deflate (RFC 1951): each byte a literal and each run of it after that a match at distance 1, in one
  * block whose Huffman codes are built from the block's symbol counts by one fixed procedure. */
 #define MAX_MATCH 258
@@ -494,6 +525,7 @@ static PyObject *deflate_runs(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"mike", mike, METH_VARARGS, "Draw the mike preset into 4-bit PNG rows."},
     {"jkx", jkx, METH_VARARGS, "Draw a JKX image into 8-bit grayscale rows."},
+    {"unpack4", unpack4, METH_VARARGS, "4-bit PNG rows to one palette index a byte."},
     {"up_filter", up_filter, METH_VARARGS, "PNG Up filter of packed rows, each after its filter-type byte."},
     {"deflate_runs", deflate_runs, METH_VARARGS, "A raw deflate stream: fixed codes, runs as distance-1 matches."},
     {NULL, NULL, 0, NULL},

@@ -58,6 +58,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="webdataset: samples per shard at most")
     p.add_argument("--min-shards", type=int, default=8, metavar="N", help="webdataset: shards per split at least")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="webdataset: seed of the shuffle before sharding")
+    p.add_argument("--mode", choices=("rgb", "palette", "gray"),
+                   help="pixels as clients get them (default: rgb, or the preset's own gray; numpy: the preset's own)")
+    p.add_argument("--sample", choices=("all", "month-end"), default="all",
+                   help="month-end: only the last window of each calendar month")
+    p.add_argument("--array-file", choices=("npy", "dat"), default="npy",
+                   help="numpy: images.npy, or dat: a headerless images.dat + images.json (the JKX layout)")
     p.add_argument("--license", default="other", metavar="ID", help="license in the dataset card")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an export written by this tool")
 
@@ -106,15 +112,17 @@ def _dataset_command(args: argparse.Namespace, settings: Settings, filters: Filt
             raise ConfigError(f"--n must be at least 1, got {args.n}")
         return lambda: preview(settings, filters, args.out, args.n, horizons, label, force=args.force,
                                warn=console.log)
-    from image_cache.cache.export import ExportOptions, export
+    from image_cache.cache.export import ExportOptions, export, resolve_mode
     for flag, value in (("--shard-size", args.shard_size), ("--min-shards", args.min_shards)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     options = ExportOptions(
         format=args.format, horizons=horizons, label=label,
         splits=parse_splits(args.split) if args.split else None, shard_size=args.shard_size,
-        min_shards=args.min_shards, seed=args.seed, license=args.license, force=args.force,
+        min_shards=args.min_shards, seed=args.seed, mode=args.mode, sample=args.sample, array_file=args.array_file,
+        license=args.license, force=args.force,
         command=shlex.join([*shlex.split(args.prog), *args.argv]))
+    resolve_mode(settings, options)  # a bad --mode or --array-file is a usage error
     return lambda: export(settings, filters, args.out, options, warn=console.log)
 
 

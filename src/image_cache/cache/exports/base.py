@@ -9,6 +9,8 @@ from typing import Any
 from image_cache.cache.exports.labels import LabelRule, Split
 from image_cache.cache.exports.select import Sample, Selection
 from image_cache.cache.runner import preset_label
+from image_cache.chart.modes import PIL_MODES
+from image_cache.core.hooks import Warn, no_warn
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,9 @@ class ExportOptions:
     shard_size: int = 10_000  # webdataset: at most this many samples per shard
     min_shards: int = 8  # webdataset: at least this many shards per split (multi-worker loaders need them)
     seed: int = 0  # webdataset: the shuffle before sharding
+    mode: str | None = None  # rgb, palette or gray; None: what the format's clients expect (Format.mode)
+    sample: str = "all"  # all, or month-end: the last window of each calendar month only
+    array_file: str = "npy"  # numpy: images.npy, or dat: a headerless images.dat (shape and dtype in images.json)
     license: str = "other"
     force: bool = False  # replace an existing export we wrote (its marker file says so)
     command: str = ""  # the exact command line, recorded in the dataset card
@@ -34,6 +39,9 @@ class Job:
     splits: tuple[Split, ...]
     per_split: dict[str, list[Sample]]
     image_root: str
+    mode: str  # the pixel mode images reach the clients in
+    native: str  # the mode the preset draws in
+    warn: Warn = no_warn
 
     def present(self) -> list[str]:
         """Split names that hold samples, in time order."""
@@ -54,7 +62,17 @@ class Job:
         return fields
 
 
-Feature = tuple[str, "str | tuple[str, ...]"]  # (column, Hugging Face dtype, or the names of a ClassLabel)
+# (column, type): a Hugging Face dtype, `image:MODE` (an Image decoded in Pillow mode MODE), the names of a
+# ClassLabel (a tuple), or the columns of a struct (a list).
+Feature = tuple[str, "str | tuple[str, ...] | list"]
+
+
+SHAPES = {"rgb": "(H, W, 3)", "gray": "(H, W)", "palette": "(H, W) palette indices"}
+
+
+def image_feature(job: Job, name: str = "image") -> Feature:
+    """The image column, decoded by the Hugging Face loaders in the export's mode."""
+    return (name, f"image:{PIL_MODES[job.mode]}")
 
 
 def record_features(job: Job) -> list[Feature]:
@@ -74,15 +92,19 @@ def record_features(job: Job) -> list[Feature]:
 class Format:
     """One export format: its writer and what the dataset card says about it.
 
-    `data_files` is the card's `configs` pattern per split (`{split}` filled in), None when the
-    Hugging Face loader cannot read the format; `features` the columns that loader yields, as
-    (name, YAML dtype); `snippets` code that loads the export, per client.
+    `data_files` is the card's `configs` pattern per split (`{split}` filled in); `features` the columns
+    the Hugging Face loader yields, as (name, YAML dtype); `snippets` code that loads the export, per
+    client; `palette_mode` the default mode of palette presets (the others default to their own: gray,
+    rgb): rgb where clients decode PNGs, palette for arrays of indices; `config_features` whether the
+    card's config carries the features too (the loader's config takes them; the webdataset one does not).
     """
 
     name: str
     help: str
     write: Callable[[str, Job], None]
     layout: str
-    data_files: str | None
+    data_files: str
     features: Callable[[Job], list[Feature]]
     snippets: Callable[[Job], list[tuple[str, str]]]
+    palette_mode: str = "rgb"
+    config_features: bool = True

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from image_cache.cache.exports.base import Feature, Format, Job
+from image_cache.cache.exports.base import Format, Job
 from image_cache.cache.exports.labels import DEFAULT_FRACTIONS
 from image_cache.cache.exports.select import Sample
 from image_cache.settings import Settings
@@ -33,10 +33,15 @@ def _size_category(n: int) -> str:
     return "10M<n<100M"
 
 
-def _feature_yaml(name: str, dtype: str | tuple[str, ...]) -> list[str]:
+def _feature_yaml(name: str, dtype: str | tuple[str, ...] | list) -> list[str]:
     if isinstance(dtype, tuple):
         return [f"  - name: {name}", "    dtype:", "      class_label:", "        names:",
                 *(f"          {_q(str(k))}: {_q(n)}" for k, n in enumerate(dtype))]
+    if isinstance(dtype, list):
+        return [f"  - name: {name}", "    struct:",
+                *(f"  {line}" for column, inner in dtype for line in _feature_yaml(column, inner))]
+    if dtype.startswith("image:"):
+        return [f"  - name: {name}", "    dtype:", "      image:", f"        mode: {dtype[len('image:'):]}"]
     return [f"  - name: {name}", f"    dtype: {dtype}"]
 
 
@@ -64,16 +69,13 @@ class Card:
                  "tags:", "- finance", "- candlestick-charts", "- time-series",
                  "size_categories:", f"- {_size_category(total)}",
                  f"pretty_name: {_q('Candlestick charts ' + self.settings.style_name + ' with forward-return labels')}"]
-        if self.fmt.data_files:
-            lines += ["configs:", "- config_name: default", "  data_files:"]
-            for name in present:
-                lines += [f"  - split: {name}", f"    path: {_q(self.fmt.data_files.format(split=name))}"]
-        features: list[Feature] = self.fmt.features(self.job)
-        lines += ["dataset_info:", "  config_name: default"]
-        if features:
-            lines.append("  features:")
-            for name, dtype in features:
-                lines += [f"  {line}" for line in _feature_yaml(name, dtype)]
+        features = [f"  {line}" for name, dtype in self.fmt.features(self.job) for line in _feature_yaml(name, dtype)]
+        lines += ["configs:", "- config_name: default", "  data_files:"]
+        for name in present:
+            lines += [f"  - split: {name}", f"    path: {_q(self.fmt.data_files.format(split=name))}"]
+        if self.fmt.config_features:  # in the config too: the folder loader reads its features only there
+            lines += ["  features:", *features]
+        lines += ["dataset_info:", "  config_name: default", "  features:", *features]
         lines.append("  splits:")
         for name in present:
             lines += [f"  - name: {name}", f"    num_bytes: {split_bytes.get(name, 0)}",
@@ -105,10 +107,10 @@ class Card:
             f"For each horizon h in ({horizons}) candles: the forward return r = close[t+h] / close[t] - 1, where t "
             "is the window's last candle and t+h is h slots later on the interval grid, so a label uses only "
             "candles strictly after the window.",
-            f"Label rule: {o.label.describe()}. Class names: {', '.join(f'`{n}`' for n in names)} (the class "
-            "number, zero-padded so that sorted names keep the class order). `label` (WebDataset `.cls`, the "
-            f"imagefolder class folder) is the class of the first horizon, h = {o.horizons[0]}; `label_hH` and "
-            "`return_hH` hold every horizon.",
+            f"Label rule: {o.label.describe()}. Class names: {', '.join(f'`{n}`' for n in names)} (classes "
+            f"0 to {len(names) - 1}, named so that sorting the names keeps the class order). `label` (WebDataset "
+            f"`.cls`, the imagefolder class folder) is the class of the first horizon, h = {o.horizons[0]}; "
+            "`label_hH` and `return_hH` hold every horizon; the metadata holds the class numbers.",
             "A window has no label, and is left out, when a candle between t and t+h is missing (a gap) or t+h "
             f"is not closed yet: {c['unlabeled']} windows. `label_end_open_time_ms` is the open time of t+max(h).",
             "", "## Splits", "",
@@ -130,6 +132,7 @@ class Card:
             f"candles that changed since, {c['not_ok']} index rows not ok (or drawn by an older spec).", ""]
         lines += self._balance_tables()
         lines += ["## Files", "", self.fmt.layout, "",
+                  f"Pixels: `{job.mode}` (`--mode`; the preset draws {job.native} images).", "",
                   "`SHA256SUMS` lists every other file: check with `sha256sum -c SHA256SUMS` in this folder.", "",
                   "## Loading", ""]
         for client, code in self.fmt.snippets(job):

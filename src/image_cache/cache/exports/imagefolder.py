@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from image_cache.cache.exports.base import Feature, Format, Job
+from image_cache.cache.exports.base import SHAPES, Feature, Format, Job, image_feature
 from image_cache.cache.exports.files import copy_image, dumps
+from image_cache.chart.modes import PIL_MODES
 
 SAMPLES = "samples.jsonl"
 
@@ -29,17 +30,21 @@ def write(folder: str, job: Job) -> None:
 
 
 def features(job: Job) -> list[Feature]:
-    return [("image", "image"), ("label", job.options.label.names)]
+    return [image_feature(job), ("label", job.options.label.names)]
 
 
 def snippets(job: Job) -> list[tuple[str, str]]:
-    first = job.present()[0]
+    first, pil = job.present()[0], PIL_MODES[job.mode]
+    # torchvision's default loader converts to RGB; other modes name their own.
+    loader = "" if job.mode == "rgb" else f', loader=lambda path: Image.open(path).convert("{pil}")'
     return [
-        ("datasets", 'from datasets import load_dataset\n\n'
-                     'ds = load_dataset("OUT")  # or load_dataset("imagefolder", data_dir="OUT")\n'
-                     f'image, label = ds["{first}"][0]["image"], ds["{first}"][0]["label"]'),
-        ("torchvision", 'from torchvision.datasets import ImageFolder\n\n'
-                        f'train = ImageFolder("OUT/{first}")  # classes == {list(job.options.label.names)}'),
+        ("datasets", ('from datasets import load_dataset\n\n'
+                      f'ds = load_dataset("OUT")  # the card decodes images in mode {pil}\n'
+                      f'image, label = ds["{first}"][0]["image"], ds["{first}"][0]["label"]\n'
+                      f'pixels = ds["{first}"].with_format("numpy")[0]["image"]  # {SHAPES[job.mode]} uint8')),
+        ("torchvision", ('from PIL import Image\n' if loader else '')
+                        + 'from torchvision.datasets import ImageFolder\n\n'
+                        + f'train = ImageFolder("OUT/{first}"{loader})  # classes == {list(job.options.label.names)}'),
         ("pandas", 'import pandas as pd\n\n'
                    f'meta = pd.read_json("OUT/{SAMPLES}", lines=True)  # file_name, split, returns, labels'),
     ]

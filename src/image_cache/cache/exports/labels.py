@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -11,10 +12,15 @@ import numpy as np
 from image_cache.cache.windows import Series
 from image_cache.settings import ConfigError
 from image_cache.core.errors import ImageCacheError
-from image_cache.core.grid import close_time_ms, grid_index, iso_utc, on_grid, utc_ms
+from image_cache.core.grid import close_time_ms, grid_index, grid_time, iso_utc, on_grid, utc_ms
 
 DEFAULT_FRACTIONS = (("train", 70), ("validation", 15), ("test", 15))
 SPLIT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# Names the Hugging Face loaders rename (a folder `val` loads as `validation`) or reserve (`all`: every
+# split), so that an export would load under another name, or not at all: refused, naming ours.
+RENAMED_SPLITS = {"training": "train", "valid": "validation", "val": "validation", "dev": "validation",
+                  "testing": "test", "eval": "test", "evaluation": "test"}
+RESERVED_SPLITS = ("all",)
 MAX_HORIZON = 100_000
 
 
@@ -36,13 +42,18 @@ class LabelRule:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Class names: zero-padded class numbers, so that sorting them (as folder loaders do) keeps their order."""
+        """Class names that sort in class order, as folder loaders number classes: `down`/`up` for sign,
+        `K_lt_E`, `K_E_to_F`, `K_ge_F` (K the zero-padded class number) for buckets with edges E < F."""
+        if self.kind == "sign":
+            return ("down", "up")
         width = len(str(self.n_classes - 1))
-        return tuple(f"{k:0{width}d}" for k in range(self.n_classes))
+        edges = [repr(e) for e in self.edges]
+        spans = [f"lt_{edges[0]}", *(f"{a}_to_{b}" for a, b in itertools.pairwise(edges)), f"ge_{edges[-1]}"]
+        return tuple(f"{k:0{width}d}_{span}" for k, span in enumerate(spans))
 
     def describe(self) -> str:
         if self.kind == "sign":
-            return "sign: 1 if the forward return is > 0, else 0 (as Jiang, Kelly and Xiu)"
+            return "sign: 1 (`up`) if the forward return is > 0, else 0 (`down`) (as Jiang, Kelly and Xiu)"
         bounds = ["-inf", *(repr(e) for e in self.edges), "+inf"]
         ranges = ", ".join(f"{k}: [{bounds[k]}, {bounds[k + 1]})" for k in range(self.n_classes))
         return f"bucket:{','.join(repr(e) for e in self.edges)} (class: return range) {ranges}"
@@ -96,6 +107,7 @@ def parse_splits(text: str) -> tuple[Split, ...]:
         if not SPLIT_NAME_RE.match(name):
             raise ConfigError(f"--split {part!r}: split names are lower-case letters, digits and _, "
                               "starting with a letter")
+        check_split_name(name, f"--split {part!r}")
         try:
             split = Split(name, utc_ms(start) if start else None, utc_ms(end) if end else None)
         except ImageCacheError as exc:
@@ -111,6 +123,16 @@ def parse_splits(text: str) -> tuple[Split, ...]:
         if before.end_ms is None or after.start_ms is None or after.start_ms < before.end_ms:
             raise ConfigError(f"--split: {before.name} and {after.name} overlap")
     return tuple(splits)
+
+
+def check_split_name(name: str, what: str) -> None:
+    """Refuse a split name that a loader would rename or that `datasets` reserves."""
+    if name in RENAMED_SPLITS:
+        raise ConfigError(f"{what}: the Hugging Face loaders read a split named {name!r} as "
+                          f"{RENAMED_SPLITS[name]!r}: name it {RENAMED_SPLITS[name]}")
+    if name in RESERVED_SPLITS:
+        raise ConfigError(f"{what}: {name!r} is reserved by the datasets library (every split together): "
+                          "choose another name, e.g. train, validation or test")
 
 
 def default_splits(first_end_ms: int, last_end_ms: int) -> tuple[Split, ...]:
@@ -149,10 +171,26 @@ def on_stride(interval: str, end_ms: np.ndarray, stride: int) -> np.ndarray:
     return grid_index(interval, np.asarray(end_ms, dtype=np.int64)) % stride == 0
 
 
+SAMPLES = ("all", "month-end")
+
+
+def on_sample(interval: str, end_ms: np.ndarray, sample: str) -> np.ndarray:
+    """Windows kept by `--sample`: all, or month-end, those whose last candle is the last slot of its
+    calendar month on the interval grid (UTC), as the Jiang-Kelly-Xiu samples are drawn at month ends."""
+    end_ms = np.asarray(end_ms, dtype=np.int64)
+    if sample == "all":
+        return np.ones(end_ms.shape, dtype=bool)
+    if sample != "month-end":
+        raise ConfigError(f"--sample must be one of {', '.join(SAMPLES)}, got {sample!r}")
+    following = grid_time(interval, grid_index(interval, end_ms) + 1)
+    month = end_ms.astype("datetime64[ms]").astype("datetime64[M]")
+    return month != np.asarray(following, dtype=np.int64).astype("datetime64[ms]").astype("datetime64[M]")
+
+
 def complete_windows(series: Series, window_len: int, history: int, stride: int, start_ms: int,
-                     end_ms: int) -> np.ndarray:
-    """Last-candle indices of the windows an image can be drawn from: in range, on the stride grid, and
-    with all their candles (history included) consecutive on the interval grid."""
+                     end_ms: int, sample: str = "all") -> np.ndarray:
+    """Last-candle indices of the windows an image can be drawn from: in range, on the stride grid, kept
+    by `sample` (on_sample), and with all their candles (history included) consecutive on the interval grid."""
     n = len(series.times)
     span = window_len - 1 + history
     if n <= span:
@@ -161,7 +199,7 @@ def complete_windows(series: Series, window_len: int, history: int, stride: int,
     slots = grid_index(series.interval, series.times)
     t_last = series.times[last]
     keep = ((t_last >= start_ms) & (t_last < end_ms) & (slots[last] - slots[last - span] == span)
-            & (slots[last] % stride == 0))
+            & (slots[last] % stride == 0) & on_sample(series.interval, t_last, sample))
     return last[keep]
 
 

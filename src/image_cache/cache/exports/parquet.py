@@ -10,24 +10,32 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from image_cache.cache.exports.base import Feature, Format, Job, record_features
+from image_cache.cache.exports.base import SHAPES, Feature, Format, Job, image_feature, record_features
 from image_cache.cache.exports.files import checked_bytes
+from image_cache.chart.modes import PIL_MODES
 
 ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
 ROW_GROUP = 256  # rows per group: small groups let readers stream images without loading a whole split
 
 
-def hf_feature(dtype: str | tuple[str, ...]) -> dict:
+def hf_feature(dtype: str | tuple[str, ...] | list) -> dict:
     if isinstance(dtype, tuple):
         return {"_type": "ClassLabel", "names": list(dtype)}
-    if dtype == "image":
-        return {"_type": "Image"}
+    if isinstance(dtype, str) and dtype.startswith("image:"):
+        return {"_type": "Image", "mode": dtype[len("image:"):]}
     return {"_type": "Value", "dtype": dtype}
 
 
+def _arrow(dtype: str | tuple[str, ...] | list) -> pa.DataType:
+    if isinstance(dtype, tuple):
+        return pa.int64()
+    if isinstance(dtype, str) and dtype.startswith("image:"):
+        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return ARROW[dtype]
+
+
 def schema(columns: list[Feature]) -> pa.Schema:
-    fields = [pa.field(name, pa.struct([("bytes", pa.binary()), ("path", pa.string())]) if dtype == "image"
-                       else pa.int64() if isinstance(dtype, tuple) else ARROW[dtype]) for name, dtype in columns]
+    fields = [pa.field(name, _arrow(dtype)) for name, dtype in columns]
     info = {"info": {"features": {name: hf_feature(dtype) for name, dtype in columns}}}
     return pa.schema(fields, metadata={"huggingface": json.dumps(info, sort_keys=True)})
 
@@ -47,7 +55,7 @@ def write(folder: str, job: Job) -> None:
 
 
 def features(job: Job) -> list[Feature]:
-    return [("image", "image"), *record_features(job)]
+    return [image_feature(job), *record_features(job)]
 
 
 def snippets(job: Job) -> list[tuple[str, str]]:
@@ -55,7 +63,9 @@ def snippets(job: Job) -> list[tuple[str, str]]:
     return [
         ("datasets", 'from datasets import load_dataset\n\n'
                      f'ds = load_dataset("OUT")  # splits: {", ".join(job.present())}\n'
-                     f'image, label = ds["{first}"][0]["image"], ds["{first}"][0]["label"]'),
+                     f'image, label = ds["{first}"][0]["image"], ds["{first}"][0]["label"]  # PIL image '
+                     f'in mode {PIL_MODES[job.mode]}\n'
+                     f'pixels = ds["{first}"].with_format("numpy")[0]["image"]  # {SHAPES[job.mode]} uint8'),
         ("pandas", 'import io\nimport pandas as pd\nfrom PIL import Image\n\n'
                    f'frame = pd.read_parquet("OUT/data/{first}-00000-of-00001.parquet")\n'
                    'image = Image.open(io.BytesIO(frame.image[0]["bytes"]))'),

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from image_cache.cache import index, market
-from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, forward_returns, on_stride, sample_key)
+from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, forward_returns, on_sample, on_stride,
+                                                sample_key)
 from image_cache.cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
 from image_cache.cache.windows import Series, fingerprint, window_rows
 from image_cache.settings import Settings
@@ -80,8 +81,9 @@ def open_index(path: str) -> sqlite3.Connection:
 
 
 def _index_rows(conn: sqlite3.Connection, preset: dict[str, Any], spec_hash: str, symbol: str, interval: str,
-                settings: Settings) -> tuple[list[sqlite3.Row], int]:
-    """The ok rows drawn with the current spec in the date range and on the stride grid, and how many others."""
+                settings: Settings, sample: str) -> tuple[list[sqlite3.Row], int]:
+    """The ok rows drawn with the current spec in the date range, on the stride grid and kept by `sample`
+    (on_sample), and how many others."""
     rows = conn.execute(
         "SELECT end_open_time_ms, status = 'ok' AND spec_hash = ? AS current, file_path, sha256, pixel_hash, "
         "width_px, height_px, input_fingerprint FROM images WHERE symbol = ? AND interval = ? AND style_name = ? "
@@ -91,6 +93,9 @@ def _index_rows(conn: sqlite3.Connection, preset: dict[str, Any], spec_hash: str
          preset["style_version"], settings.start_ms, settings.end_ms or 2**62)).fetchall()
     if settings.stride > 1 and rows:
         keep = on_stride(interval, np.array([r["end_open_time_ms"] for r in rows]), settings.stride)
+        rows = [r for r, k in zip(rows, keep) if k]
+    if sample != "all" and rows:
+        keep = on_sample(interval, np.array([r["end_open_time_ms"] for r in rows]), sample)
         rows = [r for r, k in zip(rows, keep) if k]
     ok = [r for r in rows if r["current"]]
     return ok, len(rows) - len(ok)
@@ -107,7 +112,7 @@ def read_from(conn: sqlite3.Connection, symbol: str, interval: str, sid: int, fi
 
 
 def select(settings: Settings, filters: Filters, horizons: tuple[int, ...], label: LabelRule,
-           warn: Warn = no_warn, now: int | None = None) -> Selection:
+           warn: Warn = no_warn, now: int | None = None, sample: str = "all") -> Selection:
     """Labelled samples of the configured preset: index rows with status ok and the current spec.
 
     Rows whose candles changed since drawing (input fingerprint) or whose label is not available
@@ -123,7 +128,8 @@ def select(settings: Settings, filters: Filters, horizons: tuple[int, ...], labe
     try:
         with index.guarded(index_conn, settings.image_index_db):
             for symbol, interval, sid in select_series(market_conn, settings, filters, warn):
-                rows, others = _index_rows(index_conn, preset, spec.spec_hash, symbol, interval, settings)
+                rows, others = _index_rows(index_conn, preset, spec.spec_hash, symbol, interval, settings,
+                                           sample)
                 counts["not_ok"] += others
                 counts["selected"] += len(rows)
                 if rows:

@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-from image_cache.cache.exports.base import Feature, Format, Job
+from image_cache.cache.exports.base import Feature, Format, Job, image_feature, record_features
 from image_cache.cache.exports.files import checked_bytes, dumps, tar_member
 
 
@@ -40,8 +40,14 @@ def write(folder: str, job: Job) -> None:
                     tar_member(tar, f"{sample.key}.png", checked_bytes(job.image_root, sample))
 
 
+# webdataset's decoder of `png` members in each mode.
+DECODE = {"rgb": "pilrgb", "gray": "pill", "palette": "pil"}
+
+
 def features(job: Job) -> list[Feature]:
-    return []  # the Hugging Face webdataset loader types the members itself (png: Image, cls: int, json: dict)
+    """The members as the Hugging Face loader yields them: `cls` a ClassLabel, `json` the metadata."""
+    return [("__key__", "string"), ("__url__", "string"), ("cls", job.options.label.names),
+            ("json", record_features(job)), image_feature(job, "png")]
 
 
 def snippets(job: Job) -> list[tuple[str, str]]:
@@ -49,11 +55,12 @@ def snippets(job: Job) -> list[tuple[str, str]]:
     return [
         ("webdataset", 'import glob\nimport webdataset as wds\n\n'
                        f'shards = sorted(glob.glob("OUT/{first}-*.tar"))\n'
-                       'train = wds.WebDataset(shards, shardshuffle=len(shards)).shuffle(1000).decode("pil")'
-                       '.to_tuple("png", "cls", "json")\n'
+                       'train = wds.WebDataset(shards, shardshuffle=len(shards)).shuffle(1000)'
+                       f'.decode("{DECODE[job.mode]}").to_tuple("png", "cls", "json")\n'
                        '# torch: DataLoader(train, batch_size=None, num_workers=len(shards)) works as is'),
         ("datasets", 'from datasets import load_dataset\n\n'
-                     'ds = load_dataset("OUT")  # columns __key__, png, cls, json'),
+                     'ds = load_dataset("OUT")  # columns __key__, __url__, cls (ClassLabel), json, png\n'
+                     f'image, label = ds["{first}"][0]["png"], ds["{first}"][0]["cls"]'),
     ]
 
 
@@ -63,4 +70,4 @@ FORMAT = Format(
     layout="`SPLIT-NNNNNN.tar` shards: members `KEY.cls` (`label`), `KEY.json` (metadata), `KEY.png`, keys "
            "without dots. Each split is shuffled with the seed before it is cut into shards of equal size "
            "(sizes differ by at most one), at least `--min-shards` per split; fixed mtime, owner and mode.",
-    data_files="{split}-*.tar", features=features, snippets=snippets)
+    data_files="{split}-*.tar", features=features, snippets=snippets, config_features=False)
