@@ -88,6 +88,25 @@ def test_orphan_matching_a_render_is_adopted(rendered: Path):
     assert [r[:7] for r in index_rows(rendered / "image_cache.sqlite")] == [r[:7] for r in rows_before]
 
 
+def test_a_series_killed_before_its_first_rows_is_settled_with_its_temp_files(rendered: Path):
+    """A render killed before it indexed a series leaves that series' files and a temp file, none with a row:
+    repair adopts the files, which proves the series ours, and then removes its temp files too; verify
+    agreed with repair only once it did (verify then calls the temp file ours, repair had left it as foreign;
+    found by test_signals' Ctrl-C at random moments)."""
+    original = tree_digest(rendered / "image-cache")
+    victim = _some_image(rendered)
+    symbol, interval = victim.relative_to(rendered / "image-cache").parts[:2]
+    with sqlite3.connect(rendered / "image_cache.sqlite") as conn:
+        conn.execute("DELETE FROM images WHERE symbol = ? AND interval = ?", (symbol, interval))
+    temp = victim.parent / f".{victim.name}.123.tmp"
+    temp.write_bytes(b"half")
+    report = _repair(rendered)
+    assert report["adopted"] > 0 and report["foreign"] == [], report
+    assert not temp.exists()
+    assert _verify(rendered, "--deep")[0] == 0
+    assert tree_digest(rendered / "image-cache") == original
+
+
 def test_our_orphans_and_temp_files_are_removed_foreign_files_kept(rendered: Path):
     """Files named as ours (an image of a preset and series the index has drawn) but not equal to a render,
     and our temp files, go; anything else, a preset the index never drew included, is reported as foreign

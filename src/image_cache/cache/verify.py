@@ -173,6 +173,8 @@ class Inspection:
     unclaimed: list[str] = field(default_factory=list)  # our names, of no preset and series of this index: adopted
     # when equal to a fresh render (the proof they are ours), else left alone
     temps: list[str] = field(default_factory=list)
+    unclaimed_temps: list[str] = field(default_factory=list)  # our temp names, for series of no row yet: removed
+    # once adoption proves the series ours, else left alone
     unrepairable: list[str] = field(default_factory=list)
     inspected: set[tuple[str, str, chart.Spec]] = field(default_factory=set)
 
@@ -280,6 +282,8 @@ def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str
         else:
             if kind == "file" and parse_relative_path(path) is not None:
                 found.unclaimed.append(path)
+            elif kind == "temp" and parse_relative_path(_temp_target(path)) is not None:
+                found.unclaimed_temps.append(path)
             result.foreign.append(path)
 
 
@@ -610,9 +614,11 @@ def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, r
     finally:
         writer.close()
     # Files named as images of a series and preset that adoption has just proven ours, yet unequal to a
-    # fresh render: orphans of ours now, as the next verify would call them.
+    # fresh render: orphans of ours now, as the next verify would call them. Their temp files too (a
+    # render killed before it indexed the series leaves them).
     owned = _owned_series(conn)
     ours = {path for path in found.unclaimed if path not in adopted and _owned(owned, path)}
+    ours |= {path for path in found.unclaimed_temps if _owned(owned, _temp_target(path))}
     result.removed += sum(bool(remove(path)) for path in sorted(ours))
     result.foreign = [path for path in result.foreign if path not in ours]
 
