@@ -38,6 +38,7 @@ from image_cache.ingest.network import HostDown, Network, unreachable
 from image_cache.ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
 from image_cache.ingest.sources import Source
 from image_cache.ingest.validate import fail, validate
+from image_cache.ingest.venues import BINANCE_SPOT, Venue, mismatch, series_name
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never impo
 class Market:
     """One exchange market's REST API: where klines and the instrument list live, and their limits."""
 
+    venue: Venue
     base_url: str
     klines: str
     exchange_info: str
@@ -63,11 +65,11 @@ def _futures_weight(limit: int) -> int:
 _FUTURES_INTERVALS = frozenset({"1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d",
                                 "1w", "1mo"})
 MARKETS = {
-    "spot": Market("https://api.binance.com", "/api/v3/klines", "/api/v3/exchangeInfo", 1000, 6000,
+    "spot": Market(BINANCE_SPOT, "https://api.binance.com", "/api/v3/klines", "/api/v3/exchangeInfo", 1000, 6000,
                    lambda limit: 2, _FUTURES_INTERVALS | {"1s"}),
-    "um": Market("https://fapi.binance.com", "/fapi/v1/klines", "/fapi/v1/exchangeInfo", 1500, 2400,
+    "um": Market(Venue("binance", "um"), "https://fapi.binance.com", "/fapi/v1/klines", "/fapi/v1/exchangeInfo", 1500, 2400,
                  _futures_weight, _FUTURES_INTERVALS),
-    "cm": Market("https://dapi.binance.com", "/dapi/v1/klines", "/dapi/v1/exchangeInfo", 1500, 2400,
+    "cm": Market(Venue("binance", "cm"), "https://dapi.binance.com", "/dapi/v1/klines", "/dapi/v1/exchangeInfo", 1500, 2400,
                  _futures_weight, _FUTURES_INTERVALS),
 }
 # The API spells months `1M`; everything else is the same code as ours.
@@ -241,12 +243,13 @@ def fetch_klines(client: Client, symbol: str, interval: str, start_ms: int, end_
 
 @dataclass(frozen=True)
 class Tail:
-    """What to fetch for one series: open times in [start_ms, end_ms)."""
+    """What to fetch for one series: open times in [start_ms, end_ms); `series`: the series' name."""
 
     symbol: str
     interval: str
     start_ms: int
     end_ms: int
+    series: str
 
 
 def last_stored(conn: sqlite3.Connection, symbol: str, interval: str) -> int | None:
@@ -257,16 +260,18 @@ def last_stored(conn: sqlite3.Connection, symbol: str, interval: str) -> int | N
 
 
 def plan_tail(conn: sqlite3.Connection, symbol: str, interval: str, start_ms: int | None, end_ms: int | None,
-              now: int) -> Tail | None:
-    """From the slot after the last stored candle (or `start_ms`) to the last closed candle (or `end_ms`)."""
-    last = last_stored(conn, symbol, interval)
+              now: int, venue: Venue) -> Tail | None:
+    """From the slot after the last stored candle (or `start_ms`) to the last closed candle (or `end_ms`)
+    of `symbol`'s series on `venue`."""
+    name = series_name(symbol, venue)
+    last = last_stored(conn, name, interval)
     begin = start_ms if last is None else max(start_ms or 0, grid_time(interval, grid_index(interval, last) + 1))
     if begin is None:
-        raise MarketError(f"{symbol} {interval}: no stored candles; give --start for a new series")
+        raise MarketError(f"{name} {interval}: no stored candles; give --start for a new series")
     # Open time of the first candle still open now: nothing from there on is fetched.
     open_now = grid_time(interval, grid_index(interval, now))
     stop = min(end_ms, open_now) if end_ms is not None else open_now
-    return Tail(symbol, interval, begin, stop) if begin < stop else None
+    return Tail(symbol, interval, begin, stop, name) if begin < stop else None
 
 
 def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) -> FileOutcome | None:
@@ -274,8 +279,8 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
     market = client.market
     url = client.api_url.rstrip("/") + market.klines + "?" + urllib.parse.urlencode(
         {"symbol": tail.symbol, "interval": API_INTERVAL.get(tail.interval, tail.interval)})
-    name = f"{tail.symbol}-{tail.interval}-rest-{iso_utc(tail.start_ms)}"
-    src = SourceFile(url, name, None, None, "rest", tail.symbol, tail.interval)
+    name = f"{tail.series}-{tail.interval}-rest-{iso_utc(tail.start_ms)}"
+    src = SourceFile(url, name, None, None, "rest", tail.series, tail.interval, venue=market.venue)
     try:
         table = fetch_klines(client, tail.symbol, tail.interval, tail.start_ms, tail.end_ms, now)
         if not len(table):
@@ -289,8 +294,8 @@ def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) 
         return reject(conn, src, str(exc))
     span = f"{iso_utc(int(parsed.candles['open_time'][0]))}..{iso_utc(int(parsed.candles['open_time'][-1]))}"
     # No period: a REST batch vouches for the candles it served, not for a whole day or month.
-    src = SourceFile(url, f"{tail.symbol}-{tail.interval}-rest-{span}", hashlib.sha256(parsed.candles.tobytes())
-                     .hexdigest(), None, "rest", tail.symbol, tail.interval)
+    src = SourceFile(url, f"{tail.series}-{tail.interval}-rest-{span}", hashlib.sha256(parsed.candles.tobytes())
+                     .hexdigest(), None, "rest", tail.series, tail.interval, venue=market.venue)
     return write_file(conn, src, parsed, verified=True)
 
 
@@ -335,13 +340,16 @@ def fetch_tails(conn: sqlite3.Connection, client: Client, series: list[tuple[str
                 start_ms: int | None, end_ms: int | None, now: int, result: ApiResult,
                 progress: Progress = no_progress) -> None:
     """Bring each (symbol, interval) up to its last closed candle on an open writer connection."""
+    venue = client.market.venue
     for n, (symbol, interval) in enumerate(progress(series, total=len(series), desc="api", unit="series")):
-        if interval not in client.market.intervals:
-            result.files.append(reject(conn, SourceFile(client.api_url, f"{symbol}-{interval}-rest", None, None,
-                                                        "rest", symbol, interval),
-                                       f"{symbol} {interval}: the API has no {interval} klines on this market"))
+        name = series_name(symbol, venue)
+        refused = (f"{symbol} {interval}: the API has no {interval} klines on this market"
+                   if interval not in client.market.intervals else mismatch(conn, name, venue))
+        if refused is not None:  # decided before a request: another venue's last candle plans nothing here
+            result.files.append(reject(conn, SourceFile(client.api_url, f"{name}-{interval}-rest", None, None,
+                                                        "rest", name, interval, venue=venue), refused))
             continue
-        tail = plan_tail(conn, symbol, interval, start_ms, end_ms, now)
+        tail = plan_tail(conn, symbol, interval, start_ms, end_ms, now, venue)
         try:
             outcome = None if tail is None else ingest_tail(conn, client, tail, now)
         except GaveUp as exc:

@@ -25,6 +25,7 @@ from image_cache.ingest.network import Network
 from image_cache.ingest.registry import writer
 from image_cache.ingest.rest import ApiResult, Client, add_market_arguments, check_api_url, check_market, fetch_tails
 from image_cache.ingest.sources import Source, csv_list
+from image_cache.ingest.venues import series_name
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -150,9 +151,9 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
     if os.path.exists(db):
         with writer(db, "ingest update", lock_wait) as conn:
             for s, i in series:
-                day = archive_start(conn, s, i, first)
+                day = archive_start(conn, series_name(s, spec.venue), i, first)
                 if day is None:
-                    raise MarketError(f"{s} {i}: no stored candles; give --start for a new series")
+                    raise MarketError(f"{series_name(s, spec.venue)} {i}: no stored candles; give --start for a new series")
                 starts.setdefault(day, []).append((s, i))
     elif first is None:
         raise MarketError(f"{db} does not exist yet; give --start")
