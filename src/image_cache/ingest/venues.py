@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import SYMBOL_RE
+from image_cache.core.grid import SYMBOL_RE, iso_utc, now_ms
 
 _PART_RE = re.compile(r"^[a-z0-9]{1,20}$")
 
@@ -27,6 +27,14 @@ CREATE TABLE IF NOT EXISTS series_venues (
     series_id INTEGER PRIMARY KEY REFERENCES series(id),
     exchange TEXT NOT NULL,
     market TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS symbol_selections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    selected_utc TEXT NOT NULL,
+    exchange TEXT NOT NULL,
+    market TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    symbols TEXT NOT NULL
 );
 """
 
@@ -130,3 +138,10 @@ def symbols_not_of(conn: sqlite3.Connection, venue: Venue) -> dict[str, Venue]:
         for other in sorted(recorded_venues(conn, symbol) - {venue}):
             found.setdefault(symbol, other)
     return found
+
+
+def record_selection(conn: sqlite3.Connection, venue: Venue, rule: str, symbols: list[str]) -> None:
+    """Record a run's symbol selection (`--top N --quote Q`): when, on which venue, by which rule, the
+    symbols in their order (comma-separated)."""
+    conn.execute("INSERT INTO symbol_selections(selected_utc, exchange, market, rule, symbols) VALUES (?, ?, ?, ?, ?)",
+                 (iso_utc(now_ms()), venue.exchange, venue.market, rule, ",".join(symbols)))
