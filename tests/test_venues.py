@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from binance_fixtures import kline_csv, write_archive
 from fake_binance import FakeBinance
+
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.cli.main import main as image_cache_main
 from image_cache.core.errors import MarketError
@@ -16,7 +16,13 @@ from image_cache.core.grid import DAY_MS, iso_utc, now_ms
 from image_cache.ingest.rest import api
 from image_cache.ingest.sample import build_sample
 from image_cache.ingest.schema import connect_writer, series_id
-from image_cache.ingest.venues import BINANCE_SPOT, SAMPLE, Venue, series_name, venue_of_name
+from image_cache.ingest.venues import (
+    BINANCE_SPOT,
+    SAMPLE,
+    Venue,
+    series_name,
+    venue_of_name,
+)
 
 
 @pytest.fixture
@@ -111,8 +117,8 @@ def test_sample_data_never_meets_real_data(tmp_path, fake, capsys):
     before = real.read_bytes()
     assert ingest_main(["sample", "--db", str(real), "--symbols", "BTCUSDT", "--days", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"Error: {real} holds real series (1 symbols: BTCUSDT (binance spot)); the sample market is "
-                   "synthetic and goes into a database of its own: give another --db"]
+    assert err == [(f"Error: {real} holds real series (1 symbols: BTCUSDT (binance spot)); the sample market is "
+                    "synthetic and goes into a database of its own: give another --db")]
     assert real.read_bytes() == before
 
     synthetic = tmp_path / "sample.sqlite"

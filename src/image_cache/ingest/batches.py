@@ -21,7 +21,13 @@ from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import grid_index, grid_time, iso_utc
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.network import HostDown
-from image_cache.ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file
+from image_cache.ingest.registry import (
+    FileOutcome,
+    IngestResult,
+    SourceFile,
+    reject,
+    write_file,
+)
 from image_cache.ingest.validate import validate
 from image_cache.ingest.venues import Venue, mismatch
 
@@ -141,8 +147,8 @@ class ApiResult(IngestResult):
         if self.unknown:
             lines.append(f"unknown symbols (not on the venue): {', '.join(self.unknown)}")
         lost = f"; {len(self.network)} series not fetched for the network ({self.network[0]})" if self.network else ""
-        lines += [super().text(), f"api: {self.requests} requests, {self.retries} retries, "
-                  f"{self.waited_s:.1f} s waited, peak weight {self.max_weight}{lost}"]
+        lines += [super().text(), (f"api: {self.requests} requests, {self.retries} retries, "
+                                   f"{self.waited_s:.1f} s waited, peak weight {self.max_weight}{lost}")]
         return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
@@ -51,7 +51,7 @@ def resolve_date(text: str | None, now: int) -> int | None:
         count, unit = int(match[1]), match[2]
         if unit != "month":
             return now - count * _UNIT_MS[unit]
-        moment = datetime.fromtimestamp(now / 1000, tz=timezone.utc)
+        moment = datetime.fromtimestamp(now / 1000, tz=UTC)
         months = moment.year * 12 + moment.month - 1 - count
         year, month = divmod(months, 12)
         day = min(moment.day, calendar.monthrange(year, month + 1)[1])
