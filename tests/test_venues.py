@@ -16,6 +16,7 @@ from image_cache.core.grid import DAY_MS, iso_utc, now_ms
 from image_cache.ingest.rest import api
 from image_cache.ingest.sample import build_sample
 from image_cache.ingest.schema import connect_writer, series_id
+from image_cache.ingest.status import status
 from image_cache.ingest.venues import (
     BINANCE_SPOT,
     SAMPLE,
@@ -146,3 +147,23 @@ def test_a_market_written_before_venues_migrates_in_place(tmp_path, fake):
     assert set(venues(synthetic).values()) == {("sample", "synthetic")} and "BTCUSDT 1h" in venues(synthetic)
     with sqlite3.connect(real) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_status_summary_tells_each_venue_series_span_size_and_freshness(tmp_path, fake, capsys):
+    first = 1_704_067_200_000  # 2024-01-01
+    fake.add_series("spot", "BTCUSDT", "1h", first, 48)
+    fake.add_series("um", "BTCUSDT", "1h", first, 48)
+    db = tmp_path / "market.sqlite"
+    api(str(db), symbols=["BTCUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url, now=first + DAY_MS)
+    api(str(db), symbols=["BTCUSDT"], intervals=["1h"], market="um", start="2024-01-01", api_url=fake.url,
+        now=first + 2 * DAY_MS)
+    result = status(str(db), summary=True, now=first + 2 * DAY_MS)
+    rows = [(s.venue, s.symbol, s.candles, s.behind) for s in result.series]
+    # Spot stopped a day ago: 24 closed candles since; the futures series is up to date.
+    assert rows == [("binance spot", "BTCUSDT", 24, 24), ("binance um", "BTCUSDT-BINANCE-UM", 48, 0)]
+    assert all(s.bytes and s.bytes > 24 * 40 for s in result.series)
+    assert ingest_main(["status", "--db", str(db), "--summary"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "  binance spot:" and out[3] == "  binance um:"
+    assert out[2].startswith("    BTCUSDT 1h: 2024-01-01T00:00:00Z .. 2024-01-01T23:00:00Z, 24 rows, 0 gaps, ")
+    assert out[2].endswith("candles behind the last closed one")
