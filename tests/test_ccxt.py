@@ -12,6 +12,7 @@ from image_cache.cli.ingest import main as ingest_main
 from image_cache.core.grid import INTERVAL_MS, utc_ms
 from image_cache.ingest.ccxt_source import ccxt_ingest
 from image_cache.ingest.rest import api
+from image_cache.ingest.update import update
 
 pytest.importorskip("ccxt")  # requirements-dev.txt pins it; an install without the extra says so in one line
 
@@ -94,3 +95,8 @@ def test_top_picks_the_highest_quote_volumes_in_a_fixed_order(tmp_path, fake, ca
         assert [row[0] for row in conn.execute("SELECT symbols FROM symbol_selections ORDER BY id")] == \
             ["BTCUSDT,SOLUSDT,XRPUSDT", "BTC/USDT,SOL/USDT,XRP/USDT"]
     assert len(stored(db, "SOLUSDT-BINANCEUS-SPOT", "1d")) == 1
+    # update takes the same rule.
+    result = update(str(tmp_path / "update.sqlite"), symbols=[], intervals=["1d"], quote="USDT", top=2,
+                    start="2024-01-01", api_url=fake.url, base_url=fake.url + "/", mirror=str(tmp_path / "mirror"),
+                    now=now, backoff=0.01)
+    assert result.ok and result.symbols == ["BTCUSDT", "SOLUSDT"] and len(result.api.top) == 2

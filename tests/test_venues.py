@@ -11,6 +11,7 @@ from fake_binance import FakeBinance
 
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.cli.main import main as image_cache_main
+from image_cache.cli.nightly import main as nightly_main
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, iso_utc, now_ms
 from image_cache.ingest.rest import api
@@ -167,3 +168,18 @@ def test_status_summary_tells_each_venue_series_span_size_and_freshness(tmp_path
     assert out[1] == "  binance spot:" and out[3] == "  binance um:"
     assert out[2].startswith("    BTCUSDT 1h: 2024-01-01T00:00:00Z .. 2024-01-01T23:00:00Z, 24 rows, 0 gaps, ")
     assert out[2].endswith("candles behind the last closed one")
+
+
+def test_nightly_on_futures_renders_the_futures_series(tmp_path, fake, capsys):
+    """nightly --market um once updated futures into the spot series and rendered that."""
+    now = now_ms()
+    first = now - now % DAY_MS - 2 * DAY_MS
+    fake.add_series("um", "BTCUSDT", "1h", first, (now - first) // 3_600_000 + 1)
+    (tmp_path / "image_cache.toml").write_text(
+        f'[image_cache]\nmarket_db_path = "{tmp_path}/market.sqlite"\nimage_index_db = "{tmp_path}/index.sqlite"\n'
+        f'image_root_dir = "{tmp_path}/image-cache"\npairs = ["BTCUSDT"]\nintervals = ["1h"]\nimg_size_px = 64\n'
+        f'window_len = 10\nstart = "{iso_utc(first)[:10]}"\njobs = 1\n')
+    assert nightly_main(["--config", str(tmp_path / "image_cache.toml"), "--market", "um", "--api-url", fake.url,
+                         "--base-url", (tmp_path / "none").as_uri() + "/", "--mirror", str(tmp_path / "mirror")]) == 0
+    capsys.readouterr()
+    assert [p.name for p in (tmp_path / "image-cache").iterdir() if p.is_dir()] == ["BTCUSDT-BINANCE-UM"]

@@ -89,7 +89,8 @@ class Exchange:
                     raise GaveUp(f"{self.venue}: {what}: {_first_line(exc)} (gave up after {tries} attempts)") from None
                 self.retried += 1
                 delay = max(self.backoff * 2 ** (tries - 1), self.api.rateLimit / 1000)
-                self.warn(f"{self.venue}: {what}: {type(exc).__name__}; retrying in {delay:g}s ({tries}/{self.retries})")
+                self.warn(f"{self.venue}: {what}: {type(exc).__name__}; "
+                          f"retrying in {delay:g}s ({tries}/{self.retries})")
                 self.waited_s += delay
                 self.sleep(delay)
             except ccxt.BaseError as exc:
@@ -224,7 +225,8 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
         warn(f"{s}: no such {market} market on {exchange} (not in its market list)")
     missing = [i for i in intervals if ("1M" if i == "1mo" else i) not in (ex.api.timeframes or {})]
     if missing:
-        raise MarketError(f"{exchange} has no {', '.join(missing)} candles (it has: {' '.join(ex.api.timeframes or {})})")
+        raise MarketError(f"{exchange} has no {', '.join(missing)} candles "
+                          f"(it has: {' '.join(ex.api.timeframes or {})})")
 
     def fetch(symbol: str, interval: str, begin: int, stop: int) -> np.ndarray:
         return fetch_ohlcv(ex, symbol, interval, begin, stop, now)

@@ -10,7 +10,9 @@ that cannot be reached a few times in a row is given up for the run (ingest/netw
 the network kept from us is reported as such, never recorded as a rejected file.
 
 Only closed candles (open time + interval <= now) are kept. Each series' fetched candles are
-validated like any archive and written as one registry entry (source `rest`) in one transaction.
+validated like any archive and written as one registry entry (source `rest`) in one transaction
+(ingest/batches.py, shared with the CCXT source), into the series of the market's venue
+(ingest/venues.py: `BTCUSDT` on spot, `BTCUSDT-BINANCE-UM` on USDⓈ-M futures).
 """
 
 from __future__ import annotations
@@ -67,12 +69,12 @@ def _futures_weight(limit: int) -> int:
 _FUTURES_INTERVALS = frozenset({"1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d",
                                 "1w", "1mo"})
 MARKETS = {
-    "spot": Market(BINANCE_SPOT, "https://api.binance.com", "/api/v3/klines", "/api/v3/exchangeInfo", "/api/v3/ticker/24hr", 1000, 6000,
-                   lambda limit: 2, _FUTURES_INTERVALS | {"1s"}),
-    "um": Market(Venue("binance", "um"), "https://fapi.binance.com", "/fapi/v1/klines", "/fapi/v1/exchangeInfo", "/fapi/v1/ticker/24hr", 1500, 2400,
-                 _futures_weight, _FUTURES_INTERVALS),
-    "cm": Market(Venue("binance", "cm"), "https://dapi.binance.com", "/dapi/v1/klines", "/dapi/v1/exchangeInfo", "/dapi/v1/ticker/24hr", 1500, 2400,
-                 _futures_weight, _FUTURES_INTERVALS),
+    "spot": Market(BINANCE_SPOT, "https://api.binance.com", "/api/v3/klines", "/api/v3/exchangeInfo",
+                   "/api/v3/ticker/24hr", 1000, 6000, lambda limit: 2, _FUTURES_INTERVALS | {"1s"}),
+    "um": Market(Venue("binance", "um"), "https://fapi.binance.com", "/fapi/v1/klines", "/fapi/v1/exchangeInfo",
+                 "/fapi/v1/ticker/24hr", 1500, 2400, _futures_weight, _FUTURES_INTERVALS),
+    "cm": Market(Venue("binance", "cm"), "https://dapi.binance.com", "/dapi/v1/klines", "/dapi/v1/exchangeInfo",
+                 "/dapi/v1/ticker/24hr", 1500, 2400, _futures_weight, _FUTURES_INTERVALS),
 }
 # The API spells months `1M`; everything else is the same code as ours.
 API_INTERVAL = {"1mo": "1M"}
