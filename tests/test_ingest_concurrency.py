@@ -126,8 +126,10 @@ def spot_market(sample_market: Path, tmp_path_factory) -> Path:
     (sample series are of the venue `sample`, which takes no real rows)."""
     path = tmp_path_factory.mktemp("spot") / "market.sqlite"
     shutil.copy(sample_market, path)
-    with sqlite3.connect(path) as conn:
+    conn = sqlite3.connect(path)
+    with conn:
         conn.execute("UPDATE series_venues SET exchange = 'binance', market = 'spot'")
+    conn.close()  # the last connection checkpoints the WAL: copies of the file then hold the change
     return path
 
 
