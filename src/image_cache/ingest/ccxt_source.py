@@ -221,6 +221,11 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
     result.symbols = wanted
     result.unknown = [s for s in wanted if s not in markets]
     names = {s: series_name(market_name(markets[s]), ex.venue) for s in wanted if s in markets}
+    # Two markets of one name (BTC/USD:BTC and BTC/USD:USDT, say) would share a series: refused.
+    if len(set(names.values())) < len(names):
+        same = sorted(s for s in names if list(names.values()).count(names[s]) > 1)
+        raise MarketError(f"{', '.join(same)} would share the series {names[same[0]]}; ingest them one at a time "
+                          "into databases of their own")
     for s in result.unknown:
         warn(f"{s}: no such {market} market on {exchange} (not in its market list)")
     missing = [i for i in intervals if ("1M" if i == "1mo" else i) not in (ex.api.timeframes or {})]
