@@ -10,7 +10,7 @@ from fake_binance import FakeBinance
 
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.core.grid import INTERVAL_MS, utc_ms
-from image_cache.ingest.ccxt_source import ccxt_ingest
+from image_cache.ingest.ccxt_source import ccxt_ingest, market_name
 from image_cache.ingest.rest import api
 from image_cache.ingest.update import update
 
@@ -100,3 +100,12 @@ def test_top_picks_the_highest_quote_volumes_in_a_fixed_order(tmp_path, fake, ca
                     start="2024-01-01", api_url=fake.url, base_url=fake.url + "/", mirror=str(tmp_path / "mirror"),
                     now=now, backoff=0.01)
     assert result.ok and result.symbols == ["BTCUSDT", "SOLUSDT"] and len(result.api.top) == 2
+
+
+def test_market_names_keep_settle_and_expiry_apart():
+    assert market_name({"base": "BTC", "quote": "USDT", "settle": "USDT"}) == "BTCUSDT"
+    assert market_name({"base": "BTC", "quote": "USD", "settle": "BTC"}) == "BTCUSD_BTC"
+    assert market_name({"base": "BTC", "quote": "USD", "settle": "USDT"}) == "BTCUSD_USDT"
+    assert market_name({"base": "BTC", "quote": "USD", "settle": "BTC",
+                        "expiryDatetime": "2025-06-27T08:00:00.000Z"}) == "BTCUSD_BTC_250627"
+    assert market_name({"base": "1000PEPE", "quote": "USDT"}) == "1000PEPEUSDT"

@@ -126,8 +126,13 @@ def open_exchange(exchange_id: str, market_type: str, *, api_url: str | None = N
 
 
 def market_name(market: dict[str, Any]) -> str:
-    """Our symbol for a CCXT market: base and quote (`BTC/USDT:USDT` → BTCUSDT), a future's expiry after `_`."""
+    """Our symbol for a CCXT market: base and quote (`BTC/USDT:USDT` → BTCUSDT), then after `_` a settle
+    asset other than the quote (`BTC/USD:BTC` → BTCUSD_BTC) and a future's expiry (BTCUSD_BTC_250627):
+    as unique as CCXT's symbol for spot, swap and future markets."""
     name = _NAME_RE.sub("", f"{market.get('base') or ''}{market.get('quote') or ''}".upper())
+    settle = _NAME_RE.sub("", str(market.get("settle") or "").upper())
+    if settle and settle != _NAME_RE.sub("", str(market.get("quote") or "").upper()):
+        name += "_" + settle
     if market.get("expiryDatetime"):
         name += "_" + market["expiryDatetime"][2:10].replace("-", "")
     return name
@@ -221,7 +226,7 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
     result.symbols = wanted
     result.unknown = [s for s in wanted if s not in markets]
     names = {s: series_name(market_name(markets[s]), ex.venue) for s in wanted if s in markets}
-    # Two markets of one name (BTC/USD:BTC and BTC/USD:USDT, say) would share a series: refused.
+    # Two markets whose names differ only in characters a series name cannot hold would share a series.
     if len(set(names.values())) < len(names):
         same = sorted(s for s in names if list(names.values()).count(names[s]) > 1)
         raise MarketError(f"{', '.join(same)} would share the series {names[same[0]]}; ingest them one at a time "
