@@ -4,7 +4,8 @@ The klines endpoints take the real parameters (symbol, interval, startTime, endT
 enforce the real limits (spot at most 1000 rows per call, futures 1500; error -1130 above), answer
 with 12-field kline arrays (decimal strings, like the exchange) and the used weight in
 `X-MBX-USED-WEIGHT-1M`. Faults are scripted per request: `429` (with Retry-After), `418`, `5xx`,
-`slow:SECONDS` and `malformed`; `delay` slows every request alike (a slow link). Any other path is served from
+`slow:SECONDS` and `malformed`; `delay` slows every request alike (a slow link). The 24-hour tickers serve
+`tickers`; CCXT's `binance` class runs against all of it (its API URLs pointed here). Any other path is served from
 `root` (a Binance Vision layout for the downloader).
 """
 
@@ -21,6 +22,7 @@ from image_cache.core.grid import INTERVAL_MS, close_time_ms
 
 KLINES = {"/api/v3/klines": ("spot", 1000), "/fapi/v1/klines": ("um", 1500), "/dapi/v1/klines": ("cm", 1500)}
 EXCHANGE_INFO = {"/api/v3/exchangeInfo": "spot", "/fapi/v1/exchangeInfo": "um", "/dapi/v1/exchangeInfo": "cm"}
+TICKERS = {"/api/v3/ticker/24hr": "spot", "/fapi/v1/ticker/24hr": "um", "/dapi/v1/ticker/24hr": "cm"}
 API_INTERVALS = {code: ("1M" if code == "1mo" else code) for code in INTERVAL_MS}
 
 
@@ -37,6 +39,7 @@ class FakeBinance:
         self.root = root
         self.series: dict[tuple[str, str, str], list[list]] = {}
         self.instruments: dict[str, list[dict]] = {}
+        self.tickers: dict[str, list[dict]] = {}  # market → 24-hour statistics, e.g. {"symbol", "quoteVolume"}
         self.faults: list[str] = []
         self.delay = 0.0  # seconds each request waits before its answer
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -112,6 +115,8 @@ def _handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
             if parts.path in EXCHANGE_INFO:
                 body = {"timezone": "UTC", "symbols": fake.instruments.get(EXCHANGE_INFO[parts.path], [])}
                 return self._send(200, json.dumps(body).encode())
+            if parts.path in TICKERS:
+                return self._send(200, json.dumps(fake.tickers.get(TICKERS[parts.path], [])).encode())
             file = (fake.root / parts.path.lstrip("/")) if fake.root else None
             if file is None or ".." in parts.path or not file.is_file():
                 return self._send(404, b"not found", content_type="text/plain")

@@ -40,6 +40,7 @@ from image_cache.core.db import lock_is_held  # noqa: E402
 from image_cache.core.errors import ImageCacheError  # noqa: E402
 from image_cache.core.grid import iso_utc  # noqa: E402
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
+from image_cache.ingest.venues import BINANCE_SPOT  # noqa: E402
 
 HOUR = 3_600_000
 T0 = 1_719_792_000_000  # 2024-07-01T00:00Z
@@ -95,7 +96,7 @@ class Walk:
         conn = connect_writer(self.market)
         with conn:
             for symbol in SYMBOLS:
-                sid = series_id(conn, symbol, "1h")
+                sid = series_id(conn, symbol, "1h", BINANCE_SPOT)
                 n = self.rng.randint(12, 30)
                 # Some series jump over whole buckets of change tracking (2**31 ms, ~597 h): stamps of
                 # empty buckets and of windows that reach back across a gap.

@@ -13,6 +13,7 @@ import numpy as np
 from image_cache.ingest.gaps import Gap, find_gaps, gap_arrays
 from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
+from image_cache.ingest.venues import BINANCE_SPOT
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -53,7 +54,7 @@ def _series(db: str, symbol: str, interval: str, times: list[int]) -> None:
         candles[name] = 1.0
     conn = connect_writer(db)
     conn.execute("BEGIN")
-    upsert_candles(conn, series_id(conn, symbol, interval), candles)
+    upsert_candles(conn, series_id(conn, symbol, interval, BINANCE_SPOT), candles)
     conn.execute("COMMIT")
     conn.close()
 

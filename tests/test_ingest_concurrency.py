@@ -123,14 +123,27 @@ def render_state(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def states(sample_market: Path, tmp_path_factory) -> dict:
+def spot_market(sample_market: Path, tmp_path_factory) -> Path:
+    """The sample market standing in for one fetched from Binance spot, so that a Binance archive re-issues it
+    (sample series are of the venue `sample`, which takes no real rows)."""
+    path = tmp_path_factory.mktemp("spot") / "market.sqlite"
+    shutil.copy(sample_market, path)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE series_venues SET exchange = 'binance', market = 'spot'")
+    conn.close()  # the last connection checkpoints the WAL: copies of the file then hold the change
+    return path
+
+
+@pytest.fixture(scope="module")
+def states(spot_market: Path, tmp_path_factory) -> dict:
     """The re-issue zip, and the market before and after it: fingerprints and an undisturbed render of each."""
     zips = tmp_path_factory.mktemp("zips")
-    zip_path = reissue_zip(sample_market, zips)
+    zip_path = reissue_zip(spot_market, zips)
     out: dict = {"zip": zip_path}
     for state in ("before", "after"):
         folder = tmp_path_factory.mktemp(state)
-        shutil.copy(sample_market, folder / "market.sqlite")
+        shutil.copy(spot_market, folder / "market.sqlite")
         if state == "after":
             assert ingest_paths(str(folder / "market.sqlite"), [str(zip_path)]).ok
         assert subprocess.run([sys.executable, str(REPO / "image_cache.py"), *RENDER], cwd=folder, env=ENV,
@@ -154,13 +167,13 @@ def seen_state(folder: Path, states: dict) -> str:
     return state
 
 
-def workdir(tmp_path: Path, sample_market: Path) -> Path:
-    shutil.copy(sample_market, tmp_path / "market.sqlite")
+def workdir(tmp_path: Path, spot_market: Path) -> Path:
+    shutil.copy(spot_market, tmp_path / "market.sqlite")
     return tmp_path
 
 
-def test_ingest_committing_during_the_render_read_is_not_seen(tmp_path: Path, sample_market: Path, states: dict):
-    folder = workdir(tmp_path, sample_market)
+def test_ingest_committing_during_the_render_read_is_not_seen(tmp_path: Path, spot_market: Path, states: dict):
+    folder = workdir(tmp_path, spot_market)
     render = popen(folder, "-c", GATED_RENDER, *RENDER)
     wait_for(lambda: (folder / "reading").exists() or render.poll() is not None, "the render to open its snapshot")
     assert render.poll() is None, render.communicate()
@@ -184,11 +197,11 @@ def test_ingest_committing_during_the_render_read_is_not_seen(tmp_path: Path, sa
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.5, 1.0])
-def test_render_and_ingest_running_freely_side_by_side(tmp_path: Path, sample_market: Path, states: dict,
+def test_render_and_ingest_running_freely_side_by_side(tmp_path: Path, spot_market: Path, states: dict,
                                                       delay: float):
     """The render starts `delay` s after the ingest: here it mostly reads before the commit at 0 s and
     after it at 1 s. Either state is right; a mix, or images other than that state's, is not."""
-    folder = workdir(tmp_path, sample_market)
+    folder = workdir(tmp_path, spot_market)
     ingest = popen(folder, "-m", "ingest", "binance-vision", "--market-db", "market.sqlite", str(states["zip"]))
     time.sleep(delay)
     render = popen(folder, str(REPO / "image_cache.py"), *RENDER)

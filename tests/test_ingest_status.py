@@ -39,7 +39,8 @@ def test_series_and_registry(market: Path) -> None:
     result = status(str(market))
     [series] = result.series
     assert series.as_dict() == {"symbol": "BTCUSDT", "interval": "1h", "first_open_time": "2024-01-15T00:00:00Z",
-                                "last_open_time": "2024-01-17T23:00:00Z", "candles": 48, "gaps": 1}
+                                "last_open_time": "2024-01-17T23:00:00Z", "candles": 48, "gaps": 1,
+                                "venue": "binance spot"}
     assert result.files == {"ok": 1, "unverified": 1, "skipped": 2, "rejected": 2}
     assert result.failures is None and result.ok
     assert result.text().splitlines()[-1] == "files: 1 ok, 1 unverified, 2 skipped, 2 rejected (current failures: --failures)"

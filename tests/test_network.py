@@ -42,7 +42,7 @@ jobs = 1
 
 def commands(command: str, base_url: str, api_url: str) -> list[str]:
     """The command line of `download`, `update` or `nightly`: BTCUSDT and ETHUSDT 1d since 2024-01-02,
-    dozens of archives, none of them published."""
+    dozens of archives, none of them published (`ccxt`: BTC/USDT through CCXT)."""
     common = ["--base-url", base_url + "/", "--mirror", "mirror"]
     if command == "nightly":
         return [str(REPO / "nightly.py"), "--config", "image_cache.toml", "--api-url", api_url,
@@ -51,6 +51,9 @@ def commands(command: str, base_url: str, api_url: str) -> list[str]:
               "--jobs", "2", *common]
     if command == "download":
         return ["-m", "ingest", "download", *market, "--end", "2024-02-01"]
+    if command == "ccxt":  # CCXT's requests, its rate limiter's waits
+        return ["-m", "ingest", "ccxt", "--market-db", "market.sqlite", "--exchange", "binance", "--symbols", "BTC/USDT",
+                "--intervals", "1d", "--start", "2024-01-02", "--api-url", api_url]
     return ["-m", "ingest", "update", *market, "--api-url", api_url]
 
 
@@ -66,7 +69,7 @@ def start(cwd: Path, argv: list[str]) -> subprocess.Popen:
 # silent, whose requests in flight the run must leave behind.
 @pytest.mark.parametrize("command, signum, delay", [
     ("download", signal.SIGTERM, 0.5), ("download", signal.SIGHUP, 10.0), ("update", signal.SIGINT, 0.5),
-    ("nightly", signal.SIGTERM, 0.5)])
+    ("nightly", signal.SIGTERM, 0.5), ("ccxt", signal.SIGTERM, 2.0)])
 def test_a_signal_stops_a_run_on_a_slow_link_within_5_s(tmp_path, command, signum, delay):
     fake = FakeBinance(tmp_path / "vision")
     fake.delay = delay

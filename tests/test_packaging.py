@@ -164,6 +164,8 @@ def test_the_distribution_pins_the_requirements():
     assert extras["datasets"] == _pins("requirements-dev.txt",
                                        "# The real dataset clients, so the export tests load what they check "
                                        "(no torch: too large).")
+    ccxt = _pins("requirements-dev.txt", "# idna==3.18 exactly, which the dataset clients below take too.")
+    assert extras["ccxt"] == sorted(ccxt[:ccxt.index("zlib-ng==1.0.0") + 1] + ["idna==3.18"], key=str.lower)
     assert project["scripts"] == {"image-cache": "image_cache.cli.main:main"}
     version = re.search(r'^__version__ = "(.+)"$', (SRC / "__init__.py").read_text(), re.M).group(1)
     assert version == "0.9.0"

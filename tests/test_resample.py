@@ -16,6 +16,7 @@ from image_cache.ingest.resample import check_pair, resample_candles
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
+from image_cache.ingest.venues import BINANCE_SPOT
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -153,7 +154,7 @@ def test_matches_a_naive_per_bucket_aggregation(present, seed):
 def _write(db: str, symbol: str, interval: str, candles: np.ndarray) -> None:
     conn = connect_writer(db)
     conn.execute("BEGIN")
-    upsert_candles(conn, series_id(conn, symbol, interval), candles)
+    upsert_candles(conn, series_id(conn, symbol, interval, BINANCE_SPOT), candles)
     conn.execute("COMMIT")
     conn.close()
 

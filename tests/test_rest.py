@@ -10,6 +10,7 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import run_cli
+from image_cache.cli.ingest import main as ingest_main
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, utc_ms
 from fake_binance import FakeBinance
 from image_cache.ingest.binance_vision import ingest_paths
@@ -98,14 +99,33 @@ def test_the_client_waits_for_the_next_minute_near_the_weight_limit(fake):
     assert waits == [15.5]
 
 
-def test_a_refused_request_is_recorded_as_a_rejected_batch(tmp_path, fake):
-    result = run_cli(tmp_path, "api", "--symbols", "NOSUCH", "--intervals", "1h", "--start", "2024-01-01",
-                     "--api-url", fake.url, module="ingest")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    rejected = [line for line in result.stdout.splitlines() if line.startswith("rejected:")]
-    assert len(rejected) == 1 and "HTTP 400" in rejected[0] and "Invalid symbol" in rejected[0]
-    status = run_cli(tmp_path, "status", "--failures", module="ingest")
-    assert "Invalid symbol" in status.stdout
+def test_a_symbol_the_venue_does_not_have_is_named_and_fails_only_alone(tmp_path, fake, capsys):
+    """Once recorded as a rejected batch of an `HTTP 400` answer; now named, exit 1 only when nothing else exists."""
+    fake.add_series("spot", "BTCUSDT", "1h", utc_ms("2024-01-01"), 24)
+    db = str(tmp_path / "market.sqlite")
+    common = ["--market-db", db, "--intervals", "1h", "--start", "2024-01-01", "--api-url", fake.url]
+    assert ingest_main(["api", "--symbols", "NOSUCH", *common]) == 1
+    out, err = capsys.readouterr()
+    assert "unknown symbols (not on the venue): NOSUCH" in out and "NOSUCH: no such symbol on binance spot" in err
+    assert ingest_main(["api", "--symbols", "NOSUCH,BTCUSDT", *common, "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["unknown"] == ["NOSUCH"] and summary["rows_inserted"] == 24 and "NOSUCH" in err
+    with sqlite3.connect(db) as conn:  # a symbol that does not exist is no rejected file
+        assert conn.execute("SELECT COUNT(*) FROM ingested_files WHERE status = 'rejected'").fetchone()[0] == 0
+
+
+def test_download_names_a_symbol_with_no_archive_for_any_period(tmp_path, fake, capsys):
+    """A misspelt symbol once gave only "missing" archives and exit 0."""
+    write_archive(tmp_path / "vision" / "data" / "spot" / "daily" / "klines" / "BTCUSDT" / "1h",
+                  "BTCUSDT-1h-2024-01-01.zip", kline_csv(kline_rows("1h", "2024-01-01", 24)))
+    common = ["--market-db", str(tmp_path / "market.sqlite"), "--intervals", "1h", "--start", "2024-01-01", "--end",
+              "2024-01-02", "--base-url", fake.url + "/", "--mirror", str(tmp_path / "mirror")]
+    assert ingest_main(["download", "--symbols", "BTCUSDTT", *common]) == 1
+    out, err = capsys.readouterr()
+    assert "unknown symbols (no archive for any period): BTCUSDTT" in out and "BTCUSDTT: no archive" in err
+    assert ingest_main(["download", "--symbols", "BTCUSDTT,BTCUSDT", *common]) == 0
+    assert "BTCUSDTT: no archive" in capsys.readouterr().err
 
 
 def test_a_later_archive_supersedes_rest_rows_and_counts_revisions(tmp_path, fake):

@@ -52,6 +52,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="series and ingested files")
     p.add_argument("--failures", action="store_true", help="list rejected files with their reasons")
+    p.add_argument("--summary", action="store_true",
+                   help="per venue, symbol and interval: span, rows, gaps, bytes and freshness")
     return parser
 
 
@@ -82,7 +84,7 @@ def command(args: argparse.Namespace):
         return lambda: record_gaps(args.db, symbols=args.symbols, intervals=args.intervals,
                                    lock_wait=args.lock_wait, **hooks)
     from image_cache.ingest.status import status
-    return lambda: status(args.db, failures=args.failures)
+    return lambda: status(args.db, failures=args.failures, summary=args.summary)
 
 
 def one_line_errors(call: Callable[[], Any], db: str) -> Callable[[], Any]:

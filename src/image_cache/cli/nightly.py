@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from image_cache.cli import console
@@ -26,7 +26,8 @@ from image_cache.cache.verify import verify
 from image_cache.core import flags
 from image_cache.core.errors import ImageCacheError, LockHeld
 from image_cache.ingest.download import add_archive_arguments
-from image_cache.ingest.rest import add_market_arguments
+from image_cache.ingest.rest import add_market_arguments, check_market
+from image_cache.ingest.venues import series_name
 from image_cache.ingest.update import update
 from image_cache.settings import ConfigError, Settings
 
@@ -92,14 +93,17 @@ def nightly(settings: Settings, *, market: str = "spot", market_start: str | Non
     """Update the market, render, verify; every step's result in one summary."""
     began = time.monotonic()
     result = NightlyResult()
-    filters = Filters(list(settings.pairs), list(settings.intervals))
+    # The pairs are the exchange's symbols; on a market other than spot their series carry its name.
+    venue = check_market(market).venue
+    drawn = replace(settings, pairs=tuple(series_name(p, venue) for p in settings.pairs))
+    filters = Filters(list(drawn.pairs), list(settings.intervals))
     _step(result, "update", lambda: update(
         settings.market_db_path, symbols=list(settings.pairs), intervals=list(settings.intervals), market=market,
         start=market_start or settings.start, api_url=api_url, base_url=base_url, mirror=mirror, jobs=jobs,
         retry_failed=retry_failed, require_checksum=require_checksum, lock_wait=lock_wait, verbose=verbose,
         progress=progress, warn=warn))
-    _step(result, "render", lambda: render(settings, filters, progress=progress, warn=warn))
-    _step(result, "verify", lambda: verify(settings, filters, deep=deep, progress=progress, warn=warn))
+    _step(result, "render", lambda: render(drawn, filters, progress=progress, warn=warn))
+    _step(result, "verify", lambda: verify(drawn, filters, deep=deep, progress=progress, warn=warn))
     result.seconds = time.monotonic() - began
     return result
 

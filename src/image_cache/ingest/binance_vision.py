@@ -35,6 +35,7 @@ from image_cache.ingest.registry import (FileOutcome, IngestResult, SourceFile, 
                              reject, skipped, write_file, writer)
 from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
+from image_cache.ingest.venues import BINANCE_SPOT, Venue, series_name
 from image_cache.ingest.inputs import CHUNK_BYTES, line_chunks, open_regular, sha256_stream
 from image_cache.ingest.schema import CANDLE_DTYPE
 from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally, file_order_error
@@ -411,6 +412,17 @@ class Inspected:
     streamed: bool = False
 
 
+def archive_venue(path: str) -> Venue:
+    """Binance USDⓈ-M or COIN-M for an archive in Binance Vision's layout under `futures/um` or
+    `futures/cm` (as `ingest download` mirrors them), else Binance spot."""
+    parts = os.path.abspath(path).split(os.sep)
+    # …/futures/{um|cm}/{daily|monthly}/klines/SYMBOL/INTERVAL/FILE.zip
+    if (len(parts) >= 8 and parts[-7] == "futures" and parts[-6] in ("um", "cm")
+            and parts[-5] in ("daily", "monthly") and parts[-4] == "klines"):
+        return Venue("binance", parts[-6])
+    return BINANCE_SPOT
+
+
 def inspect_archive(path: str, *, require_checksum: bool = False, source: str = "binance-vision",
                     max_member_bytes: int = MAX_MEMBER_BYTES, whole_member_bytes: int = WHOLE_MEMBER_BYTES,
                     chunk_bytes: int = STREAM_CHUNK_BYTES) -> Inspected:
@@ -446,7 +458,9 @@ def inspect_archive(path: str, *, require_checksum: bool = False, source: str = 
     src = SourceFile(path, file_name, digest, size, source)
     try:
         name = parse_name(file_name)
-        src = SourceFile(path, file_name, digest, size, source, name.symbol, name.interval, name.period)
+        venue = archive_venue(path)
+        src = SourceFile(path, file_name, digest, size, source, series_name(name.symbol, venue), name.interval,
+                         name.period, venue)
         expected = read_checksum(path)
     except ImageCacheError as exc:
         return rejected(src, str(exc))

@@ -32,6 +32,7 @@ from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_sym
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
 from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream, writer
+from image_cache.ingest.venues import venue_of_name
 from image_cache.ingest.schema import CANDLE_DTYPE
 from image_cache.ingest.sources import Source
 from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally
@@ -400,7 +401,10 @@ def _sha256(path: str) -> tuple[str, int]:
 def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: str | None = None,
                time_unit: str | None = None, time_label: str | None = None, lock_wait: float = 30.0,
                progress: Progress = no_progress, warn: Warn = no_warn, chunk_bytes: int = CHUNK_BYTES) -> IngestResult:
-    """Ingest one generic OHLCV CSV file as the series (symbol, interval), `chunk_bytes` of text at a time."""
+    """Ingest one generic OHLCV CSV file as the series (symbol, interval), `chunk_bytes` of text at a time.
+
+    The file's rows are of the venue the series name states (ingest/venues.py: a plain name is Binance spot).
+    """
     started = time.perf_counter()
     check_symbol(symbol)
     check_interval(interval)
@@ -410,7 +414,7 @@ def ingest_csv(db: str, path: str, *, symbol: str, interval: str, time_column: s
     except OSError as exc:
         raise MarketError(f"cannot read {path}: {exc.strerror}") from None
     file_name = os.path.basename(path)
-    src = SourceFile(path, file_name, sha, size, "csv", symbol, interval)
+    src = SourceFile(path, file_name, sha, size, "csv", symbol, interval, venue=venue_of_name(symbol))
 
     def produce(sink: ChunkSink) -> Tally:
         try:

@@ -38,7 +38,8 @@ from image_cache.ingest.registry import IngestResult
 from image_cache.ingest.sources import Source
 from image_cache.core.db import file_uri
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
+from image_cache.core.grid import check_interval, check_symbol, now_ms
+from image_cache.ingest.dates import END_FLAG, check_date, resolve_date
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -377,17 +378,25 @@ class DownloadResult:
     seconds: float = 0.0
     unreachable: list[str] = field(default_factory=list)  # one line per host given up
     verbose: bool = False  # text() names every archive that was not fetched, not only counts per series
+    symbols: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # symbols with no archive for any period: may not exist
+
+    @property
+    def fetched(self) -> bool:
+        """Every archive fetched or truthfully absent, and every one ingested."""
+        return (all(a.status not in ("failed", "network") for a in self.archives)
+                and (self.ingest is None or self.ingest.ok))
 
     @property
     def ok(self) -> bool:
-        return (all(a.status not in ("failed", "network") for a in self.archives)
-                and (self.ingest is None or self.ingest.ok))
+        # Unknown symbols fail the run only when no symbol asked for exists (README: exit codes).
+        return self.fetched and not (self.unknown and len(self.unknown) >= len(self.symbols))
 
     def counts(self) -> dict[str, int]:
         return {s: sum(a.status == s for a in self.archives) for s in LABELS}
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "archives": self.counts(), "seconds": round(self.seconds, 3),
+        return {"ok": self.ok, "archives": self.counts(), "seconds": round(self.seconds, 3), "unknown": self.unknown,
                 "unreachable": self.unreachable, "archive_outcomes": [a.as_dict() for a in self.archives],
                 "ingest": self.ingest.as_dict() if self.ingest else None}
 
@@ -413,6 +422,8 @@ class DownloadResult:
             if self.verbose:
                 lines.extend(f"    {LABELS[a.status]}: {a.file_name}" + (f" ({a.reason})" if a.reason else "")
                              for a in outcomes if a.status not in ("downloaded", "cached") or a.reason)
+        if self.unknown:
+            lines.append(f"unknown symbols (no archive for any period): {', '.join(self.unknown)}")
         if self.ingest is not None:
             lines.append(self.ingest.text())
         return "\n".join(lines)
@@ -438,11 +449,12 @@ def _utc_today() -> date:
     return datetime.now(timezone.utc).date()
 
 
-def _parse_day(value: str, flag: str) -> date:
-    ms = utc_ms(value)
-    if ms % DAY_MS:
-        raise MarketError(f"{flag} {value!r} must be a date (YYYY-MM-DD)")
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).date()
+def _parse_day(value: str, now: int) -> date:
+    """The UTC day of a date as ingest/dates.py takes it (archives are whole days: a time inside one is its day)."""
+    check_date(value)
+    ms = resolve_date(value, now)
+    assert ms is not None
+    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date()
 
 
 def in_threads(work: Callable[[Archive], Outcome], batch: list[Archive], jobs: int, network: Network,
@@ -512,9 +524,10 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
     if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file"):
         raise MarketError(f"--base-url {base_url!r} must be an http, https or file URL")
     today = today or _utc_today()
-    first = _parse_day(start, "--start")
+    now = now_ms()
+    first = _parse_day(start, now)
     # Nothing after today can be published: stop there whatever --end says.
-    stop = min(_parse_day(end, "--end") if end else today, today + timedelta(days=1))
+    stop = min(_parse_day(end, now) if end else today, today + timedelta(days=1))
     if first >= stop:
         raise MarketError(f"--start {start} must be before --end {stop.isoformat()}")
 
@@ -540,6 +553,11 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
             outcomes.append(outcome)
     result.archives = outcomes + (run(fallback) if fallback else [])
     result.unreachable = list(network.down.values())
+    result.symbols = symbols
+    # A misspelt symbol has no archive at all: every period answers 404, none is merely not out yet.
+    result.unknown = [s for s in symbols if all(a.status == "missing" for a in result.archives if a.symbol == s)]
+    for symbol in result.unknown:
+        warn(f"{symbol}: no archive of it on Binance Vision ({market}) for any period asked; the symbol may not exist")
 
     paths = [o.path for o in result.archives if o.status in ("downloaded", "cached")]
     if paths:
@@ -564,8 +582,8 @@ def add_jobs_argument(p: argparse.ArgumentParser) -> None:
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", type=flags.symbols, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
     p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
-    p.add_argument("--start", type=flags.date, required=True, help="first UTC date, YYYY-MM-DD")
-    p.add_argument("--end", type=flags.date, help="UTC date to stop before (default: today)")
+    p.add_argument("--start", type=END_FLAG, required=True, help="first UTC day: a date, N days ago or today")
+    p.add_argument("--end", type=END_FLAG, help="UTC day to stop before (default: today)")
     p.add_argument("--market", choices=tuple(MARKET_ROOTS), default="spot")
     add_archive_arguments(p)
     add_jobs_argument(p)

@@ -23,13 +23,18 @@ from image_cache.ingest.gaps import refresh_gaps_between
 from image_cache.ingest.schema import connect_writer, open_times, series_id, upsert_candles
 from image_cache.ingest.series_check import Tally
 from image_cache.ingest.validate import Validated
+from image_cache.ingest.venues import BINANCE_SPOT, Venue
 
 PERIOD_RE = re.compile(r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    """An input file as the registry knows it; symbol/interval/period are None when unparsable."""
+    """An input file as the registry knows it; symbol/interval/period are None when unparsable.
+
+    `symbol` is the series name (ingest/venues.py: the venue is part of it except for Binance spot);
+    `venue` is where the rows come from, checked against the series' recorded venue when written.
+    """
 
     path: str
     file_name: str
@@ -39,6 +44,7 @@ class SourceFile:
     symbol: str | None = None
     interval: str | None = None
     period: str | None = None
+    venue: Venue = BINANCE_SPOT
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, 
     if src.symbol is None or src.interval is None:
         raise ValueError("a file to ingest needs a symbol and an interval")
     with immediate(conn):
-        sid = series_id(conn, src.symbol, src.interval)
+        sid = series_id(conn, src.symbol, src.interval, src.venue)
         counts = upsert_candles(conn, sid, parsed.candles)
         times = parsed.candles["open_time"]
         lo, hi = int(times[0]), int(times[-1])
@@ -258,7 +264,8 @@ def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[
         return skipped(conn, src)
     try:
         with immediate(conn):
-            sink = FileSink(conn, series_id(conn, src.symbol, src.interval), src.interval, period_span(src.period))
+            sink = FileSink(conn, series_id(conn, src.symbol, src.interval, src.venue), src.interval,
+                                period_span(src.period))
             tally = produce(sink)
             sink.finish()
             outcome = _outcome(src, "ok" if verified else "unverified", time_unit=tally.time_unit,

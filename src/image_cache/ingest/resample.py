@@ -21,6 +21,7 @@ from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import (DAY_MS, INTERVAL_MS, WEEK_OFFSET_MS, check_interval, check_symbol, grid_index, grid_time, iso_utc, on_grid)
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, read_candles, series_id, upsert_candles
+from image_cache.ingest.venues import venue_of
 
 
 SUMMED = ("volume", "quote_asset_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
@@ -154,7 +155,7 @@ def write_resampled(conn: sqlite3.Connection, symbol: str, base: np.ndarray, sou
     """Resample one symbol's base candles into `target`, upsert them and refresh the target's known_gaps,
     inside the caller's transaction."""
     result = resample_candles(base, source, target)
-    sid = series_id(conn, symbol, target)
+    sid = series_id(conn, symbol, target, venue_of(conn, symbol))
     counts = upsert_candles(conn, sid, result.candles)
     # The target series' gaps (buckets left out included) stay current in known_gaps.
     _, gaps = refresh_known_gaps(conn, sid, target)
@@ -182,7 +183,7 @@ def resample(db: str, *, source: str = "1m", targets: list[str], symbols: list[s
                     warn(f"{symbol}: no {source} series, skipped")
             todo = [s for s in wanted if s in known]
             for symbol in progress(todo, total=len(todo), desc="resample", unit="series"):
-                base = read_candles(conn, series_id(conn, symbol, source))
+                base = read_candles(conn, series_id(conn, symbol, source, venue_of(conn, symbol)))
                 for target in targets:
                     with immediate(conn):
                         report = write_resampled(conn, symbol, base, source, target)

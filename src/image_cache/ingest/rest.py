@@ -10,12 +10,13 @@ that cannot be reached a few times in a row is given up for the run (ingest/netw
 the network kept from us is reported as such, never recorded as a rejected file.
 
 Only closed candles (open time + interval <= now) are kept. Each series' fetched candles are
-validated like any archive and written as one registry entry (source `rest`) in one transaction.
+validated like any archive and written as one registry entry (source `rest`) in one transaction
+(ingest/batches.py, shared with the CCXT source), into the series of the market's venue
+(ingest/venues.py: `BTCUSDT` on spot, `BTCUSDT-BINANCE-UM` on USDⓈ-M futures).
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import socket
@@ -31,13 +32,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.errors import ImageCacheError, MarketError
-from image_cache.core.grid import check_interval, check_symbol, close_time_ms, grid_index, grid_time, iso_utc, now_ms, utc_ms
+from image_cache.core.errors import MarketError
+from image_cache.core.grid import SYMBOL_RE, check_interval, check_symbol, close_time_ms, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
-from image_cache.ingest.network import HostDown, Network, unreachable
-from image_cache.ingest.registry import FileOutcome, IngestResult, SourceFile, reject, write_file, writer
+from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
+from image_cache.ingest.dates import END_FLAG, INCEPTION, START_FLAG, check_date, described, first_candle, resolve_date
+from image_cache.ingest.network import Network, unreachable
+from image_cache.ingest.registry import SourceFile, reject, writer
 from image_cache.ingest.sources import Source
-from image_cache.ingest.validate import fail, validate
+from image_cache.ingest.validate import fail
+from image_cache.ingest.venues import BINANCE_SPOT, Venue, record_selection, series_name
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -47,9 +51,11 @@ if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never impo
 class Market:
     """One exchange market's REST API: where klines and the instrument list live, and their limits."""
 
+    venue: Venue
     base_url: str
     klines: str
     exchange_info: str
+    tickers: str  # 24-hour statistics of every symbol
     max_limit: int
     weight_limit: int  # request weight per minute
     weight: Callable[[int], int]  # request weight of one klines call with this `limit`
@@ -63,16 +69,27 @@ def _futures_weight(limit: int) -> int:
 _FUTURES_INTERVALS = frozenset({"1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d",
                                 "1w", "1mo"})
 MARKETS = {
-    "spot": Market("https://api.binance.com", "/api/v3/klines", "/api/v3/exchangeInfo", 1000, 6000,
-                   lambda limit: 2, _FUTURES_INTERVALS | {"1s"}),
-    "um": Market("https://fapi.binance.com", "/fapi/v1/klines", "/fapi/v1/exchangeInfo", 1500, 2400,
-                 _futures_weight, _FUTURES_INTERVALS),
-    "cm": Market("https://dapi.binance.com", "/dapi/v1/klines", "/dapi/v1/exchangeInfo", 1500, 2400,
-                 _futures_weight, _FUTURES_INTERVALS),
+    "spot": Market(BINANCE_SPOT, "https://api.binance.com", "/api/v3/klines", "/api/v3/exchangeInfo",
+                   "/api/v3/ticker/24hr", 1000, 6000, lambda limit: 2, _FUTURES_INTERVALS | {"1s"}),
+    "um": Market(Venue("binance", "um"), "https://fapi.binance.com", "/fapi/v1/klines", "/fapi/v1/exchangeInfo",
+                 "/fapi/v1/ticker/24hr", 1500, 2400, _futures_weight, _FUTURES_INTERVALS),
+    "cm": Market(Venue("binance", "cm"), "https://dapi.binance.com", "/dapi/v1/klines", "/dapi/v1/exchangeInfo",
+                 "/dapi/v1/ticker/24hr", 1500, 2400, _futures_weight, _FUTURES_INTERVALS),
 }
 # The API spells months `1M`; everything else is the same code as ours.
 API_INTERVAL = {"1mo": "1M"}
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+# The API's error code for a symbol it does not list.
+INVALID_SYMBOL = -1121
+
+
+def _error_code(detail: str) -> int | None:
+    """The `code` of the API's JSON error body, if it is one."""
+    try:
+        body = json.loads(detail)
+    except ValueError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
 
 
 class Transient(Exception):
@@ -81,10 +98,6 @@ class Transient(Exception):
 
 class Unreachable(Transient):
     """No connection: retried without a word, since the host's Network count speaks for all of them."""
-
-
-class GaveUp(MarketError):
-    """Transient trouble that outlasted the retries: the network's failure, not the data's."""
 
 
 class RateLimited(Exception):
@@ -134,6 +147,8 @@ class Client:
                 raise RateLimited(exc.code, float(retry_after) if retry_after and retry_after.isdigit() else 60.0)
             if exc.code >= 500:
                 raise Transient(f"HTTP {exc.code}") from None
+            if exc.code == 400 and _error_code(detail) == INVALID_SYMBOL:
+                raise UnknownSymbol(f"HTTP 400: {detail}") from None
             raise MarketError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, socket.timeout) as exc:
             if (down := unreachable(exc)) is not None:
@@ -185,10 +200,6 @@ class Client:
 
 # ---------------------------------------------------------------------------------------- klines
 
-_NAMES = ("open_time", "open", "high", "low", "close", "volume", None, "quote_asset_volume", "trades",
-          "taker_buy_base_volume", "taker_buy_quote_volume")
-
-
 def _table(name: str, page: list[Any]) -> np.ndarray:
     """A page of klines (12-field arrays of numbers or decimal strings) as an (n, 11) float table.
 
@@ -206,14 +217,6 @@ def _table(name: str, page: list[Any]) -> np.ndarray:
                               | (ints != np.round(ints)).any(axis=1))).size:
         raise fail(name, None, "integer", f"kline {page[int(bad[0])]!r}")
     return table
-
-
-def _columns(table: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Candle columns and close times of a kline table."""
-    columns = {col: table[:, i] for i, col in enumerate(_NAMES) if col}
-    columns["open_time"] = columns["open_time"].astype(np.int64)
-    columns["trades"] = columns["trades"].astype(np.int64)
-    return columns, table[:, 6].astype(np.int64)
 
 
 def fetch_klines(client: Client, symbol: str, interval: str, start_ms: int, end_ms: int,
@@ -239,86 +242,6 @@ def fetch_klines(client: Client, symbol: str, interval: str, start_ms: int, end_
     return np.concatenate(pages) if pages else np.empty((0, 11))
 
 
-@dataclass(frozen=True)
-class Tail:
-    """What to fetch for one series: open times in [start_ms, end_ms)."""
-
-    symbol: str
-    interval: str
-    start_ms: int
-    end_ms: int
-
-
-def last_stored(conn: sqlite3.Connection, symbol: str, interval: str) -> int | None:
-    row = conn.execute("""SELECT MAX(c.open_time) FROM candles c JOIN series se ON se.id = c.series_id
-                          JOIN symbols s ON s.id = se.symbol_id JOIN intervals i ON i.id = se.interval_id
-                          WHERE s.symbol = ? AND i.code = ?""", (symbol, interval)).fetchone()
-    return row[0] if row else None
-
-
-def plan_tail(conn: sqlite3.Connection, symbol: str, interval: str, start_ms: int | None, end_ms: int | None,
-              now: int) -> Tail | None:
-    """From the slot after the last stored candle (or `start_ms`) to the last closed candle (or `end_ms`)."""
-    last = last_stored(conn, symbol, interval)
-    begin = start_ms if last is None else max(start_ms or 0, grid_time(interval, grid_index(interval, last) + 1))
-    if begin is None:
-        raise MarketError(f"{symbol} {interval}: no stored candles; give --start for a new series")
-    # Open time of the first candle still open now: nothing from there on is fetched.
-    open_now = grid_time(interval, grid_index(interval, now))
-    stop = min(end_ms, open_now) if end_ms is not None else open_now
-    return Tail(symbol, interval, begin, stop) if begin < stop else None
-
-
-def ingest_tail(conn: sqlite3.Connection, client: Client, tail: Tail, now: int) -> FileOutcome | None:
-    """Fetch, validate and write one series' tail as one registry entry; None when nothing was served."""
-    market = client.market
-    url = client.api_url.rstrip("/") + market.klines + "?" + urllib.parse.urlencode(
-        {"symbol": tail.symbol, "interval": API_INTERVAL.get(tail.interval, tail.interval)})
-    name = f"{tail.symbol}-{tail.interval}-rest-{iso_utc(tail.start_ms)}"
-    src = SourceFile(url, name, None, None, "rest", tail.symbol, tail.interval)
-    try:
-        table = fetch_klines(client, tail.symbol, tail.interval, tail.start_ms, tail.end_ms, now)
-        if not len(table):
-            return None
-        columns, close_ms = _columns(table)
-        parsed = validate(name, tail.interval, columns, first_line=1, time_unit="ms",
-                          close_ms=close_ms, period=(tail.start_ms, tail.end_ms))
-    except (GaveUp, HostDown):
-        raise  # nothing was served to judge: not a rejected file
-    except ImageCacheError as exc:
-        return reject(conn, src, str(exc))
-    span = f"{iso_utc(int(parsed.candles['open_time'][0]))}..{iso_utc(int(parsed.candles['open_time'][-1]))}"
-    # No period: a REST batch vouches for the candles it served, not for a whole day or month.
-    src = SourceFile(url, f"{tail.symbol}-{tail.interval}-rest-{span}", hashlib.sha256(parsed.candles.tobytes())
-                     .hexdigest(), None, "rest", tail.symbol, tail.interval)
-    return write_file(conn, src, parsed, verified=True)
-
-
-@dataclass
-class ApiResult(IngestResult):
-    """An IngestResult whose entries are REST batches, plus what the client did and the series the
-    network kept from us (`network`: "SYMBOL INTERVAL: why", recorded nowhere else)."""
-
-    requests: int = 0
-    retries: int = 0
-    waited_s: float = 0.0
-    max_weight: int = 0
-    network: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return super().ok and not self.network
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "requests": self.requests, "retries": self.retries,
-                "waited_s": round(self.waited_s, 3), "max_weight": self.max_weight, "network": self.network}
-
-    def text(self) -> str:
-        lost = f"; {len(self.network)} series not fetched for the network ({self.network[0]})" if self.network else ""
-        return (super().text() + f"\napi: {self.requests} requests, {self.retries} retries, "
-                f"{self.waited_s:.1f} s waited, peak weight {self.max_weight}{lost}")
-
-
 def check_market(market: str) -> Market:
     if market not in MARKETS:
         raise MarketError(f"unknown market {market!r} (known: {', '.join(MARKETS)})")
@@ -331,49 +254,118 @@ def check_api_url(api_url: str) -> str:
     return api_url
 
 
+def first_kline(client: Client, symbol: str, interval: str, now: int) -> int | None:
+    """The open time of the market's first kline of (symbol, interval): `--start inception`."""
+    def probe(t: int) -> int | None:
+        page = client.get(client.market.klines, {"symbol": symbol, "interval": API_INTERVAL.get(interval, interval),
+                                                 "startTime": t, "limit": 1})
+        return int(_table(f"{symbol}-{interval} klines", page)[0, 0]) if isinstance(page, list) and page else None
+    return first_candle(probe, interval, now)
+
+
 def fetch_tails(conn: sqlite3.Connection, client: Client, series: list[tuple[str, str]], *,
                 start_ms: int | None, end_ms: int | None, now: int, result: ApiResult,
-                progress: Progress = no_progress) -> None:
-    """Bring each (symbol, interval) up to its last closed candle on an open writer connection."""
-    for n, (symbol, interval) in enumerate(progress(series, total=len(series), desc="api", unit="series")):
-        if interval not in client.market.intervals:
-            result.files.append(reject(conn, SourceFile(client.api_url, f"{symbol}-{interval}-rest", None, None,
-                                                        "rest", symbol, interval),
+                inception: bool = False, progress: Progress = no_progress, warn: Warn = no_warn) -> None:
+    """Bring each (symbol, interval) up to its last closed candle on an open writer connection;
+    `inception`: a series with no candles starts at the venue's first one."""
+    market = client.market
+    todo = []
+    for symbol, interval in series:
+        name = series_name(symbol, market.venue)
+        if interval in market.intervals:
+            todo.append((symbol, name, interval))
+        else:
+            result.files.append(reject(conn, SourceFile(client.api_url, f"{name}-{interval}-rest", None, None, "rest",
+                                                        name, interval, venue=market.venue),
                                        f"{symbol} {interval}: the API has no {interval} klines on this market"))
-            continue
-        tail = plan_tail(conn, symbol, interval, start_ms, end_ms, now)
-        try:
-            outcome = None if tail is None else ingest_tail(conn, client, tail, now)
-        except GaveUp as exc:
-            result.network.append(f"{symbol} {interval}: {exc}")
-            continue
-        except HostDown as exc:  # the rest would not be asked either
-            result.network.extend(f"{s} {i}: {exc}" for s, i in series[n:])
-            break
-        if outcome is not None:
-            result.files.append(outcome)
+
+    def fetch(symbol: str, interval: str, begin: int, stop: int) -> np.ndarray:
+        return fetch_klines(client, symbol, interval, begin, stop, now)
+
+    def first(symbol: str, interval: str) -> int | None:
+        return first_kline(client, symbol, interval, now)
+
+    ingest_batches(conn, todo, venue=market.venue, url=client.api_url.rstrip("/") + market.klines, source="rest",
+                   fetch=fetch, start_ms=start_ms, end_ms=end_ms, now=now, result=result,
+                   inception=first if inception else None, progress=progress, warn=warn)
     result.requests, result.retries = client.requests, client.retried
     result.waited_s, result.max_weight = client.waited_s, client.max_weight
 
 
+def trading_symbols(client: Client, quote: str) -> list[str]:
+    """Every symbol trading now and quoted in `quote`, from the market's instrument list, sorted."""
+    info = client.get(client.market.exchange_info, {})
+    entries = info.get("symbols") if isinstance(info, dict) else None
+    if not isinstance(entries, list):
+        raise MarketError("the exchange's instrument list has no 'symbols' array")
+    found = sorted({e["symbol"] for e in entries
+                    if isinstance(e, dict) and isinstance(e.get("symbol"), str) and SYMBOL_RE.match(e["symbol"])
+                    and e.get("quoteAsset") == quote and (e.get("status") or e.get("contractStatus")) == "TRADING"})
+    if not found:
+        raise MarketError(f"no trading symbol is quoted in {quote} on {client.market.venue}")
+    return found
+
+
+def top_symbols(client: Client, quote: str, count: int) -> list[tuple[str, float]]:
+    """The `count` trading symbols quoted in `quote` with the highest 24-hour quote volume (the market's
+    tickers), as (symbol, quote volume); ties are broken by name, so that the order is fixed."""
+    trading = set(trading_symbols(client, quote))
+    tickers = client.get(client.market.tickers, {})
+    if not isinstance(tickers, list):
+        raise MarketError("the exchange's 24-hour tickers are not a list")
+    volumes = {}
+    for t in tickers:
+        if isinstance(t, dict) and t.get("symbol") in trading:
+            try:
+                volumes[t["symbol"]] = float(t.get("quoteVolume") or 0.0)
+            except (TypeError, ValueError):
+                raise MarketError(f"{t['symbol']}: the 24-hour ticker's quoteVolume is not a number") from None
+    return sorted(volumes.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+
+def resolve_dates(start: str | None, end: str | None, now: int, result: ApiResult) -> tuple[int | None, int | None]:
+    """--start and --end in epoch ms, resolved once for the run and recorded in the result (None for
+    `inception`: found per series)."""
+    if start is not None:
+        check_date(start, inception=True)
+    start_ms = None if start is None or start.strip().lower() == INCEPTION else resolve_date(start, now)
+    end_ms = resolve_date(end, now)
+    result.dates.update({k: v for k, v in (("start", described(start, start_ms)), ("end", described(end, end_ms)))
+                         if v is not None})
+    return start_ms, end_ms
+
+
 def api(db: str, *, symbols: list[str], intervals: list[str], market: str = "spot", start: str | None = None,
-        end: str | None = None, api_url: str | None = None, lock_wait: float = 30.0,
-        progress: Progress = no_progress, warn: Warn = no_warn, now: int | None = None,
+        end: str | None = None, api_url: str | None = None, top: int | None = None, quote: str | None = None,
+        lock_wait: float = 30.0, progress: Progress = no_progress, warn: Warn = no_warn, now: int | None = None,
         timeout: float = 10.0, retries: int = 4, backoff: float = 0.5,
         sleep: Callable[[float], None] = time.sleep) -> ApiResult:
-    """Fetch closed klines of `symbols` × `intervals` from the REST API into `db`."""
+    """Fetch closed klines of `symbols` (plus the `top` symbols quoted in `quote`) × `intervals` from the
+    REST API into `db`."""
     started = time.perf_counter()
+    now = now_ms() if now is None else now
     symbols = [check_symbol(s) for s in dict.fromkeys(symbols)]
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
-    if not symbols or not intervals:
-        raise MarketError("api needs at least one symbol and one interval")
+    if (top is None) != (quote is None):
+        raise MarketError("--top and --quote go together: --top N --quote USDT")
     spec = check_market(market)
     client = Client(spec, check_api_url(api_url or spec.base_url), timeout=timeout, retries=retries,
                     backoff=backoff, sleep=sleep, warn=warn, network=Network(warn))
     result = ApiResult()
+    start_ms, end_ms = resolve_dates(start, end, now, result)
+    if top is not None and quote is not None:
+        result.top = [{"symbol": s, "quote_volume": v} for s, v in top_symbols(client, quote, top)]
+        symbols = list(dict.fromkeys(symbols + [t["symbol"] for t in result.top]))
+    if not symbols or not intervals:
+        raise MarketError("api needs at least one symbol (--symbols or --top) and one interval")
+    result.symbols = symbols
     with writer(db, "ingest api", lock_wait) as conn:
-        fetch_tails(conn, client, [(s, i) for s in symbols for i in intervals], start_ms=utc_ms(start),
-                    end_ms=utc_ms(end), now=now_ms() if now is None else now, result=result, progress=progress)
+        if result.top is not None:
+            record_selection(conn, spec.venue, f"top {top} by 24-hour quote volume, quoted in {quote}",
+                             [t["symbol"] for t in result.top])
+        fetch_tails(conn, client, [(s, i) for s in symbols for i in intervals], start_ms=start_ms, end_ms=end_ms,
+                    now=now, result=result, inception=start is not None and start_ms is None, progress=progress,
+                    warn=warn)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -383,17 +375,25 @@ def add_market_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-url", help="REST API root (default: the market's Binance API)")
 
 
+def add_top_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top", type=flags.integer(1, 1000),
+                   help="also the N symbols with the highest 24-hour quote volume (with --quote)")
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--symbols", type=flags.symbols, required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--symbols", type=flags.symbols, default=[], help="comma-separated, e.g. BTCUSDT,ETHUSDT")
     p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
     add_market_arguments(p)
-    p.add_argument("--start", type=flags.date, help="first UTC date for a series with no candles yet")
-    p.add_argument("--end", type=flags.date, help="UTC date to stop before (default: the last closed candle)")
+    add_top_arguments(p)
+    p.add_argument("--quote", help="the quote asset --top picks from, e.g. USDT")
+    p.add_argument("--start", type=START_FLAG,
+                   help="first candle for a series with none yet: a UTC date, N days ago, today, now or inception")
+    p.add_argument("--end", type=END_FLAG, help="stop before this (default: the last closed candle)")
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> ApiResult:
     return api(args.db, symbols=args.symbols, intervals=args.intervals, market=args.market, start=args.start,
-               end=args.end, api_url=args.api_url, lock_wait=args.lock_wait, **hooks)
+               end=args.end, api_url=args.api_url, top=args.top, quote=args.quote, lock_wait=args.lock_wait, **hooks)
 
 
 SOURCE = Source("api", "fetch closed klines from the exchange's REST API (spot, um, cm)", _arguments, _run)

@@ -30,6 +30,7 @@ from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 from image_cache.ingest.sources import Source
+from image_cache.ingest.venues import SAMPLE, symbols_not_of
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -210,12 +211,13 @@ class SampleResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"db": self.db, "start": iso_utc(self.start_ms), "end": iso_utc(self.end_ms), "seed": self.seed,
-                "rows": self.rows, "seconds": round(self.seconds, 3),
+                "rows": self.rows, "seconds": round(self.seconds, 3), "venue": str(SAMPLE),
                 "symbols": [s.as_dict() for s in self.symbols]}
 
     def text(self) -> str:
         lines = [f"sample market {iso_utc(self.start_ms)} … {iso_utc(self.end_ms)} (seed {self.seed}) "
-                 f"→ {self.db}: {self.rows} candles in {self.seconds:.2f}s"]
+                 f"→ {self.db}: {self.rows} candles in {self.seconds:.2f}s; synthetic data, recorded as venue "
+                 f"{SAMPLE.exchange} in a database that holds no real series"]
         for s in self.symbols:
             counts = " ".join(f"{iv}={n}" for iv, n in s.candles.items())
             lines.append(f"  {s.symbol} [{s.status}]: {counts}; {s.inserted} new, {s.revised} revised")
@@ -257,6 +259,11 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
     with writer_lock(db, f"ingest sample {','.join(symbols)}", lock_wait):
         conn = connect_writer(db)
         try:
+            # Synthetic candles never share a series, nor a database, with real ones.
+            if real := symbols_not_of(conn, SAMPLE):
+                named = ", ".join(f"{s} ({v})" for s, v in list(real.items())[:5]) + (", …" if len(real) > 5 else "")
+                raise MarketError(f"{db} holds real series ({len(real)} symbols: {named}); the sample market is "
+                                  "synthetic and goes into a database of its own: give another --db")
             for symbol in progress(symbols, total=len(symbols), desc="sample", unit="symbol"):
                 base = generate_symbol(symbol, days=days, seed=seed, end_ms=end_ms, gaps=spans)
                 digest = candles_digest(base)
@@ -267,7 +274,7 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
                     if seen:
                         report = SymbolReport(symbol, "skipped", {"1m": len(base)}, 0, 0, gaps)
                     else:
-                        sid = series_id(conn, symbol, "1m")
+                        sid = series_id(conn, symbol, "1m", SAMPLE)
                         counts = upsert_candles(conn, sid, base)
                         refresh_known_gaps(conn, sid, "1m")
                         report = SymbolReport(symbol, "ok", {"1m": len(base)}, counts.inserted, counts.revised,

@@ -16,13 +16,14 @@ from image_cache.core import revisions
 from image_cache.core.db import check_sqlite_file
 from image_cache.core.errors import MarketError, os_error_message
 from image_cache.core.grid import INTERVAL_MS, check_interval, check_symbol, split_symbol
+from image_cache.ingest.venues import VENUES_DDL, Venue, claim, migrate_venues
 
 CANDLE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_asset_volume",
                   "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
 CANDLE_DTYPE = np.dtype([(name, np.int64 if name in ("open_time", "trades") else np.float64)
                          for name in CANDLE_COLUMNS])
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Rows converted between SQLite and numpy at a time: bounds the memory of a large file's read or write.
 _ROWS_PER_BATCH = 2**16
 
@@ -96,8 +97,11 @@ CREATE INDEX IF NOT EXISTS ingested_files_name ON ingested_files(file_name);
 
 # 2: rows a re-issued file no longer holds are withdrawn and counted; known_gaps is kept current by
 # every write from now on, so it is computed once here for the series written before.
+# 3: the venue (exchange + market) of every series (ingest/venues.py); the series written before are
+# Binance spot, as they were fetched.
 MIGRATIONS = {1: CORE_DDL + INGEST_DDL,
-              2: "ALTER TABLE ingested_files ADD COLUMN rows_withdrawn INTEGER NOT NULL DEFAULT 0;"}
+              2: "ALTER TABLE ingested_files ADD COLUMN rows_withdrawn INTEGER NOT NULL DEFAULT 0;",
+              3: VENUES_DDL}
 
 
 def _all_gaps(conn: sqlite3.Connection) -> None:
@@ -122,6 +126,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                     conn.execute(statement)
             if target == 2:
                 _all_gaps(conn)
+            if target == 3:
+                migrate_venues(conn)
             conn.execute(f"PRAGMA user_version = {target}")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -164,8 +170,11 @@ class UpsertCounts:
     unchanged: int
 
 
-def series_id(conn: sqlite3.Connection, symbol: str, interval: str) -> int:
-    """The id of (symbol, interval), creating the symbol, interval and series rows as needed."""
+def series_id(conn: sqlite3.Connection, symbol: str, interval: str, venue: Venue) -> int:
+    """The id of (symbol, interval), creating the symbol, interval and series rows as needed.
+
+    The series is recorded as `venue`'s; rows of one venue are never written into another's series.
+    """
     check_symbol(symbol)
     check_interval(interval)
     base, quote = split_symbol(symbol)
@@ -176,9 +185,11 @@ def series_id(conn: sqlite3.Connection, symbol: str, interval: str) -> int:
     conn.execute("""INSERT INTO series(symbol_id, interval_id)
                     SELECT s.id, i.id FROM symbols s, intervals i WHERE s.symbol = ? AND i.code = ?
                     ON CONFLICT(symbol_id, interval_id) DO NOTHING""", (symbol, interval))
-    return conn.execute("""SELECT se.id FROM series se JOIN symbols s ON s.id = se.symbol_id
-                           JOIN intervals i ON i.id = se.interval_id WHERE s.symbol = ? AND i.code = ?""",
-                        (symbol, interval)).fetchone()[0]
+    sid = conn.execute("""SELECT se.id FROM series se JOIN symbols s ON s.id = se.symbol_id
+                          JOIN intervals i ON i.id = se.interval_id WHERE s.symbol = ? AND i.code = ?""",
+                       (symbol, interval)).fetchone()[0]
+    claim(conn, sid, symbol, venue)
+    return sid
 
 
 def read_candles(conn: sqlite3.Connection, sid: int, start_ms: int | None = None,

@@ -19,6 +19,7 @@ SOURCE_MODULES = (
     "image_cache.ingest.archives",
     "image_cache.ingest.download",
     "image_cache.ingest.rest",
+    "image_cache.ingest.ccxt_source",
     "image_cache.ingest.update",
     "image_cache.ingest.csv_source",
     "image_cache.ingest.sample",

@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, now_ms, utc_ms
+from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, iso_utc, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
 from image_cache.ingest.network import Network
 from image_cache.ingest.registry import writer
-from image_cache.ingest.rest import ApiResult, Client, add_market_arguments, check_api_url, check_market, fetch_tails
+from image_cache.ingest.batches import ApiResult, UnknownSymbol
+from image_cache.ingest.dates import START_FLAG
+from image_cache.ingest.rest import (Client, add_market_arguments, add_top_arguments, check_api_url, check_market,
+                                     fetch_tails, first_kline, resolve_dates, top_symbols, trading_symbols)
 from image_cache.ingest.sources import Source, csv_list
+from image_cache.ingest.venues import record_selection, series_name
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -47,27 +51,20 @@ def read_symbol_file(path: str) -> list[str]:
     return symbols
 
 
-def quoted_symbols(client: Client, quote: str) -> list[str]:
-    """Every symbol trading now and quoted in `quote`, from the market's instrument list, sorted."""
-    info = client.get(client.market.exchange_info, {})
-    entries = info.get("symbols") if isinstance(info, dict) else None
-    if not isinstance(entries, list):
-        raise MarketError("the exchange's instrument list has no 'symbols' array")
-    found = sorted({e["symbol"] for e in entries
-                    if isinstance(e, dict) and isinstance(e.get("symbol"), str) and SYMBOL_RE.match(e["symbol"])
-                    and e.get("quoteAsset") == quote and (e.get("status") or e.get("contractStatus")) == "TRADING"})
-    if not found:
-        raise MarketError(f"no trading symbol is quoted in {quote} on this market")
-    return found
-
-
-def resolve_symbols(entries: list[str], quote: str | None, client: Client) -> list[str]:
-    """Listed symbols, `@FILE` entries expanded, plus the `--quote` symbols; first occurrence kept."""
+def resolve_symbols(entries: list[str], quote: str | None, top: int | None, client: Client,
+                    result: ApiResult) -> list[str]:
+    """Listed symbols, `@FILE` entries expanded, plus the `--quote` symbols (every one, or the `--top N` by
+    24-hour quote volume, recorded in `result`); first occurrence kept."""
     symbols: list[str] = []
     for entry in entries:
         symbols.extend(read_symbol_file(entry[1:]) if entry.startswith("@") else [check_symbol(entry)])
-    if quote:
-        symbols.extend(quoted_symbols(client, quote))
+    if quote and top is not None:
+        result.top = [{"symbol": s, "quote_volume": v} for s, v in top_symbols(client, quote, top)]
+        symbols.extend(t["symbol"] for t in result.top)
+    elif quote:
+        symbols.extend(trading_symbols(client, quote))
+    elif top is not None:
+        raise MarketError("--top needs --quote: --top N --quote USDT")
     if not symbols:
         raise MarketError("update needs --symbols or --quote")
     return list(dict.fromkeys(symbols))
@@ -101,36 +98,38 @@ def archive_start(conn: sqlite3.Connection, symbol: str, interval: str, start: d
 class UpdateResult:
     symbols: list[str] = field(default_factory=list)
     archives: list[DownloadResult] = field(default_factory=list)
-    api: ApiResult | None = None
+    # The REST tails, and the run's resolved dates, --top selection and unknown symbols.
+    api: ApiResult = field(default_factory=ApiResult)
     seconds: float = 0.0
     unreachable: list[str] = field(default_factory=list)  # one line per host given up
 
     @property
     def ok(self) -> bool:
-        return all(d.ok for d in self.archives) and (self.api is None or self.api.ok)
+        # A symbol with no archive may still trade: the REST API says which symbols do not exist.
+        return all(d.fetched for d in self.archives) and self.api.ok
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "symbols": self.symbols, "seconds": round(self.seconds, 3),
                 "unreachable": self.unreachable, "archives": [d.as_dict() for d in self.archives],
-                "api": self.api.as_dict() if self.api else None}
+                "api": self.api.as_dict()}
 
     def text(self) -> str:
         lines = [f"update: {len(self.symbols)} symbols; {self.seconds:.2f} s"]
         lines.extend(d.text() for d in self.archives)
-        if self.api is not None:
-            lines.append(self.api.text())
+        lines.append(self.api.text())
         return "\n".join(lines)
 
 
-def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | None = None, market: str = "spot",
-           start: str | None = None, api_url: str | None = None, base_url: str = "https://data.binance.vision/",
-           mirror: str = "mirror", jobs: int = 4, retry_failed: bool = False, require_checksum: bool = False,
-           lock_wait: float = 30.0, progress: Progress = no_progress, warn: Warn = no_warn,
-           now: int | None = None, timeout: float = 10.0, retries: int = 4, backoff: float = 0.5,
-           verbose: bool = False) -> UpdateResult:
+def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | None = None, top: int | None = None,
+           market: str = "spot", start: str | None = None, api_url: str | None = None,
+           base_url: str = "https://data.binance.vision/", mirror: str = "mirror", jobs: int = 4,
+           retry_failed: bool = False, require_checksum: bool = False, lock_wait: float = 30.0,
+           progress: Progress = no_progress, warn: Warn = no_warn, now: int | None = None, timeout: float = 10.0,
+           retries: int = 4, backoff: float = 0.5, verbose: bool = False) -> UpdateResult:
     """Archives where published, then the REST API, for every (symbol, interval), up to the last closed candle.
 
-    One Network for the whole run: a host given up by one download is not asked again by the next.
+    Archives are planned in whole UTC days: a `--start` inside a day starts at its 00:00. One Network for
+    the whole run: a host given up by one download is not asked again by the next.
     """
     started = time.monotonic()
     now = now_ms() if now is None else now
@@ -141,23 +140,45 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
     network = Network(warn)
     client = Client(spec, check_api_url(api_url or spec.base_url), timeout=timeout, retries=retries,
                     backoff=backoff, warn=warn, network=network)
-    result = UpdateResult(resolve_symbols(symbols, quote, client))
-    first = None if start is None else date.fromisoformat(_day(start))
-    today = datetime.fromtimestamp(now // 1000, tz=timezone.utc).date()
-    series = [(s, i) for s in result.symbols for i in intervals]
+    result = UpdateResult()
+    start_ms, _ = resolve_dates(start, None, now, result.api)
+    inception = start is not None and start_ms is None
+    result.symbols = result.api.symbols = resolve_symbols(symbols, quote, top, client, result.api)
+    first = None if start_ms is None else _utc_day(start_ms)
+    today = _utc_day(now)
 
+    def new_series_day(symbol: str, interval: str) -> date | None:
+        """Where a series with no archive and no candle starts: --start, or its first kline (inception)."""
+        name = series_name(symbol, spec.venue)
+        if first is not None:
+            return first
+        if not inception:
+            raise MarketError(f"{name} {interval}: no stored candles; give --start for a new series")
+        try:
+            found = first_kline(client, symbol, interval, now)
+        except UnknownSymbol:
+            if symbol not in result.api.unknown:
+                result.api.unknown.append(symbol)
+                warn(f"{symbol}: no such symbol on {spec.venue}")
+            return None
+        if found is not None:
+            result.api.dates[f"inception {name} {interval}"] = iso_utc(found)
+        return None if found is None else _utc_day(found)
+
+    series = [(s, i) for s in result.symbols for i in intervals]
     starts: dict[date, list[tuple[str, str]]] = {}
     if os.path.exists(db):
         with writer(db, "ingest update", lock_wait) as conn:
             for s, i in series:
-                day = archive_start(conn, s, i, first)
-                if day is None:
-                    raise MarketError(f"{s} {i}: no stored candles; give --start for a new series")
-                starts.setdefault(day, []).append((s, i))
-    elif first is None:
+                day = archive_start(conn, series_name(s, spec.venue), i, first) or new_series_day(s, i)
+                if day is not None:
+                    starts.setdefault(day, []).append((s, i))
+    elif first is None and not inception:
         raise MarketError(f"{db} does not exist yet; give --start")
     else:
-        starts[first] = series
+        for s, i in series:
+            if (day := new_series_day(s, i)) is not None:
+                starts.setdefault(day, []).append((s, i))
     for day, todo in sorted(starts.items()):
         if day >= today:
             continue
@@ -169,35 +190,43 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
                 base_url=base_url, mirror=mirror, jobs=jobs, retry_failed=retry_failed,
                 require_checksum=require_checksum, lock_wait=lock_wait, progress=progress, warn=warn,
                 today=today, retries=retries, backoff=backoff, timeout=timeout, network=network, verbose=verbose))
-    result.api = ApiResult()
     with writer(db, "ingest update", lock_wait) as conn:
-        fetch_tails(conn, client, series, start_ms=utc_ms(start), end_ms=None, now=now, result=result.api,
-                    progress=progress)
+        if result.api.top is not None:
+            record_selection(conn, spec.venue, f"top {top} by 24-hour quote volume, quoted in {quote}",
+                             [t["symbol"] for t in result.api.top])
+        fetch_tails(conn, client, [(s, i) for s, i in series if s not in result.api.unknown],
+                    start_ms=None if first is None else _day_ms(first), end_ms=None, now=now, result=result.api,
+                    inception=inception, progress=progress, warn=warn)
     result.unreachable = list(network.down.values())
     result.seconds = time.monotonic() - started
     return result
 
 
-def _day(value: str) -> str:
-    ms = utc_ms(value)
-    if ms % DAY_MS:
-        raise MarketError(f"--start {value!r} must be a date (YYYY-MM-DD)")
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date().isoformat()
+def _utc_day(ms: int) -> date:
+    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date()
+
+
+def _day_ms(day: date) -> int:
+    return (day - date(1970, 1, 1)).days * DAY_MS
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", type=csv_list, default=[],
                    help="comma-separated symbols and @FILE lists (one symbol per line)")
-    p.add_argument("--quote", help="also every trading symbol quoted in this asset, e.g. USDT")
+    p.add_argument("--quote", help="also every trading symbol quoted in this asset, e.g. USDT (with --top: the N "
+                   "most traded of them)")
     p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
-    p.add_argument("--start", type=flags.date, help="first UTC date for series with no archives yet")
+    p.add_argument("--start", type=START_FLAG, help="first UTC day for series with no archives yet: a date, "
+                   "N days ago, today or inception")
     add_market_arguments(p)
+    add_top_arguments(p)
     add_archive_arguments(p)
     add_jobs_argument(p)
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> UpdateResult:
-    return update(args.db, symbols=args.symbols, intervals=args.intervals, quote=args.quote, market=args.market,
+    return update(args.db, symbols=args.symbols, intervals=args.intervals, quote=args.quote, top=args.top,
+                  market=args.market,
                   start=args.start, api_url=args.api_url, base_url=args.base_url, mirror=args.mirror,
                   jobs=args.jobs, retry_failed=args.retry_failed, require_checksum=args.require_checksum,
                   lock_wait=args.lock_wait, verbose=args.verbose, **hooks)
