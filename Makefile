@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 COMPILED := src/image_cache/chart/_kernel.so src/image_cache/cache/_files.so
 DEMO   := demo-data
 
-.PHONY: venv test test-fast demo bench soak clean
+.PHONY: venv test test-fast docs demo bench soak clean
 
 venv: $(STAMP) $(COMPILED)
 
@@ -33,6 +33,10 @@ test: venv
 # Everything but the tests whose subject is the process boundary (marked slow): the loop while changing code.
 test-fast: venv
 	$(PY) -m pytest -q -n 2 -m "not slow"
+
+# docs/cli.md from the parsers themselves (tests/test_cli_reference.py fails when it is out of date).
+docs: venv
+	PYTHONPATH=src $(PY) -m image_cache.cli.reference > docs/cli.md
 
 # Sample market -> render two presets -> verify -> show where the images are.
 DEMO_FLAGS := --market-db $(DEMO)/market.sqlite --index-db $(DEMO)/image_cache.sqlite \

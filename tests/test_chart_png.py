@@ -12,7 +12,7 @@ import pytest
 from blake3 import blake3
 
 from image_cache import chart
-from image_cache.chart import png
+from image_cache.chart import jkx, png, raster
 from chart_windows import open_times, trending
 
 
@@ -83,8 +83,8 @@ def test_bytes_do_not_depend_on_leftover_memory(monkeypatch, style, size, window
         def dirty_empty(shape, dtype=float, **kwargs):
             return np.full(shape, garbage, dtype=dtype)
 
-        monkeypatch.setattr(chart.raster.np, "empty", dirty_empty)
-        monkeypatch.setattr(chart.jkx.np, "empty", dirty_empty)
+        monkeypatch.setattr(raster.np, "empty", dirty_empty)
+        monkeypatch.setattr(jkx.np, "empty", dirty_empty)
         drawn = draw(style, size, window)
         monkeypatch.undo()
         stored = png._scratch.stored

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_cache import chart
-from image_cache.chart import jkx, modes, raster
+from image_cache.chart import modes
 from image_cache.cache import market
 from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, check_split_name, complete_windows,
                                              default_splits, forward_returns, purge_candles, sample_key)
@@ -47,16 +47,6 @@ class _Window:
     returns: tuple[float, ...]  # per horizon
 
 
-def draw_pixels(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
-    """The pixels chart.render would encode for these candles, without encoding them, and the palette."""
-    values = chart._check_input(spec, times, ohlcv)  # the same refusals as render (ChartError)
-    if spec.engine == "raster":
-        return raster.draw(spec, values)
-    if spec.engine == "jkx":
-        return jkx.draw(spec, values), None
-    return np.asarray(chart.decode(chart.render(spec, times, values).png)), None
-
-
 class ChartDataset:
     """The labelled windows of one split, drawn on access (map-style)."""
 
@@ -69,7 +59,7 @@ class ChartDataset:
             self.mode = modes.check(mode or modes.native(self.spec), self.spec)
         except chart.ChartError as exc:
             raise ImageCacheError(str(exc)) from None
-        own = raster.palette(self.spec) if modes.native(self.spec) == "palette" else None
+        own = chart.palette(self.spec)
         self.palette = own if self.mode == "palette" else None  # the colours of the indices
         self._convert = modes.Converter(self.spec, self.mode, own)
         self.horizons, self.class_names = horizons, label.names
@@ -140,7 +130,7 @@ class ChartDataset:
         w = self.windows[index]
         s = self.series[w.series]
         rows = window_rows(w.last, self.spec.window_len, self.spec.history)
-        pixels, _ = draw_pixels(self.spec, s.times[rows], s.ohlcv[rows])
+        pixels, _ = chart.draw_pixels(self.spec, s.times[rows], s.ohlcv[rows])
         return self._convert(pixels), self.target(index), w.key
 
     @property
