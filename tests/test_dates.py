@@ -73,3 +73,13 @@ def test_api_takes_inception_and_relative_dates_and_prints_them(tmp_path, capsys
         assert summary["rows_inserted"] == 29
     finally:
         fake.close()
+
+
+@pytest.mark.parametrize("text", ["99999 months ago", "999999 weeks ago", "999999 days ago"])
+def test_a_relative_date_before_1970_is_a_usage_error_not_a_traceback(tmp_path, capsys, text):
+    """`--start "99999 months ago"` ended in `ValueError: year -6307 is out of range` (found by review)."""
+    assert ingest_main(["api", "--market-db", str(tmp_path / "m.sqlite"), "--symbols", "BTCUSDT", "--intervals",
+                        "1h", "--start", text, "--api-url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Error: ") and "before 1970-01-01" in err, err
+    assert not (tmp_path / "m.sqlite").exists()

@@ -120,7 +120,7 @@ def test_sample_data_never_meets_real_data(tmp_path, fake, capsys):
     assert ingest_main(["sample", "--market-db", str(real), "--symbols", "BTCUSDT", "--days", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [(f"Error: {real} holds real series (1 symbols: BTCUSDT (binance spot)); the sample market is "
-                    "synthetic and goes into a database of its own: give another --db")]
+                    "synthetic and goes into a database of its own: give another --market-db")]
     assert real.read_bytes() == before
 
     synthetic = tmp_path / "sample.sqlite"
@@ -131,6 +131,13 @@ def test_sample_data_never_meets_real_data(tmp_path, fake, capsys):
     result = api(str(synthetic), symbols=["BTCUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url,
                  now=1_704_067_200_000 + DAY_MS)
     assert not result.ok and "refusing binance spot rows" in result.files[0].reason
+    # And real rows of a symbol the sample does not have: refused too, the database stays synthetic only
+    # (they went in beside the synthetic series: found by review).
+    fake.add_series("spot", "XRPUSDT", "1h", 1_704_067_200_000, 24)
+    result = api(str(synthetic), symbols=["XRPUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url,
+                 now=1_704_067_200_000 + DAY_MS)
+    assert not result.ok and "holds sample (synthetic) series" in result.files[0].reason
+    assert set(venues(synthetic).values()) == {("sample", "synthetic")}
 
 
 def test_a_market_written_before_venues_migrates_in_place(tmp_path, fake):
@@ -148,6 +155,27 @@ def test_a_market_written_before_venues_migrates_in_place(tmp_path, fake):
     assert set(venues(synthetic).values()) == {("sample", "synthetic")} and "BTCUSDT 1h" in venues(synthetic)
     with sqlite3.connect(real) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_futures_series_of_a_market_written_before_venues_keep_their_market(tmp_path, fake):
+    """Before venues, `--market um` wrote futures rows into the plain series; the registry's paths say so
+    (the /fapi/ endpoint, or a mirror's futures/um layout): migrated as USDⓈ-M, and spot rows are refused
+    from them, never appended (found by review: they were labelled spot and mixed)."""
+    first = 1_704_067_200_000
+    fake.add_series("spot", "ETHUSDT", "1h", first, 48)
+    db = tmp_path / "old.sqlite"
+    api(str(db), symbols=["ETHUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url, now=first + DAY_MS)
+    with sqlite3.connect(db) as conn:  # as the old code recorded a futures fetch into the plain series
+        conn.execute("UPDATE ingested_files SET path = replace(path, '/api/v3/klines', '/fapi/v1/klines')")
+        assert conn.execute("SELECT count(*) FROM ingested_files WHERE path LIKE '%/fapi/%'").fetchone()[0] == 1
+        conn.executescript("DROP TABLE series_venues; PRAGMA user_version = 2;")
+    connect_writer(str(db)).close()
+    assert venues(db) == {"ETHUSDT 1h": ("binance", "um")}
+    before = venues(db)
+    result = api(str(db), symbols=["ETHUSDT"], intervals=["1h"], start="2024-01-01", api_url=fake.url,
+                 now=first + 2 * DAY_MS)
+    assert not result.ok and "refusing binance spot rows" in result.text()
+    assert venues(db) == before
 
 
 def test_status_summary_tells_each_venue_series_span_size_and_freshness(tmp_path, fake, capsys):
@@ -183,3 +211,15 @@ def test_nightly_on_futures_renders_the_futures_series(tmp_path, fake, capsys):
                          "--base-url", (tmp_path / "none").as_uri() + "/", "--mirror", str(tmp_path / "mirror")]) == 0
     capsys.readouterr()
     assert [p.name for p in (tmp_path / "image-cache").iterdir() if p.is_dir()] == ["BTCUSDT-BINANCE-UM"]
+
+
+def test_an_archive_reached_through_a_link_keeps_the_market_of_its_layout(tmp_path):
+    """A USDⓈ-M archive named through a link to its folder was taken as spot (its link's path has no
+    futures/um), and its rows revised the spot series' (found by review)."""
+    from image_cache.ingest.binance_vision import archive_venue
+    folder = tmp_path / "mirror" / "data" / "futures" / "um" / "daily" / "klines" / "BTCUSDT" / "1h"
+    folder.mkdir(parents=True)
+    (folder / "BTCUSDT-1h-2024-01-01.zip").write_bytes(b"")
+    (tmp_path / "um-link").symlink_to(folder)
+    assert archive_venue(str(folder / "BTCUSDT-1h-2024-01-01.zip")) == Venue("binance", "um")
+    assert archive_venue(str(tmp_path / "um-link" / "BTCUSDT-1h-2024-01-01.zip")) == Venue("binance", "um")

@@ -415,7 +415,7 @@ class Inspected:
 def archive_venue(path: str) -> Venue:
     """Binance USDⓈ-M or COIN-M for an archive in Binance Vision's layout under `futures/um` or
     `futures/cm` (as `ingest download` mirrors them), else Binance spot."""
-    parts = os.path.abspath(path).split(os.sep)
+    parts = os.path.realpath(path).split(os.sep)  # the layout the file is in, not a link's name for it
     # …/futures/{um|cm}/{daily|monthly}/klines/SYMBOL/INTERVAL/FILE.zip
     if (len(parts) >= 8 and parts[-7] == "futures" and parts[-6] in ("um", "cm")
             and parts[-5] in ("daily", "monthly") and parts[-4] == "klines"):

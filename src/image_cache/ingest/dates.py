@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, grid_index, grid_time, iso_utc, utc_ms
+from image_cache.core.grid import DAY_MS, grid_index, grid_time, iso_utc, now_ms, utc_ms
 
 INCEPTION = "inception"
 _AGO_RE = re.compile(r"^(\d{1,6})\s+(hour|day|week|month)s?\s+ago$")
@@ -32,7 +32,10 @@ def check_date(text: str, *, inception: bool = False) -> str:
         if not inception:
             raise MarketError(f"{text!r}: inception is taken only by --start of api, update and ccxt")
         return value
-    if value in ("now", "today") or _AGO_RE.match(value):
+    if value in ("now", "today"):
+        return value
+    if _AGO_RE.match(value):
+        resolve_date(value, now_ms())  # one that lands before 1970 is refused here, as a usage error
         return value
     utc_ms(text)
     return text
@@ -50,12 +53,17 @@ def resolve_date(text: str | None, now: int) -> int | None:
     if match := _AGO_RE.match(value):
         count, unit = int(match[1]), match[2]
         if unit != "month":
-            return now - count * _UNIT_MS[unit]
-        moment = datetime.fromtimestamp(now / 1000, tz=UTC)
-        months = moment.year * 12 + moment.month - 1 - count
-        year, month = divmod(months, 12)
-        day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-        return calendar.timegm(moment.replace(year=year, month=month + 1, day=day).utctimetuple()) * 1000 + now % 1000
+            ms = now - count * _UNIT_MS[unit]
+        else:
+            moment = datetime.fromtimestamp(now / 1000, tz=UTC)
+            year, month = divmod(moment.year * 12 + moment.month - 1 - count, 12)
+            if year < 1970:
+                raise MarketError(f"{text!r} is before 1970-01-01")
+            day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+            ms = calendar.timegm(moment.replace(year=year, month=month + 1, day=day).utctimetuple()) * 1000 + now % 1000
+        if ms < 0:
+            raise MarketError(f"{text!r} is before 1970-01-01")
+        return ms
     if value == INCEPTION:
         raise MarketError("inception is found per series, not resolved as a date")
     return utc_ms(text)

@@ -263,7 +263,7 @@ def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSD
             if real := symbols_not_of(conn, SAMPLE):
                 named = ", ".join(f"{s} ({v})" for s, v in list(real.items())[:5]) + (", …" if len(real) > 5 else "")
                 raise MarketError(f"{db} holds real series ({len(real)} symbols: {named}); the sample market is "
-                                  "synthetic and goes into a database of its own: give another --db")
+                                  "synthetic and goes into a database of its own: give another --market-db")
             for symbol in progress(symbols, total=len(symbols), desc="sample", unit="symbol"):
                 base = generate_symbol(symbol, days=days, seed=seed, end_ms=end_ms, gaps=spans)
                 digest = candles_digest(base)

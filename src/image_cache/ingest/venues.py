@@ -99,6 +99,11 @@ def venue_of(conn: sqlite3.Connection, symbol: str) -> Venue:
 
 def mismatch(conn: sqlite3.Connection, symbol: str, venue: Venue) -> str | None:
     """Why `venue`'s rows may not go into `symbol`'s series, or None when they may."""
+    if venue != SAMPLE and conn.execute("SELECT 1 FROM series_venues WHERE exchange = ? LIMIT 1",
+                                        (SAMPLE.exchange,)).fetchone():
+        # Plain names on both sides: images and exports could not tell synthetic from real.
+        return (f"{symbol}: this database holds sample (synthetic) series; refusing {venue} rows (real candles "
+                "go into a database of their own)")
     others = recorded_venues(conn, symbol) - {venue}
     if not others:
         return None
@@ -114,14 +119,33 @@ def claim(conn: sqlite3.Connection, sid: int, symbol: str, venue: Venue) -> None
                  "ON CONFLICT(series_id) DO NOTHING", (sid, venue.exchange, venue.market))
 
 
+# Where the registry of a market written before venues says a file came from Binance's futures markets: its
+# REST endpoints, or Binance Vision's futures layout in a mirror path.
+_FUTURES_PATHS = {"um": ("%/fapi/%", "%/futures/um/%"), "cm": ("%/dapi/%", "%/futures/cm/%")}
+
+
 def migrate_venues(conn: sqlite3.Connection) -> None:
-    """Record the venue of the series written before venues were: Binance spot, as they were fetched,
-    except those only `ingest sample` wrote (its registry rows say so), which are sample data."""
+    """Record the venue of the series written before venues were, from the registry of the files that
+    wrote them: Binance USDⓈ-M or COIN-M where every file of the series came from that futures market (the
+    REST endpoint or the archive layout its path names), sample data where only `ingest sample` wrote, and
+    Binance spot otherwise, as the rest were fetched."""
     conn.execute(
         """INSERT INTO series_venues(series_id, exchange, market)
            SELECT se.id, 'binance', 'spot' FROM series se JOIN symbols s ON s.id = se.symbol_id
            WHERE NOT EXISTS (SELECT 1 FROM series_venues v WHERE v.series_id = se.id)""")
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ingested_files'").fetchone():
+        for market, (rest, layout) in _FUTURES_PATHS.items():
+            conn.execute(
+                """UPDATE series_venues SET market = ?
+                   WHERE market = 'spot' AND series_id IN (
+                       SELECT se.id FROM series se JOIN symbols s ON s.id = se.symbol_id
+                       JOIN intervals i ON i.id = se.interval_id
+                       WHERE EXISTS (SELECT 1 FROM ingested_files f WHERE f.symbol = s.symbol AND f.interval = i.code
+                                     AND f.status IN ('ok', 'unverified') AND (f.path LIKE ? OR f.path LIKE ?))
+                         AND NOT EXISTS (SELECT 1 FROM ingested_files f WHERE f.symbol = s.symbol
+                                         AND f.interval = i.code AND f.status IN ('ok', 'unverified')
+                                         AND NOT (f.path LIKE ? OR f.path LIKE ?)))""",
+                (market, rest, layout, rest, layout))
         conn.execute(
             """UPDATE series_venues SET exchange = 'sample', market = 'synthetic'
                WHERE series_id IN (SELECT se.id FROM series se JOIN symbols s ON s.id = se.symbol_id
