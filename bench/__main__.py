@@ -361,8 +361,8 @@ def verify_section(ctx: Context) -> Section:
 
 def ingest_section(ctx: Context) -> Section:
     """12 monthly Binance Vision zips of 1m candles for one symbol (a year, 525,600 rows minus gaps)."""
-    from image_cache.ingest.sample import generate_symbol
     from image_cache.core.grid import utc_ms
+    from image_cache.ingest.sample import generate_symbol
 
     mirror = WORK / "zips"
     if not mirror.exists():

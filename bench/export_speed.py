@@ -170,8 +170,8 @@ def _preset_rows(work: Path, days: int, rounds: int, style: str, size: int, wind
 
     for fmt in ("imagefolder", "parquet", "webdataset", "numpy", "manifest"):
         options = ExportOptions(format=fmt, horizons=horizons, splits=parse_splits(SPLIT), force=True)
-        seconds, count = best(lambda: export(settings, Filters(), str(out / fmt), options).counts["exported"],
-                              rounds)
+        seconds, count = best(lambda fmt=fmt, options=options:  # bound now: the loop moves on
+                              export(settings, Filters(), str(out / fmt), options).counts["exported"], rounds)
         add(f"export {fmt}", seconds, count)
     png = [best(lambda: read_imagefolder(out / "imagefolder"), rounds),
            best(lambda: read_png_bytes(out / "imagefolder"), rounds),

@@ -35,12 +35,12 @@ from image_cache import chart  # noqa: E402
 from image_cache.cache import runner, verify  # noqa: E402
 from image_cache.cache.market import open_market, read_series  # noqa: E402
 from image_cache.cache.windows import fingerprint, window_rows  # noqa: E402
-from image_cache.settings import Settings  # noqa: E402
 from image_cache.core.db import lock_is_held  # noqa: E402
 from image_cache.core.errors import ImageCacheError  # noqa: E402
 from image_cache.core.grid import iso_utc  # noqa: E402
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
 from image_cache.ingest.venues import BINANCE_SPOT  # noqa: E402
+from image_cache.settings import Settings  # noqa: E402
 
 HOUR = 3_600_000
 T0 = 1_719_792_000_000  # 2024-07-01T00:00Z
@@ -593,7 +593,7 @@ def main() -> int:
               for k, seed in enumerate(range(args.seed, args.seed + args.sequences, block))]
     count, violations = 0, []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for done, (n, found) in enumerate(pool.map(_block, blocks), 1):
+        for n, found in pool.map(_block, blocks):
             count += n
             violations += found
             for text in found:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from chart_windows import BUILDERS, open_times
 from image_cache import chart
 from image_cache.chart.styles import MIKE_COLOURS
-from chart_windows import BUILDERS, open_times
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-from image_cache import chart
 from chart_windows import alternating, flat, one_huge_candle, open_times, trending, zero_volume
+from image_cache import chart
 
 BACKGROUND, GRID, WHITE, BLACK, BLUE, VOLUME = ((10, 10, 10), (46, 46, 46), (255, 255, 255), (0, 0, 0),
                                               (0, 128, 255), (113, 137, 170))

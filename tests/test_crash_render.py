@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from image_cache.chart import pixel_hash
 from conftest import REPO, index_rows, run_cli, tree_digest
+from image_cache.chart import pixel_hash
 
 pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
 

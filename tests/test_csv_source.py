@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from image_cache.ingest.csv_source import ingest_csv, parse_csv
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import utc_ms
+from image_cache.ingest.csv_source import ingest_csv, parse_csv
 
 REPO = Path(__file__).resolve().parents[1]
 ISO = b"Date,OPEN,High,low,Close,Volume\n2024-01-01,1,2,0.5,1.5,10\n2024-01-02,1.5,2,1,1.2,11\n"

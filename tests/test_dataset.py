@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import CONFIG, render_cli, run_cli
 from image_cache import chart
 from image_cache import settings as config
 from image_cache.cache.dataset import ChartDataset, ChartStream
 from image_cache.cache.exports.labels import parse_splits
-from conftest import CONFIG, render_cli, run_cli
 
 SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
 

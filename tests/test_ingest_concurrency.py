@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
+from conftest import REPO, index_rows, tree_digest
 from image_cache.cache.market import list_series, open_market, read_series
 from image_cache.cache.windows import fingerprint, window_rows
-from conftest import REPO, index_rows, tree_digest
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.schema import read_candles
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
+from image_cache.core.errors import MarketError
+from image_cache.core.grid import utc_ms
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.csv_source import ingest_csv
 from image_cache.ingest.gaps import find_gaps
-from image_cache.core.errors import MarketError
-from image_cache.core.grid import utc_ms
 from image_cache.ingest.status import status
 
 REPO = Path(__file__).resolve().parents[1]

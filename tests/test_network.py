@@ -21,8 +21,8 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import REPO, run_cli
-from image_cache.core.db import lock_is_held, lock_path
 from fake_binance import FakeBinance
+from image_cache.core.db import lock_is_held, lock_path
 
 pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
 

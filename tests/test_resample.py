@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from image_cache.ingest.resample import check_pair, resample_candles
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
+from image_cache.ingest.resample import check_pair, resample_candles
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 from image_cache.ingest.venues import BINANCE_SPOT
 

@@ -350,8 +350,8 @@ def test_reindex_of_a_healthy_index_keeps_it_and_says_so(rendered: Path):
 
 def test_a_file_repair_cannot_remove_is_counted_not_a_traceback(rendered: Path, monkeypatch):
     """unlink refused (a read-only root): each file is reported once, the rest is settled, no OSError."""
-    from image_cache.cache import verify
     from image_cache import settings as config
+    from image_cache.cache import verify
     root = rendered / "image-cache"
     folder = root / os.path.dirname(_ok_paths(rendered, 1)[0])
     temp = folder / ".BTCUSDT_1h_2024-06-25T00-00-00_px128_w30_v1.png.99.tmp"

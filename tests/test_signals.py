@@ -178,8 +178,8 @@ def test_ctrl_c_at_random_moments_always_ends_promptly(workdir: Path):
     """Ctrl-C at 50 random moments of `render --jobs 2` (start-up, pool start, planning, drawing, the end):
     every run ends within 10 s with exit 130 (or 0 when it had finished) and one line, the lock is free,
     and every row points at its complete file; repair then settles what was left."""
-    from image_cache.core.db import lock_is_held
     from image_cache.cli.cache import main
+    from image_cache.core.db import lock_is_held
 
     began = time.monotonic()
     calibration = start_in_own_group(workdir, QUICK + ["--index-db", "full.sqlite", "--image-root", "full"])
@@ -247,8 +247,8 @@ def test_every_signal_stops_every_command(quick_cache: Path, tmp_path: Path, com
     """Each signal, sent to the whole process group as a terminal does, stops each command while it works:
     within 5 s, exit 128 + signum and one line, the lock free, no temp output left; a stopped render or
     repair leaves only what repair settles."""
-    from image_cache.core.db import lock_is_held
     from image_cache.cli.cache import main
+    from image_cache.core.db import lock_is_held
 
     cwd = tmp_path / "run"
     shutil.copytree(quick_cache, cwd)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from image_cache.cache import runner, verify
-from image_cache.settings import Settings
 from conftest import index_rows, tree_digest
+from image_cache.cache import runner, verify
 from image_cache.core import revisions
 from image_cache.ingest.sample import build_sample
 from image_cache.ingest.schema import connect_writer
+from image_cache.settings import Settings
 
 # 4h candles over 120 days: about five buckets of 2**31 ms each, all closed.
 DAYS = 120

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows
-from image_cache.ingest.binance_vision import parse_klines
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import parse_klines
 from image_cache.ingest.validate import split_lines, validate
 
 NAME = "BTCUSDT-1m-2024-01.zip"

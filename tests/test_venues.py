@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from binance_fixtures import kline_csv, write_archive
 from fake_binance import FakeBinance
-
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.cli.main import main as image_cache_main
 from image_cache.cli.nightly import main as nightly_main

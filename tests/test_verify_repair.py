@@ -158,7 +158,7 @@ def test_garbage_index_is_reported_then_rebuilt(rendered: Path):
     assert result.returncode == 1
     assert "damaged" in result.stderr and "repair --reindex" in result.stderr
     report = _repair(rendered, "--reindex")
-    assert report["reindexed_from"].startswith(str("image_cache.sqlite.damaged-"))
+    assert report["reindexed_from"].startswith("image_cache.sqlite.damaged-")
     assert _verify(rendered, "--deep")[0] == 0
     assert tree_digest(rendered / "image-cache") == original
 

@@ -23,16 +23,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_cache import chart
-from image_cache.chart import jkx, modes, raster
 from image_cache.cache import market
-from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, check_split_name, complete_windows,
-                                             default_splits, forward_returns, purge_candles, sample_key)
+from image_cache.cache.exports.labels import (
+    LabelRule,
+    Split,
+    assign_splits,
+    check_split_name,
+    complete_windows,
+    default_splits,
+    forward_returns,
+    purge_candles,
+    sample_key,
+)
 from image_cache.cache.runner import Filters, make_spec, select_series
 from image_cache.cache.windows import Series, window_rows
-from image_cache.settings import Settings
+from image_cache.chart import jkx, modes, raster
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
 Target = "int | dict[str, int | float]"
 Item = tuple[np.ndarray, Target, str]

@@ -16,10 +16,10 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from image_cache.cache.system import serve, start_forkserver
 from image_cache.cache.work import Chunk
-from image_cache.settings import Settings
 from image_cache.core import signals
 from image_cache.core.errors import ImageCacheError, WorkerError
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
 T = TypeVar("T")
 STOP_S = 5.0  # how long ended workers get to exit before they are killed

@@ -516,7 +516,7 @@ class Indexed:
     spec_current: np.ndarray  # drawn (or judged) with the current spec hash
 
     @staticmethod
-    def empty() -> "Indexed":
+    def empty() -> Indexed:
         none = np.empty(0, np.int64)
         return Indexed(none, none, none, none.astype(bool))
 

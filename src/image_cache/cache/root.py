@@ -245,7 +245,7 @@ class Tree:
         self.root = os.path.abspath(root)
         self._open: tuple[str, int] | None = None  # the folder last used, and its descriptor
 
-    def __enter__(self) -> "Tree":
+    def __enter__(self) -> Tree:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -295,7 +295,7 @@ class Tree:
         fd = _open_root(self.root)
         depth = 0
         try:
-            for depth, part in enumerate(parts):
+            for depth, part in enumerate(parts):  # noqa: B007 - the except below names the part that failed
                 try:
                     child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -474,7 +474,7 @@ class FileQueue(Generic[K]):
         self.failure: tuple[str, RootError | OSError] | None = None
         self.failed = False  # set by the writing thread (after a failure, or when the queue is left)
 
-    def __enter__(self) -> "FileQueue[K]":
+    def __enter__(self) -> FileQueue[K]:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -27,11 +27,11 @@ from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTO
 from image_cache.cache.root import Tree, claim
 from image_cache.cache.windows import due_windows, member_of_sorted
 from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
-from image_cache.settings import Settings, make_spec
 from image_cache.core.db import exclusive_lock, immediate
 from image_cache.core.errors import ConfigError, LockHeld, MarketError
 from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.settings import Settings, make_spec
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ class DueRange:
     now_ms: int
 
     @staticmethod
-    def of(settings: Settings) -> "DueRange":
+    def of(settings: Settings) -> DueRange:
         now = now_ms()
         return DueRange(settings.start_ms, settings.end_ms or now, settings.stride, now)
 

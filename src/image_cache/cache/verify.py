@@ -29,15 +29,25 @@ from image_cache.cache.durable import SyncedWriter
 from image_cache.cache.index import ENGINE_PREFIX
 from image_cache.cache.layout import TEMP_PREFIX, parse_relative_path
 from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
-from image_cache.cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, claim, owner_gone, read_marker
+from image_cache.cache.root import (
+    MARKER,
+    Marker,
+    RootError,
+    Tree,
+    check_owned,
+    check_part,
+    claim,
+    owner_gone,
+    read_marker,
+)
 from image_cache.cache.runner import Filters, preset_label, preset_of
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, window_gaps
 from image_cache.cache.work import adopt_chunk, require_built, settle_chunk, split_months
-from image_cache.settings import Settings
 from image_cache.core.db import file_uri
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.settings import Settings
 
 PROBLEMS = ("missing", "corrupt", "stale", "orphan", "temp")
 NO_IMAGE = {GAP: "gap", HISTORY: "history"}

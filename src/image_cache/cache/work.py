@@ -16,13 +16,13 @@ from functools import cached_property
 import numpy as np
 
 from image_cache import chart
-from image_cache.chart import kernel
-from image_cache.cache.index import ENGINE_PREFIX, Row
 from image_cache.cache import layout
+from image_cache.cache.index import ENGINE_PREFIX, Row
 from image_cache.cache.layout import relative_path, relative_paths, sync_tree
 from image_cache.cache.root import FileQueue, RootError, Tree
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, fingerprint, unsound_before, unsound_candle, window_rows
+from image_cache.chart import kernel
 from image_cache.core import compiled
 from image_cache.core.errors import ImageCacheError, WorkerError
 

@@ -9,8 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from image_cache.chart import jkx, raster
-from image_cache.chart.png import (PIXEL_HASH_VERSION, Drawn, decode, encode_gray, encode_palette, encode_palette4, encode_rgb,
-                       pixel_hash, png_size)
+from image_cache.chart.png import (
+    PIXEL_HASH_VERSION,
+    Drawn,
+    decode,
+    encode_gray,
+    encode_palette,  # noqa: F401 - not used here: chart.encode_palette is for callers (the tests re-encode)
+    encode_palette4,
+    encode_rgb,
+    pixel_hash,
+    png_size,
+)
 from image_cache.chart.styles import STYLES, STYLES_HELP, ChartError, Spec, make_spec, style_from_tag
 
 __all__ = ["PIXEL_HASH_VERSION", "STYLES", "STYLES_HELP", "ChartError", "Drawn", "Spec", "decode", "make_spec",

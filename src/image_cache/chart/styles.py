@@ -15,7 +15,6 @@ from importlib import metadata
 
 from image_cache.core.errors import ChartError
 
-
 # Bump an engine's number whenever its drawing code changes pixels: every image it drew goes stale.
 DRAW_VERSION: dict[str, int] = {"raster": 1, "jkx": 1, "mplfinance": 1}
 

@@ -21,7 +21,6 @@ from image_cache.core.errors import MarketError, storage_error
 from image_cache.core.grid import INTERVAL_MS
 from image_cache.ingest.sources import sources
 
-
 PROG = "python -m ingest"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -118,12 +118,12 @@ def utc_ms(value: str | None) -> int | None:
     except ValueError:
         raise MarketError(f"invalid date {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC)") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return calendar.timegm(parsed.utctimetuple()) * 1000 + parsed.microsecond // 1000
 
 
 def iso_utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_ms() -> int:

@@ -30,18 +30,38 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 import pandas as pd
 
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
-from image_cache.ingest.registry import (FileOutcome, IngestResult, SourceFile, already_ingested, ingest_file, ingest_stream,
-                             reject, skipped, write_file, writer)
 from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
-from image_cache.ingest.venues import BINANCE_SPOT, Venue, series_name
+from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import CHUNK_BYTES, line_chunks, open_regular, sha256_stream
+from image_cache.ingest.registry import (
+    FileOutcome,
+    IngestResult,
+    SourceFile,
+    already_ingested,
+    ingest_file,
+    ingest_stream,
+    reject,
+    skipped,
+    write_file,
+    writer,
+)
 from image_cache.ingest.schema import CANDLE_DTYPE
 from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally, file_order_error
 from image_cache.ingest.staging import Staged
-from image_cache.ingest.validate import (Lines, Validated, detect_unit, fail, field_counts, is_number, spacing_code, split_lines,
-                             to_ms, validate)
+from image_cache.ingest.validate import (
+    Lines,
+    Validated,
+    detect_unit,
+    fail,
+    field_counts,
+    is_number,
+    spacing_code,
+    split_lines,
+    to_ms,
+    validate,
+)
+from image_cache.ingest.venues import BINANCE_SPOT, Venue, series_name
 
 KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume",
                 "trades", "taker_buy_base_volume", "taker_buy_quote_volume", "ignore")

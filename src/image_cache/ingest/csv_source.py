@@ -32,13 +32,23 @@ from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_sym
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
 from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream, writer
-from image_cache.ingest.venues import venue_of_name
 from image_cache.ingest.schema import CANDLE_DTYPE
-from image_cache.ingest.sources import Source
 from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally
+from image_cache.ingest.sources import Source
 from image_cache.ingest.staging import Staged
-from image_cache.ingest.validate import (UTF8_BOM, RuleError, Validated, detect_unit, fail, field_counts, row_error,
-                             spacing_code, split_lines, to_ms)
+from image_cache.ingest.validate import (
+    UTF8_BOM,
+    RuleError,
+    Validated,
+    detect_unit,
+    fail,
+    field_counts,
+    row_error,
+    spacing_code,
+    split_lines,
+    to_ms,
+)
+from image_cache.ingest.venues import venue_of_name
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse

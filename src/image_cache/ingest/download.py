@@ -27,19 +27,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cache.core import flags
-from image_cache.core.hooks import no_progress, no_warn
-from image_cache.ingest.binance_vision import CHECKSUM_RE, ingest_paths
-from image_cache.ingest.network import HostDown, Network, unreachable
-from image_cache.ingest.registry import IngestResult
-from image_cache.ingest.sources import Source
 from image_cache.core.db import file_uri
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import check_interval, check_symbol, now_ms
+from image_cache.core.hooks import no_progress, no_warn
+from image_cache.ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from image_cache.ingest.dates import END_FLAG, check_date, resolve_date
+from image_cache.ingest.network import HostDown, Network, unreachable
+from image_cache.ingest.registry import IngestResult
+from image_cache.ingest.sources import Source
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -446,7 +446,7 @@ def rejected_in_registry(db: str) -> dict[str, str]:
 
 
 def _utc_today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def _parse_day(value: str, now: int) -> date:
@@ -454,7 +454,7 @@ def _parse_day(value: str, now: int) -> date:
     check_date(value)
     ms = resolve_date(value, now)
     assert ms is not None
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date()
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
 
 
 def in_threads(work: Callable[[Archive], Outcome], batch: list[Archive], jobs: int, network: Network,

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.hooks import no_progress, no_warn
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.grid import check_interval, check_symbol, grid_index, grid_time, iso_utc
+from image_cache.core.hooks import no_progress, no_warn
 from image_cache.ingest.schema import connect_writer, open_times
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import sqlite3
 import time
 import urllib.error
@@ -144,13 +143,14 @@ class Client:
             detail = exc.read(300).decode("utf-8", "replace").strip()
             exc.close()
             if exc.code in (418, 429):
-                raise RateLimited(exc.code, float(retry_after) if retry_after and retry_after.isdigit() else 60.0)
+                raise RateLimited(exc.code,
+                                  float(retry_after) if retry_after and retry_after.isdigit() else 60.0) from None
             if exc.code >= 500:
                 raise Transient(f"HTTP {exc.code}") from None
             if exc.code == 400 and _error_code(detail) == INVALID_SYMBOL:
                 raise UnknownSymbol(f"HTTP 400: {detail}") from None
             raise MarketError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException, socket.timeout) as exc:
+        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if (down := unreachable(exc)) is not None:
                 self.network.failed(url, down)
                 raise Unreachable(str(down)) from None

@@ -15,19 +15,19 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.hooks import no_progress, no_warn
-from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
-from image_cache.ingest.resample import write_resampled
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
+from image_cache.core.hooks import no_progress, no_warn
+from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
+from image_cache.ingest.resample import write_resampled
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 from image_cache.ingest.sources import Source
 from image_cache.ingest.venues import SAMPLE, symbols_not_of
@@ -236,7 +236,7 @@ def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[
          f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, symbol,
          f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", status,
          "already ingested (same sha256)" if status == "skipped" else None,
-         len(candles), inserted, revised, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
+         len(candles), inserted, revised, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
 
 def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,

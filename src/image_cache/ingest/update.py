@@ -13,20 +13,30 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, iso_utc, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.ingest.batches import ApiResult, UnknownSymbol
+from image_cache.ingest.dates import START_FLAG
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
 from image_cache.ingest.network import Network
 from image_cache.ingest.registry import writer
-from image_cache.ingest.batches import ApiResult, UnknownSymbol
-from image_cache.ingest.dates import START_FLAG
-from image_cache.ingest.rest import (Client, add_market_arguments, add_top_arguments, check_api_url, check_market,
-                                     fetch_tails, first_kline, resolve_dates, top_symbols, trading_symbols)
+from image_cache.ingest.rest import (
+    Client,
+    add_market_arguments,
+    add_top_arguments,
+    check_api_url,
+    check_market,
+    fetch_tails,
+    first_kline,
+    resolve_dates,
+    top_symbols,
+    trading_symbols,
+)
 from image_cache.ingest.sources import Source, csv_list
 from image_cache.ingest.venues import record_selection, series_name
 
@@ -91,7 +101,7 @@ def archive_start(conn: sqlite3.Connection, symbol: str, interval: str, start: d
     first = conn.execute("""SELECT MIN(c.open_time) FROM candles c JOIN series se ON se.id = c.series_id
                             JOIN symbols s ON s.id = se.symbol_id JOIN intervals i ON i.id = se.interval_id
                             WHERE s.symbol = ? AND i.code = ?""", (symbol, interval)).fetchone()[0]
-    return None if first is None else datetime.fromtimestamp(first // 1000, tz=timezone.utc).date()
+    return None if first is None else datetime.fromtimestamp(first // 1000, tz=UTC).date()
 
 
 @dataclass
@@ -203,7 +213,7 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
 
 
 def _utc_day(ms: int) -> date:
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date()
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
 
 
 def _day_ms(day: date) -> int:

@@ -14,8 +14,8 @@ from typing import Any
 from image_cache.cache.exports.base import Format, Job
 from image_cache.cache.exports.labels import DEFAULT_FRACTIONS
 from image_cache.cache.exports.select import Sample
-from image_cache.settings import Settings
 from image_cache.core.grid import iso_utc
+from image_cache.settings import Settings
 
 PACKAGES = ("numpy", "pandas", "pillow", "pyarrow", "matplotlib", "mplfinance")
 

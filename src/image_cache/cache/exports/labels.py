@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_cache.cache.windows import Series
-from image_cache.settings import ConfigError
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import close_time_ms, grid_index, grid_time, iso_utc, on_grid, utc_ms
+from image_cache.settings import ConfigError
 
 DEFAULT_FRACTIONS = (("train", 70), ("validation", 15), ("test", 15))
 SPLIT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")

@@ -13,15 +13,22 @@ from typing import Any
 import numpy as np
 
 from image_cache.cache import index, market
-from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, forward_returns, on_sample, on_stride,
-                                                sample_key)
+from image_cache.cache.exports.labels import (
+    LabelRule,
+    Split,
+    assign_splits,
+    forward_returns,
+    on_sample,
+    on_stride,
+    sample_key,
+)
 from image_cache.cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
 from image_cache.cache.windows import Series, fingerprint, window_rows
-from image_cache.settings import Settings
 from image_cache.core.db import file_uri
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
 INDEX_COLUMNS = ("symbol", "interval", "end_open_time_ms", "status", "spec_hash", "style_name", "img_size_px",
                  "window_len", "style_version", "file_path", "sha256", "pixel_hash", "width_px", "height_px",
