@@ -377,7 +377,7 @@ def ingest_section(ctx: Context) -> Section:
                      for t, o, h, lo, c, v, ct, q, n, tb, tq in zip(
                          part["open_time"], part["open"], part["high"], part["low"], part["close"], part["volume"],
                          close, part["quote_asset_volume"], part["trades"], part["taker_buy_base_volume"],
-                         part["taker_buy_quote_volume"])]
+                         part["taker_buy_quote_volume"], strict=True)]
             with zipfile.ZipFile(mirror / f"{stem}.zip", "w", zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(f"{stem}.csv", "\n".join(lines) + "\n")
             digest = hashlib.sha256((mirror / f"{stem}.zip").read_bytes()).hexdigest()

@@ -34,7 +34,7 @@ def is_colour(pixels: np.ndarray, *colours: tuple[int, int, int]) -> np.ndarray:
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, length) of each run of True in a 1-D mask."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def price_area(size: int) -> slice:
@@ -145,7 +145,7 @@ def test_volume_bars_proportional_max_fills_panel_zero_has_none():
     assert heights.index(tallest) == 4  # volume 40
     # The tallest bar nearly fills the bottom fifth and stays inside it.
     assert 320 // 5 * 0.85 <= tallest <= 320 // 5
-    for i, (volume, height) in enumerate(zip(window[:, 4], heights)):
+    for i, (volume, height) in enumerate(zip(window[:, 4], heights, strict=True)):
         assert abs(height - volume / 40 * tallest) <= 1, i
     for i in (2, 8):
         start, width = found[i]

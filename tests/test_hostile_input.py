@@ -282,7 +282,7 @@ def expected_day() -> np.ndarray:
     """The valid day's candles, straight from the fixture rows (kline field → candle column)."""
     table = rows()
     out = np.empty(len(table), dtype=CANDLE_DTYPE)
-    for column, field in zip(CANDLE_COLUMNS, (0, 1, 2, 3, 4, 5, 7, 8, 9, 10)):
+    for column, field in zip(CANDLE_COLUMNS, (0, 1, 2, 3, 4, 5, 7, 8, 9, 10), strict=True):
         out[column] = np.array([row[field] for row in table], dtype=out.dtype[column])
     return out
 

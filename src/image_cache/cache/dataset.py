@@ -111,13 +111,13 @@ class ChartDataset:
             raise ImageCacheError(f"no split {split!r}: the splits are {', '.join(names)}")
         purge = purge_candles(self.spec.window_len, self.spec.history, horizons)
         windows = []
-        for (interval, k, last, classes, returns, label_end), end in zip(labelled, ends):
+        for (interval, k, last, classes, returns, label_end), end in zip(labelled, ends, strict=True):
             which, purged = assign_splits(interval, end, label_end, self.splits, purge)
             keep = (which == names.index(split)) & ~purged
             s = self.series[k]
             windows += [_Window(sample_key(s.symbol, s.interval, int(t)), k, int(i), tuple(c.tolist()),
                                 tuple(r.tolist()))
-                        for t, i, c, r in zip(end[keep], last[keep], classes[keep], returns[keep])]
+                        for t, i, c, r in zip(end[keep], last[keep], classes[keep], returns[keep], strict=True)]
         self.windows = sorted(windows, key=lambda w: w.key)
 
     def _check_targets(self, targets: str | tuple[str, ...]) -> tuple[str, ...] | None:
@@ -138,8 +138,8 @@ class ChartDataset:
         w = self.windows[index]
         if self.targets is None:
             return w.classes[0]
-        values = {f"label_h{h}": c for h, c in zip(self.horizons, w.classes)}
-        values.update({f"return_h{h}": r for h, r in zip(self.horizons, w.returns)})
+        values = {f"label_h{h}": c for h, c in zip(self.horizons, w.classes, strict=True)}
+        values.update({f"return_h{h}": r for h, r in zip(self.horizons, w.returns, strict=True)})
         return {name: values[name] for name in self.targets}
 
     def __len__(self) -> int:

@@ -78,7 +78,7 @@ def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
 
 
 def caption(sample: Sample, horizons: tuple[int, ...]) -> tuple[str, str]:
-    labels = " ".join(f"h{h}:{c} ({r:+.2%})" for h, c, r in zip(horizons, sample.classes, sample.returns))
+    labels = " ".join(f"h{h}:{c} ({r:+.2%})" for h, c, r in zip(horizons, sample.classes, sample.returns, strict=True))
     return sample.key, labels
 
 
@@ -91,7 +91,7 @@ def contact_sheet(root: str, paths: list[str], captions: list[tuple[str, str]]) 
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     with Tree(root) as tree:
-        for k, (path, lines) in enumerate(zip(paths, captions)):
+        for k, (path, lines) in enumerate(zip(paths, captions, strict=True)):
             x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
             sheet.paste(_thumbnail(tree, path), (x, y))
             for line_no, line in enumerate(lines):

@@ -500,7 +500,7 @@ class FileQueue(Generic[K]):
 
     def _send(self) -> None:
         if self.waiting:
-            files, keys = zip(*self.waiting)
+            files, keys = zip(*self.waiting, strict=True)
             self.waiting = []
             self.sent.append((self.pool.submit(self._write, files), files, list(keys)))
         while len(self.sent) > self.ahead:

@@ -174,7 +174,7 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
 
     names = {GAP: "gap", HISTORY: "history"}
     record = [(int(t), names[int(w)], False) for t, w in zip(series.times[rec.new_last[~new_draw]],
-                                                            rec.new_desired[~new_draw])]
+                                                            rec.new_desired[~new_draw], strict=True)]
     for i in np.flatnonzero(in_range & np.isin(rec.row_action, (RECORD, RETIRE))).tolist():
         record.append((int(ends[i]), names[int(rec.row_desired[i])], bool(rec.row_action[i] == RETIRE)))
     state = rec.indexed.state
@@ -387,7 +387,7 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
         series = p.rec.series
         rows = base_rows(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()),
                          np.array([end for end, _, _ in p.record], np.int64))
-        for row, (_, why, retire) in zip(rows, p.record):
+        for row, (_, why, retire) in zip(rows, p.record, strict=True):
             row.status, row.reason = "undrawable", why
             if retire:  # file first, then row: a crash in between leaves a row repair settles
                 tree.remove(row.file_path)

@@ -258,7 +258,7 @@ def _check_indexed_files(conn: sqlite3.Connection, settings: Settings, where: st
         row = keys[row_id]
         preset = tuple(row[c] for c in index.PRESET_COLUMNS)
         if preset not in specs:
-            specs[preset] = spec_of_preset(dict(zip(index.PRESET_COLUMNS, preset)))
+            specs[preset] = spec_of_preset(dict(zip(index.PRESET_COLUMNS, preset, strict=True)))
         found.redraw[(row["symbol"], row["interval"], specs[preset])].append(row_id)
 
 

@@ -286,7 +286,7 @@ class _Reader:
                 return None
         if rows == 0:
             raise _no_rows(self.name)
-        return next(why for why, yes in zip(CLOSE_REASONS, alike) if yes)
+        return next(why for why, yes in zip(CLOSE_REASONS, alike, strict=True) if yes)
 
 
 def _no_rows(name: str) -> MarketError:

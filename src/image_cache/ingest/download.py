@@ -545,7 +545,7 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
     batch = plan(symbols, intervals, first, stop)
     outcomes = []
     fallback: list[Archive] = []
-    for archive, outcome in zip(batch, run(batch)):
+    for archive, outcome in zip(batch, run(batch), strict=True):
         # A monthly file not published yet (early in the next month): its days are, as daily files.
         days = daily_fallback(archive, first, stop) if outcome.status == "pending" else []
         fallback += days

@@ -49,7 +49,7 @@ def balance(samples: list[Sample], horizons: tuple[int, ...], n_classes: int) ->
     """Samples per class, per horizon."""
     counts = {f"h{h}": [0] * n_classes for h in horizons}
     for sample in samples:
-        for h, c in zip(horizons, sample.classes):
+        for h, c in zip(horizons, sample.classes, strict=True):
             counts[f"h{h}"][c] += 1
     return counts
 
