@@ -423,9 +423,11 @@ def ingest_rates_section(ctx: Context) -> Section:
     from bench import ingest_speed
 
     rows = ingest_speed.rows(csv_mb=40 if ctx.quick else 159, rest_candles=40_000 if ctx.quick else 200_000)
-    lines = ["### Ingest rates (bench/ingest_speed.py)", "", "| figure | candles/s (wall) | candles per CPU s | peak MB |",
+    lines = ["### Ingest rates (bench/ingest_speed.py)", "",
+             "| figure | candles/s (wall) | candles per CPU s | peak MB |",
              "|---|---:|---:|---:|"]
-    lines += [f"| {r['figure']} | {r['candles_per_s']:,} | {r['candles_per_cpu_s']:,} | {r['peak_mb']:,} |" for r in rows]
+    lines += [f"| {r['figure']} | {r['candles_per_s']:,} | {r['candles_per_cpu_s']:,} | {r['peak_mb']:,} |"
+              for r in rows]
     archive, _, csv = rows
     targets = [Target("archive ingest ≥ 300,000 candles/s on one core (issue 12)",
                       f"{archive['candles_per_cpu_s']:,} per CPU s, {archive['candles_per_s']:,}/s wall",

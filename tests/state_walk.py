@@ -212,7 +212,8 @@ class Walk:
         if deep:
             self.damaged.clear()
         else:  # fast mode sees changed sizes only; a flipped byte waits for a deep verify
-            self.damaged = {p for p in self.damaged if os.path.isfile(self.root / p) and not os.path.islink(self.root / p)
+            self.damaged = {p for p in self.damaged
+                            if os.path.isfile(self.root / p) and not os.path.islink(self.root / p)
                             and (self.root / p).stat().st_size == self._row_size(p)}
         self._check_planted_judged(first)
         return f"verify deep={deep}: {first['counts']}"
@@ -436,8 +437,8 @@ class Walk:
 
     def _blocked_paths(self) -> list[str]:
         with self._index() as conn:
-            paths = [r[0] for r in conn.execute("SELECT file_path FROM images WHERE style_name = ? AND status = 'missing' "
-                                                "AND reason LIKE 'blocked: %'",
+            paths = [r[0] for r in conn.execute("SELECT file_path FROM images WHERE style_name = ? "
+                                                "AND status = 'missing' AND reason LIKE 'blocked: %'",
                                                 (self.preset["style_name"],))]
         conn.close()
         return paths
@@ -496,7 +497,8 @@ class Walk:
             gone = ends[symbol] - set(times)
             if unindexed or gone:
                 raise Violation(f"{symbol} after a full render: windows without a row at "
-                                f"{sorted(map(iso_utc, unindexed))[:3]}, rows of no candle at {sorted(map(iso_utc, gone))[:3]}")
+                                f"{sorted(map(iso_utc, unindexed))[:3]}, "
+                                f"rows of no candle at {sorted(map(iso_utc, gone))[:3]}")
 
     def _check_counts(self) -> None:
         """Right after a full render, a dry run counts every row of the preset (most from stamps)."""

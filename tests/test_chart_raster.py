@@ -120,7 +120,8 @@ def test_up_and_down_candle_colours():
 def test_wick_is_one_centred_column():
     pixels, found = _columns_320()
     for i, (start, width) in enumerate(found):
-        body_top = min(_rows_of(pixels, start, WHITE).min(initial=10**6), _rows_of(pixels, start, BLUE).min(initial=10**6))
+        body_top = min(_rows_of(pixels, start, WHITE).min(initial=10**6),
+                       _rows_of(pixels, start, BLUE).min(initial=10**6))
         above = is_colour(pixels[:body_top, start:start + width], *CANDLE).any(axis=0)
         assert width % 2 == 1 and np.flatnonzero(above).tolist() == [width // 2], i
         # High to low through the body with no hole: one run of candle colours in the centre column.

@@ -104,7 +104,8 @@ def test_injected_enospc(workdir: Path, tmp_path_factory):
     reference = _reference(workdir, tmp_path_factory)
     result = subprocess.run([sys.executable, "-c", INJECTOR, "150000", "render", "--config", "image_cache.toml",
                              "--jobs", "1"], cwd=workdir, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+                                 "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1 and "No space left on device" in result.stderr
     assert 0 < _index_is_truthful(workdir) < len(reference)
     assert not list((workdir / "image-cache").rglob("*.tmp"))

@@ -43,7 +43,8 @@ def test_series_and_registry(market: Path) -> None:
                                 "venue": "binance spot"}
     assert result.files == {"ok": 1, "unverified": 1, "skipped": 2, "rejected": 2}
     assert result.failures is None and result.ok
-    assert result.text().splitlines()[-1] == "files: 1 ok, 1 unverified, 2 skipped, 2 rejected (current failures: --failures)"
+    assert result.text().splitlines()[-1] == ("files: 1 ok, 1 unverified, 2 skipped, 2 rejected "
+                                              "(current failures: --failures)")
 
 
 def test_failures_list_files_whose_latest_record_is_a_rejection(market: Path, tmp_path: Path) -> None:

@@ -313,7 +313,8 @@ def test_an_unwritable_folder_stops_only_the_writes_into_it(rendered: Path, unwr
     assert failed.startswith(f"cannot write {folder}/BTCUSDT_1h_2024-") and failed.endswith(f": {cause}"), failed
     assert {str(p.relative_to(root)): original[str(p.relative_to(root))] for p in redraw} == \
         {str(p.relative_to(root)): tree_digest(root)[str(p.relative_to(root))] for p in redraw}
-    assert str(adopt.relative_to(root)) in {r[3] for r in index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'")}
+    assert str(adopt.relative_to(root)) in {r[3] for r in index_rows(rendered / "image_cache.sqlite",
+                                                                     "WHERE status = 'ok'")}
 
 
 def test_a_pipe_at_a_new_image_path_is_never_replaced_by_render(workdir: Path):

@@ -253,9 +253,10 @@ class RenderResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
-                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "blocked": self.blocked,
-                "up_to_date": self.up_to_date,
-                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "took_over": self.took_over,
+                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused,
+                "blocked": self.blocked, "up_to_date": self.up_to_date,
+                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes,
+                "took_over": self.took_over,
                 "lost_workers": self.lost_workers, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 

@@ -99,7 +99,8 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     out = []
     # The files are written on a thread of their own while the next images are drawn.
     with FileQueue(chunk.image_root) as files, Tree(chunk.image_root) as tree:
-        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason, strict=True):
+        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason,
+                                     strict=True):
             if files.failed:  # a file could not be written: drawing more would be wasted
                 break
             taken = _taken(tree, row.file_path)
@@ -173,7 +174,8 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     tune_allocator()
     adopted, rejected = [], []
     with Tree(chunk.image_root) as tree:
-        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason, strict=True):
+        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason,
+                                     strict=True):
             try:
                 drawn, row.input_fingerprint = draw_window(chunk, last)
             except chart.ChartError:

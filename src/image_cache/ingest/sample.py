@@ -300,7 +300,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", type=flags.symbols, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
     p.add_argument("--days", type=flags.integer(1, MAX_DAYS), default=90)
     p.add_argument("--seed", type=flags.integer(0), default=1)
-    p.add_argument("--end", type=flags.date, default="2024-07-01", help="UTC date the sample ends before (default: %(default)s)")
+    p.add_argument("--end", type=flags.date, default="2024-07-01",
+                   help="UTC date the sample ends before (default: %(default)s)")
 
 
 def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> SampleResult:

@@ -30,8 +30,8 @@ class Staged:
     def __enter__(self) -> Staged:
         types = ", ".join(f"{c} {'INTEGER' if CANDLE_DTYPE[c].kind == 'i' else 'REAL'} NOT NULL"
                           for c in CANDLE_COLUMNS)
-        self.conn.execute(f"CREATE TEMP TABLE staged_candles({types}, line INTEGER NOT NULL, close_ms INTEGER NOT NULL, "
-                          "PRIMARY KEY(open_time, line)) WITHOUT ROWID")
+        self.conn.execute(f"CREATE TEMP TABLE staged_candles({types}, line INTEGER NOT NULL, "
+                          "close_ms INTEGER NOT NULL, PRIMARY KEY(open_time, line)) WITHOUT ROWID")
         return self
 
     def __exit__(self, *exc: object) -> None:
