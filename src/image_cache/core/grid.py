@@ -6,6 +6,7 @@ import calendar
 import re
 import time
 from datetime import UTC, datetime
+from typing import overload
 
 import numpy as np
 
@@ -107,6 +108,14 @@ def close_time_ms(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int
     if code == "1mo":
         return grid_time(code, grid_index(code, open_time_ms) + 1)
     return open_time_ms + INTERVAL_MS[code]
+
+
+@overload
+def utc_ms(value: str) -> int: ...
+@overload
+def utc_ms(value: None) -> None: ...
+@overload
+def utc_ms(value: str | None) -> int | None: ...
 
 
 def utc_ms(value: str | None) -> int | None:

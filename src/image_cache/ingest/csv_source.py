@@ -29,7 +29,7 @@ import pandas as pd
 from image_cache.core import flags
 from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
 from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream, writer
 from image_cache.ingest.schema import CANDLE_DTYPE
@@ -452,7 +452,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="whether times stamp the candle's open or its close (default: detected)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> IngestResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> IngestResult:
     return ingest_csv(args.db, args.path, symbol=args.symbol, interval=args.interval,
                       time_column=args.time_column, time_unit=args.time_unit, time_label=args.time_label,
                       lock_wait=args.lock_wait, **hooks)

@@ -34,7 +34,7 @@ from image_cache.core import flags
 from image_cache.core.db import file_uri
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import check_interval, check_symbol, now_ms
-from image_cache.core.hooks import no_progress, no_warn
+from image_cache.core.hooks import Hooks, no_progress, no_warn
 from image_cache.ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from image_cache.ingest.dates import END_FLAG, check_date, resolve_date
 from image_cache.ingest.network import HostDown, Network, unreachable
@@ -589,7 +589,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_jobs_argument(p)
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> DownloadResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> DownloadResult:
     return download(args.db, symbols=args.symbols, intervals=args.intervals, start=args.start, end=args.end,
                     market=args.market, base_url=args.base_url, mirror=args.mirror, jobs=args.jobs,
                     retry_failed=args.retry_failed, require_checksum=args.require_checksum,

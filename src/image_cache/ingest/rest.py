@@ -33,7 +33,7 @@ import numpy as np
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import SYMBOL_RE, check_interval, check_symbol, close_time_ms, now_ms
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
 from image_cache.ingest.dates import END_FLAG, INCEPTION, START_FLAG, check_date, described, first_candle, resolve_date
 from image_cache.ingest.network import Network, unreachable
@@ -391,7 +391,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", type=END_FLAG, help="stop before this (default: the last closed candle)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> ApiResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> ApiResult:
     return api(args.db, symbols=args.symbols, intervals=args.intervals, market=args.market, start=args.start,
                end=args.end, api_url=args.api_url, top=args.top, quote=args.quote, lock_wait=args.lock_wait, **hooks)
 

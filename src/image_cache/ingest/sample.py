@@ -25,7 +25,7 @@ from image_cache.core import flags
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
-from image_cache.core.hooks import no_progress, no_warn
+from image_cache.core.hooks import Hooks, no_progress, no_warn
 from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from image_cache.ingest.resample import write_resampled
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
@@ -304,7 +304,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="UTC date the sample ends before (default: %(default)s)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> SampleResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> SampleResult:
     return build_sample(args.db, symbols=args.symbols, days=args.days, seed=args.seed, end=args.end,
                         lock_wait=args.lock_wait, **hooks)
 

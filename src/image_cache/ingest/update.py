@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, iso_utc, now_ms
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, UnknownSymbol
 from image_cache.ingest.dates import START_FLAG
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
@@ -234,7 +234,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_jobs_argument(p)
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> UpdateResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> UpdateResult:
     return update(args.db, symbols=args.symbols, intervals=args.intervals, quote=args.quote, top=args.top,
                   market=args.market,
                   start=args.start, api_url=args.api_url, base_url=args.base_url, mirror=args.mirror,
