@@ -582,6 +582,7 @@ def write_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, inte
 def start_run(conn: sqlite3.Connection, command: str, arguments: dict[str, Any]) -> int:
     cur = conn.execute("INSERT INTO runs (command, arguments, started_utc) VALUES (?, ?, ?)",
                        (command, json.dumps(arguments, sort_keys=True, default=str), utc_now()))
+    assert cur.lastrowid is not None  # an INSERT sets it
     return cur.lastrowid
 
 

@@ -110,8 +110,8 @@ def fingerprint(series: Series, rows: slice) -> str:
     """SHA-256 of the window's open times and OHLCV in a canonical byte form (little-endian)."""
     digest = hashlib.sha256(FINGERPRINT_VERSION)
     # The arrays' own buffers (a copy only where not already contiguous little-endian): no bytes copy.
-    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8"))
-    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8"))
+    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8").data)
+    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8").data)
     return digest.hexdigest()
 
 

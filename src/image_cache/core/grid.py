@@ -77,6 +77,14 @@ def _month_start_ms(index: np.ndarray | int) -> np.ndarray | int:
     return starts if np.ndim(index) else int(starts)
 
 
+@overload
+def grid_index(code: str, open_time_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def grid_index(code: str, open_time_ms: int) -> int: ...
+@overload
+def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int: ...
+
+
 def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:
     """Position of an open time on the interval's grid (floor for times off the grid).
 
@@ -90,6 +98,14 @@ def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:
         else (int(open_time_ms) - offset) // INTERVAL_MS[code]
 
 
+@overload
+def grid_time(code: str, index: np.ndarray) -> np.ndarray: ...
+@overload
+def grid_time(code: str, index: int) -> int: ...
+@overload
+def grid_time(code: str, index: np.ndarray | int) -> np.ndarray | int: ...
+
+
 def grid_time(code: str, index: np.ndarray | int) -> np.ndarray | int:
     """Inverse of grid_index: the open time of grid slot `index`."""
     if code == "1mo":
@@ -99,8 +115,24 @@ def grid_time(code: str, index: np.ndarray | int) -> np.ndarray | int:
         else int(index) * INTERVAL_MS[code] + offset
 
 
+@overload
+def on_grid(code: str, open_time_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def on_grid(code: str, open_time_ms: int) -> bool: ...
+@overload
+def on_grid(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | bool: ...
+
+
 def on_grid(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | bool:
     return grid_time(code, grid_index(code, open_time_ms)) == open_time_ms
+
+
+@overload
+def close_time_ms(code: str, open_time_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def close_time_ms(code: str, open_time_ms: int) -> int: ...
+@overload
+def close_time_ms(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int: ...
 
 
 def close_time_ms(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import BinaryIO, TypeVar
+from typing import IO, BinaryIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -160,7 +160,7 @@ def _zip_error(name: str, exc: Exception) -> MarketError:
 class _CappedMember(io.RawIOBase):
     """A member's decompressed stream that refuses to yield more than `max_bytes` in all."""
 
-    def __init__(self, name: str, member: str, stream: BinaryIO, max_bytes: int):
+    def __init__(self, name: str, member: str, stream: IO[bytes], max_bytes: int):
         super().__init__()
         self.name, self.member, self.stream, self.max_bytes = name, member, stream, max_bytes
         self.count = 0
@@ -398,6 +398,7 @@ def _sorted(name: str, open_member: Callable[[], contextlib.AbstractContextManag
     """Row and period rules in file order, then the series rules in time order through a staging table,
     then the writes (a rejected file costs no writes)."""
     rows = max(1, chunk_bytes // 32)
+    closes: np.ndarray | None  # the file's close times; staged.in_time_order gives them back
     with Staged(sink.conn, closes=True) as staged:
         with open_member() as f:
             chunks = _KlineChunks(name, f, chunk_bytes)

@@ -44,7 +44,7 @@ class Staged:
         rows["line"] = lines
         if closes is not None:
             rows["close_ms"] = closes
-        marks = ", ".join("?" * len(_ROW_DTYPE))
+        marks = ", ".join("?" * len(_ROW_DTYPE.names or ()))
         self.conn.executemany(f"INSERT INTO {TABLE}({_COLUMNS}, line, close_ms) VALUES ({marks})", rows.tolist())
 
     def in_time_order(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
