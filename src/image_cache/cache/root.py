@@ -269,8 +269,8 @@ class Tree:
         except RootError as exc:
             return 0, exc
         written = 0
-        for folder, group in itertools.groupby(checked, key=lambda item: item[0][:-1]):
-            group = list(group)
+        for folder, grouped in itertools.groupby(checked, key=lambda item: item[0][:-1]):
+            group = list(grouped)
             try:
                 fd = self._folder(folder, create=True)
             except (RootError, OSError) as exc:

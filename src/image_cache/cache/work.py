@@ -98,7 +98,7 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     tune_allocator()
     out = []
     # The files are written on a thread of their own while the next images are drawn.
-    with FileQueue(chunk.image_root) as files, Tree(chunk.image_root) as tree:
+    with FileQueue[Row](chunk.image_root) as files, Tree(chunk.image_root) as tree:
         for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason,
                                      strict=True):
             if files.failed:  # a file could not be written: drawing more would be wasted

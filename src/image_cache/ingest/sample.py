@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -239,7 +239,7 @@ def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[
          len(candles), inserted, revised, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
 
-def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
+def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
                  seed: int = 1, end: str = "2024-07-01", lock_wait: float = 30.0,
                  progress: Callable = no_progress, warn: Callable[[str], None] = no_warn) -> SampleResult:
     """Write the sample market for `symbols` into `db`: 1m plus SAMPLE_INTERVALS, one transaction per symbol."""
