@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
@@ -43,7 +44,7 @@ from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
 from image_cache.settings import Settings
 
-Target = "int | dict[str, int | float]"
+Target: TypeAlias = "int | dict[str, int | float]"
 Item = tuple[np.ndarray, Target, str]
 
 
@@ -138,7 +139,7 @@ class ChartDataset:
         w = self.windows[index]
         if self.targets is None:
             return w.classes[0]
-        values = {f"label_h{h}": c for h, c in zip(self.horizons, w.classes, strict=True)}
+        values: dict[str, int | float] = {f"label_h{h}": c for h, c in zip(self.horizons, w.classes, strict=True)}
         values.update({f"return_h{h}": r for h, r in zip(self.horizons, w.returns, strict=True)})
         return {name: values[name] for name in self.targets}
 

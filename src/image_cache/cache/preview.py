@@ -69,8 +69,8 @@ def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
     except OSError as exc:
         raise ImageCacheError(f"cannot read an image for the preview: "
                           f"{os_error_message('open', os.path.join(tree.root, rel_path), exc)} (run verify)") from None
-    with handle, Image.open(handle, formats=["PNG"]) as image:
-        image = image.convert("RGB")
+    with handle, Image.open(handle, formats=["PNG"]) as opened:
+        image = opened.convert("RGB")
     scale = CELL / max(image.width, image.height)
     # Nearest neighbour keeps small (jkx) images' pixels sharp when enlarged.
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
@@ -107,7 +107,7 @@ def is_our_sheet(path: str) -> bool:
                 return False
             handle.seek(0)
             with Image.open(handle, formats=["PNG"]) as image:
-                return image.text.get(SHEET_KEY) == SHEET_VALUE
+                return isinstance(image, PngImagePlugin.PngImageFile) and image.text.get(SHEET_KEY) == SHEET_VALUE
     except (OSError, SyntaxError, ValueError):
         return False
 

@@ -397,8 +397,8 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
                 result.recorded += 1
             writer.add([row])
         # Windows gone from the market: file first, then row.
-        for row in index.values_by_id(index_conn, p.drop, ["file_path"]).values():
-            tree.remove(row["file_path"])
+        for gone in index.values_by_id(index_conn, p.drop, ["file_path"]).values():
+            tree.remove(gone["file_path"])
         index.delete_rows(index_conn, p.drop.tolist())
         result.retired += len(p.drop)
         chunks.extend(split_months(series, p.draw, p.draw_reason, spec, preset, root, chunk_size))

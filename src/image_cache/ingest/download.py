@@ -337,6 +337,7 @@ def fetch_archive(fetch: Fetch, archive: Archive, *, today: date,
                 return replace(base, status="rejected-earlier", verified=True,
                                reason="rejected by an earlier ingest; --retry-failed downloads it again")
             if local_sha != rejected_sha:
+                assert checksum is not None  # `expected` was read from it
                 _write_atomic(fetch, dest + ".CHECKSUM", checksum)
                 return replace(base, status="cached", bytes=os.path.getsize(dest), verified=True)
         try:
