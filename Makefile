@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 COMPILED := src/image_cache/chart/_kernel.so src/image_cache/cache/_files.so
 DEMO   := demo-data
 
-.PHONY: venv test test-fast demo bench soak clean
+.PHONY: venv test test-fast lint demo bench soak clean
 
 venv: $(STAMP) $(COMPILED)
 
@@ -34,6 +34,11 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
+# The gates alone (make test runs them too, tests/test_gates.py): ruff over the checkout, mypy over the package.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 # Sample market -> render two presets -> verify -> show where the images are.
 DEMO_FLAGS := --market-db $(DEMO)/market.sqlite --index-db $(DEMO)/image_cache.sqlite \
               --image-root $(DEMO)/image-cache --symbols BTCUSDT,ETHUSDT --intervals 1h,4h --start 2024-06-24
@@ -57,4 +62,4 @@ soak: venv
 	$(PY) bench/determinism_soak.py --seconds 600 --record
 
 clean:
-	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis build dist src/*.egg-info
+	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist src/*.egg-info
