@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 COMPILED := src/image_cache/chart/_kernel.so src/image_cache/cache/_files.so
 DEMO   := demo-data
 
-.PHONY: venv test test-fast lint demo bench soak clean
+.PHONY: venv test test-fast lint docs demo bench soak clean
 
 venv: $(STAMP) $(COMPILED)
 
@@ -38,6 +38,10 @@ test-fast: venv
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# docs/cli.md from the parsers themselves (tests/test_cli_reference.py fails when it is out of date).
+docs: venv
+	PYTHONPATH=src $(PY) -m image_cache.cli.reference > docs/cli.md
 
 # Sample market -> render two presets -> verify -> show where the images are.
 DEMO_FLAGS := --market-db $(DEMO)/market.sqlite --index-db $(DEMO)/image_cache.sqlite \

@@ -67,7 +67,7 @@ def _repeat(spec: chart.Spec) -> int:
 
 def stages(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> dict[str, float]:
     """CPU ms of each stage of chart.render for the raster and jkx engines (module docstring)."""
-    values = chart._check_input(spec, times, ohlcv)
+    values = chart.check_input(spec, times, ohlcv)
     if spec.engine == "raster":
         draw: Callable[[], Any] = lambda: raster.draw_rows(spec, values)  # noqa: E731
         rows, palette = draw()
@@ -78,7 +78,7 @@ def stages(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> dict[str, 
     filtered = png._filtered(rows).copy()
     repeat = _repeat(spec)
     found = {
-        "check": best_ms(lambda: chart._check_input(spec, times, ohlcv), repeat),
+        "check": best_ms(lambda: chart.check_input(spec, times, ohlcv), repeat),
         "draw": best_ms(draw, repeat),
         "filter": best_ms(lambda: png._filtered(rows), repeat),
         "deflate": best_ms(lambda: png.deflate(filtered.data), repeat),

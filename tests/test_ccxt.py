@@ -109,3 +109,24 @@ def test_market_names_keep_settle_and_expiry_apart():
     assert market_name({"base": "BTC", "quote": "USD", "settle": "BTC",
                         "expiryDatetime": "2025-06-27T08:00:00.000Z"}) == "BTCUSD_BTC_250627"
     assert market_name({"base": "1000PEPE", "quote": "USDT"}) == "1000PEPEUSDT"
+
+
+def test_update_brings_another_exchanges_series_up_through_ccxt(tmp_path, fake, capsys):
+    """`update --exchange ID` for a venue without archives: CCXT alone, each series resumed after its last
+    stored candle, the same rows and series as `ingest ccxt`; Binance's futures markets are refused there."""
+    first = utc_ms("2024-04-14")
+    fake.add_series("spot", "BTCUSDT", "1h", first, 24)
+    db = tmp_path / "market.sqlite"
+    common = ["update", "--market-db", str(db), "--exchange", "binanceus", "--symbols", "BTC/USDT", "--intervals",
+              "1h", "--api-url", fake.url, "--json"]
+    assert ingest_main([*common, "--start", "2024-04-14"]) == 0
+    assert json.loads(capsys.readouterr().out)["api"]["ok"]
+    assert len(stored(db, "BTCUSDT-BINANCEUS-SPOT")) == 24
+    fetched = len(fake.api_requests("/api/v3/klines"))
+    assert ingest_main(common) == 0  # resumed after the last stored candle, no --start needed: nothing new
+    assert json.loads(capsys.readouterr().out)["api"]["files"]["ok"] == 0
+    asked = fake.api_requests("/api/v3/klines")[fetched:]
+    assert [int(q["startTime"]) for q in asked] == [first + 24 * INTERVAL_MS["1h"]]
+    assert len(stored(db, "BTCUSDT-BINANCEUS-SPOT")) == 24
+    assert ingest_main([*common, "--market", "um"]) == 1
+    assert capsys.readouterr().err.startswith("Error: --market um is Binance's; binanceus takes spot, swap or future")

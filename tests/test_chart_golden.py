@@ -1,6 +1,6 @@
 """Golden pixel hashes, file hashes and spec hashes of every preset, and byte-identical PNGs across calls and processes.
 
-A golden mismatch means the drawing changed: that requires bumping the engine's DRAW_VERSION in
+A golden mismatch means the drawing changed: that requires bumping the engine's draw_version (its Engine row) in
 chart/styles.py (every image it drew goes stale), then regenerating the goldens with
     PYTHONPATH=src:tests .venv/bin/python tests/test_chart_golden.py   (from the repository root)
 and pasting its output over GOLDEN_PIXELS, GOLDEN_FILES and GOLDEN_SPECS.

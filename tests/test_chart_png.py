@@ -13,7 +13,7 @@ from blake3 import blake3
 
 from chart_windows import open_times, trending
 from image_cache import chart
-from image_cache.chart import png
+from image_cache.chart import jkx, png, raster
 
 
 def reference_hash(data: bytes) -> str:
@@ -88,8 +88,8 @@ def test_bytes_do_not_depend_on_leftover_memory(monkeypatch, style, size, window
     clean = draw(style, size, window)
     for garbage in (0x00, 0x5A, 0xFF):
         dirty_empty = _filled_with(garbage)
-        monkeypatch.setattr(chart.raster.np, "empty", dirty_empty)
-        monkeypatch.setattr(chart.jkx.np, "empty", dirty_empty)
+        monkeypatch.setattr(raster.np, "empty", dirty_empty)
+        monkeypatch.setattr(jkx.np, "empty", dirty_empty)
         drawn = draw(style, size, window)
         monkeypatch.undo()
         stored = png._scratch.stored

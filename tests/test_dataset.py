@@ -19,6 +19,7 @@ from image_cache import chart
 from image_cache import settings as config
 from image_cache.cache.dataset import ChartDataset, ChartStream
 from image_cache.cache.exports.labels import parse_splits
+from image_cache.chart.png import encode_gray
 
 SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."
 
@@ -50,7 +51,7 @@ def settings_of(folder: Path) -> config.Settings:
 def pixel_hash(ds: ChartDataset, pixels: np.ndarray) -> str:
     if ds.palette is not None:
         return chart.encode_palette(pixels, ds.palette).pixel_hash
-    return chart.encode_gray(pixels).pixel_hash
+    return encode_gray(pixels).pixel_hash
 
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])

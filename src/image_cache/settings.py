@@ -195,7 +195,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("intervals", "--intervals", "comma-separated interval codes to draw", _names(check_interval), "IVS"),
     Option("img_size_px", "--size", "image edge in pixels (square presets)", _int(_positive), "PX"),
     Option("window_len", "--window", "candles per image", _int(_positive), "N"),
-    Option("style_name", "--style", "mike | jkx | mplfinance:<style>", _text, "STYLE"),
+    Option("style_name", "--style", chart.STYLES_USAGE, _text, "STYLE"),
     Option("style_version", "--style-version", "your version number of the style, part of file names",
            _int(_positive), "N"),
     Option("jkx_height", "--jkx-height", "jkx image height for window lengths other than 5, 20, 60",

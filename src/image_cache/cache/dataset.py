@@ -38,7 +38,7 @@ from image_cache.cache.exports.labels import (
 )
 from image_cache.cache.runner import Filters, make_spec, select_series
 from image_cache.cache.windows import Series, window_rows
-from image_cache.chart import jkx, modes, raster
+from image_cache.chart import modes
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
@@ -57,16 +57,6 @@ class _Window:
     returns: tuple[float, ...]  # per horizon
 
 
-def draw_pixels(spec: chart.Spec, times: np.ndarray, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
-    """The pixels chart.render would encode for these candles, without encoding them, and the palette."""
-    values = chart._check_input(spec, times, ohlcv)  # the same refusals as render (ChartError)
-    if spec.engine == "raster":
-        return raster.draw(spec, values)
-    if spec.engine == "jkx":
-        return jkx.draw(spec, values), None
-    return np.asarray(chart.decode(chart.render(spec, times, values).png)), None
-
-
 class ChartDataset:
     """The labelled windows of one split, drawn on access (map-style)."""
 
@@ -79,7 +69,7 @@ class ChartDataset:
             self.mode = modes.check(mode or modes.native(self.spec), self.spec)
         except chart.ChartError as exc:
             raise ImageCacheError(str(exc)) from None
-        own = raster.palette(self.spec) if modes.native(self.spec) == "palette" else None
+        own = chart.palette(self.spec)
         self.palette = own if self.mode == "palette" else None  # the colours of the indices
         self._convert = modes.Converter(self.spec, self.mode, own)
         self.horizons, self.class_names = horizons, label.names
@@ -150,7 +140,7 @@ class ChartDataset:
         w = self.windows[index]
         s = self.series[w.series]
         rows = window_rows(w.last, self.spec.window_len, self.spec.history)
-        pixels, _ = draw_pixels(self.spec, s.times[rows], s.ohlcv[rows])
+        pixels, _ = chart.draw_pixels(self.spec, s.times[rows], s.ohlcv[rows])
         return self._convert(pixels), self.target(index), w.key
 
     @property

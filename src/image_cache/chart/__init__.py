@@ -6,27 +6,32 @@ Engines: `raster` (preset mike), `jkx` (the Jiang-Kelly-Xiu OHLC images) and `mp
 
 from __future__ import annotations
 
+import functools
+import importlib
+from types import ModuleType
+
 import numpy as np
 
-from image_cache.chart import jkx, raster
-from image_cache.chart.png import (
-    PIXEL_HASH_VERSION,
-    Drawn,
-    decode,
-    encode_gray,
-    encode_palette,  # noqa: F401 - not used here: chart.encode_palette is for callers (the tests re-encode)
-    encode_palette4,
-    encode_rgb,
-    pixel_hash,
-    png_size,
+from image_cache.chart.png import PIXEL_HASH_VERSION, Drawn, decode, encode_palette, pixel_hash, png_size
+from image_cache.chart.styles import (
+    ENGINES,
+    STYLES,
+    STYLES_HELP,
+    STYLES_USAGE,
+    ChartError,
+    Engine,
+    Spec,
+    engine_of,
+    make_spec,
+    style_from_tag,
 )
-from image_cache.chart.styles import STYLES, STYLES_HELP, ChartError, Spec, make_spec, style_from_tag
 
-__all__ = ["PIXEL_HASH_VERSION", "STYLES", "STYLES_HELP", "ChartError", "Drawn", "Spec", "decode", "make_spec",
-           "pixel_hash", "png_size", "render", "style_from_tag"]
+__all__ = ["ENGINES", "PIXEL_HASH_VERSION", "STYLES", "STYLES_HELP", "STYLES_USAGE", "ChartError", "Drawn", "Engine",
+           "Spec", "check_input", "decode", "draw_pixels", "encode_palette", "make_spec", "palette", "pixel_hash",
+           "png_size", "render", "style_from_tag"]
 
 
-def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:
+def check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:
     expected = (spec.n_candles, 5)
     if ohlcv.shape != expected:
         raise ChartError(f"{spec.name} needs {expected[0]} candles x 5 columns, got shape {ohlcv.shape}")
@@ -40,29 +45,26 @@ def _check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np
     return values
 
 
-def _raster(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
-    rows, plte = raster.draw_rows(spec, values)
-    return encode_palette4(rows, spec.width, plte)
-
-
-def _jkx(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
-    return encode_gray(jkx.draw(spec, values))
-
-
-def _mplfinance(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
-    from image_cache.chart import mpl  # matplotlib costs ~0.5 s to import: only workers drawing with it pay
-
-    return encode_rgb(mpl.draw(spec, open_times_ms, values))
-
-
-# The engines by name (Spec.engine): a new engine is its module plus one line here.
-ENGINES = {"raster": _raster, "jkx": _jkx, "mplfinance": _mplfinance}
+@functools.cache
+def _module(engine: Engine) -> ModuleType:
+    """The engine's module, imported on first use (matplotlib costs ~0.5 s: only workers drawing with it pay)."""
+    return importlib.import_module(f"image_cache.chart.{engine.module}")
 
 
 def render(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> Drawn:
     """PNG bytes and pixel hash of one window: ohlcv rows are history + window candles, columns O, H, L, C, V."""
-    values = _check_input(spec, open_times_ms, ohlcv)
-    engine = ENGINES.get(spec.engine)
-    if engine is None:
-        raise ChartError(f"unknown engine {spec.engine!r}")
-    return engine(spec, open_times_ms, values)
+    values = check_input(spec, open_times_ms, ohlcv)
+    return _module(engine_of(spec)).draw_png(spec, open_times_ms, values)
+
+
+def draw_pixels(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """The pixels render() would encode, in the engine's own mode, without encoding them; and the palette
+    of a palette engine (None otherwise)."""
+    values = check_input(spec, open_times_ms, ohlcv)
+    return _module(engine_of(spec)).draw_pixels(spec, open_times_ms, values)
+
+
+def palette(spec: Spec) -> list[str] | None:
+    """The colours (hex) of the palette indices a palette engine's images hold; None for other engines."""
+    engine = engine_of(spec)
+    return _module(engine).palette(spec) if engine.mode == "palette" else None

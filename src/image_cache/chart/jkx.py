@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from image_cache.chart.kernel import kernel
+from image_cache.chart.png import Drawn, encode_gray
 from image_cache.chart.styles import ChartError, Spec
 
 
@@ -62,3 +63,11 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> np.ndarray:
     img = np.empty((height, spec.width), dtype=np.uint8)
     kernel.jkx(img, spec.width, height, price_h, rows, bars)
     return img
+
+
+def draw_png(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
+    return encode_gray(draw(spec, values))
+
+
+def draw_pixels(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, None]:
+    return draw(spec, values), None

@@ -1,6 +1,6 @@
 """Pixel modes a user asks images in (`--mode rgb|palette|gray`), and the conversions from an engine's own.
 
-Each engine draws in one mode (`NATIVE`): the raster engine palette indices, jkx gray levels, mplfinance
+Each engine draws in one mode (its `Engine.mode`): the raster engine palette indices, jkx gray levels, mplfinance
 RGB. Any of them converts to `rgb` or `gray` exactly as Pillow converts the PNG (`Image.convert`), so
 that a converted array equals what a client decoding the file in that mode gets; `palette` exists only
 where the engine draws one.
@@ -11,16 +11,15 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from image_cache.chart.styles import ChartError, Spec
+from image_cache.chart.styles import ChartError, Spec, engine_of
 
 MODES = ("rgb", "palette", "gray")
-NATIVE = {"raster": "palette", "jkx": "gray", "mplfinance": "rgb"}
 PIL_MODES = {"rgb": "RGB", "palette": "P", "gray": "L"}
 
 
 def native(spec: Spec) -> str:
     """The mode the spec's engine draws in."""
-    return NATIVE[spec.engine]
+    return engine_of(spec).mode
 
 
 def check(mode: str, spec: Spec) -> str:

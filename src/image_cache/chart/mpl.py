@@ -19,6 +19,7 @@ import mplfinance as mpf  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from image_cache.chart.png import Drawn, encode_rgb  # noqa: E402
 from image_cache.chart.styles import ChartError, Spec  # noqa: E402
 
 DPI = 100
@@ -48,3 +49,11 @@ def draw(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray
         return np.ascontiguousarray(rgba[:, :, :3])
     finally:
         plt.close(figure)
+
+
+def draw_png(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
+    return encode_rgb(draw(spec, open_times_ms, values))
+
+
+def draw_pixels(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, None]:
+    return draw(spec, open_times_ms, values), None

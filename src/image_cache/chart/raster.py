@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_cache.chart.kernel import kernel
-from image_cache.chart.png import palette_bytes
+from image_cache.chart.png import Drawn, encode_palette4, palette_bytes
 from image_cache.chart.styles import ChartError, Spec
 
 # Grid lines at fixed fractions of the price panel (quarters) and the middle of the volume panel.
@@ -130,3 +130,12 @@ def draw(spec: Spec, ohlcv: np.ndarray) -> tuple[np.ndarray, list[str]]:
     indices = np.empty((spec.height, spec.width), dtype=np.uint8)
     kernel.unpack4(packed, indices, spec.height, spec.width)  # in C: numpy's two strided writes took 2x longer
     return indices, palette(spec)
+
+
+def draw_png(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> Drawn:
+    rows, plte = draw_rows(spec, values)
+    return encode_palette4(rows, spec.width, plte)
+
+
+def draw_pixels(spec: Spec, open_times_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    return draw(spec, values)

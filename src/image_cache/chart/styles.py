@@ -15,8 +15,22 @@ from importlib import metadata
 
 from image_cache.core.errors import ChartError
 
-# Bump an engine's number whenever its drawing code changes pixels: every image it drew goes stale.
-DRAW_VERSION: dict[str, int] = {"raster": 1, "jkx": 1, "mplfinance": 1}
+
+@dataclass(frozen=True)
+class Engine:
+    """How one kind of image is drawn: the module of image_cache.chart that draws it (its `draw_png` and
+    `draw_pixels`, both (spec, open_times_ms, values)), the mode its pixels are in, and its draw version:
+    bump it whenever the module's code changes pixels, and every image it drew goes stale."""
+
+    name: str
+    module: str
+    mode: str  # rgb | palette | gray (chart/modes.py)
+    draw_version: int
+
+
+RASTER = Engine("raster", "raster", "palette", 1)
+JKX = Engine("jkx", "jkx", "gray", 1)
+MPLFINANCE = Engine("mplfinance", "mpl", "rgb", 1)
 
 # mplfinance 0.12.10b0's built-in styles (pinned; tests compare with mplfinance.available_styles()),
 # listed here so that validating a style name never imports matplotlib.
@@ -25,7 +39,6 @@ MPL_STYLES: tuple[str, ...] = (
     "ibd", "kenan", "mike", "nightclouds", "sas", "starsandstripes", "tradingview", "yahoo",
 )
 MPL_PREFIX = "mplfinance:"
-STYLES_HELP = "mike (default), jkx, or mplfinance:<style> with <style> one of " + ", ".join(MPL_STYLES)
 
 # mplfinance's "mike" palette (mplfinance 0.12.10b0's style file); roles are what the raster engine paints.
 MIKE_COLOURS: tuple[tuple[str, str], ...] = (
@@ -61,6 +74,7 @@ class Spec:
     version: int
     history: int
     file_tag: str
+    draw_version: int  # the engine's (Engine.draw_version): part of the hash, so a bump makes images stale
     colours: tuple[tuple[str, str], ...] = ()
     mpl_style: str = ""
     # Library versions that decide pixels (mplfinance engine only: the raster engines need none).
@@ -68,12 +82,11 @@ class Spec:
 
     @functools.cached_property
     def spec_hash(self) -> str:
-        """SHA-256 of a canonical JSON of the fields that affect pixels and the engine's DRAW_VERSION."""
+        """SHA-256 of a canonical JSON of the fields that affect pixels, the engine's draw version included."""
         fields = asdict(self)
         # The user's style_version only names files; file_tag and name are derived from the rest.
         for key in ("version", "file_tag"):
             del fields[key]
-        fields["draw_version"] = DRAW_VERSION[self.engine]
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -104,8 +117,8 @@ def _mike(style: str, size: int, window_len: int, version: int, jkx_height: int)
     if size < smallest:
         raise ChartError(f"image size {size} px is too small for a {window_len}-candle window: "
                          f"mike needs at least {smallest} px")
-    return Spec(name="mike", engine="raster", width=size, height=size, window_len=window_len,
-                version=version, history=0, file_tag="", colours=MIKE_COLOURS)
+    return Spec(name="mike", engine=RASTER.name, width=size, height=size, window_len=window_len,
+                version=version, history=0, file_tag="", draw_version=RASTER.draw_version, colours=MIKE_COLOURS)
 
 
 def _jkx(style: str, size: int, window_len: int, version: int, jkx_height: int) -> Spec:
@@ -113,39 +126,54 @@ def _jkx(style: str, size: int, window_len: int, version: int, jkx_height: int) 
     if height is None:
         _check_int("jkx height", jkx_height, JKX_MIN_HEIGHT, MAX_SIZE)
         height = jkx_height
-    return Spec(name="jkx", engine="jkx", width=3 * window_len, height=height, window_len=window_len,
-                version=version, history=window_len - 1, file_tag="jkx", colours=JKX_COLOURS)
+    return Spec(name="jkx", engine=JKX.name, width=3 * window_len, height=height, window_len=window_len,
+                version=version, history=window_len - 1, file_tag="jkx", draw_version=JKX.draw_version,
+                colours=JKX_COLOURS)
 
 
 def _mplfinance(style: str, size: int, window_len: int, version: int, jkx_height: int) -> Spec:
     mpl_style = style[len(MPL_PREFIX):]
     _check_int("image size", size, MPL_MIN_SIZE, MAX_SIZE)
     libraries = tuple((lib, metadata.version(lib)) for lib in ("matplotlib", "mplfinance"))
-    return Spec(name=style, engine="mplfinance", width=size, height=size, window_len=window_len,
-                version=version, history=0, file_tag="mpl-" + mpl_style, mpl_style=mpl_style,
-                libraries=libraries)
+    return Spec(name=style, engine=MPLFINANCE.name, width=size, height=size, window_len=window_len,
+                version=version, history=0, file_tag="mpl-" + mpl_style, draw_version=MPLFINANCE.draw_version,
+                mpl_style=mpl_style, libraries=libraries)
 
 
 @dataclass(frozen=True)
 class Style:
-    """A registry entry: the style names it serves, the file tag of each, and how its spec is made
-    (from style, size, window length, version and jkx height)."""
+    """A registry entry: the style names it serves, the file tag of each, how its spec is made (from style,
+    size, window length, version and jkx height), the engine that draws it, and how --help names it."""
 
     names: tuple[str, ...]
     tag: Callable[[str], str]
     make: Callable[[str, int, int, int, int], Spec]
+    engine: Engine
+    usage: str  # the name as --style takes it
+    help: str   # the name in the list of valid styles
 
 
-# The style registry: adding a style is its engine module (and an entry in chart.ENGINES) plus one line
-# here. File names carry the tag, so cache/layout.py recognises every registered style's images.
+# The style registry: a new style is its engine module (draw_png, draw_pixels) and one row here. File names
+# carry the tag, so cache/layout.py recognises every registered style's images.
 REGISTRY: tuple[Style, ...] = (
-    Style(("mike",), lambda name: "", _mike),
-    Style(("jkx",), lambda name: "jkx", _jkx),
-    Style(tuple(MPL_PREFIX + s for s in MPL_STYLES), lambda name: "mpl-" + name[len(MPL_PREFIX):], _mplfinance),
+    Style(("mike",), lambda name: "", _mike, RASTER, "mike", "mike (default)"),
+    Style(("jkx",), lambda name: "jkx", _jkx, JKX, "jkx", "jkx"),
+    Style(tuple(MPL_PREFIX + s for s in MPL_STYLES), lambda name: "mpl-" + name[len(MPL_PREFIX):], _mplfinance,
+          MPLFINANCE, "mplfinance:<style>", "mplfinance:<style> with <style> one of " + ", ".join(MPL_STYLES)),
 )
 _BY_NAME = {name: style for style in REGISTRY for name in style.names}
 _BY_TAG = {style.tag(name): name for style in REGISTRY for name in style.names}
+ENGINES: dict[str, Engine] = {style.engine.name: style.engine for style in REGISTRY}
 STYLES: tuple[str, ...] = tuple(_BY_NAME)
+STYLES_USAGE = " | ".join(style.usage for style in REGISTRY)
+STYLES_HELP = ", ".join(style.help for style in REGISTRY[:-1]) + ", or " + REGISTRY[-1].help
+
+
+def engine_of(spec: Spec) -> Engine:
+    engine = ENGINES.get(spec.engine)
+    if engine is None:
+        raise ChartError(f"unknown engine {spec.engine!r}")
+    return engine
 
 
 def make_spec(style: str, size: int, window_len: int, version: int = 1, jkx_height: int = 64) -> Spec:

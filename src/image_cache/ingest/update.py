@@ -2,9 +2,11 @@
 
 Archives first (monthly files for whole months, then daily files, where Binance Vision has published
 them), from the day after the last archive period the registry holds; then the REST API for the
-tail the archives do not cover yet. A later archive for a period fetched over REST supersedes those
-rows (the registry counts the revisions). Symbols may be listed, read from `@FILE` (one per line), or
-taken from the exchange's instrument list (`--quote USDT`: every trading symbol quoted in USDT).
+tail the archives do not cover yet. Another exchange (`--exchange okx`) has no archives: its series are
+brought up through CCXT alone (`ingest ccxt`, which resumes each series after its last stored candle). A
+later archive for a period fetched over REST supersedes those rows (the registry counts the revisions).
+Symbols may be listed, read from `@FILE` (one per line), or taken from the exchange's instrument list
+(`--quote USDT`: every trading symbol quoted in USDT).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, iso_utc, now_ms
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, UnknownSymbol
+from image_cache.ingest.ccxt_source import MARKET_TYPES, ccxt_ingest
 from image_cache.ingest.dates import START_FLAG
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
 from image_cache.ingest.network import Network
 from image_cache.ingest.registry import writer
 from image_cache.ingest.rest import (
+    MARKETS,
     Client,
-    add_market_arguments,
     add_top_arguments,
     check_api_url,
     check_market,
@@ -212,6 +215,16 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
     return result
 
 
+def update_ccxt(db: str, *, exchange: str, symbols: list[str], intervals: list[str], market: str = "spot",
+                **options: Any) -> UpdateResult:
+    """`update` for an exchange without archives: every series through CCXT, from after its last stored candle
+    (a new one from `start`)."""
+    if market not in MARKET_TYPES:
+        raise MarketError(f"--market {market} is Binance's; {exchange} takes spot, swap or future")
+    api = ccxt_ingest(db, exchange=exchange, symbols=symbols, intervals=intervals, market=market, **options)
+    return UpdateResult(symbols=api.symbols, api=api, seconds=api.seconds)
+
+
 def _utc_day(ms: int) -> date:
     return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
 
@@ -228,13 +241,22 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intervals", type=flags.intervals, required=True, help="comma-separated, e.g. 1m,1h")
     p.add_argument("--start", type=START_FLAG, help="first UTC day for series with no archives yet: a date, "
                    "N days ago, today or inception")
-    add_market_arguments(p)
+    p.add_argument("--exchange", default="binance",
+                   help="binance (archives, then its REST API), or any CCXT exchange id (no archives: CCXT alone, "
+                        "with CCXT symbols such as BTC/USDT and --market spot, swap or future)")
+    p.add_argument("--market", choices=tuple(dict.fromkeys((*MARKETS, *MARKET_TYPES))), default="spot",
+                   help="binance: spot, USDⓈ-M (um) or COIN-M (cm); another exchange: spot, swap or future")
+    p.add_argument("--api-url", help="REST API root (default: the market's own)")
     add_top_arguments(p)
     add_archive_arguments(p)
     add_jobs_argument(p)
 
 
 def _run(args: argparse.Namespace, hooks: Hooks) -> UpdateResult:
+    if args.exchange != "binance":
+        return update_ccxt(args.db, exchange=args.exchange, symbols=args.symbols, intervals=args.intervals,
+                           market=args.market, top=args.top, quote=args.quote, start=args.start,
+                           api_url=args.api_url, lock_wait=args.lock_wait, **hooks)
     return update(args.db, symbols=args.symbols, intervals=args.intervals, quote=args.quote, top=args.top,
                   market=args.market,
                   start=args.start, api_url=args.api_url, base_url=args.base_url, mirror=args.mirror,
