@@ -34,10 +34,12 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
-# The gates alone (make test runs them too, tests/test_gates.py): ruff over the checkout, mypy over the package.
+# The gates alone (make test runs them too, tests/test_gates.py): ruff over the checkout, mypy over the package,
+# import-linter's layers.
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	cd src && ../$(VENV)/bin/lint-imports --config ../pyproject.toml
 
 # docs/cli.md from the parsers themselves (tests/test_cli_reference.py fails when it is out of date).
 docs: venv
