@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 COMPILED := src/image_cache/chart/_kernel.so src/image_cache/cache/_files.so
 DEMO   := demo-data
 
-.PHONY: venv test test-fast docs demo bench soak clean
+.PHONY: venv test test-fast lint docs demo bench soak clean
 
 venv: $(STAMP) $(COMPILED)
 
@@ -34,6 +34,13 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
+# The gates alone (make test runs them too, tests/test_gates.py): ruff over the checkout, mypy over the package,
+# import-linter's layers.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	cd src && ../$(VENV)/bin/lint-imports --config ../pyproject.toml
+
 # docs/cli.md from the parsers themselves (tests/test_cli_reference.py fails when it is out of date).
 docs: venv
 	PYTHONPATH=src $(PY) -m image_cache.cli.reference > docs/cli.md
@@ -61,4 +68,4 @@ soak: venv
 	$(PY) bench/determinism_soak.py --seconds 600 --record
 
 clean:
-	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis build dist src/*.egg-info
+	rm -rf $(VENV) $(COMPILED) $(DEMO) bench/work .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist src/*.egg-info

@@ -361,8 +361,8 @@ def verify_section(ctx: Context) -> Section:
 
 def ingest_section(ctx: Context) -> Section:
     """12 monthly Binance Vision zips of 1m candles for one symbol (a year, 525,600 rows minus gaps)."""
-    from image_cache.ingest.sample import generate_symbol
     from image_cache.core.grid import utc_ms
+    from image_cache.ingest.sample import generate_symbol
 
     mirror = WORK / "zips"
     if not mirror.exists():
@@ -377,7 +377,7 @@ def ingest_section(ctx: Context) -> Section:
                      for t, o, h, lo, c, v, ct, q, n, tb, tq in zip(
                          part["open_time"], part["open"], part["high"], part["low"], part["close"], part["volume"],
                          close, part["quote_asset_volume"], part["trades"], part["taker_buy_base_volume"],
-                         part["taker_buy_quote_volume"])]
+                         part["taker_buy_quote_volume"], strict=True)]
             with zipfile.ZipFile(mirror / f"{stem}.zip", "w", zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(f"{stem}.csv", "\n".join(lines) + "\n")
             digest = hashlib.sha256((mirror / f"{stem}.zip").read_bytes()).hexdigest()
@@ -423,9 +423,11 @@ def ingest_rates_section(ctx: Context) -> Section:
     from bench import ingest_speed
 
     rows = ingest_speed.rows(csv_mb=40 if ctx.quick else 159, rest_candles=40_000 if ctx.quick else 200_000)
-    lines = ["### Ingest rates (bench/ingest_speed.py)", "", "| figure | candles/s (wall) | candles per CPU s | peak MB |",
+    lines = ["### Ingest rates (bench/ingest_speed.py)", "",
+             "| figure | candles/s (wall) | candles per CPU s | peak MB |",
              "|---|---:|---:|---:|"]
-    lines += [f"| {r['figure']} | {r['candles_per_s']:,} | {r['candles_per_cpu_s']:,} | {r['peak_mb']:,} |" for r in rows]
+    lines += [f"| {r['figure']} | {r['candles_per_s']:,} | {r['candles_per_cpu_s']:,} | {r['peak_mb']:,} |"
+              for r in rows]
     archive, _, csv = rows
     targets = [Target("archive ingest ≥ 300,000 candles/s on one core (issue 12)",
                       f"{archive['candles_per_cpu_s']:,} per CPU s, {archive['candles_per_s']:,}/s wall",

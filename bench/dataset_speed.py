@@ -20,9 +20,8 @@ import numpy as np
 from bench.chart_speed import CASES, _repeat, best_ms, window
 from image_cache import chart
 from image_cache.cache.dataset import ChartDataset
-from image_cache.chart import draw_pixels
 from image_cache.cache.windows import window_rows
-from image_cache.chart import raster
+from image_cache.chart import draw_pixels, raster
 from image_cache.chart.kernel import kernel
 
 

@@ -179,7 +179,8 @@ def main() -> int:
         for p in burners:
             p.join()
         shutil.rmtree(work, ignore_errors=True)
-    layers = {layer: sum(m["layer"] == layer for m in mismatches) for layer in ("candles", "pixels", "encoding", "write")}
+    layers = {layer: sum(m["layer"] == layer for m in mismatches)
+              for layer in ("candles", "pixels", "encoding", "write")}
     result = {"renders": renders, "repairs": repairs, "images_compared": compared, "mismatches": len(mismatches),
               "by_layer": layers, "load_processes": args.load, "seed": seed,
               "seconds": round(time.monotonic() - began, 1),

@@ -170,8 +170,8 @@ def _preset_rows(work: Path, days: int, rounds: int, style: str, size: int, wind
 
     for fmt in ("imagefolder", "parquet", "webdataset", "numpy", "manifest"):
         options = ExportOptions(format=fmt, horizons=horizons, splits=parse_splits(SPLIT), force=True)
-        seconds, count = best(lambda: export(settings, Filters(), str(out / fmt), options).counts["exported"],
-                              rounds)
+        seconds, count = best(lambda fmt=fmt, options=options:  # bound now: the loop moves on
+                              export(settings, Filters(), str(out / fmt), options).counts["exported"], rounds)
         add(f"export {fmt}", seconds, count)
     png = [best(lambda: read_imagefolder(out / "imagefolder"), rounds),
            best(lambda: read_png_bytes(out / "imagefolder"), rounds),
@@ -181,7 +181,7 @@ def _preset_rows(work: Path, days: int, rounds: int, style: str, size: int, wind
     for case, figure in zip(("read imagefolder: Pillow open + numpy", "read PNG files: bytes + Pillow decode",
                              "read parquet: pandas + Pillow decode",
                              "read parquet: datasets.load_dataset + iterate (Arrow cache built each round)",
-                             "read webdataset: WebDataset.decode"), png):
+                             "read webdataset: WebDataset.decode"), png, strict=True):
         add(case, *figure)
     add("read numpy: one image at a time from the memory map", *best(lambda: read_numpy_mmap(out / "numpy"), rounds))
     add("read numpy: np.load of each split whole", *best(lambda: read_numpy_whole(out / "numpy"), rounds))

@@ -62,7 +62,7 @@ def _kline_lines(part: np.ndarray) -> list[str]:
             for t, o, h, lo, c, v, ct, q, n, tb, tq in zip(
                 part["open_time"], part["open"], part["high"], part["low"], part["close"], part["volume"], close,
                 part["quote_asset_volume"], part["trades"], part["taker_buy_base_volume"],
-                part["taker_buy_quote_volume"])]
+                part["taker_buy_quote_volume"], strict=True)]
 
 
 def write_zips(folder: Path) -> int:

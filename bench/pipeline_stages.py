@@ -61,8 +61,8 @@ def install() -> dict[str, float]:
 def measure(spent: dict[str, float], market: str, folder: Path, flags: list[str], count: int) -> dict[str, float]:
     """Stage ms per image of one render of `count` images (15m windows of BTCUSDT and ETHUSDT), with the
     render's own flags (e.g. --size 224 --window 60)."""
-    from image_cache.cli import settings as config
     from image_cache.cache import runner
+    from image_cache.cli import settings as config
 
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)

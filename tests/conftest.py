@@ -125,7 +125,8 @@ def installed(tmp_path_factory) -> Path:
         "*.egg-info", "*.sqlite*", "image-cache", ".pytest_cache", ".hypothesis"))
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c",
+                                "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     shared = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site / "_image_cache_test_deps.pth").write_text("\n".join(sorted(shared)) + "\n")

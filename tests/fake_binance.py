@@ -105,7 +105,8 @@ def _handler(fake: FakeBinance) -> type[BaseHTTPRequestHandler]:
                 if fault in ("429", "418"):
                     return self._error(int(fault), -1003, "Too many requests", {"Retry-After": "1"})
                 if fault == "malformed":  # 200 OK, but klines of 11 fields
-                    return self._send(200, json.dumps([[0, "1", "1", "1", "1", "1", 59_999, "1", 1, "1", "1"]]).encode())
+                    klines = [[0, "1", "1", "1", "1", "1", 59_999, "1", 1, "1", "1"]]
+                    return self._send(200, json.dumps(klines).encode())
                 if fault.startswith("slow:"):
                     time.sleep(float(fault[5:]))
                 else:

@@ -35,12 +35,12 @@ from image_cache import chart  # noqa: E402
 from image_cache.cache import runner, verify  # noqa: E402
 from image_cache.cache.market import open_market, read_series  # noqa: E402
 from image_cache.cache.windows import fingerprint, window_rows  # noqa: E402
-from image_cache.settings import Settings  # noqa: E402
 from image_cache.core.db import lock_is_held  # noqa: E402
 from image_cache.core.errors import ImageCacheError  # noqa: E402
 from image_cache.core.grid import iso_utc  # noqa: E402
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles  # noqa: E402
 from image_cache.ingest.venues import BINANCE_SPOT  # noqa: E402
+from image_cache.settings import Settings  # noqa: E402
 
 HOUR = 3_600_000
 T0 = 1_719_792_000_000  # 2024-07-01T00:00Z
@@ -212,7 +212,8 @@ class Walk:
         if deep:
             self.damaged.clear()
         else:  # fast mode sees changed sizes only; a flipped byte waits for a deep verify
-            self.damaged = {p for p in self.damaged if os.path.isfile(self.root / p) and not os.path.islink(self.root / p)
+            self.damaged = {p for p in self.damaged
+                            if os.path.isfile(self.root / p) and not os.path.islink(self.root / p)
                             and (self.root / p).stat().st_size == self._row_size(p)}
         self._check_planted_judged(first)
         return f"verify deep={deep}: {first['counts']}"
@@ -436,8 +437,8 @@ class Walk:
 
     def _blocked_paths(self) -> list[str]:
         with self._index() as conn:
-            paths = [r[0] for r in conn.execute("SELECT file_path FROM images WHERE style_name = ? AND status = 'missing' "
-                                                "AND reason LIKE 'blocked: %'",
+            paths = [r[0] for r in conn.execute("SELECT file_path FROM images WHERE style_name = ? "
+                                                "AND status = 'missing' AND reason LIKE 'blocked: %'",
                                                 (self.preset["style_name"],))]
         conn.close()
         return paths
@@ -496,7 +497,8 @@ class Walk:
             gone = ends[symbol] - set(times)
             if unindexed or gone:
                 raise Violation(f"{symbol} after a full render: windows without a row at "
-                                f"{sorted(map(iso_utc, unindexed))[:3]}, rows of no candle at {sorted(map(iso_utc, gone))[:3]}")
+                                f"{sorted(map(iso_utc, unindexed))[:3]}, "
+                                f"rows of no candle at {sorted(map(iso_utc, gone))[:3]}")
 
     def _check_counts(self) -> None:
         """Right after a full render, a dry run counts every row of the preset (most from stamps)."""
@@ -593,7 +595,7 @@ def main() -> int:
               for k, seed in enumerate(range(args.seed, args.seed + args.sequences, block))]
     count, violations = 0, []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for done, (n, found) in enumerate(pool.map(_block, blocks), 1):
+        for n, found in pool.map(_block, blocks):
             count += n
             violations += found
             for text in found:

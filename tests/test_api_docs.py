@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 API_DOC = REPO / "docs" / "api.md"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive, zip_bytes
-from image_cache.ingest.binance_vision import ingest_paths, parse_name, read_member
 from image_cache.core.db import writer_lock
 from image_cache.core.errors import LockHeld, MarketError
 from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import ingest_paths, parse_name, read_member
 from image_cache.ingest.schema import read_candles
 
 REPO = Path(__file__).resolve().parents[1]

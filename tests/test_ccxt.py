@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pytest
-from fake_binance import FakeBinance
 
+from fake_binance import FakeBinance
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.core.grid import INTERVAL_MS, utc_ms
 from image_cache.ingest.ccxt_source import ccxt_ingest, market_name

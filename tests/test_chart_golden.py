@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from chart_windows import BUILDERS, open_times
 from image_cache import chart
 from image_cache.chart.styles import MIKE_COLOURS
-from chart_windows import BUILDERS, open_times
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,9 @@ def test_fresh_process_gives_identical_bytes(tmp_path):
               "for i, name in enumerate(sys.argv[2:]):\n"
               "    Path(sys.argv[1], str(i)).write_bytes(draw_case(name).png)\n")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path), *names], cwd=REPO, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}{os.pathsep}{REPO / 'tests'}"})
+                            text=True, timeout=120,
+                            env={**os.environ,
+                                 "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}{os.pathsep}{REPO / 'tests'}"})
     assert result.returncode == 0, result.stderr
     for i, name in enumerate(names):
         assert (tmp_path / str(i)).read_bytes() == draw_case(name).png, name

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chart_windows import flat, open_times, trending
 from image_cache import chart
 from image_cache.chart import jkx
-from chart_windows import flat, open_times, trending
 
 # 4 history candles at 12 (the MA's extra history), then the 5-period window; columns O, H, L, C, V.
 HISTORY = [(12.0, 12.0, 12.0, 12.0, 1.0)] * 4

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chart_windows import open_times, trending
 from image_cache import chart
 from image_cache.chart import jkx, kernel, raster
 from image_cache.chart.styles import JKX_MIN_HEIGHT, raster_min_size
-from chart_windows import open_times, trending
 from test_chart_jkx import sequential_moving_average
 from test_chart_properties import windows
 
@@ -86,7 +86,7 @@ def test_stale_build_is_refused(tmp_path, monkeypatch):
     edited.write_bytes(kernel.SOURCE.read_bytes() + b"\n/* edited */\n")
     monkeypatch.setattr(kernel, "SOURCE", edited)
     with pytest.raises(chart.ChartError, match=r"built from another image_cache/chart/_kernel.c: run `make venv`"):
-        kernel.load().mike
+        kernel.load().mike  # noqa: B018 - any attribute of an unbuilt module raises, which is the subject
 
 
 def test_missing_build_is_a_one_line_cli_error(tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from chart_windows import flat, open_times, trending, zero_volume
 from image_cache import chart
 from image_cache.chart.styles import MPL_STYLES, STYLES
-from chart_windows import flat, open_times, trending, zero_volume
 from test_chart_raster import png_chunks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from blake3 import blake3
 
+from chart_windows import open_times, trending
 from image_cache import chart
 from image_cache.chart import jkx, png, raster
-from chart_windows import open_times, trending
 
 
 def reference_hash(data: bytes) -> str:
@@ -73,6 +73,13 @@ def test_reused_buffers_give_the_bytes_of_a_fresh_process_order():
         assert list(pool.map(lambda case: draw(*case).png, cases * 4)) == alone * 4
 
 
+def _filled_with(garbage: int):
+    """np.empty that hands out memory filled with `garbage`."""
+    def dirty_empty(shape, dtype=float, **kwargs):
+        return np.full(shape, garbage, dtype=dtype)
+    return dirty_empty
+
+
 @pytest.mark.parametrize("style,size,window", [("mike", 128, 30), ("mike", 97, 31), ("mike", 1280, 150),
                                                ("jkx", 0, 5), ("jkx", 0, 60)])
 def test_bytes_do_not_depend_on_leftover_memory(monkeypatch, style, size, window):
@@ -80,9 +87,7 @@ def test_bytes_do_not_depend_on_leftover_memory(monkeypatch, style, size, window
     clean memory (a read of memory nobody wrote would make them vary from run to run)."""
     clean = draw(style, size, window)
     for garbage in (0x00, 0x5A, 0xFF):
-        def dirty_empty(shape, dtype=float, **kwargs):
-            return np.full(shape, garbage, dtype=dtype)
-
+        dirty_empty = _filled_with(garbage)
         monkeypatch.setattr(raster.np, "empty", dirty_empty)
         monkeypatch.setattr(jkx.np, "empty", dirty_empty)
         drawn = draw(style, size, window)

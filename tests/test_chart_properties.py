@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from image_cache import chart
 from chart_windows import open_times
+from image_cache import chart
 
 MIKE = chart.make_spec("mike", 128, 20)
 JKX = chart.make_spec("jkx", 0, 20)

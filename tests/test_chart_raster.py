@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-from image_cache import chart
 from chart_windows import alternating, flat, one_huge_candle, open_times, trending, zero_volume
+from image_cache import chart
 
 BACKGROUND, GRID, WHITE, BLACK, BLUE, VOLUME = ((10, 10, 10), (46, 46, 46), (255, 255, 255), (0, 0, 0),
                                               (0, 128, 255), (113, 137, 170))
@@ -34,7 +34,7 @@ def is_colour(pixels: np.ndarray, *colours: tuple[int, int, int]) -> np.ndarray:
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, length) of each run of True in a 1-D mask."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
-    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def price_area(size: int) -> slice:
@@ -120,7 +120,8 @@ def test_up_and_down_candle_colours():
 def test_wick_is_one_centred_column():
     pixels, found = _columns_320()
     for i, (start, width) in enumerate(found):
-        body_top = min(_rows_of(pixels, start, WHITE).min(initial=10**6), _rows_of(pixels, start, BLUE).min(initial=10**6))
+        body_top = min(_rows_of(pixels, start, WHITE).min(initial=10**6),
+                       _rows_of(pixels, start, BLUE).min(initial=10**6))
         above = is_colour(pixels[:body_top, start:start + width], *CANDLE).any(axis=0)
         assert width % 2 == 1 and np.flatnonzero(above).tolist() == [width // 2], i
         # High to low through the body with no hole: one run of candle colours in the centre column.
@@ -145,7 +146,7 @@ def test_volume_bars_proportional_max_fills_panel_zero_has_none():
     assert heights.index(tallest) == 4  # volume 40
     # The tallest bar nearly fills the bottom fifth and stays inside it.
     assert 320 // 5 * 0.85 <= tallest <= 320 // 5
-    for i, (volume, height) in enumerate(zip(window[:, 4], heights)):
+    for i, (volume, height) in enumerate(zip(window[:, 4], heights, strict=True)):
         assert abs(height - volume / 40 * tallest) <= 1, i
     for i in (2, 8):
         start, width = found[i]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import render_cli
 from image_cache import settings as config
 from image_cache.settings import ConfigError, Settings
-from conftest import render_cli
 
 
 def test_defaults_match_the_product_brief():

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.core.grid import DAY_MS, utc_ms
+from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.schema import read_candles
 
 pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)

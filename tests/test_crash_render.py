@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from image_cache.chart import pixel_hash
 from conftest import REPO, index_rows, run_cli, tree_digest
+from image_cache.chart import pixel_hash
 
 pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
 
@@ -153,7 +153,8 @@ def _differences(root: Path, reference: Path, runs: list[subprocess.CompletedPro
 def test_kill_at_a_named_moment(tmp_path: Path, sample_market: Path, reference, point: str, nth: int):
     _prepare(tmp_path, sample_market)
     crashed = subprocess.run([sys.executable, "-c", CRASHER, point, str(nth), *ARGS, "--jobs", "1"],
-                             cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
+                             cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                              timeout=300)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     if point == "before-rename":

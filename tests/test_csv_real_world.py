@@ -116,7 +116,8 @@ def test_a_huge_trade_count_is_not_called_negative() -> None:
     data = b"date,open,high,low,close,volume,trades\n2024-01-01,1,2,0.5,1.5,10,1e30\n"
     with pytest.raises(MarketError) as info:
         parse_csv("t.csv", data, "1d")
-    assert str(info.value) == "t.csv: line 2: integer: trades is '1e30', too large for a count (at most 9007199254740991)"
+    assert str(info.value) == ("t.csv: line 2: integer: trades is '1e30', too large for a count "
+                               "(at most 9007199254740991)")
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from image_cache.ingest.csv_source import ingest_csv, parse_csv
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import utc_ms
+from image_cache.ingest.csv_source import ingest_csv, parse_csv
 
 REPO = Path(__file__).resolve().parents[1]
 ISO = b"Date,OPEN,High,low,Close,Volume\n2024-01-01,1,2,0.5,1.5,10\n2024-01-02,1.5,2,1,1.2,11\n"
@@ -43,7 +43,8 @@ def test_explicit_time_column_and_unit() -> None:
     data = b"when,open,high,low,close,volume\n1704067200,1,2,0.5,1.5,10\n"
     parsed = parse_csv("a.csv", data, "1m", time_column="WHEN", time_unit="s")
     assert parsed.candles["open_time"].tolist() == [utc_ms("2024-01-01")]
-    with pytest.raises(MarketError, match=r"a.csv: line 2: time unit: when 1704067200 has 10 digits, expected 13 \(ms\)"):
+    with pytest.raises(MarketError,
+                       match=r"a.csv: line 2: time unit: when 1704067200 has 10 digits, expected 13 \(ms\)"):
         parse_csv("a.csv", data, "1m", time_column="when", time_unit="ms")
 
 
@@ -53,7 +54,8 @@ def test_explicit_time_column_and_unit() -> None:
     (ISO + b"2024-01-03,1,2,x,1,1\n", "a.csv: line 4: decimal number: low is 'x'"),
     (ISO + b"2024-01-3x,1,2,0.5,1,1\n", "a.csv: line 4: time: Date '2024-01-3x' is not an ISO 8601 date"),
     (ISO + b"2024-01-03,1,2,1.1,1,1\n", "a.csv: line 4: low <= min(open, close): low 1.1, open 1.0, close 1.0"),
-    (ISO + b"2024-01-01,1,2,0.5,1.4,10\n", "a.csv: line 4: duplicate open time: open_time 2024-01-01T00:00:00Z also on line 2"),
+    (ISO + b"2024-01-01,1,2,0.5,1.4,10\n",
+     "a.csv: line 4: duplicate open time: open_time 2024-01-01T00:00:00Z also on line 2"),
     (b"date,open,high,low,close,volume\n", "a.csv: no rows: the file has a header and no data rows"),
 ])
 def test_errors_name_line_and_rule(data: bytes, message: str) -> None:
@@ -90,11 +92,12 @@ def test_cli(tmp_path: Path) -> None:
     db = str(tmp_path / "market.sqlite")
 
     def run(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ingest", "csv", str(path), "--market-db", db, "--symbol", "ABCUSDT",
-                               "--interval", "1d"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-m", "ingest", "csv", str(path), "--market-db", db, "--symbol",
+                               "ABCUSDT", "--interval", "1d"], cwd=REPO, capture_output=True, text=True, timeout=60)
 
     ok = run(good)
-    assert ok.returncode == 0 and ok.stdout.startswith("files: 1 ok, 0 skipped, 0 rejected, 0 unverified; rows: 2 inserted")
+    assert ok.returncode == 0
+    assert ok.stdout.startswith("files: 1 ok, 0 skipped, 0 rejected, 0 unverified; rows: 2 inserted")
     rejected = run(bad)
     assert rejected.returncode == 1
     assert rejected.stdout.splitlines()[0] == "rejected: bad.csv: line 4: volume >= 0: volume is -1.0"

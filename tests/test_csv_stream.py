@@ -145,7 +145,7 @@ def test_ingest_in_small_chunks_writes_the_same_market(tmp_path: Path, rows: lis
     assert seen[0] == seen[1]
     assert seen[0][1:] == counts
     gaps = [line for line in seen[0][0] if "known_gaps\" VALUES" in line]
-    assert gaps == ['INSERT INTO "known_gaps" VALUES(1,%d,%d);' % (T0 + gap[0] * HOUR, T0 + gap[1] * HOUR)]
+    assert gaps == [f'INSERT INTO "known_gaps" VALUES(1,{T0 + gap[0] * HOUR},{T0 + gap[1] * HOUR});']
 
 
 @pytest.mark.parametrize("order", ["in order", "descending"])

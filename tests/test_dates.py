@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pytest
-from fake_binance import FakeBinance
 
+from fake_binance import FakeBinance
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, iso_utc, now_ms, utc_ms

@@ -104,7 +104,8 @@ def test_injected_enospc(workdir: Path, tmp_path_factory):
     reference = _reference(workdir, tmp_path_factory)
     result = subprocess.run([sys.executable, "-c", INJECTOR, "150000", "render", "--config", "image_cache.toml",
                              "--jobs", "1"], cwd=workdir, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+                                 "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1 and "No space left on device" in result.stderr
     assert 0 < _index_is_truthful(workdir) < len(reference)
     assert not list((workdir / "image-cache").rglob("*.tmp"))
@@ -117,11 +118,11 @@ def test_a_chunk_stops_drawing_once_a_file_cannot_be_written(tmp_path: Path, mon
     draw every remaining window for nothing) and reports the error with no rows."""
     import numpy as np
 
+    from chart_windows import START_MS, trending
     from image_cache import chart
     from image_cache.cache import work
     from image_cache.cache.runner import preset_of
     from image_cache.cache.windows import Series
-    from chart_windows import START_MS, trending
 
     spec, count = chart.make_spec("mike", 64, 20), 2000
     series = Series("BTCUSDT", "15m", START_MS + 900_000 * np.arange(count, dtype=np.int64), trending(count))

@@ -21,7 +21,6 @@ from image_cache.cli import console
 from image_cache.core.errors import ImageCacheError, StorageError, storage_error
 from image_cache.settings import load
 
-
 # Control flow inside one module, never raised to a caller: retry signals of the downloaders, the signal that
 # stops a command (a KeyboardInterrupt on purpose), a pass that must start over sorted.
 INTERNAL = {

@@ -45,8 +45,8 @@ def test_dask_executor_matches_jobs_1(workdir: Path, tmp_path_factory):
     for name in ("market.sqlite", "image_cache.toml"):
         shutil.copy(workdir / name, local / name)
     assert render_cli(local, "--jobs", "1").returncode == 0
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None, protocol="tcp",
-                                  host="127.0.0.1") as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                                  protocol="tcp", host="127.0.0.1") as cluster:
         result = render_cli(workdir, "--executor", "dask", "--scheduler", cluster.scheduler_address, "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["drawn"] > 0

@@ -24,9 +24,9 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
+from conftest import CONFIG, index_rows, render_cli, run_cli, tree_digest
 from image_cache import chart
 from image_cache.core.grid import iso_utc, utc_ms
-from conftest import CONFIG, index_rows, render_cli, run_cli, tree_digest
 
 H = 3_600_000
 SPLITS = ("train", "validation", "test")

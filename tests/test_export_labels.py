@@ -11,12 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from image_cache.cache.exports.labels import (Split, assign_splits, default_splits, forward_returns, parse_horizons,
-                                  parse_label, parse_splits, purge_candles)
-from image_cache.cache.windows import Series
-from image_cache.settings import ConfigError
 from conftest import CONFIG, render_cli, run_cli
+from image_cache.cache.exports.labels import (
+    Split,
+    assign_splits,
+    default_splits,
+    forward_returns,
+    parse_horizons,
+    parse_label,
+    parse_splits,
+    purge_candles,
+)
+from image_cache.cache.windows import Series
 from image_cache.core.grid import iso_utc, utc_ms
+from image_cache.settings import ConfigError
 
 H = 3_600_000
 SPLIT = "train:..2024-06-26,validation:2024-06-26..2024-06-28T12:00,test:2024-06-28T12:00.."

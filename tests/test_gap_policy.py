@@ -36,7 +36,8 @@ def test_skip_records_undrawable_gap_rows(workdir: Path):
     verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--json")
     assert verify.returncode == 0, verify.stdout
     assert json.loads(verify.stdout)["no_image"]["gap"] == 29
-    assert json.loads(render_cli(workdir, "--symbols", "BTCUSDT", "--intervals", "1h", "--json").stdout)["recorded"] == 0
+    assert json.loads(render_cli(workdir, "--symbols", "BTCUSDT", "--intervals", "1h",
+                                 "--json").stdout)["recorded"] == 0
 
 
 def test_render_policy_draws_gap_windows(workdir: Path):

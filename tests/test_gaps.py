@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from image_cache.ingest.gaps import Gap, find_gaps, gap_arrays
 from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
+from image_cache.ingest.gaps import Gap, find_gaps, gap_arrays
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 from image_cache.ingest.venues import BINANCE_SPOT
 

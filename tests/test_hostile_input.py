@@ -176,7 +176,8 @@ CASES = [
      f"{NAME}: zip: member '{MEMBER}' uses compression method 14; only stored and deflate are read"),
     ("bzip2-member", blob(lambda: compressed(zipfile.ZIP_BZIP2)), "uses compression method 12"),
     ("directory-member", members({"data/": b""}), f"{NAME}: zip: member name 'data/' contains a path"),
-    ("bad-crc", blob(lambda: (lambda z: z[:z.rfind(b"PK\x01\x02") + 16] + b"\0\0\0\0" + z[z.rfind(b"PK\x01\x02") + 20:])(
+    ("bad-crc",
+     blob(lambda: (lambda z: z[:z.rfind(b"PK\x01\x02") + 16] + b"\0\0\0\0" + z[z.rfind(b"PK\x01\x02") + 20:])(
         zip_bytes({MEMBER: VALID}))), f"{NAME}: zip: corrupt or unsupported archive (Bad CRC-32"),
     # Not regular files: refused without a blocking open.
     ("archive-is-a-pipe", fifo(), f"{NAME}: not a regular file: a named pipe"),
@@ -184,7 +185,8 @@ CASES = [
     ("archive-dangling-link", dangling, f"{NAME}: cannot read: No such file or directory"),
     ("checksum-is-a-directory", checksum_kind(lambda p: p.mkdir()),
      f"{NAME}: checksum: {NAME}.CHECKSUM: not a regular file: a directory"),
-    ("checksum-is-a-pipe", checksum_kind(os.mkfifo), f"{NAME}: checksum: {NAME}.CHECKSUM: not a regular file: a named pipe"),
+    ("checksum-is-a-pipe", checksum_kind(os.mkfifo),
+     f"{NAME}: checksum: {NAME}.CHECKSUM: not a regular file: a named pipe"),
     ("checksum-empty", lambda d: ["binance-vision", str(_with_checksum_text(d, ""))],
      f"{NAME}: checksum: malformed .CHECKSUM file"),
     ("checksum-other-name", lambda d: ["binance-vision", str(_with_checksum_text(
@@ -225,9 +227,12 @@ CASES = [
     ("before-the-period", archive(kline_csv(kline_rows("1h", "2024-01-14", 24)[-1:] + rows()[1:])),
      f"{NAME}: line 1: period: open_time 2024-01-14T23:00:00Z is outside the file's period"),
     ("blank-line", archive(edit(lambda t: t.insert(4, []))), f"{NAME}: line 5: blank line: no fields"),
-    ("spaces-line", archive(edit(lambda t: t.insert(4, ["   "]))), f"{NAME}: line 5: field count: 1 fields, expected 12"),
-    ("lone-cr", archive(VALID.replace(b"\n", b"\r", 1)), f"{NAME}: line 1: line ends: carriage return without line feed"),
-    ("utf16", archive(b"\xff\xfe" + VALID.decode().encode("utf-16-le")), f"{NAME}: line 1: encoding: byte 0xff is not UTF-8"),
+    ("spaces-line", archive(edit(lambda t: t.insert(4, ["   "]))),
+     f"{NAME}: line 5: field count: 1 fields, expected 12"),
+    ("lone-cr", archive(VALID.replace(b"\n", b"\r", 1)),
+     f"{NAME}: line 1: line ends: carriage return without line feed"),
+    ("utf16", archive(b"\xff\xfe" + VALID.decode().encode("utf-16-le")),
+     f"{NAME}: line 1: encoding: byte 0xff is not UTF-8"),
     ("high-below-low", archive(put(4, 2, "1")), f"{NAME}: line 5: high >= max(open, close): high 1.0"),
     ("open-above-high", archive(put(4, 1, "1000")),
      f"{NAME}: line 5: high >= max(open, close): high 105.5, open 1000.0"),
@@ -255,7 +260,8 @@ CASES = [
     ("name-invalid-day", archive(VALID, "BTCUSDT-1h-2024-02-30.zip"), "file name: invalid date '2024-02-30'"),
     ("name-month-13", archive(VALID, "BTCUSDT-1h-2024-13.zip"), "file name: invalid date '2024-13'"),
     ("name-lowercase", archive(VALID, "btcusdt-1h-2024-01-15.zip"), "file name: invalid symbol 'btcusdt'"),
-    ("name-not-zip", archive(VALID, "BTCUSDT-1h-2024-01-15.txt"), "file name: expected SYMBOL-INTERVAL-YYYY-MM[-DD].zip"),
+    ("name-not-zip", archive(VALID, "BTCUSDT-1h-2024-01-15.txt"),
+     "file name: expected SYMBOL-INTERVAL-YYYY-MM[-DD].zip"),
     # Generic CSV files.
     ("csv-no-time-column", csv_file(b"when,open,high,low,close,volume\n1705276800000,1,2,0.5,1.5,10\n"),
      "prices.csv: line 1: header: no time column (looked for open_time"),
@@ -282,7 +288,7 @@ def expected_day() -> np.ndarray:
     """The valid day's candles, straight from the fixture rows (kline field → candle column)."""
     table = rows()
     out = np.empty(len(table), dtype=CANDLE_DTYPE)
-    for column, field in zip(CANDLE_COLUMNS, (0, 1, 2, 3, 4, 5, 7, 8, 9, 10)):
+    for column, field in zip(CANDLE_COLUMNS, (0, 1, 2, 3, 4, 5, 7, 8, 9, 10), strict=True):
         out[column] = np.array([row[field] for row in table], dtype=out.dtype[column])
     return out
 
@@ -332,7 +338,8 @@ ACCEPTED_VARIANTS = ["crlf", "bom"]
 def test_a_hostile_symbol_argument_is_refused_before_any_file(tmp_path: Path, symbol: str) -> None:
     (tmp_path / "prices.csv").write_bytes(GOOD_CSV)
     db = tmp_path / "market.sqlite"
-    run = cli(tmp_path, "csv", "--market-db", str(db), str(tmp_path / "prices.csv"), "--symbol", symbol, "--interval", "1h")
+    run = cli(tmp_path, "csv", "--market-db", str(db), str(tmp_path / "prices.csv"), "--symbol", symbol, "--interval",
+              "1h")
     assert run.returncode == 2 and run.stdout == ""  # a usage error
     assert run.stderr == (f"Error: python -m ingest csv: argument --symbol: invalid symbol {symbol!r}: "
                           "must match ^[A-Z0-9][A-Z0-9_-]{0,39}$\n")

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
+from conftest import REPO, index_rows, tree_digest
 from image_cache.cache.market import list_series, open_market, read_series
 from image_cache.cache.windows import fingerprint, window_rows
-from conftest import REPO, index_rows, tree_digest
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.schema import read_candles
 
@@ -239,8 +239,9 @@ def test_a_second_ingest_without_wait_exits_75_naming_the_holder(tmp_path: Path)
     db = tmp_path / "market.sqlite"
     holder = hold(tmp_path, db, first)
     try:
-        refused = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "0",
-                                  str(second)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db),
+                                  "--lock-wait", "0", str(second)],
+                                 cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
     finally:
         (tmp_path / "release").touch()
     assert refused.returncode == 75 and refused.stdout == ""
@@ -256,7 +257,8 @@ def test_a_second_ingest_with_wait_runs_after_the_first(tmp_path: Path):
     first, second = two_days(tmp_path)
     db = tmp_path / "market.sqlite"
     holder = hold(tmp_path, db, first)
-    waiting = popen(tmp_path, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "60", str(second))
+    waiting = popen(tmp_path, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "60",
+                    str(second))
     try:
         time.sleep(1.5)
         assert waiting.poll() is None, "the second ingest did not wait for the lock"
@@ -276,7 +278,8 @@ def test_a_killed_holder_releases_the_lock(tmp_path: Path):
     holder.send_signal(signal.SIGKILL)
     assert holder.wait() == -signal.SIGKILL
     for path in (first, second):
-        run = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db), "--lock-wait", "0",
-                              str(path)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+        run = subprocess.run([sys.executable, "-m", "ingest", "binance-vision", "--market-db", str(db),
+                              "--lock-wait", "0", str(path)],
+                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
     assert_both_in(db)

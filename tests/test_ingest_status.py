@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
+from image_cache.core.errors import MarketError
+from image_cache.core.grid import utc_ms
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.csv_source import ingest_csv
 from image_cache.ingest.gaps import find_gaps
-from image_cache.core.errors import MarketError
-from image_cache.core.grid import utc_ms
 from image_cache.ingest.status import status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,8 @@ def test_series_and_registry(market: Path) -> None:
                                 "venue": "binance spot"}
     assert result.files == {"ok": 1, "unverified": 1, "skipped": 2, "rejected": 2}
     assert result.failures is None and result.ok
-    assert result.text().splitlines()[-1] == "files: 1 ok, 1 unverified, 2 skipped, 2 rejected (current failures: --failures)"
+    assert result.text().splitlines()[-1] == ("files: 1 ok, 1 unverified, 2 skipped, 2 rejected "
+                                              "(current failures: --failures)")
 
 
 def test_failures_list_files_whose_latest_record_is_a_rejection(market: Path, tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def test_a_chunks_paths_are_each_windows_path():
     for args in [("BTCUSDT", "1h", "1280", 150, "", 1), ("X-1", "1mo", "60x64", 20, "jkx", 3)]:
         symbol, interval, *rest = args
         paths = relative_paths(symbol, interval, ends, *rest)
-        for end, path in zip(ends.tolist(), paths):
+        for end, path in zip(ends.tolist(), paths, strict=True):
             day = datetime(1970, 1, 1) + timedelta(seconds=end // 1000)  # the second the window's end is in
             assert path.startswith(f"{symbol}/{interval}/{day.year:04d}/{day.month:02d}/{symbol}_{interval}_"
                                    f"{day.year:04d}-{day:%m-%dT%H-%M-%S}_")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from image_cache.cache import market
 from conftest import run_cli
+from image_cache.cache import market
 from image_cache.core.errors import MarketError
 
 HOUR = 3_600_000

@@ -21,8 +21,8 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import REPO, run_cli
-from image_cache.core.db import lock_is_held, lock_path
 from fake_binance import FakeBinance
+from image_cache.core.db import lock_is_held, lock_path
 
 pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
 
@@ -47,13 +47,13 @@ def commands(command: str, base_url: str, api_url: str) -> list[str]:
     if command == "nightly":
         return [str(REPO / "nightly.py"), "--config", "image_cache.toml", "--api-url", api_url,
                 "--market-start", "2024-01-02", *common]
-    market = ["--market-db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1d", "--start", "2024-01-02",
-              "--jobs", "2", *common]
+    market = ["--market-db", "market.sqlite", "--symbols", "BTCUSDT,ETHUSDT", "--intervals", "1d", "--start",
+              "2024-01-02", "--jobs", "2", *common]
     if command == "download":
         return ["-m", "ingest", "download", *market, "--end", "2024-02-01"]
     if command == "ccxt":  # CCXT's requests, its rate limiter's waits
-        return ["-m", "ingest", "ccxt", "--market-db", "market.sqlite", "--exchange", "binance", "--symbols", "BTC/USDT",
-                "--intervals", "1d", "--start", "2024-01-02", "--api-url", api_url]
+        return ["-m", "ingest", "ccxt", "--market-db", "market.sqlite", "--exchange", "binance", "--symbols",
+                "BTC/USDT", "--intervals", "1d", "--start", "2024-01-02", "--api-url", api_url]
     return ["-m", "ingest", "update", *market, "--api-url", api_url]
 
 
@@ -61,7 +61,8 @@ def start(cwd: Path, argv: list[str]) -> subprocess.Popen:
     (cwd / "image_cache.toml").write_text(NIGHTLY_CONFIG)
     # As from a terminal: Ctrl-C not ignored even when the suite runs in the background.
     return subprocess.Popen([sys.executable, *argv], cwd=cwd, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

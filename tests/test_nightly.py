@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import run_cli
+from fake_binance import FakeBinance
 from image_cache.core.db import writer_lock
 from image_cache.core.grid import utc_ms
-from fake_binance import FakeBinance
 
 CONFIG = """
 [image_cache]
@@ -28,7 +28,7 @@ jobs = 1
 
 
 def test_nightly_updates_renders_and_verifies_then_has_nothing_to_do(tmp_path):
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     first = today - timedelta(days=3)
     # The archive of the first day is published; the later days come from the API.
     vision = tmp_path / "vision"

@@ -198,7 +198,8 @@ def test_the_console_script_from_a_folder_of_its_own(installed: Path, user_folde
     from image_cache.cli.ingest import build_parser
     commands = next(list(action.choices) for action in build_parser()._actions
                     if isinstance(action, argparse._SubParsersAction))
-    assert {"api", "binance-vision", "download", "update", "csv", "sample", "resample", "gaps", "status"} <= set(commands)
+    assert {"api", "binance-vision", "download", "update", "csv", "sample", "resample", "gaps",
+            "status"} <= set(commands)
     helps += [["ingest", name] for name in commands]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     running = [(args, subprocess.Popen([str(installed / "bin" / "image-cache"), *args, "--help"], cwd=user_folder,

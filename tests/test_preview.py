@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from image_cache.cache.preview import CELL, LINE_PX, MARGIN, TEXT_ROWS, pick
 from conftest import run_cli
+from image_cache.cache.preview import CELL, LINE_PX, MARGIN, TEXT_ROWS, pick
 
 
 def test_pick_spreads_evenly_and_includes_both_ends():

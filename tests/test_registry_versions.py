@@ -37,7 +37,8 @@ def test_a_reissue_that_withdraws_rows_removes_them_and_the_original_can_come_ba
     # The current version ingested once more is a repeat.
     assert ingest_paths(db, [str(original)]).files[0].status == "skipped"
     with sqlite3.connect(db) as conn:
-        history = conn.execute("SELECT status, rows_inserted, rows_withdrawn FROM ingested_files ORDER BY id").fetchall()
+        history = conn.execute("SELECT status, rows_inserted, rows_withdrawn FROM ingested_files "
+                               "ORDER BY id").fetchall()
     assert history == [("ok", 24, 0), ("ok", 0, 4), ("ok", 4, 0), ("skipped", 0, 0)]
 
 

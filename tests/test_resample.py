@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from image_cache.ingest.resample import check_pair, resample_candles
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
+from image_cache.ingest.resample import check_pair, resample_candles
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 from image_cache.ingest.venues import BINANCE_SPOT
 
@@ -139,7 +139,8 @@ def test_matches_a_naive_per_bucket_aggregation(present, seed):
     result = resample_candles(base, "1m", "15m")
     expected, incomplete = [], []
     for b in range(4):
-        rows = base[(base["open_time"] >= t0 + b * 15 * MINUTE_MS) & (base["open_time"] < t0 + (b + 1) * 15 * MINUTE_MS)]
+        rows = base[(base["open_time"] >= t0 + b * 15 * MINUTE_MS)
+                    & (base["open_time"] < t0 + (b + 1) * 15 * MINUTE_MS)]
         if len(rows) == 15:
             expected.append((t0 + b * 15 * MINUTE_MS, rows["open"][0], rows["high"].max(), rows["low"].min(),
                              rows["close"][-1], rows["volume"].sum(), rows["quote_asset_volume"].sum(),
@@ -195,7 +196,8 @@ def test_cli_writes_complete_buckets_and_reports_the_rest(tmp_path):
         known = conn.execute("""SELECT i.code, g.start_open_time, g.end_open_time FROM known_gaps g
                                 JOIN series se ON se.id = g.series_id JOIN intervals i ON i.id = se.interval_id
                                 ORDER BY 1""").fetchall()
-    assert known == [("15m", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS), ("1h", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS)]
+    assert known == [("15m", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS),
+                     ("1h", t0 + 60 * MINUTE_MS, t0 + 60 * MINUTE_MS)]
 
     again = _cli("resample", "--market-db", db, "--from", "1m", "--to", "1h", "--json")
     assert again.returncode == 0, again.stderr

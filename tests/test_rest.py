@@ -10,9 +10,9 @@ import pytest
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
 from conftest import run_cli
+from fake_binance import FakeBinance
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, utc_ms
-from fake_binance import FakeBinance
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.rest import MARKETS, Client, api, fetch_klines
 from image_cache.ingest.update import update

@@ -313,7 +313,8 @@ def test_an_unwritable_folder_stops_only_the_writes_into_it(rendered: Path, unwr
     assert failed.startswith(f"cannot write {folder}/BTCUSDT_1h_2024-") and failed.endswith(f": {cause}"), failed
     assert {str(p.relative_to(root)): original[str(p.relative_to(root))] for p in redraw} == \
         {str(p.relative_to(root)): tree_digest(root)[str(p.relative_to(root))] for p in redraw}
-    assert str(adopt.relative_to(root)) in {r[3] for r in index_rows(rendered / "image_cache.sqlite", "WHERE status = 'ok'")}
+    assert str(adopt.relative_to(root)) in {r[3] for r in index_rows(rendered / "image_cache.sqlite",
+                                                                     "WHERE status = 'ok'")}
 
 
 def test_a_pipe_at_a_new_image_path_is_never_replaced_by_render(workdir: Path):
@@ -350,8 +351,8 @@ def test_reindex_of_a_healthy_index_keeps_it_and_says_so(rendered: Path):
 
 def test_a_file_repair_cannot_remove_is_counted_not_a_traceback(rendered: Path, monkeypatch):
     """unlink refused (a read-only root): each file is reported once, the rest is settled, no OSError."""
-    from image_cache.cache import verify
     from image_cache import settings as config
+    from image_cache.cache import verify
     root = rendered / "image-cache"
     folder = root / os.path.dirname(_ok_paths(rendered, 1)[0])
     temp = folder / ".BTCUSDT_1h_2024-06-25T00-00-00_px128_w30_v1.png.99.tmp"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
 from image_cache.ingest.resample import resample_candles
 from image_cache.ingest.sample import base_price, generate_symbol, maintenance_spans
-from image_cache.core.grid import DAY_MS, MINUTE_MS, utc_ms
 
 ROOT = str(Path(__file__).resolve().parents[1])
 END = utc_ms("2024-07-01")

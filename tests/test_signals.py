@@ -24,7 +24,8 @@ import pytest
 
 from conftest import REPO, index_rows
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                                   reason="reads the process tree from /proc")]
 
 # 1m windows: thousands of images in chunks of a few hundred, so the run is surely still drawing when
 # signalled, after its first rows are indexed.
@@ -153,7 +154,8 @@ def start_in_own_group(cwd: Path, args: list[str]) -> subprocess.Popen:
     """A run in a process group of its own, as a terminal starts a foreground command (Ctrl-C reaches
     every process of the group), with Ctrl-C at its default handling."""
     return subprocess.Popen([sys.executable, str(REPO / "image_cache.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"},
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -178,8 +180,8 @@ def test_ctrl_c_at_random_moments_always_ends_promptly(workdir: Path):
     """Ctrl-C at 50 random moments of `render --jobs 2` (start-up, pool start, planning, drawing, the end):
     every run ends within 10 s with exit 130 (or 0 when it had finished) and one line, the lock is free,
     and every row points at its complete file; repair then settles what was left."""
-    from image_cache.core.db import lock_is_held
     from image_cache.cli.cache import main
+    from image_cache.core.db import lock_is_held
 
     began = time.monotonic()
     calibration = start_in_own_group(workdir, QUICK + ["--index-db", "full.sqlite", "--image-root", "full"])
@@ -228,9 +230,11 @@ def quick_cache(sample_market: Path, tmp_path_factory) -> Path:
     return folder
 
 
-MESSAGES = {signal.SIGINT: "Error: interrupted", signal.SIGTERM: "Error: terminated", signal.SIGHUP: "Error: hung up (SIGHUP)"}
+MESSAGES = {signal.SIGINT: "Error: interrupted", signal.SIGTERM: "Error: terminated",
+            signal.SIGHUP: "Error: hung up (SIGHUP)"}
 COMMANDS = {"render": QUICK, "verify": ["verify", "--deep", *QUICK[1:]], "repair": ["repair", *QUICK[1:]],
-            "export": ["export", "out", "--format", "imagefolder", *QUICK[1:]], "preview": ["preview", "sheet.png", *QUICK[1:]]}
+            "export": ["export", "out", "--format", "imagefolder", *QUICK[1:]],
+            "preview": ["preview", "sheet.png", *QUICK[1:]]}
 
 
 def holds_lock(cwd: Path, pid: int) -> bool:
@@ -247,8 +251,8 @@ def test_every_signal_stops_every_command(quick_cache: Path, tmp_path: Path, com
     """Each signal, sent to the whole process group as a terminal does, stops each command while it works:
     within 5 s, exit 128 + signum and one line, the lock free, no temp output left; a stopped render or
     repair leaves only what repair settles."""
-    from image_cache.core.db import lock_is_held
     from image_cache.cli.cache import main
+    from image_cache.core.db import lock_is_held
 
     cwd = tmp_path / "run"
     shutil.copytree(quick_cache, cwd)
@@ -294,7 +298,8 @@ def test_sigterm_stops_a_dask_render(workdir: Path):
     from image_cache.core.db import lock_is_held
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
                                   protocol="tcp", host="127.0.0.1") as cluster:
-        proc = start_in_own_group(workdir, QUICK[:-2] + ["--executor", "dask", "--scheduler", cluster.scheduler_address])
+        proc = start_in_own_group(workdir, QUICK[:-2] + ["--executor", "dask", "--scheduler",
+                                                         cluster.scheduler_address])
         wait_handling(proc)
         while not indexed(workdir):
             assert proc.poll() is None, proc.communicate()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from image_cache.cache import runner, verify
-from image_cache.settings import Settings
 from conftest import index_rows, tree_digest
+from image_cache.cache import runner, verify
 from image_cache.core import revisions
 from image_cache.ingest.sample import build_sample
 from image_cache.ingest.schema import connect_writer
+from image_cache.settings import Settings
 
 # 4h candles over 120 days: about five buckets of 2**31 ms each, all closed.
 DAYS = 120
@@ -103,8 +103,8 @@ def test_an_insert_into_a_gap_and_a_backfill_are_found(settled: Path, tmp_path: 
     runner.render(settings(settled))  # stamped again after the delete
     with market(settled) as conn:
         conn.execute(f"INSERT INTO candles VALUES ({', '.join('?' * len(row))})", row)  # the hole filled again
-        conn.execute(f"INSERT INTO candles SELECT series_id, open_time - 86400000 * 30, open, high, low, close, volume, "
-                     f"quote_asset_volume, trades, taker_buy_base_volume, taker_buy_quote_volume FROM candles "
+        conn.execute(f"INSERT INTO candles SELECT series_id, open_time - 86400000 * 30, open, high, low, close, "
+                     f"volume, quote_asset_volume, trades, taker_buy_base_volume, taker_buy_quote_volume FROM candles "
                      f"WHERE series_id = {SID} AND open_time = ?", (times[0],))  # a backfill before the series
     runner.render(settings(settled))
     same_as_a_fresh_render(settled, tmp_path)

@@ -6,8 +6,8 @@ import sqlite3
 from pathlib import Path
 
 from binance_fixtures import kline_csv, kline_rows, write_archive
-from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.schema import SCHEMA_VERSION
 from image_cache.ingest.status import status
 

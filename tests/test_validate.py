@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from binance_fixtures import kline_csv, kline_rows
-from image_cache.ingest.binance_vision import parse_klines
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import utc_ms
+from image_cache.ingest.binance_vision import parse_klines
 from image_cache.ingest.validate import split_lines, validate
 
 NAME = "BTCUSDT-1m-2024-01.zip"
@@ -104,7 +104,8 @@ def test_same_open_time_with_other_values_rejects_the_file() -> None:
     clash = list(rows[0])
     clash[4] = "100.25000000"
     message = rejected(rows + [clash])
-    assert message == f"{NAME}: line 4: duplicate open time: open_time 2024-01-01T00:00:00Z also on line 1 with other values"
+    assert message == (f"{NAME}: line 4: duplicate open time: open_time 2024-01-01T00:00:00Z also on line 1 "
+                       "with other values")
 
 
 def test_exact_duplicates_are_dropped_and_counted() -> None:
@@ -158,7 +159,8 @@ def test_bom_and_crlf_are_accepted() -> None:
      f"{NAME}: line 1: line ends: carriage return without line feed"),
     (kline_csv(kline_rows("1m", "2024-01-01", 2)) + b"\n" + kline_csv(kline_rows("1m", "2024-01-02", 1)),
      f"{NAME}: line 3: blank line: no fields"),
-    (kline_csv(kline_rows("1m", "2024-01-01", 2)) + b"17040\xff\n", f"{NAME}: line 3: encoding: byte 0xff is not UTF-8"),
+    (kline_csv(kline_rows("1m", "2024-01-01", 2)) + b"17040\xff\n",
+     f"{NAME}: line 3: encoding: byte 0xff is not UTF-8"),
     (b"1" * (10 * 2**20), f"{NAME}: line 1: line length: 10485760 bytes, the limit is 4096"),
 ])
 def test_text_layer_errors(data: bytes, message: str) -> None:

@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from binance_fixtures import kline_csv, write_archive
 from fake_binance import FakeBinance
-
 from image_cache.cli.ingest import main as ingest_main
 from image_cache.cli.main import main as image_cache_main
 from image_cache.cli.nightly import main as nightly_main
@@ -82,7 +82,7 @@ def test_spot_and_futures_of_one_symbol_are_two_series_and_two_image_folders(tmp
 
     assert venues(db) == {"BTCUSDT 1h": ("binance", "spot"), "BTCUSDT-BINANCE-UM 1h": ("binance", "um")}
     spot, um = closes(db, "BTCUSDT"), closes(db, "BTCUSDT-BINANCE-UM")
-    assert len(spot) == len(um) >= 48 and all(u > s for s, u in zip(spot, um))
+    assert len(spot) == len(um) >= 48 and all(u > s for s, u in zip(spot, um, strict=True))
     with sqlite3.connect(db) as conn:
         archived = conn.execute("SELECT symbol, source FROM ingested_files WHERE source = 'binance-vision'").fetchall()
     assert archived == [("BTCUSDT-BINANCE-UM", "binance-vision")]

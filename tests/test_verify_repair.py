@@ -64,7 +64,8 @@ def test_file_damage_found_and_repaired(rendered: Path, kind: str):
     code, deep = _verify(rendered, "--deep")
     assert code == 1 and deep["counts"][status] == 1
     assert deep["problems"][0]["path"] == str(victim.relative_to(rendered / "image-cache"))
-    rows = index_rows(rendered / "image_cache.sqlite", f"WHERE status = '{status}' AND reason NOT IN ('gap', 'history')")
+    rows = index_rows(rendered / "image_cache.sqlite",
+                      f"WHERE status = '{status}' AND reason NOT IN ('gap', 'history')")
     assert [r[3] for r in rows] == [deep["problems"][0]["path"]]
     report = _repair(rendered)
     assert report["redrawn"] == 1
@@ -158,14 +159,15 @@ def test_garbage_index_is_reported_then_rebuilt(rendered: Path):
     assert result.returncode == 1
     assert "damaged" in result.stderr and "repair --reindex" in result.stderr
     report = _repair(rendered, "--reindex")
-    assert report["reindexed_from"].startswith(str("image_cache.sqlite.damaged-"))
+    assert report["reindexed_from"].startswith("image_cache.sqlite.damaged-")
     assert _verify(rendered, "--deep")[0] == 0
     assert tree_digest(rendered / "image-cache") == original
 
 
 def test_stale_spec_is_redrawn(rendered: Path):
     with sqlite3.connect(rendered / "image_cache.sqlite") as conn:
-        conn.execute("UPDATE images SET spec_hash = 'old' WHERE rowid IN (SELECT rowid FROM images WHERE status = 'ok' LIMIT 2)")
+        conn.execute("UPDATE images SET spec_hash = 'old' "
+                     "WHERE rowid IN (SELECT rowid FROM images WHERE status = 'ok' LIMIT 2)")
     code, found = _verify(rendered)
     assert code == 1 and found["counts"]["stale"] == 2
     assert _repair(rendered)["redrawn"] == 2

@@ -5,7 +5,6 @@ version in every JSON result, -q, and progress that never breaks a terminal bar.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -139,7 +139,8 @@ def test_a_member_over_the_old_16_mib_cap_ingests_the_rows_of_the_csv(tmp_path: 
     expected = parse_klines(name, data, "1s", (start, utc_ms("2024-02-01"))).candles
     with sqlite3.connect(tmp_path / "market.sqlite") as conn:
         stored = conn.execute("SELECT open_time, open, high, low, close, volume, quote_asset_volume, trades, "
-                              "taker_buy_base_volume, taker_buy_quote_volume FROM candles ORDER BY open_time").fetchall()
+                              "taker_buy_base_volume, taker_buy_quote_volume FROM candles "
+                              "ORDER BY open_time").fetchall()
     assert stored == expected.tolist()
 
 

@@ -30,8 +30,6 @@ __all__ = ["ChartDataset", "ImageCacheError", "Settings", "__version__", "draw_c
            "repair", "status", "verify"]
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from image_cache.cache.dataset import ChartDataset
     from image_cache.chart.png import Drawn
     from image_cache.core.errors import ImageCacheError

@@ -8,8 +8,18 @@
 The classes live in `image_cache.core.errors` (every part may raise them); this module names them for callers.
 """
 
-from image_cache.core.errors import (ChartError, ConfigError, ImageCacheError, IndexFileError, LockFileError, LockHeld,
-                                     MarketError, RootError, StorageError, WorkerError)
+from image_cache.core.errors import (
+    ChartError,
+    ConfigError,
+    ImageCacheError,
+    IndexFileError,
+    LockFileError,
+    LockHeld,
+    MarketError,
+    RootError,
+    StorageError,
+    WorkerError,
+)
 
 __all__ = ["ChartError", "ConfigError", "ImageCacheError", "IndexFileError", "LockFileError", "LockHeld",
            "MarketError", "RootError", "StorageError", "WorkerError"]

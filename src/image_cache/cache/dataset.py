@@ -19,22 +19,32 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
 from image_cache import chart
-from image_cache.chart import modes
 from image_cache.cache import market
-from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, check_split_name, complete_windows,
-                                             default_splits, forward_returns, purge_candles, sample_key)
+from image_cache.cache.exports.labels import (
+    LabelRule,
+    Split,
+    assign_splits,
+    check_split_name,
+    complete_windows,
+    default_splits,
+    forward_returns,
+    purge_candles,
+    sample_key,
+)
 from image_cache.cache.runner import Filters, make_spec, select_series
 from image_cache.cache.windows import Series, window_rows
-from image_cache.settings import Settings
+from image_cache.chart import modes
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
-Target = "int | dict[str, int | float]"
+Target: TypeAlias = "int | dict[str, int | float]"
 Item = tuple[np.ndarray, Target, str]
 
 
@@ -92,13 +102,13 @@ class ChartDataset:
             raise ImageCacheError(f"no split {split!r}: the splits are {', '.join(names)}")
         purge = purge_candles(self.spec.window_len, self.spec.history, horizons)
         windows = []
-        for (interval, k, last, classes, returns, label_end), end in zip(labelled, ends):
+        for (interval, k, last, classes, returns, label_end), end in zip(labelled, ends, strict=True):
             which, purged = assign_splits(interval, end, label_end, self.splits, purge)
             keep = (which == names.index(split)) & ~purged
             s = self.series[k]
             windows += [_Window(sample_key(s.symbol, s.interval, int(t)), k, int(i), tuple(c.tolist()),
                                 tuple(r.tolist()))
-                        for t, i, c, r in zip(end[keep], last[keep], classes[keep], returns[keep])]
+                        for t, i, c, r in zip(end[keep], last[keep], classes[keep], returns[keep], strict=True)]
         self.windows = sorted(windows, key=lambda w: w.key)
 
     def _check_targets(self, targets: str | tuple[str, ...]) -> tuple[str, ...] | None:
@@ -119,8 +129,8 @@ class ChartDataset:
         w = self.windows[index]
         if self.targets is None:
             return w.classes[0]
-        values = {f"label_h{h}": c for h, c in zip(self.horizons, w.classes)}
-        values.update({f"return_h{h}": r for h, r in zip(self.horizons, w.returns)})
+        values: dict[str, int | float] = {f"label_h{h}": c for h, c in zip(self.horizons, w.classes, strict=True)}
+        values.update({f"return_h{h}": r for h, r in zip(self.horizons, w.returns, strict=True)})
         return {name: values[name] for name in self.targets}
 
     def __len__(self) -> int:

@@ -11,7 +11,6 @@ workers on other machines sit in their page caches, not ours: those workers sync
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -26,7 +25,7 @@ class SyncedWriter:
     started after they arrived has returned. A failed syncfs commits none of the rows it covered
     (their files have no rows: repair adopts them) and is a StorageError naming the failure."""
 
-    def __init__(self, conn: sqlite3.Connection, root: str) -> None:
+    def __init__(self, conn: index.IndexConnection, root: str) -> None:
         self.root = root
         self.writer = index.BatchWriter(conn)
         self.unsynced: list[Row] = []

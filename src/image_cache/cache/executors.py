@@ -12,14 +12,14 @@ import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 from image_cache.cache.system import serve, start_forkserver
 from image_cache.cache.work import Chunk
-from image_cache.settings import Settings
 from image_cache.core import signals
 from image_cache.core.errors import ImageCacheError, WorkerError
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
 T = TypeVar("T")
 STOP_S = 5.0  # how long ended workers get to exit before they are killed
@@ -91,7 +91,8 @@ def _pool_results(workers: list[_Worker], fn: Callable[[Any], T], items: list[An
     for conn in owner:
         give(conn, 2)
     while any(in_flight.values()):
-        for conn in wait([conn for conn, count in in_flight.items() if count]):
+        # wait() returns some of the Connections it is given (typed as any waitable)
+        for conn in cast(list[Connection], wait([conn for conn, count in in_flight.items() if count])):
             try:
                 ok, value = conn.recv()
             except (EOFError, OSError):
@@ -117,7 +118,7 @@ class _Watch:
     `lost`); a cluster left without workers for `worker_wait` seconds stops the run (Dask itself would
     wait for ever). One scheduler call a second at most, whether or not results are coming."""
 
-    def __init__(self, client: Any, scheduler: str, worker_wait: float, warn: Warn, lost: list[str]) -> None:
+    def __init__(self, client: Any, scheduler: str | None, worker_wait: float, warn: Warn, lost: list[str]) -> None:
         self.client, self.scheduler, self.worker_wait, self.warn, self.lost = client, scheduler, worker_wait, warn, lost
         self.known: set[str] = set()
         self.alone_since: float | None = None
@@ -144,7 +145,7 @@ class _Watch:
                               "(--worker-wait): stopped; repair adopts the files already written")
 
 
-def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str, worker_wait: float,
+def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str | None, worker_wait: float,
                   warn: Warn = no_warn, lost: list[str] | None = None) -> Iterator[T]:
     """Results of chunks from a Dask cluster, two per worker thread in flight: the scheduler never holds
     every chunk's candles at once. When a chunk fails, the chunks in flight are cancelled."""
@@ -177,7 +178,7 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str,
             client.cancel(list(pending))
 
 
-def _result(future: Any, scheduler: str) -> Any:
+def _result(future: Any, scheduler: str | None) -> Any:
     """A chunk's result; a cluster that cannot load our tasks (the scheduler or a worker lacks this package)
     said as such, not as Dask's "Error during deserialization of the task graph"."""
     try:
@@ -191,7 +192,7 @@ def _result(future: Any, scheduler: str) -> Any:
         raise
 
 
-def _connect(client_class: Any, scheduler: str) -> Any:
+def _connect(client_class: Any, scheduler: str | None) -> Any:
     """A client of the scheduler, or one line saying why not (within Dask's connect timeout)."""
     try:
         return client_class(scheduler)

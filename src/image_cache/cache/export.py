@@ -22,9 +22,9 @@ from image_cache.cache.exports.select import select, split_samples
 from image_cache.cache.runner import Filters, make_spec, preset_label, run_lock
 from image_cache.chart import modes
 from image_cache.chart.styles import ChartError
-from image_cache.settings import ConfigError, Settings
 from image_cache.core.errors import ImageCacheError, storage_error
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import ConfigError, Settings
 
 __all__ = ["ExportOptions", "ExportResult", "export"]
 

@@ -516,7 +516,7 @@ class Indexed:
     spec_current: np.ndarray  # drawn (or judged) with the current spec hash
 
     @staticmethod
-    def empty() -> "Indexed":
+    def empty() -> Indexed:
         none = np.empty(0, np.int64)
         return Indexed(none, none, none, none.astype(bool))
 
@@ -582,6 +582,7 @@ def write_month_digests(conn: sqlite3.Connection, preset: str, symbol: str, inte
 def start_run(conn: sqlite3.Connection, command: str, arguments: dict[str, Any]) -> int:
     cur = conn.execute("INSERT INTO runs (command, arguments, started_utc) VALUES (?, ?, ?)",
                        (command, json.dumps(arguments, sort_keys=True, default=str), utc_now()))
+    assert cur.lastrowid is not None  # an INSERT sets it
     return cur.lastrowid
 
 

@@ -22,7 +22,8 @@ from image_cache.cache.system import syncfs
 from image_cache.core import compiled
 from image_cache.core.errors import ImageCacheError
 
-FILE_WRITER = compiled.load("image_cache.cache._files", "the file writer", Path(__file__).with_name("_files.c"), ImageCacheError)
+FILE_WRITER = compiled.load("image_cache.cache._files", "the file writer", Path(__file__).with_name("_files.c"),
+                            ImageCacheError)
 
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"

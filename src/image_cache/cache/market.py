@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Literal
 
 import numpy as np
 
@@ -77,6 +78,7 @@ def read_series(conn: sqlite3.Connection, symbol: str, interval: str, sid: int,
     start = -(2**63) if start_ms is None else start_ms
     cursor = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM candles "
                           "WHERE series_id = ? AND open_time >= ? ORDER BY open_time", (sid, start))
+    table: np.ndarray | Literal[False] | None  # False: a value that is not a number
     try:
         # A batch at a time: millions of rows never live as Python tuples all at once.
         parts = [np.array(batch, dtype=np.float64) for batch in iter(lambda: cursor.fetchmany(BATCH_ROWS), [])]

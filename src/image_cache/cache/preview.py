@@ -24,9 +24,9 @@ from image_cache.cache.exports.labels import LabelRule
 from image_cache.cache.exports.select import Sample, select
 from image_cache.cache.root import Tree
 from image_cache.cache.runner import Filters
-from image_cache.settings import Settings
-from image_cache.core.hooks import Warn, no_warn
 from image_cache.core.errors import ImageCacheError, os_error_message, storage_error
+from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
 CELL = 256  # thumbnail edge in px
 TEXT_ROWS = 2
@@ -69,8 +69,8 @@ def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
     except OSError as exc:
         raise ImageCacheError(f"cannot read an image for the preview: "
                           f"{os_error_message('open', os.path.join(tree.root, rel_path), exc)} (run verify)") from None
-    with handle, Image.open(handle, formats=["PNG"]) as image:
-        image = image.convert("RGB")
+    with handle, Image.open(handle, formats=["PNG"]) as opened:
+        image = opened.convert("RGB")
     scale = CELL / max(image.width, image.height)
     # Nearest neighbour keeps small (jkx) images' pixels sharp when enlarged.
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
@@ -78,7 +78,7 @@ def _thumbnail(tree: Tree, rel_path: str) -> Image.Image:
 
 
 def caption(sample: Sample, horizons: tuple[int, ...]) -> tuple[str, str]:
-    labels = " ".join(f"h{h}:{c} ({r:+.2%})" for h, c, r in zip(horizons, sample.classes, sample.returns))
+    labels = " ".join(f"h{h}:{c} ({r:+.2%})" for h, c, r in zip(horizons, sample.classes, sample.returns, strict=True))
     return sample.key, labels
 
 
@@ -91,7 +91,7 @@ def contact_sheet(root: str, paths: list[str], captions: list[tuple[str, str]]) 
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     with Tree(root) as tree:
-        for k, (path, lines) in enumerate(zip(paths, captions)):
+        for k, (path, lines) in enumerate(zip(paths, captions, strict=True)):
             x, y = (k % columns) * cell_w + MARGIN, (k // columns) * cell_h + MARGIN
             sheet.paste(_thumbnail(tree, path), (x, y))
             for line_no, line in enumerate(lines):
@@ -107,7 +107,7 @@ def is_our_sheet(path: str) -> bool:
                 return False
             handle.seek(0)
             with Image.open(handle, formats=["PNG"]) as image:
-                return image.text.get(SHEET_KEY) == SHEET_VALUE
+                return isinstance(image, PngImagePlugin.PngImageFile) and image.text.get(SHEET_KEY) == SHEET_VALUE
     except (OSError, SyntaxError, ValueError):
         return False
 

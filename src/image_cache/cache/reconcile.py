@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from image_cache.cache.index import STATE_CODES, Indexed
-from image_cache.cache.windows import (DueWindows, Series, fingerprint, member_of_sorted, month_digests, month_of,
-                           touches_months, window_gaps, window_rows)
+from image_cache.cache.windows import (
+    DueWindows,
+    Series,
+    fingerprint,
+    member_of_sorted,
+    month_digests,
+    month_of,
+    touches_months,
+    window_gaps,
+    window_rows,
+)
 
 OK, STALE, CORRUPT, MISSING = (STATE_CODES[s] for s in ("ok", "stale", "corrupt", "missing"))
 GAP, HISTORY, ENGINE = (STATE_CODES[s] for s in ("gap", "history", "engine"))

@@ -245,7 +245,7 @@ class Tree:
         self.root = os.path.abspath(root)
         self._open: tuple[str, int] | None = None  # the folder last used, and its descriptor
 
-    def __enter__(self) -> "Tree":
+    def __enter__(self) -> Tree:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -269,8 +269,8 @@ class Tree:
         except RootError as exc:
             return 0, exc
         written = 0
-        for folder, group in itertools.groupby(checked, key=lambda item: item[0][:-1]):
-            group = list(group)
+        for folder, grouped in itertools.groupby(checked, key=lambda item: item[0][:-1]):
+            group = list(grouped)
             try:
                 fd = self._folder(folder, create=True)
             except (RootError, OSError) as exc:
@@ -295,7 +295,7 @@ class Tree:
         fd = _open_root(self.root)
         depth = 0
         try:
-            for depth, part in enumerate(parts):
+            for depth, part in enumerate(parts):  # noqa: B007 - the except below names the part that failed
                 try:
                     child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -474,7 +474,7 @@ class FileQueue(Generic[K]):
         self.failure: tuple[str, RootError | OSError] | None = None
         self.failed = False  # set by the writing thread (after a failure, or when the queue is left)
 
-    def __enter__(self) -> "FileQueue[K]":
+    def __enter__(self) -> FileQueue[K]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -500,7 +500,7 @@ class FileQueue(Generic[K]):
 
     def _send(self) -> None:
         if self.waiting:
-            files, keys = zip(*self.waiting)
+            files, keys = zip(*self.waiting, strict=True)
             self.waiting = []
             self.sent.append((self.pool.submit(self._write, files), files, list(keys)))
         while len(self.sent) > self.ahead:

@@ -27,11 +27,11 @@ from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTO
 from image_cache.cache.root import Tree, claim
 from image_cache.cache.windows import due_windows, member_of_sorted
 from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
-from image_cache.settings import Settings, make_spec
 from image_cache.core.db import exclusive_lock, immediate
 from image_cache.core.errors import ConfigError, LockHeld, MarketError
 from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.settings import Settings, make_spec
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ class DueRange:
     now_ms: int
 
     @staticmethod
-    def of(settings: Settings) -> "DueRange":
+    def of(settings: Settings) -> DueRange:
         now = now_ms()
         return DueRange(settings.start_ms, settings.end_ms or now, settings.stride, now)
 
@@ -174,7 +174,7 @@ def plan_render(rec: SeriesReconcile, spec: chart.Spec, start_ms: int | None, en
 
     names = {GAP: "gap", HISTORY: "history"}
     record = [(int(t), names[int(w)], False) for t, w in zip(series.times[rec.new_last[~new_draw]],
-                                                            rec.new_desired[~new_draw])]
+                                                            rec.new_desired[~new_draw], strict=True)]
     for i in np.flatnonzero(in_range & np.isin(rec.row_action, (RECORD, RETIRE))).tolist():
         record.append((int(ends[i]), names[int(rec.row_desired[i])], bool(rec.row_action[i] == RETIRE)))
     state = rec.indexed.state
@@ -253,9 +253,10 @@ class RenderResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "plan": self.plan, "drawn": self.drawn, "recorded": self.recorded,
-                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused, "blocked": self.blocked,
-                "up_to_date": self.up_to_date,
-                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes, "took_over": self.took_over,
+                "retired": self.retired, "undrawable": self.undrawable, "refused": self.refused,
+                "blocked": self.blocked, "up_to_date": self.up_to_date,
+                "marked_stale": self.marked_stale, "unread": self.unread, "notes": self.notes,
+                "took_over": self.took_over,
                 "lost_workers": self.lost_workers, "seconds": round(self.seconds, 3),
                 "images_per_second": round(self.images_per_second, 1), "error": self.error}
 
@@ -387,7 +388,7 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
         series = p.rec.series
         rows = base_rows(Chunk(spec, preset, root, series, np.empty(0, np.int64), ()),
                          np.array([end for end, _, _ in p.record], np.int64))
-        for row, (_, why, retire) in zip(rows, p.record):
+        for row, (_, why, retire) in zip(rows, p.record, strict=True):
             row.status, row.reason = "undrawable", why
             if retire:  # file first, then row: a crash in between leaves a row repair settles
                 tree.remove(row.file_path)
@@ -396,8 +397,8 @@ def _apply(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, index_
                 result.recorded += 1
             writer.add([row])
         # Windows gone from the market: file first, then row.
-        for row in index.values_by_id(index_conn, p.drop, ["file_path"]).values():
-            tree.remove(row["file_path"])
+        for gone in index.values_by_id(index_conn, p.drop, ["file_path"]).values():
+            tree.remove(gone["file_path"])
         index.delete_rows(index_conn, p.drop.tolist())
         result.retired += len(p.drop)
         chunks.extend(split_months(series, p.draw, p.draw_reason, spec, preset, root, chunk_size))

@@ -27,17 +27,27 @@ from image_cache import chart
 from image_cache.cache import executors, index, market, runner
 from image_cache.cache.durable import SyncedWriter
 from image_cache.cache.index import ENGINE_PREFIX
-from image_cache.cache.layout import TEMP_PREFIX, parse_relative_path
+from image_cache.cache.layout import TEMP_PREFIX, ImageName, parse_relative_path
 from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
-from image_cache.cache.root import MARKER, Marker, RootError, Tree, check_owned, check_part, claim, owner_gone, read_marker
+from image_cache.cache.root import (
+    MARKER,
+    Marker,
+    RootError,
+    Tree,
+    check_owned,
+    check_part,
+    claim,
+    owner_gone,
+    read_marker,
+)
 from image_cache.cache.runner import Filters, preset_label, preset_of
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, window_gaps
 from image_cache.cache.work import adopt_chunk, require_built, settle_chunk, split_months
-from image_cache.settings import Settings
 from image_cache.core.db import file_uri
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.settings import Settings
 
 PROBLEMS = ("missing", "corrupt", "stale", "orphan", "temp")
 NO_IMAGE = {GAP: "gap", HISTORY: "history"}
@@ -166,7 +176,7 @@ class Inspection:
 
     result: VerifyResult
     series: dict[tuple[str, str], Series] = field(default_factory=dict)
-    redraw: dict[tuple[str, str, chart.Spec], list[int]] = field(default_factory=lambda: defaultdict(list))
+    redraw: dict[tuple[str, str, chart.Spec | None], list[int]] = field(default_factory=lambda: defaultdict(list))
     retire: list[tuple[int, str, str]] = field(default_factory=list)  # (row id, path, reason)
     drop: list[tuple[int, str]] = field(default_factory=list)  # (row id, path)
     orphans: list[str] = field(default_factory=list)  # ours: adopted when equal to a fresh render, else removed
@@ -248,7 +258,7 @@ def _check_indexed_files(conn: sqlite3.Connection, settings: Settings, where: st
         row = keys[row_id]
         preset = tuple(row[c] for c in index.PRESET_COLUMNS)
         if preset not in specs:
-            specs[preset] = spec_of_preset(dict(zip(index.PRESET_COLUMNS, preset)))
+            specs[preset] = spec_of_preset(dict(zip(index.PRESET_COLUMNS, preset, strict=True)))
         found.redraw[(row["symbol"], row["interval"], specs[preset])].append(row_id)
 
 
@@ -302,7 +312,9 @@ def _temp_target(path: str) -> str:
 def _owned(owned: set[tuple], path: str) -> bool:
     """Whether `path` is named as an image of a preset and series the index has rows of."""
     name = parse_relative_path(path)
-    spec = _spec_of_name(name) if name is not None else None
+    if name is None:
+        return False
+    spec = _spec_of_name(name)
     return spec is not None and (name.symbol, name.interval, *preset_of(spec).values()) in owned
 
 
@@ -368,7 +380,7 @@ def _collect(conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile, f
             result.problems.append(Problem("stale", row["file_path"], f"image should not exist: {rec.row_reason[i]}"))
         elif action[i] == DROP:
             found.drop.append((row_id, row["file_path"]))
-            result.problems.append(Problem("stale", row["file_path"], rec.row_reason[i]))
+            result.problems.append(Problem("stale", row["file_path"], rec.row_reason[i] or "stale"))
         elif action[i] == RECORD:
             records.append((row_id, "undrawable", NO_IMAGE[int(rec.row_desired[i])]))
     index.set_status(conn, records)
@@ -394,7 +406,7 @@ def _count_not_rendered(conn: sqlite3.Connection, market_conn, settings: Setting
 
 # ------------------------------------------------------------------------------------------ verify
 
-def open_owned(settings: Settings, create: bool = False) -> sqlite3.Connection:
+def open_owned(settings: Settings, create: bool = False) -> index.IndexConnection:
     """The index, and proof that the image root is the one it belongs to."""
     try:
         conn = index.connect(settings.image_index_db, create=create)
@@ -549,7 +561,7 @@ def _prepare_reindex(settings: Settings, result: RepairResult) -> None:
         result.notes.append(took_over)
 
 
-def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult,
+def _apply(conn: index.IndexConnection, settings: Settings, found: Inspection, result: RepairResult,
            warn: Warn) -> None:
     """Apply every action. A path that cannot be settled (a folder, pipe or link where an image should be; a
     file that cannot be removed) is reported once in `unrepairable` and never stops the rest."""
@@ -558,7 +570,7 @@ def _apply(conn: sqlite3.Connection, settings: Settings, found: Inspection, resu
         _apply_in(conn, settings, found, result, tree, root, warn)
 
 
-def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, result: RepairResult, tree: Tree,
+def _apply_in(conn: index.IndexConnection, settings: Settings, found: Inspection, result: RepairResult, tree: Tree,
               root: str, warn: Warn) -> None:
     remove = partial(_remove, tree, result)
     for path in found.temps:
@@ -584,13 +596,15 @@ def _apply_in(conn: sqlite3.Connection, settings: Settings, found: Inspection, r
     unclaimed = set(found.unclaimed)
     for path in found.orphans + found.unclaimed:
         name = parse_relative_path(path)
+        assert name is not None  # both lists hold files found by their image names
         spec = _spec_of_name(name)
         series = found.series.get((name.symbol, name.interval)) if spec else None
         if series is None and spec is not None and os.path.isfile(settings.market_db_path):
             series = _read_whole(settings, name.symbol, name.interval)
             if series is not None:
                 found.series[(name.symbol, name.interval)] = series
-        if series is not None and _drawable(series, spec, name.end_open_time_ms, settings.gap_policy):
+        if series is not None and spec is not None and _drawable(series, spec, name.end_open_time_ms,
+                                                                 settings.gap_policy):
             by_series[(name.symbol, name.interval, spec)].append(name.end_open_time_ms)
         elif path not in unclaimed:
             result.removed += bool(remove(path))
@@ -646,7 +660,7 @@ def _replaceable(tree: Tree, path: str, result: RepairResult) -> bool:
     return False
 
 
-def _spec_of_name(name) -> chart.Spec | None:
+def _spec_of_name(name: ImageName) -> chart.Spec | None:
     size = int(name.size_label.split("x")[-1])
     try:
         spec = chart.make_spec(chart.style_from_tag(name.file_tag), size, name.window_len, name.version,

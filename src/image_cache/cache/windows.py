@@ -72,7 +72,7 @@ def due_windows(series: Series, window_len: int, history: int, stride: int, star
 
 
 def _columns(series: Series, rows: slice) -> dict[str, np.ndarray]:
-    return dict(zip(("open", "high", "low", "close", "volume"), series.ohlcv[rows].T))
+    return dict(zip(("open", "high", "low", "close", "volume"), series.ohlcv[rows].T, strict=True))
 
 
 def unsound_before(series: Series) -> np.ndarray:
@@ -110,8 +110,8 @@ def fingerprint(series: Series, rows: slice) -> str:
     """SHA-256 of the window's open times and OHLCV in a canonical byte form (little-endian)."""
     digest = hashlib.sha256(FINGERPRINT_VERSION)
     # The arrays' own buffers (a copy only where not already contiguous little-endian): no bytes copy.
-    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8"))
-    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8"))
+    digest.update(np.ascontiguousarray(series.times[rows], dtype="<i8").data)
+    digest.update(np.ascontiguousarray(series.ohlcv[rows], dtype="<f8").data)
     return digest.hexdigest()
 
 
@@ -133,7 +133,7 @@ def month_digests(series: Series) -> dict[int, str]:
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(months)]])
     out = {}
-    for s, e in zip(starts.tolist(), ends.tolist()):
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         previous = int(series.times[s - 1]) if s else -1
         digest = hashlib.sha256(FINGERPRINT_VERSION + previous.to_bytes(8, "little", signed=True))
         digest.update(np.ascontiguousarray(series.times[s:e], dtype="<i8").tobytes())

@@ -16,13 +16,13 @@ from functools import cached_property
 import numpy as np
 
 from image_cache import chart
-from image_cache.chart import kernel
-from image_cache.cache.index import ENGINE_PREFIX, Row
 from image_cache.cache import layout
+from image_cache.cache.index import ENGINE_PREFIX, Row
 from image_cache.cache.layout import relative_path, relative_paths, sync_tree
 from image_cache.cache.root import FileQueue, RootError, Tree
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, fingerprint, unsound_before, unsound_candle, window_rows
+from image_cache.chart import kernel
 from image_cache.core import compiled
 from image_cache.core.errors import ImageCacheError, WorkerError
 
@@ -67,7 +67,7 @@ def base_rows(chunk: Chunk, end_ms: np.ndarray) -> list[Row]:
     paths = relative_paths(s.symbol, s.interval, end_ms, spec.size_label, spec.window_len, spec.file_tag,
                            spec.version)
     return [Row(symbol=s.symbol, interval=s.interval, end_open_time_ms=end, spec_hash=spec.spec_hash, file_path=path,
-                status="missing", **chunk.preset) for end, path in zip(np.asarray(end_ms).tolist(), paths)]
+                status="missing", **chunk.preset) for end, path in zip(np.asarray(end_ms).tolist(), paths, strict=True)]
 
 
 def draw_window(chunk: Chunk, last: int) -> tuple[chart.Drawn, str]:
@@ -98,8 +98,9 @@ def draw_chunk(chunk: Chunk, sync: bool = False) -> list[Row]:
     tune_allocator()
     out = []
     # The files are written on a thread of their own while the next images are drawn.
-    with FileQueue(chunk.image_root) as files, Tree(chunk.image_root) as tree:
-        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
+    with FileQueue[Row](chunk.image_root) as files, Tree(chunk.image_root) as tree:
+        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason,
+                                     strict=True):
             if files.failed:  # a file could not be written: drawing more would be wasted
                 break
             taken = _taken(tree, row.file_path)
@@ -173,7 +174,8 @@ def adopt_chunk(chunk: Chunk) -> tuple[list[Row], list[str]]:
     tune_allocator()
     adopted, rejected = [], []
     with Tree(chunk.image_root) as tree:
-        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason):
+        for row, last, reason in zip(base_rows(chunk, chunk.series.times[chunk.last]), chunk.last, chunk.reason,
+                                     strict=True):
             try:
                 drawn, row.input_fingerprint = draw_window(chunk, last)
             except chart.ChartError:
@@ -201,7 +203,7 @@ def split_months(series: Series, last: np.ndarray, reasons: list[str | None], sp
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(last)]])
     bounds = np.unique(np.concatenate([bounds] + [np.arange(s + max_windows, e, max_windows)
-                                                 for s, e in zip(starts, ends)])).astype(np.int64)
+                                                 for s, e in zip(starts, ends, strict=True)])).astype(np.int64)
     chunks = []
     for part in np.split(np.arange(len(last)), bounds):
         lasts = last[part]

@@ -13,12 +13,22 @@ from types import ModuleType
 import numpy as np
 
 from image_cache.chart.png import PIXEL_HASH_VERSION, Drawn, decode, encode_palette, pixel_hash, png_size
-from image_cache.chart.styles import (ENGINES, STYLES, STYLES_HELP, STYLES_USAGE, ChartError, Engine, Spec, engine_of,
-                                      make_spec, style_from_tag)
+from image_cache.chart.styles import (
+    ENGINES,
+    STYLES,
+    STYLES_HELP,
+    STYLES_USAGE,
+    ChartError,
+    Engine,
+    Spec,
+    engine_of,
+    make_spec,
+    style_from_tag,
+)
 
 __all__ = ["ENGINES", "PIXEL_HASH_VERSION", "STYLES", "STYLES_HELP", "STYLES_USAGE", "ChartError", "Drawn", "Engine",
-           "Spec", "check_input", "decode", "draw_pixels", "encode_palette", "make_spec", "palette", "pixel_hash", "png_size",
-           "render", "style_from_tag"]
+           "Spec", "check_input", "decode", "draw_pixels", "encode_palette", "make_spec", "palette", "pixel_hash",
+           "png_size", "render", "style_from_tag"]
 
 
 def check_input(spec: Spec, open_times_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ from importlib import metadata
 from image_cache.core.errors import ChartError
 
 
-
 @dataclass(frozen=True)
 class Engine:
     """How one kind of image is drawn: the module of image_cache.chart that draws it (its `draw_png` and

@@ -18,6 +18,7 @@ from image_cache.cache.runner import Filters
 from image_cache.cli import console
 from image_cache.cli import settings as cli_settings
 from image_cache.core import flags
+from image_cache.core.hooks import Hooks
 from image_cache.settings import ConfigError, Settings
 
 # How the command line was started: the checkout's launcher, or the installed console script. Named in
@@ -43,7 +44,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[common], help="counts per series and status, bytes, last run")
 
-    labels = argparse.ArgumentParser(add_help=False)
+    labels = console.Parser(add_help=False)
     labels.add_argument("--horizons", default="5,20", metavar="H,H",
                         help="label horizons in candles (default 5,20; the first is `label`)")
     labels.add_argument("--label", default="sign", metavar="RULE",
@@ -78,7 +79,7 @@ def command(args: argparse.Namespace):
     """The library call behind each command, as a zero-argument callable."""
     settings = cli_settings.from_args(args)
     filters = cli_settings.filters_from(args, settings)
-    hooks = dict(progress=console.progress, warn=console.log)
+    hooks: Hooks = {"progress": console.progress, "warn": console.log}
     note = settings.jobs_note()
     if note and args.command in ("render", "verify", "repair"):  # the commands with workers
         console.log(note)

@@ -96,9 +96,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
-def common_flags() -> argparse.ArgumentParser:
+def common_flags() -> Parser:
     """The flags every command has: --json and -q/--quiet."""
-    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common = Parser(add_help=False)  # a Parser, as the subcommands' parsers it is a parent of
     common.add_argument("--json", action="store_true", help="print the result as JSON (with a version key)")
     common.add_argument("-q", "--quiet", action="store_true",
                         help="no progress and no log lines on stderr; errors still")
@@ -162,8 +162,8 @@ def run(command: Callable[[], Result], as_json: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     # A run that stopped part-way still reports what it did (stdout), and why it stopped (stderr).
-    if getattr(result, "error", None):
-        print(f"Error: {result.error}", file=sys.stderr)
+    if error := getattr(result, "error", None):
+        print(f"Error: {error}", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILURE
 
 

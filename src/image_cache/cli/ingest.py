@@ -19,8 +19,8 @@ from image_cache.cli import console
 from image_cache.core import flags
 from image_cache.core.errors import MarketError, storage_error
 from image_cache.core.grid import INTERVAL_MS
+from image_cache.core.hooks import Hooks
 from image_cache.ingest.sources import sources
-
 
 PROG = "python -m ingest"
 
@@ -32,7 +32,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     common.add_argument("--db", dest="db", help=argparse.SUPPRESS, action=console.deprecated("--db", "--market-db"))
     common.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
                         help="how long to wait for another ingest to finish")
-    checksum = argparse.ArgumentParser(add_help=False)
+    checksum = console.Parser(add_help=False)
     checksum.add_argument("--require-checksum", action="store_true",
                           help="reject archives without a .CHECKSUM file (default: ingest them as unverified)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,7 +71,7 @@ def _series_filters(p: argparse.ArgumentParser, intervals: bool) -> None:
 
 def command(args: argparse.Namespace):
     """The library call behind each command, as a zero-argument callable."""
-    hooks = dict(progress=console.progress, warn=console.log)
+    hooks: Hooks = {"progress": console.progress, "warn": console.log}
     for source in sources():
         if args.command == source.name:
             return lambda: source.run(args, hooks)

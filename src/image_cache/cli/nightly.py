@@ -19,16 +19,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from image_cache.cli import console
-from image_cache.cli import settings as cli_settings
 from image_cache.cache.runner import Filters, render
 from image_cache.cache.verify import verify
+from image_cache.cli import console
+from image_cache.cli import settings as cli_settings
 from image_cache.core import flags
 from image_cache.core.errors import ImageCacheError, LockHeld
 from image_cache.ingest.download import add_archive_arguments
 from image_cache.ingest.rest import add_market_arguments, check_market
-from image_cache.ingest.venues import series_name
 from image_cache.ingest.update import update
+from image_cache.ingest.venues import series_name
 from image_cache.settings import ConfigError, Settings
 
 

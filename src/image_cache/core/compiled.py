@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-
 # The fix, for both ways of having the code: a checkout builds in place, an installed copy is built by pip.
 FIX = ("run `make venv` (a checkout) or reinstall with `pip install .` "
        "(both need a C compiler and the Python headers)")
@@ -49,7 +48,7 @@ def require_built(*modules: ModuleType | Unbuilt) -> None:
     a drawing kernel failing inside a window would look like a window the engine refuses."""
     for module in modules:
         if isinstance(module, Unbuilt):
-            getattr(module, "SOURCE_SHA256")
+            raise module.error(f"{module.reason}: {FIX}")
 
 
 @functools.cache

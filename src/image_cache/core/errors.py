@@ -39,6 +39,8 @@ class ChartError(ImageCacheError, ValueError):
     Also a ValueError, as it always was: the drawing kernels' input checks are caught as ValueError.
     """
 
+    fingerprint: str | None = None  # the refused window's input fingerprint, set where it is drawn (cache/work.py)
+
 
 class StorageError(ImageCacheError):
     """An OS or I/O failure (disk full, permission, I/O error); the OSError is kept as `os_error`."""

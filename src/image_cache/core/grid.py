@@ -5,7 +5,8 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import overload
 
 import numpy as np
 
@@ -76,6 +77,14 @@ def _month_start_ms(index: np.ndarray | int) -> np.ndarray | int:
     return starts if np.ndim(index) else int(starts)
 
 
+@overload
+def grid_index(code: str, open_time_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def grid_index(code: str, open_time_ms: int) -> int: ...
+@overload
+def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int: ...
+
+
 def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:
     """Position of an open time on the interval's grid (floor for times off the grid).
 
@@ -89,6 +98,14 @@ def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:
         else (int(open_time_ms) - offset) // INTERVAL_MS[code]
 
 
+@overload
+def grid_time(code: str, index: np.ndarray) -> np.ndarray: ...
+@overload
+def grid_time(code: str, index: int) -> int: ...
+@overload
+def grid_time(code: str, index: np.ndarray | int) -> np.ndarray | int: ...
+
+
 def grid_time(code: str, index: np.ndarray | int) -> np.ndarray | int:
     """Inverse of grid_index: the open time of grid slot `index`."""
     if code == "1mo":
@@ -98,8 +115,24 @@ def grid_time(code: str, index: np.ndarray | int) -> np.ndarray | int:
         else int(index) * INTERVAL_MS[code] + offset
 
 
+@overload
+def on_grid(code: str, open_time_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def on_grid(code: str, open_time_ms: int) -> bool: ...
+@overload
+def on_grid(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | bool: ...
+
+
 def on_grid(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | bool:
     return grid_time(code, grid_index(code, open_time_ms)) == open_time_ms
+
+
+@overload
+def close_time_ms(code: str, open_time_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def close_time_ms(code: str, open_time_ms: int) -> int: ...
+@overload
+def close_time_ms(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int: ...
 
 
 def close_time_ms(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:
@@ -107,6 +140,14 @@ def close_time_ms(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int
     if code == "1mo":
         return grid_time(code, grid_index(code, open_time_ms) + 1)
     return open_time_ms + INTERVAL_MS[code]
+
+
+@overload
+def utc_ms(value: str) -> int: ...
+@overload
+def utc_ms(value: None) -> None: ...
+@overload
+def utc_ms(value: str | None) -> int | None: ...
 
 
 def utc_ms(value: str | None) -> int | None:
@@ -118,12 +159,12 @@ def utc_ms(value: str | None) -> int | None:
     except ValueError:
         raise MarketError(f"invalid date {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC)") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return calendar.timegm(parsed.utctimetuple()) * 1000 + parsed.microsecond // 1000
 
 
 def iso_utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_ms() -> int:

@@ -5,12 +5,18 @@ supplies the terminal versions."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 T = TypeVar("T")
 
 Progress = Callable[..., Iterable[Any]]
 Warn = Callable[[str], None]
+
+
+class Hooks(TypedDict):
+    """Both hooks, as a command line passes them on (`**hooks`) with their types kept."""
+    progress: Progress
+    warn: Warn
 
 
 def no_progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:

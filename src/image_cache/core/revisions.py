@@ -65,7 +65,7 @@ class Mark:
         return f"{self.epoch}/{self.deletes}/{self.max_rowid}/{self.max_key}"
 
     @staticmethod
-    def decode(text: str) -> "Mark":
+    def decode(text: str) -> Mark:
         epoch, deletes, max_rowid, key = text.split("/", 3)
         return Mark(int(epoch), int(deletes), int(max_rowid), key)
 

@@ -15,11 +15,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_S = 5.0
-_WHAT = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
+# What signal.signal takes and signal.getsignal returns
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+_WHAT: dict[int, str] = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up (SIGHUP)"}
 
 
 class Stopped(KeyboardInterrupt):
@@ -50,9 +54,9 @@ def _exit_late(signum: int) -> None:
     os._exit(128 + signum)
 
 
-def _install(handler) -> dict[int, object]:
+def _install(handler: Handler) -> dict[int, Handler]:
     """Set `handler` for each of SIGNALS not ignored; return what was there before."""
-    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    previous: dict[int, Handler] = {signum: signal.getsignal(signum) for signum in SIGNALS}
     for signum, old in previous.items():
         if old is not signal.SIG_IGN:
             signal.signal(signum, handler)

@@ -5,8 +5,9 @@ The archive format itself (names, .CHECKSUM, zip members, the kline CSV) is bina
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from image_cache.core.hooks import Hooks
 from image_cache.ingest.binance_vision import ingest_paths
 from image_cache.ingest.registry import IngestResult
 from image_cache.ingest.sources import Source
@@ -19,7 +20,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> IngestResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> IngestResult:
     return ingest_paths(args.db, args.paths, require_checksum=args.require_checksum, lock_wait=args.lock_wait,
                         **hooks)
 

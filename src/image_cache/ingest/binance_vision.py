@@ -25,23 +25,43 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import BinaryIO, TypeVar
+from typing import IO, BinaryIO, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
-from image_cache.ingest.registry import (FileOutcome, IngestResult, SourceFile, already_ingested, ingest_file, ingest_stream,
-                             reject, skipped, write_file, writer)
 from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
-from image_cache.ingest.venues import BINANCE_SPOT, Venue, series_name
+from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import CHUNK_BYTES, line_chunks, open_regular, sha256_stream
+from image_cache.ingest.registry import (
+    FileOutcome,
+    IngestResult,
+    SourceFile,
+    already_ingested,
+    ingest_file,
+    ingest_stream,
+    reject,
+    skipped,
+    write_file,
+    writer,
+)
 from image_cache.ingest.schema import CANDLE_DTYPE
 from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally, file_order_error
 from image_cache.ingest.staging import Staged
-from image_cache.ingest.validate import (Lines, Validated, detect_unit, fail, field_counts, is_number, spacing_code, split_lines,
-                             to_ms, validate)
+from image_cache.ingest.validate import (
+    Lines,
+    Validated,
+    detect_unit,
+    fail,
+    field_counts,
+    is_number,
+    spacing_code,
+    split_lines,
+    to_ms,
+    validate,
+)
+from image_cache.ingest.venues import BINANCE_SPOT, Venue, series_name
 
 KLINE_FIELDS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_asset_volume",
                 "trades", "taker_buy_base_volume", "taker_buy_quote_volume", "ignore")
@@ -140,7 +160,7 @@ def _zip_error(name: str, exc: Exception) -> MarketError:
 class _CappedMember(io.RawIOBase):
     """A member's decompressed stream that refuses to yield more than `max_bytes` in all."""
 
-    def __init__(self, name: str, member: str, stream: BinaryIO, max_bytes: int):
+    def __init__(self, name: str, member: str, stream: IO[bytes], max_bytes: int):
         super().__init__()
         self.name, self.member, self.stream, self.max_bytes = name, member, stream, max_bytes
         self.count = 0
@@ -378,6 +398,7 @@ def _sorted(name: str, open_member: Callable[[], contextlib.AbstractContextManag
     """Row and period rules in file order, then the series rules in time order through a staging table,
     then the writes (a rejected file costs no writes)."""
     rows = max(1, chunk_bytes // 32)
+    closes: np.ndarray | None  # the file's close times; staged.in_time_order gives them back
     with Staged(sink.conn, closes=True) as staged:
         with open_member() as f:
             chunks = _KlineChunks(name, f, chunk_bytes)

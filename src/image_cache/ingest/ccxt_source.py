@@ -24,7 +24,7 @@ import numpy as np
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import check_interval, close_time_ms, now_ms
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
 from image_cache.ingest.dates import END_FLAG, START_FLAG, first_candle
 from image_cache.ingest.registry import writer
@@ -274,7 +274,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-url", help="the exchange's API root (a server with the same API, e.g. a test double)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> ApiResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> ApiResult:
     return ccxt_ingest(args.db, exchange=args.exchange, symbols=args.symbols, intervals=args.intervals,
                        market=args.market, top=args.top, quote=args.quote, start=args.start, end=args.end,
                        api_url=args.api_url, lock_wait=args.lock_wait, **hooks)

@@ -29,16 +29,26 @@ import pandas as pd
 from image_cache.core import flags
 from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
 from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream, writer
-from image_cache.ingest.venues import venue_of_name
 from image_cache.ingest.schema import CANDLE_DTYPE
-from image_cache.ingest.sources import Source
 from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally
+from image_cache.ingest.sources import Source
 from image_cache.ingest.staging import Staged
-from image_cache.ingest.validate import (UTF8_BOM, RuleError, Validated, detect_unit, fail, field_counts, row_error,
-                             spacing_code, split_lines, to_ms)
+from image_cache.ingest.validate import (
+    UTF8_BOM,
+    RuleError,
+    Validated,
+    detect_unit,
+    fail,
+    field_counts,
+    row_error,
+    spacing_code,
+    split_lines,
+    to_ms,
+)
+from image_cache.ingest.venues import venue_of_name
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -276,7 +286,7 @@ class _Reader:
                 return None
         if rows == 0:
             raise _no_rows(self.name)
-        return next(why for why, yes in zip(CLOSE_REASONS, alike) if yes)
+        return next(why for why, yes in zip(CLOSE_REASONS, alike, strict=True) if yes)
 
 
 def _no_rows(name: str) -> MarketError:
@@ -442,7 +452,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="whether times stamp the candle's open or its close (default: detected)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> IngestResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> IngestResult:
     return ingest_csv(args.db, args.path, symbol=args.symbol, interval=args.interval,
                       time_column=args.time_column, time_unit=args.time_unit, time_label=args.time_label,
                       lock_wait=args.lock_wait, **hooks)

@@ -27,19 +27,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cache.core import flags
-from image_cache.core.hooks import no_progress, no_warn
-from image_cache.ingest.binance_vision import CHECKSUM_RE, ingest_paths
-from image_cache.ingest.network import HostDown, Network, unreachable
-from image_cache.ingest.registry import IngestResult
-from image_cache.ingest.sources import Source
 from image_cache.core.db import file_uri
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import check_interval, check_symbol, now_ms
+from image_cache.core.hooks import Hooks, no_progress, no_warn
+from image_cache.ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from image_cache.ingest.dates import END_FLAG, check_date, resolve_date
+from image_cache.ingest.network import HostDown, Network, unreachable
+from image_cache.ingest.registry import IngestResult
+from image_cache.ingest.sources import Source
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
@@ -337,6 +337,7 @@ def fetch_archive(fetch: Fetch, archive: Archive, *, today: date,
                 return replace(base, status="rejected-earlier", verified=True,
                                reason="rejected by an earlier ingest; --retry-failed downloads it again")
             if local_sha != rejected_sha:
+                assert checksum is not None  # `expected` was read from it
                 _write_atomic(fetch, dest + ".CHECKSUM", checksum)
                 return replace(base, status="cached", bytes=os.path.getsize(dest), verified=True)
         try:
@@ -446,7 +447,7 @@ def rejected_in_registry(db: str) -> dict[str, str]:
 
 
 def _utc_today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def _parse_day(value: str, now: int) -> date:
@@ -454,7 +455,7 @@ def _parse_day(value: str, now: int) -> date:
     check_date(value)
     ms = resolve_date(value, now)
     assert ms is not None
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date()
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
 
 
 def in_threads(work: Callable[[Archive], Outcome], batch: list[Archive], jobs: int, network: Network,
@@ -545,7 +546,7 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
     batch = plan(symbols, intervals, first, stop)
     outcomes = []
     fallback: list[Archive] = []
-    for archive, outcome in zip(batch, run(batch)):
+    for archive, outcome in zip(batch, run(batch), strict=True):
         # A monthly file not published yet (early in the next month): its days are, as daily files.
         days = daily_fallback(archive, first, stop) if outcome.status == "pending" else []
         fallback += days
@@ -589,7 +590,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_jobs_argument(p)
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> DownloadResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> DownloadResult:
     return download(args.db, symbols=args.symbols, intervals=args.intervals, start=args.start, end=args.end,
                     market=args.market, base_url=args.base_url, mirror=args.mirror, jobs=args.jobs,
                     retry_failed=args.retry_failed, require_checksum=args.require_checksum,

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.hooks import no_progress, no_warn
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.grid import check_interval, check_symbol, grid_index, grid_time, iso_utc
+from image_cache.core.hooks import no_progress, no_warn
 from image_cache.ingest.schema import connect_writer, open_times
 
 
@@ -57,7 +57,7 @@ def gap_arrays(interval: str, open_times: np.ndarray) -> tuple[np.ndarray, np.nd
 def find_gaps(interval: str, open_times: np.ndarray) -> list[Gap]:
     """The gaps of one series given its sorted open times (epoch ms)."""
     first, last, count = gap_arrays(interval, open_times)
-    return [Gap(int(f), int(la), int(c)) for f, la, c in zip(first, last, count)]
+    return [Gap(int(f), int(la), int(c)) for f, la, c in zip(first, last, count, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------- database
@@ -157,7 +157,7 @@ def refresh_gaps_between(conn: sqlite3.Connection, sid: int, interval: str, lo: 
                  (sid, a, b))
     first, last, _ = gap_arrays(interval, times)
     conn.executemany("INSERT INTO known_gaps(series_id, start_open_time, end_open_time) VALUES (?, ?, ?)",
-                     [(sid, int(f), int(la)) for f, la in zip(first, last)])
+                     [(sid, int(f), int(la)) for f, la in zip(first, last, strict=True)])
 
 
 def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[str] | None = None,

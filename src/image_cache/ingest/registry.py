@@ -239,7 +239,8 @@ class FileSink:
         if self.span is None:
             return
         start = self.span[0] if self.written_to is None else self.written_to + 1
-        if start < self.span[1] and (gone := withdraw(self.conn, self.sid, (start, self.span[1]), np.empty(0, np.int64))):
+        if start < self.span[1] and (gone := withdraw(self.conn, self.sid, (start, self.span[1]),
+                                                      np.empty(0, np.int64))):
             self.withdrawn += gone
             refresh_gaps_between(self.conn, self.sid, self.interval, start, self.span[1] - 1, np.empty(0, np.int64))
 

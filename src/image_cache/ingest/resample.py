@@ -15,14 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.hooks import no_progress, no_warn
-from image_cache.ingest.gaps import Gap, refresh_known_gaps
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import (DAY_MS, INTERVAL_MS, WEEK_OFFSET_MS, check_interval, check_symbol, grid_index, grid_time, iso_utc, on_grid)
+from image_cache.core.grid import (
+    DAY_MS,
+    INTERVAL_MS,
+    WEEK_OFFSET_MS,
+    check_interval,
+    check_symbol,
+    grid_index,
+    grid_time,
+    iso_utc,
+    on_grid,
+)
+from image_cache.core.hooks import no_progress, no_warn
+from image_cache.ingest.gaps import Gap, refresh_known_gaps
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, read_candles, series_id, upsert_candles
 from image_cache.ingest.venues import venue_of
-
 
 SUMMED = ("volume", "quote_asset_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
 

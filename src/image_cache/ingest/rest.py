@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import sqlite3
 import time
 import urllib.error
@@ -34,7 +33,7 @@ import numpy as np
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import SYMBOL_RE, check_interval, check_symbol, close_time_ms, now_ms
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
 from image_cache.ingest.dates import END_FLAG, INCEPTION, START_FLAG, check_date, described, first_candle, resolve_date
 from image_cache.ingest.network import Network, unreachable
@@ -144,13 +143,14 @@ class Client:
             detail = exc.read(300).decode("utf-8", "replace").strip()
             exc.close()
             if exc.code in (418, 429):
-                raise RateLimited(exc.code, float(retry_after) if retry_after and retry_after.isdigit() else 60.0)
+                raise RateLimited(exc.code,
+                                  float(retry_after) if retry_after and retry_after.isdigit() else 60.0) from None
             if exc.code >= 500:
                 raise Transient(f"HTTP {exc.code}") from None
             if exc.code == 400 and _error_code(detail) == INVALID_SYMBOL:
                 raise UnknownSymbol(f"HTTP 400: {detail}") from None
             raise MarketError(f"{url}: HTTP {exc.code} {exc.reason}: {detail}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException, socket.timeout) as exc:
+        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if (down := unreachable(exc)) is not None:
                 self.network.failed(url, down)
                 raise Unreachable(str(down)) from None
@@ -391,7 +391,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", type=END_FLAG, help="stop before this (default: the last closed candle)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> ApiResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> ApiResult:
     return api(args.db, symbols=args.symbols, intervals=args.intervals, market=args.market, start=args.start,
                end=args.end, api_url=args.api_url, top=args.top, quote=args.quote, lock_wait=args.lock_wait, **hooks)
 

@@ -13,21 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.hooks import no_progress, no_warn
-from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
-from image_cache.ingest.resample import write_resampled
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
+from image_cache.core.hooks import Hooks, no_progress, no_warn
+from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
+from image_cache.ingest.resample import write_resampled
 from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
 from image_cache.ingest.sources import Source
 from image_cache.ingest.venues import SAMPLE, symbols_not_of
@@ -236,10 +236,10 @@ def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[
          f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, symbol,
          f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", status,
          "already ingested (same sha256)" if status == "skipped" else None,
-         len(candles), inserted, revised, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")))
+         len(candles), inserted, revised, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
 
 
-def build_sample(db: str, *, symbols: list[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
+def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
                  seed: int = 1, end: str = "2024-07-01", lock_wait: float = 30.0,
                  progress: Callable = no_progress, warn: Callable[[str], None] = no_warn) -> SampleResult:
     """Write the sample market for `symbols` into `db`: 1m plus SAMPLE_INTERVALS, one transaction per symbol."""
@@ -300,10 +300,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", type=flags.symbols, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
     p.add_argument("--days", type=flags.integer(1, MAX_DAYS), default=90)
     p.add_argument("--seed", type=flags.integer(0), default=1)
-    p.add_argument("--end", type=flags.date, default="2024-07-01", help="UTC date the sample ends before (default: %(default)s)")
+    p.add_argument("--end", type=flags.date, default="2024-07-01",
+                   help="UTC date the sample ends before (default: %(default)s)")
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> SampleResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> SampleResult:
     return build_sample(args.db, symbols=args.symbols, days=args.days, seed=args.seed, end=args.end,
                         lock_wait=args.lock_wait, **hooks)
 

@@ -93,7 +93,7 @@ class SeriesCheck:
         if len(chunk) == 0:
             return chunk
         carry = self.last is not None
-        rows_all = np.concatenate((self.last, chunk)) if carry else chunk
+        rows_all = np.concatenate((self.last, chunk)) if self.last is not None else chunk
         lines_all = np.concatenate(([self.last_line], lines)) if carry else lines
         closes_all = None
         if closes is not None:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from image_cache.core.hooks import Hooks
+
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
     import argparse
 
@@ -33,7 +35,7 @@ class Source:
     name: str
     help: str
     arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, dict[str, Any]], Any]
+    run: Callable[[argparse.Namespace, Hooks], Any]
     # Takes --require-checksum (archive sources).
     checksums: bool = False
 

@@ -30,8 +30,8 @@ class Staged:
     def __enter__(self) -> Staged:
         types = ", ".join(f"{c} {'INTEGER' if CANDLE_DTYPE[c].kind == 'i' else 'REAL'} NOT NULL"
                           for c in CANDLE_COLUMNS)
-        self.conn.execute(f"CREATE TEMP TABLE staged_candles({types}, line INTEGER NOT NULL, close_ms INTEGER NOT NULL, "
-                          "PRIMARY KEY(open_time, line)) WITHOUT ROWID")
+        self.conn.execute(f"CREATE TEMP TABLE staged_candles({types}, line INTEGER NOT NULL, "
+                          "close_ms INTEGER NOT NULL, PRIMARY KEY(open_time, line)) WITHOUT ROWID")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -44,7 +44,7 @@ class Staged:
         rows["line"] = lines
         if closes is not None:
             rows["close_ms"] = closes
-        marks = ", ".join("?" * len(_ROW_DTYPE))
+        marks = ", ".join("?" * len(_ROW_DTYPE.names or ()))
         self.conn.executemany(f"INSERT INTO {TABLE}({_COLUMNS}, line, close_ms) VALUES ({marks})", rows.tolist())
 
     def in_time_order(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:

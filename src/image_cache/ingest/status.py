@@ -86,7 +86,8 @@ class StatusResult:
             lines.append(f"    {s.symbol} {s.interval}: {span}, {s.candles} rows, {s.gaps} gaps, "
                          f"{(s.bytes or 0) / 1024:,.0f} KiB, {s.freshness()}")
         lines.append("files: " + ", ".join(f"{self.files.get(k, 0)} {k}" for k in STATUSES)
-                     + (" (current failures: --failures)" if self.failures is None and self.files.get("rejected") else ""))
+                     + (" (current failures: --failures)"
+                        if self.failures is None and self.files.get("rejected") else ""))
         if self.failures is not None:
             lines.append(f"failures: {len(self.failures)}")
             lines.extend(f"  {f.reason}" for f in self.failures)

@@ -3,9 +3,10 @@
 Archives first (monthly files for whole months, then daily files, where Binance Vision has published
 them), from the day after the last archive period the registry holds; then the REST API for the
 tail the archives do not cover yet. Another exchange (`--exchange okx`) has no archives: its series are
-brought up through CCXT alone (`ingest ccxt`, which resumes each series after its last stored candle). A later archive for a period fetched over REST supersedes those
-rows (the registry counts the revisions). Symbols may be listed, read from `@FILE` (one per line), or
-taken from the exchange's instrument list (`--quote USDT`: every trading symbol quoted in USDT).
+brought up through CCXT alone (`ingest ccxt`, which resumes each series after its last stored candle). A
+later archive for a period fetched over REST supersedes those rows (the registry counts the revisions).
+Symbols may be listed, read from `@FILE` (one per line), or taken from the exchange's instrument list
+(`--quote USDT`: every trading symbol quoted in USDT).
 """
 
 from __future__ import annotations
@@ -14,21 +15,31 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, iso_utc, now_ms
-from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
-from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
-from image_cache.ingest.network import Network
-from image_cache.ingest.registry import writer
+from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, UnknownSymbol
 from image_cache.ingest.ccxt_source import MARKET_TYPES, ccxt_ingest
 from image_cache.ingest.dates import START_FLAG
-from image_cache.ingest.rest import (MARKETS, Client, add_top_arguments, check_api_url, check_market, fetch_tails,
-                                     first_kline, resolve_dates, top_symbols, trading_symbols)
+from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
+from image_cache.ingest.network import Network
+from image_cache.ingest.registry import writer
+from image_cache.ingest.rest import (
+    MARKETS,
+    Client,
+    add_top_arguments,
+    check_api_url,
+    check_market,
+    fetch_tails,
+    first_kline,
+    resolve_dates,
+    top_symbols,
+    trading_symbols,
+)
 from image_cache.ingest.sources import Source, csv_list
 from image_cache.ingest.venues import record_selection, series_name
 
@@ -93,7 +104,7 @@ def archive_start(conn: sqlite3.Connection, symbol: str, interval: str, start: d
     first = conn.execute("""SELECT MIN(c.open_time) FROM candles c JOIN series se ON se.id = c.series_id
                             JOIN symbols s ON s.id = se.symbol_id JOIN intervals i ON i.id = se.interval_id
                             WHERE s.symbol = ? AND i.code = ?""", (symbol, interval)).fetchone()[0]
-    return None if first is None else datetime.fromtimestamp(first // 1000, tz=timezone.utc).date()
+    return None if first is None else datetime.fromtimestamp(first // 1000, tz=UTC).date()
 
 
 @dataclass
@@ -215,7 +226,7 @@ def update_ccxt(db: str, *, exchange: str, symbols: list[str], intervals: list[s
 
 
 def _utc_day(ms: int) -> date:
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).date()
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
 
 
 def _day_ms(day: date) -> int:
@@ -241,7 +252,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_jobs_argument(p)
 
 
-def _run(args: argparse.Namespace, hooks: dict[str, Any]) -> UpdateResult:
+def _run(args: argparse.Namespace, hooks: Hooks) -> UpdateResult:
     if args.exchange != "binance":
         return update_ccxt(args.db, exchange=args.exchange, symbols=args.symbols, intervals=args.intervals,
                            market=args.market, top=args.top, quote=args.quote, start=args.start,

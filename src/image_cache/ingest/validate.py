@@ -156,19 +156,25 @@ def _first(mask: np.ndarray) -> int | None:
 Rule = tuple[np.ndarray, str, Callable[[int], str]]  # (rows breaking it, its name, the detail of row i)
 
 
+def _detail(columns: dict[str, np.ndarray] | np.ndarray, col: str,
+            show: Callable[[object], str]) -> Callable[[int], str]:
+    """The detail of row i breaking a rule on `col`: its value, shown by `show` (str or repr)."""
+    return lambda i: f"{col} is {show(columns[col][i].item())}"
+
+
 def row_rules(columns: dict[str, np.ndarray] | np.ndarray) -> list[Rule]:
     """The row rules, in order, over the columns present (a market read holds only OHLCV): the one
     definition of a sound candle, which ingest enforces on write and the renderer on read."""
-    present = columns.dtype.names if isinstance(columns, np.ndarray) else tuple(columns)
+    present = (columns.dtype.names or ()) if isinstance(columns, np.ndarray) else tuple(columns)
     o, h, lo, c = (columns[col] for col in PRICE_COLUMNS)
     rules: list[Rule] = []
     for col in (col for col in FLOAT_COLUMNS if col in present):
         rules.append((~np.isfinite(columns[col]), "finite decimal",
-                      lambda i, col=col: f"{col} is {columns[col][i].item()}"))
+                      _detail(columns, col, str)))
     for col in PRICE_COLUMNS:
-        rules.append((columns[col] <= 0, "price > 0", lambda i, col=col: f"{col} is {columns[col][i].item()!r}"))
+        rules.append((columns[col] <= 0, "price > 0", _detail(columns, col, repr)))
     for col in (col for col in VOLUME_COLUMNS + ("trades",) if col in present):
-        rules.append((columns[col] < 0, f"{col} >= 0", lambda i, col=col: f"{col} is {columns[col][i].item()!r}"))
+        rules.append((columns[col] < 0, f"{col} >= 0", _detail(columns, col, repr)))
     rules.append((lo > np.minimum(o, c), "low <= min(open, close)",
                   lambda i: f"low {lo[i].item()!r}, open {o[i].item()!r}, close {c[i].item()!r}"))
     rules.append((h < np.maximum(o, c), "high >= max(open, close)",

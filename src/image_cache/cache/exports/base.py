@@ -56,7 +56,7 @@ class Job:
             "preset": preset_label(self.selection.preset), "spec_hash": self.selection.spec_hash,
             "sha256": sample.sha256, "pixel_hash": sample.pixel_hash, "width": sample.width,
             "height": sample.height, "label": sample.classes[0]}
-        for h, r, c in zip(self.options.horizons, sample.returns, sample.classes):
+        for h, r, c in zip(self.options.horizons, sample.returns, sample.classes, strict=True):
             fields[f"label_h{h}"] = c
             fields[f"return_h{h}"] = r
         return fields

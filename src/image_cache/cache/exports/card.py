@@ -14,8 +14,8 @@ from typing import Any
 from image_cache.cache.exports.base import Format, Job
 from image_cache.cache.exports.labels import DEFAULT_FRACTIONS
 from image_cache.cache.exports.select import Sample
-from image_cache.settings import Settings
 from image_cache.core.grid import iso_utc
+from image_cache.settings import Settings
 
 PACKAGES = ("numpy", "pandas", "pillow", "pyarrow", "matplotlib", "mplfinance")
 
@@ -49,7 +49,7 @@ def balance(samples: list[Sample], horizons: tuple[int, ...], n_classes: int) ->
     """Samples per class, per horizon."""
     counts = {f"h{h}": [0] * n_classes for h in horizons}
     for sample in samples:
-        for h, c in zip(horizons, sample.classes):
+        for h, c in zip(horizons, sample.classes, strict=True):
             counts[f"h{h}"][c] += 1
     return counts
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from image_cache.cache.windows import Series
-from image_cache.settings import ConfigError
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import close_time_ms, grid_index, grid_time, iso_utc, on_grid, utc_ms
+from image_cache.settings import ConfigError
 
 DEFAULT_FRACTIONS = (("train", 70), ("validation", 15), ("test", 15))
 SPLIT_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -67,7 +67,7 @@ def parse_label(text: str) -> LabelRule:
             edges = tuple(float(part) for part in text[len("bucket:"):].split(","))
         except ValueError:
             raise ConfigError(f"--label {text!r}: bucket edges must be numbers, e.g. bucket:-0.01,0.01") from None
-        if not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+        if not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
             raise ConfigError(f"--label {text!r}: bucket edges must be finite and strictly increasing")
         return LabelRule("bucket", edges)
     raise ConfigError(f"--label {text!r}: expected sign or bucket:EDGES (e.g. bucket:-0.01,0.01)")
@@ -119,7 +119,7 @@ def parse_splits(text: str) -> tuple[Split, ...]:
     if len(set(names)) != len(names):
         raise ConfigError(f"--split {text!r}: split names must be distinct")
     splits.sort(key=lambda s: -math.inf if s.start_ms is None else s.start_ms)
-    for before, after in zip(splits, splits[1:]):
+    for before, after in itertools.pairwise(splits):
         if before.end_ms is None or after.start_ms is None or after.start_ms < before.end_ms:
             raise ConfigError(f"--split: {before.name} and {after.name} overlap")
     return tuple(splits)

@@ -46,9 +46,9 @@ class Palette:
                 table[k] = self.colours.index(colour)
             # The usual case, one palette for every image: its indices are already ours, no remapping.
             self._lookup[raw] = None if (table[:len(raw) // 3] == np.arange(len(raw) // 3)).all() else table
-        table = self._lookup[raw]
+        lookup = self._lookup[raw]
         pixels = np.asarray(image)
-        return pixels if table is None else table[pixels]
+        return pixels if lookup is None else lookup[pixels]
 
     def array(self) -> np.ndarray:
         return np.frombuffer(b"".join(self.colours), dtype=np.uint8).reshape(-1, 3)

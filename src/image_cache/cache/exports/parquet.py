@@ -29,7 +29,9 @@ def hf_feature(dtype: str | tuple[str, ...] | list) -> dict:
 def _arrow(dtype: str | tuple[str, ...] | list) -> pa.DataType:
     if isinstance(dtype, tuple):
         return pa.int64()
-    if isinstance(dtype, str) and dtype.startswith("image:"):
+    if isinstance(dtype, list):  # struct columns: no parquet export has them
+        raise TypeError(f"no Arrow type for the struct {dtype!r}")
+    if dtype.startswith("image:"):
         return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     return ARROW[dtype]
 

@@ -13,15 +13,22 @@ from typing import Any
 import numpy as np
 
 from image_cache.cache import index, market
-from image_cache.cache.exports.labels import (LabelRule, Split, assign_splits, forward_returns, on_sample, on_stride,
-                                                sample_key)
+from image_cache.cache.exports.labels import (
+    LabelRule,
+    Split,
+    assign_splits,
+    forward_returns,
+    on_sample,
+    on_stride,
+    sample_key,
+)
 from image_cache.cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
 from image_cache.cache.windows import Series, fingerprint, window_rows
-from image_cache.settings import Settings
 from image_cache.core.db import file_uri
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
+from image_cache.settings import Settings
 
 INDEX_COLUMNS = ("symbol", "interval", "end_open_time_ms", "status", "spec_hash", "style_name", "img_size_px",
                  "window_len", "style_version", "file_path", "sha256", "pixel_hash", "width_px", "height_px",
@@ -93,10 +100,10 @@ def _index_rows(conn: sqlite3.Connection, preset: dict[str, Any], spec_hash: str
          preset["style_version"], settings.start_ms, settings.end_ms or 2**62)).fetchall()
     if settings.stride > 1 and rows:
         keep = on_stride(interval, np.array([r["end_open_time_ms"] for r in rows]), settings.stride)
-        rows = [r for r, k in zip(rows, keep) if k]
+        rows = [r for r, k in zip(rows, keep, strict=True) if k]
     if sample != "all" and rows:
         keep = on_sample(interval, np.array([r["end_open_time_ms"] for r in rows]), sample)
-        rows = [r for r, k in zip(rows, keep) if k]
+        rows = [r for r, k in zip(rows, keep, strict=True) if k]
     ok = [r for r in rows if r["current"]]
     return ok, len(rows) - len(ok)
 
@@ -153,7 +160,7 @@ def _label_series(series: Series, rows: list[sqlite3.Row], spec, horizons: tuple
     last = np.searchsorted(series.times, ends)
     found = (last < len(series.times)) & (series.times[np.minimum(last, len(series.times) - 1)] == ends)
     current = np.array([bool(f) and fingerprint(series, window_rows(int(i), spec.window_len, spec.history))
-                        == r["input_fingerprint"] for f, i, r in zip(found, last, rows)], dtype=bool)
+                        == r["input_fingerprint"] for f, i, r in zip(found, last, rows, strict=True)], dtype=bool)
     counts["stale"] += int((~current).sum())
     returns, valid = forward_returns(series, np.where(current, last, 0), horizons, now)
     valid &= current
@@ -184,7 +191,7 @@ def split_samples(samples: list[Sample], splits: tuple[Split, ...], purge: int,
     for interval, group in by_interval.items():
         which, purged = assign_splits(interval, np.array([s.end_ms for s in group], dtype=np.int64),
                                       np.array([s.label_end_ms for s in group], dtype=np.int64), splits, purge)
-        for sample, k, gone in zip(group, which, purged):
+        for sample, k, gone in zip(group, which, purged, strict=True):
             if k < 0:
                 counts["outside_splits"] += 1
             elif gone:
