@@ -109,6 +109,9 @@ def test_market_names_keep_settle_and_expiry_apart():
     assert market_name({"base": "BTC", "quote": "USD", "settle": "BTC",
                         "expiryDatetime": "2025-06-27T08:00:00.000Z"}) == "BTCUSD_BTC_250627"
     assert market_name({"base": "1000PEPE", "quote": "USDT"}) == "1000PEPEUSDT"
+    # An asset a series name cannot spell is never cut down to another name (it became `USDT`: review).
+    assert market_name({"base": "币安人生", "quote": "USDT"}) is None
+    assert market_name({"base": "BTC", "quote": ""}) is None
 
 
 def test_update_brings_another_exchanges_series_up_through_ccxt(tmp_path, fake, capsys):

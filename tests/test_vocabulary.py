@@ -152,3 +152,30 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere_never_both(monkeypa
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     assert list(console.progress(range(3), total=3, desc="render", unit="img")) == [0, 1, 2]
     assert "render: 1/3 img\n" not in capsys.readouterr().err  # the bar, not log lines
+
+
+def test_status_is_narrowed_by_symbols_and_intervals_as_the_readme_says(folder: Path, capsys):
+    """`status --symbols ETHUSDT --intervals 4h` listed every series (the flags were taken and ignored: review)."""
+    assert cache.main(["render", "-q"]) == 0
+    capsys.readouterr()
+    code, everything, _ = _run(cache.main, ["status", "--json"], capsys)
+    code, narrowed, _ = _run(cache.main, ["status", "--json", "--symbols", "ETHUSDT", "--intervals", "4h"], capsys)
+    assert code == 0
+    every, some = json.loads(everything), json.loads(narrowed)
+    assert {(s["symbol"], s["interval"]) for s in some["series"]} == {("ETHUSDT", "4h")}
+    assert len(every["series"]) == 4 and 0 < some["bytes_on_disk"] < every["bytes_on_disk"]
+    assert some["newest"].startswith("ETHUSDT/4h/")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["update", "--top", "5", "--intervals", "1h", "--start", "2024-01-01"], "--top needs --quote"),
+    (["api", "--top", "5", "--intervals", "1h"], "--top needs --quote"),
+    (["api", "--quote", "USDT", "--intervals", "1h", "--symbols", "BTCUSDT"], "--quote goes with --top"),
+    (["ccxt", "--exchange", "okx", "--intervals", "1h"], "ccxt needs --symbols or --top"),
+])
+def test_flags_that_only_go_together_are_usage_errors_before_any_work(tmp_path: Path, capsys, argv, message):
+    """They were failures (exit 1), ccxt's only after loading the exchange's markets over the network (review)."""
+    code, out, err = _run(ingest.main, [*argv, "--market-db", str(tmp_path / "m.sqlite"),
+                                        "--api-url", "http://127.0.0.1:9"], capsys)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "m.sqlite").exists()

@@ -83,10 +83,10 @@ def repair(settings: Settings, *, symbols: list[str] | None = None, intervals: l
     return run(settings, _filters(symbols, intervals), reindex=reindex, **hooks)
 
 
-def status(settings: Settings) -> Any:
+def status(settings: Settings, *, symbols: list[str] | None = None, intervals: list[str] | None = None) -> Any:
     """Counts per series and status: a StatusResult whose `.series` is a list of dicts (DataFrame rows)."""
     from image_cache.cache.status import status as run
-    return run(settings.image_index_db)
+    return run(settings.image_index_db, symbols, intervals)
 
 
 def export(settings: Settings, out: str, format: str, *, symbols: list[str] | None = None,

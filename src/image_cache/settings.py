@@ -188,7 +188,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("market_db_path", "--market-db", "market database, opened read-only", _path, "PATH"),
+    Option("market_db_path", "--market-db", "market database (render, verify and export open it read-only)", _path,
+           "PATH"),
     Option("image_index_db", "--index-db", "image index database", _path, "PATH"),
     Option("image_root_dir", "--image-root", "folder the images are written under", _path, "DIR"),
     Option("pairs", "--symbols", "comma-separated symbols", _names(check_symbol), "SYMS"),

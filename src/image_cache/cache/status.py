@@ -40,24 +40,28 @@ class StatusResult:
         return "\n".join(lines)
 
 
-def status(index_db: str) -> StatusResult:
+def status(index_db: str, symbols: list[str] | None = None, intervals: list[str] | None = None) -> StatusResult:
+    """Counts per series, preset and status, bytes, the newest image and the last run; of the series of
+    `symbols` and `intervals` only, when given (the last run is the index's)."""
     conn = index.connect(index_db, create=False)
+    where, params = index.series_where(symbols, intervals)
     try:
         result = StatusResult(total={s: 0 for s in index.STATUSES})
         per: dict[tuple[str, str, str], dict[str, Any]] = {}
         for symbol, interval, style, size, window, version, state, count in conn.execute(
                 "SELECT symbol, interval, style_name, img_size_px, window_len, style_version, status, count(*) "
-                "FROM images GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6"):
+                f"FROM images{where} GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6", params):
             label = f"{style} {size}px w{window} v{version}"
             entry = per.setdefault((symbol, interval, label), {"symbol": symbol, "interval": interval,
                                                                "style": label, **{s: 0 for s in index.STATUSES}})
             entry[state] = count
             result.total[state] += count
         result.series = list(per.values())
+        also = f"{where} AND" if where else " WHERE"
         result.bytes_on_disk = conn.execute(
-            "SELECT coalesce(sum(file_size), 0) FROM images WHERE status IN ('ok', 'stale')").fetchone()[0]
-        newest = conn.execute("SELECT file_path FROM images WHERE status = 'ok' "
-                              "ORDER BY end_open_time_ms DESC, file_path LIMIT 1").fetchone()
+            f"SELECT coalesce(sum(file_size), 0) FROM images{also} status IN ('ok', 'stale')", params).fetchone()[0]
+        newest = conn.execute(f"SELECT file_path FROM images{also} status = 'ok' "
+                              "ORDER BY end_open_time_ms DESC, file_path LIMIT 1", params).fetchone()
         result.newest = newest[0] if newest else None
         run = conn.execute("SELECT command, arguments, started_utc, finished_utc, counts, exit_code FROM runs "
                            "ORDER BY id DESC LIMIT 1").fetchone()

@@ -95,7 +95,7 @@ def command(args: argparse.Namespace):
     if args.command in ("export", "preview"):
         return _dataset_command(args, settings, filters)
     from image_cache.cache.status import status
-    return lambda: status(settings.image_index_db)
+    return lambda: status(settings.image_index_db, filters.symbols, filters.intervals)
 
 
 def export_formats() -> dict:

@@ -125,10 +125,15 @@ def open_exchange(exchange_id: str, market_type: str, *, api_url: str | None = N
     return exchange
 
 
-def market_name(market: dict[str, Any]) -> str:
+def market_name(market: dict[str, Any]) -> str | None:
     """Our symbol for a CCXT market: base and quote (`BTC/USDT:USDT` → BTCUSDT), then after `_` a settle
     asset other than the quote (`BTC/USD:BTC` → BTCUSD_BTC) and a future's expiry (BTCUSD_BTC_250627):
-    as unique as CCXT's symbol for spot, swap and future markets."""
+    as unique as CCXT's symbol for spot, swap and future markets. None for a market whose base or quote
+    has characters a series name cannot hold (a name of other letters would lose them: `币安人生/USDT` is
+    not `USDT`)."""
+    for asset in (market.get("base"), market.get("quote")):
+        if not asset or _NAME_RE.sub("", str(asset).upper()) != str(asset).upper():
+            return None
     name = _NAME_RE.sub("", f"{market.get('base') or ''}{market.get('quote') or ''}".upper())
     settle = _NAME_RE.sub("", str(market.get("settle") or "").upper())
     if settle and settle != _NAME_RE.sub("", str(market.get("quote") or "").upper()):
@@ -149,7 +154,7 @@ def top_symbols(exchange: Exchange, quote: str, count: int) -> list[tuple[str, f
     markets = {s: m for s, m in _markets(exchange).items() if m.get("quote") == quote and m.get("active") is not False}
     tickers = exchange.call("tickers", exchange.api.fetch_tickers)
     volumes = []
-    for symbol in markets:
+    for symbol in (s for s, m in markets.items() if market_name(m) is not None):  # one a series can name
         ticker = tickers.get(symbol) or {}
         volume = ticker.get("quoteVolume")
         if volume is None and ticker.get("baseVolume") is not None and ticker.get("last") is not None:
@@ -225,7 +230,11 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
     markets = _markets(ex)
     result.symbols = wanted
     result.unknown = [s for s in wanted if s not in markets]
-    names = {s: series_name(market_name(markets[s]), ex.venue) for s in wanted if s in markets}
+    unnamable = [s for s in wanted if s in markets and market_name(markets[s]) is None]
+    if unnamable:
+        raise MarketError(f"{', '.join(unnamable)}: an asset name outside A-Z and 0-9, which a series name cannot "
+                          "hold (ingest it into a database of its own under another tool's name)")
+    names = {s: series_name(str(market_name(markets[s])), ex.venue) for s in wanted if s in markets}
     # Two markets whose names differ only in characters a series name cannot hold would share a series.
     if len(set(names.values())) < len(names):
         same = sorted(s for s in names if list(names.values()).count(names[s]) > 1)

@@ -297,9 +297,10 @@ def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SO
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--symbols", type=flags.symbols, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
-    p.add_argument("--days", type=flags.integer(1, MAX_DAYS), default=90)
-    p.add_argument("--seed", type=flags.integer(0), default=1)
+    p.add_argument("--symbols", type=flags.symbols, default=["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+                   help="comma-separated symbols to synthesise")
+    p.add_argument("--days", type=flags.integer(1, MAX_DAYS), default=90, help="days of 1m candles before --end")
+    p.add_argument("--seed", type=flags.integer(0), default=1, help="the same seed gives the same market")
     p.add_argument("--end", type=flags.date, default="2024-07-01",
                    help="UTC date the sample ends before (default: %(default)s)")
 

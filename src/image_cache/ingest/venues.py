@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import SYMBOL_RE, iso_utc, now_ms
 
-_PART_RE = re.compile(r"^[a-z0-9]{1,20}$")
+_PART_RE = re.compile(r"^[a-z0-9]{1,24}$")  # CCXT ids run to 21 (coinbaseinternational)
 
 VENUES_DDL = """
 CREATE TABLE IF NOT EXISTS series_venues (
