@@ -17,23 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import index_rows, run_cli, tree_digest
+from conftest import CONFIG, index_rows, run_cli, tree_digest
 
 pytest.importorskip("distributed")
 # One install for this module and test_packaging's: both run on the same xdist worker (Makefile: loadgroup).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("installed")]
 
-CLUSTER_CONFIG = """
-[image_cache]
-market_db = "market.sqlite"
-index_db = "image_cache.sqlite"
-image_root = "image-cache"
-symbols = ["BTCUSDT", "ETHUSDT"]
-intervals = ["15m", "1h"]
-size = 128
-window = 30
-jobs = 4
-"""
+# The suite's config with more, shorter windows (a run that lasts a few seconds) and chunks for 4 threads.
+CLUSTER_CONFIG = (CONFIG.replace('intervals = ["1h", "4h"]', 'intervals = ["15m", "1h"]')
+                  .replace('start = "2024-06-25"\n', "").replace("jobs = 1", "jobs = 4"))
 START_S = 60  # a cluster on a loaded 2-core machine
 
 

@@ -4,7 +4,6 @@ the checkout, from a folder holding its own `config.py`, `cache/` and `core/`.""
 
 from __future__ import annotations
 
-import argparse
 import ast
 import os
 import re
@@ -196,8 +195,8 @@ def test_the_console_script_from_a_folder_of_its_own(installed: Path, user_folde
     assert (version.returncode, version.stdout) == (0, "image-cache 0.9.0\n"), version.stderr
     helps = [[], ["render"], ["verify"], ["repair"], ["status"], ["export"], ["preview"], ["nightly"], ["ingest"]]
     from image_cache.cli.ingest import build_parser
-    commands = next(list(action.choices) for action in build_parser()._actions
-                    if isinstance(action, argparse._SubParsersAction))
+    from image_cache.cli.reference import subcommands
+    commands = list(subcommands(build_parser()))
     assert {"api", "binance-vision", "download", "update", "csv", "sample", "resample", "gaps",
             "status"} <= set(commands)
     helps += [["ingest", name] for name in commands]

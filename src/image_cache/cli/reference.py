@@ -20,7 +20,7 @@ Generated from the parsers by `python -m image_cache.cli.reference > docs/cli.md
 """
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
@@ -37,10 +37,10 @@ def reference() -> str:
     os.environ["COLUMNS"] = WIDTH
     try:
         parts = [HEAD, f"## `{main.PROG}`\n\n```\n{main.USAGE.rstrip()}\n```\n"]
-        for name, parser in _subcommands(cache.build_parser(main.PROG)).items():
+        for name, parser in subcommands(cache.build_parser(main.PROG)).items():
             parts.append(_section(f"{main.PROG} {name}", parser))
         prog = f"{main.PROG} ingest"
-        for name, parser in _subcommands(ingest.build_parser(prog)).items():
+        for name, parser in subcommands(ingest.build_parser(prog)).items():
             parts.append(_section(f"{prog} {name}", parser))
         parts.append(_section(f"{main.PROG} nightly", nightly.build_parser(f"{main.PROG} nightly")))
     finally:

@@ -14,8 +14,8 @@ OLD_FLAGS = {"pairs": "--pairs"}
 OLD_FILTERS = {"symbol_filter": ("--symbol", "pairs"), "interval_filter": ("--interval", "intervals")}
 
 
-def _default(option_field: str) -> str | None:
-    value = getattr(Settings(), option_field)
+def _default(defaults: Settings, option_field: str) -> str | None:
+    value = getattr(defaults, option_field)
     if value is None or value is False:
         return None
     return ",".join(value) if isinstance(value, tuple) else str(value)
@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser, filters: bool = False) -> Non
                         help=f"TOML file with an [image_cache] table (default: ${CONFIG_ENV}, ./{CONFIG_NAME}, "
                              "then $XDG_CONFIG_HOME/image_cache/config.toml, the first that exists)")
     by_field = {option.field: option for option in OPTIONS}
+    defaults = Settings()
     for option in OPTIONS:
-        default = _default(option.field)
+        default = _default(defaults, option.field)
         text = option.help if default is None or "default" in option.help else f"{option.help} (default: {default})"
         if option.metavar is None:
             parser.add_argument(option.flag, dest=option.field, action="store_const", const=True, help=text)

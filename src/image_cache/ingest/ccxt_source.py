@@ -216,6 +216,8 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
     if (top is None) != (quote is None):
         raise MarketError("--top and --quote go together: --top N --quote USDT")
+    if not (symbols or top) or not intervals:  # before the exchange's markets are loaded over the network
+        raise MarketError("ccxt needs --symbols or --top, and --intervals")
     result = ApiResult()
     start_ms, end_ms = resolve_dates(start, end, now, result)
     ex = open_exchange(exchange, market, api_url=api_url, timeout=timeout, retries=retries, backoff=backoff,
@@ -225,8 +227,6 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
         chosen = top_symbols(ex, quote, top)
         result.top = [{"symbol": s, "quote_volume": v} for s, v in chosen]
         wanted = list(dict.fromkeys(wanted + [s for s, _ in chosen]))
-    if not wanted or not intervals:
-        raise MarketError("ccxt needs --symbols or --top, and --intervals")
     markets = _markets(ex)
     result.symbols = wanted
     result.unknown = [s for s in wanted if s not in markets]
