@@ -14,7 +14,6 @@ import os
 import sqlite3
 import struct
 import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,21 +22,18 @@ import numpy as np
 import pytest
 
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
+from conftest import run_cli
 from image_cache.ingest.binance_vision import MAX_MEMBER_BYTES, ingest_paths
 from image_cache.ingest.schema import CANDLE_COLUMNS, CANDLE_DTYPE, read_candles
 
-pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
-
-REPO = Path(__file__).resolve().parents[1]
 DAY = "2024-01-15"
 NAME = f"BTCUSDT-1h-{DAY}.zip"
 MEMBER = NAME.removesuffix(".zip") + ".csv"
 
 
-def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
-    return subprocess.run([sys.executable, "-m", "ingest", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env=env)
+def cli(cwd: Path, *args: str, process: bool = False) -> subprocess.CompletedProcess:
+    """`python -m ingest ARGS`, in this process (the command line's `main(argv)`) unless `process`."""
+    return run_cli(cwd, *args, module="ingest", timeout=60, process=process)
 
 
 def rows() -> list[list[str]]:
@@ -328,6 +324,20 @@ def test_hostile_input_is_rejected_end_to_end(tmp_path: Path, case: str, build, 
     assert registry(db) == [(stored_name, "rejected", reason, digest)]
     assert counts(db) == (0, 0, 0)
     assert_a_valid_file_follows(tmp_path, db)
+
+
+def test_a_real_process_answers_as_main_does(tmp_path: Path) -> None:
+    """The corpus runs in-process; the installed entry point gives the same exit code, output and rows."""
+    answers = []
+    for process in (False, True):
+        folder = tmp_path / str(process)
+        case, build, _ = CASES[0]
+        args = build(folder / "in")
+        run = cli(folder, args[0], "--market-db", str(folder / "market.sqlite"), *args[1:], process=process)
+        answers.append((run.returncode, run.stdout.replace(str(folder), "F"), run.stderr,
+                        registry(folder / "market.sqlite")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 1
 
 
 HOSTILE_SYMBOLS = ["../BTCUSDT", "BTC/USDT", "BTC USDT", "BTCÜSDT", "A" * 41]

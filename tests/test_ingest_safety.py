@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,18 +17,15 @@ import pytest
 
 from bench.ingest_memory import peak_rss
 from binance_fixtures import checksum_text, kline_csv, kline_rows, write_archive, zip_bytes
+from conftest import run_cli
 from image_cache.ingest.binance_vision import MAX_MEMBER_BYTES, WHOLE_MEMBER_BYTES
 
-pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}"}
 GOOD_CSV = b"open_time,open,high,low,close,volume\n1705276800000,1,2,0.5,1.5,10\n"
 
 
 def cli(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ingest", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    """`python -m ingest ARGS` in this process, through the command line's `main(argv)`."""
+    return run_cli(cwd, *args, module="ingest", timeout=timeout)
 
 
 def peak_rss_mb(cwd: Path, *args: str) -> tuple[int, float, str]:
@@ -242,6 +238,7 @@ def test_a_csv_that_is_a_named_pipe_is_refused_without_blocking(tmp_path: Path) 
 MEMORY_TARGET_MB = 300
 
 
+@pytest.mark.slow  # a process of its own: its peak memory is the subject
 def test_a_huge_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path: Path) -> None:
     """A 4 GB file (sparse: it costs no disk) is refused without being read into memory."""
     path = tmp_path / "BTCUSDT-1h-2024-01-15.zip"
@@ -253,6 +250,7 @@ def test_a_huge_file_that_is_not_a_zip_is_refused_from_its_first_bytes(tmp_path:
     assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
 
 
+@pytest.mark.slow  # a process of its own: its peak memory is the subject
 def test_a_small_zip_holding_a_huge_member_is_refused_in_bounded_memory(tmp_path: Path) -> None:
     """1 GiB + 1 MiB of one repeated row compress to ~2 MB; the member is refused, never held whole."""
     row = b"1705276800000,1,1,1,1,0,1705276803599999,0,0,0,0,0\n"
@@ -267,6 +265,7 @@ def test_a_small_zip_holding_a_huge_member_is_refused_in_bounded_memory(tmp_path
     assert peak < MEMORY_TARGET_MB, f"peak RSS {peak:.0f} MB"
 
 
+@pytest.mark.slow  # a process of its own: its peak memory is the subject
 def test_a_member_past_the_whole_parse_size_streams_in_bounded_memory(tmp_path: Path) -> None:
     """The worst case per byte: the shortest valid kline rows, 1.25x what is parsed whole (streamed)."""
     start = 1704067200000  # 2024-01-01, a monthly 1s file
