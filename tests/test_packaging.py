@@ -5,6 +5,7 @@ the checkout, from a folder holding its own `config.py`, `cache/` and `core/`.""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -201,12 +202,24 @@ def test_the_console_script_from_a_folder_of_its_own(installed: Path, user_folde
             "status"} <= set(commands)
     helps += [["ingest", name] for name in commands]
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    running = [(args, subprocess.Popen([str(installed / "bin" / "image-cache"), *args, "--help"], cwd=user_folder,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-               for args in helps]
-    for args, proc in running:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0 and out.startswith(f"usage: image-cache {' '.join(args)}".rstrip()), (args, err)
+    # The script itself for one command; every command's help in one process of the installed Python (a
+    # process each cost ~10 s of CPU and tested nothing more).
+    script = _script(installed, user_folder, "render", "--help")
+    assert script.returncode == 0 and script.stdout.startswith("usage: image-cache render"), script.stderr
+    each = ("import contextlib, io, json, sys\nfrom image_cache.cli.main import main\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    out = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(out):\n"
+            "        try:\n            code = main([*args, '--help'])\n"
+            "        except SystemExit as exit:\n            code = exit.code\n"
+            "    print(json.dumps([args, code, out.getvalue()]))\n")
+    out = subprocess.run([str(installed / "bin" / "python"), "-c", each, json.dumps(helps)], cwd=user_folder,
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [args for args, _, _ in answers] == helps
+    for args, code, text in answers:
+        assert code == 0 and text.startswith(f"usage: image-cache {' '.join(args)}".rstrip()), (args, text)
     code = ("import image_cache, config; print(image_cache.__file__); print(config.WHOSE); "
             "from image_cache.cache import runner; from image_cache import chart; print(chart.__file__)")
     out = subprocess.run([str(installed / "bin" / "python"), "-c", code], cwd=user_folder, capture_output=True,
