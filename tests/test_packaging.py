@@ -245,3 +245,16 @@ def test_the_console_script_draws_the_checkouts_bytes(installed: Path, user_fold
     assert index_rows(user_folder / "image_cache.sqlite") == index_rows(checkout / "image_cache.sqlite")
     verified = _script(installed, user_folder, "verify", "--config", "image_cache.toml", "--deep")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_architecture_names_every_module_and_only_modules_that_exist():
+    """docs/architecture.md is where a newcomer starts: each module of the package is named there (by its
+    file name), and each `name.py` it names is one of ours, so that it cannot drift from the code."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    ours = {path.name for path in SRC.rglob("*.py")} | {path.name for path in SRC.rglob("*.c")}
+    beside = {path.name for folder in ("", "ingest", "tests", "bench") for path in (REPO / folder).glob("*.py")}
+    unnamed = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py")
+                     if path.name != "__init__.py" and f"{path.name}`" not in text)
+    assert not unnamed, f"modules docs/architecture.md does not name: {unnamed}"
+    named = set(re.findall(r"`(?:[\w/]+/)?(\w+\.(?:py|c))`", text))
+    assert not named - ours - beside, f"docs/architecture.md names files that do not exist: {named - ours - beside}"
