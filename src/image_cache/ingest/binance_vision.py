@@ -51,9 +51,9 @@ from image_cache.ingest.series_check import Chunk, ChunkSink, FileRows, Tally, s
 from image_cache.ingest.validate import (
     Lines,
     Validated,
+    check_field_counts,
     detect_unit,
     fail,
-    field_counts,
     is_number,
     split_lines,
     to_ms,
@@ -263,13 +263,6 @@ def _locate_bad_field(name: str, body: bytes, first_line: int, error: Exception)
     return fail(name, first_line + row, rule, detail)
 
 
-def _check_field_counts(name: str, lines: Lines, skip: int, first_line: int) -> None:
-    counts = field_counts(lines)[skip:]
-    if (wrong := np.flatnonzero(counts != len(KLINE_FIELDS))).size:
-        row = int(wrong[0])
-        raise fail(name, first_line + row, "field count", f"{int(counts[row])} fields, expected {len(KLINE_FIELDS)}")
-
-
 def _has_header(lines: Lines) -> bool:
     """A file's first line is a header when its first field is not a number (decided per file)."""
     return not is_number(lines.line(0).split(b",", 1)[0].decode("utf-8", errors="replace"))
@@ -287,12 +280,12 @@ def _parse_rows(name: str, lines: Lines, skip: int, first_line: int,
     # The right total of commas is cheap to count; when it is right, a line with too few fields
     # implies one with too many, which the typed parse below refuses.
     if body.count(b",") != rows * (len(KLINE_FIELDS) - 1):
-        _check_field_counts(name, lines, skip, first_line)
+        check_field_counts(name, lines, first_line, len(KLINE_FIELDS), skip=skip)
     try:
         frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_DTYPES),
                             dtype=KLINE_DTYPES, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)
     except (ValueError, OverflowError) as exc:
-        _check_field_counts(name, lines, skip, first_line)
+        check_field_counts(name, lines, first_line, len(KLINE_FIELDS), skip=skip)
         raise _locate_bad_field(name, body, first_line, exc) from None
     raw_open = frame["open_time"].to_numpy()
     raw_close = frame["close_time"].to_numpy()

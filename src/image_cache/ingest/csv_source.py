@@ -39,9 +39,9 @@ from image_cache.ingest.validate import (
     UTF8_BOM,
     RuleError,
     Validated,
+    check_field_counts,
     detect_unit,
     fail,
-    field_counts,
     split_lines,
     to_ms,
 )
@@ -157,18 +157,6 @@ class Layout:
             self.fields[target] = index
 
 
-def _check_field_counts(name: str, data: bytes, lines: Any, layout: Layout, first_line: int) -> None:
-    if b'"' in data:  # quoted fields may hold delimiters: left to the CSV parser
-        return
-    counts = field_counts(lines, layout.delimiter.encode())
-    if (wrong := np.flatnonzero(counts != len(layout.names))).size:
-        row = int(wrong[0])
-        detail = f"{int(counts[row])} fields, the header has {len(layout.names)}"
-        if int(counts[row]) == len(layout.names) + 1 and lines.line(row).endswith(layout.delimiter.encode()):
-            detail += " (a trailing delimiter at the end of the line)"
-        raise fail(name, first_line + row, "field count", detail)
-
-
 def _read(name: str, data: bytes, layout: Layout, first_line: int, typed: bool,
           time_dtype: Any = str) -> pd.DataFrame:
     """The used columns of a chunk: typed (floats, and `time_dtype` for the time), or all as text."""
@@ -193,7 +181,9 @@ def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, mode: 
                  reference: tuple[int, str] | None) -> tuple[np.ndarray, str, tuple[int, str] | None]:
     """One chunk of whole lines as candles; numbers parsed typed, as text only to locate an error."""
     lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES, line_offset=first_line - 1)
-    _check_field_counts(name, data, lines, layout, first_line)
+    if b'"' not in data:  # quoted fields may hold delimiters: left to the CSV parser
+        check_field_counts(name, lines, first_line, len(layout.names), separator=layout.delimiter.encode(),
+                           header=True)
     fields = {target: index for target, index in layout.fields.items() if index is not None}
     try:
         try:
