@@ -189,7 +189,7 @@ class FileRows:
     chunks: Callable[[], Generator[Chunk, None, None]]
     # The file's time unit, once a pass has read every row.
     time_unit: Callable[[], str]
-    # Text read at a time: the rows read back from staging at a time follow it, so that memory does.
+    # Text read at a time; rows come back from staging chunk_bytes // 32 at a time, so memory follows it there too.
     chunk_bytes: int
     # [start, end) in ms that every open time must lie in (an archive's day or month).
     period: tuple[int, int] | None = None
