@@ -116,6 +116,16 @@ def test_a_descending_file_is_sorted_and_a_day_end_file_read_as_closes() -> None
     assert parse_csv("f.csv", FILES["one day end, the rest opens"][0], "1d", chunk_bytes=1).flagged == 1
 
 
+def test_a_time_label_given_is_not_suggested_and_a_header_alone_has_no_rows() -> None:
+    """With --time-label given the file is never read for close stamps: the one pass finds the errors."""
+    for size in CHUNKS:
+        assert outcome(FILES["off the grid, spaced like it"][0], "1h", size, time_label="open") == (
+            "error", "f.csv: line 2: interval: 20 of 20 open times are off the 1h grid (first 2024-01-01T00:30:00Z); "
+                     "the rows look like 1h data")
+        assert outcome(csv(), "1h", size, time_label="open") == (
+            "error", "f.csv: no rows: the file has a header and no data rows")
+
+
 def market(db: Path) -> list[str]:
     """Everything the market holds but the registry of ingested files and the change tracking (its
     revisions are random by design), as SQL text."""

@@ -28,8 +28,7 @@ INTERNAL = {
     "image_cache.ingest.download.Failed", "image_cache.ingest.download.NotFound",
     "image_cache.ingest.download.Transient", "image_cache.ingest.download.Unreachable",
     "image_cache.ingest.rest.RateLimited", "image_cache.ingest.rest.Transient", "image_cache.ingest.rest.Unreachable",
-    "image_cache.ingest.series_check.OutOfOrder",
-    "image_cache.ingest.binance_vision._NeedsSorting", "image_cache.ingest.csv_source._NeedsSorting",
+    "image_cache.ingest.series_check.OutOfOrder", "image_cache.ingest.series_check._NeedsSorting",
 }
 
 

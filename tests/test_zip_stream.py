@@ -76,6 +76,16 @@ FILES = {
                                                                         r[12][6] + "000", *r[12][7:]])),
     "field count": day(lambda r: r[9].pop()),
     "not a number": day(put(16, 2, "abc")),
+    # Out of order: the rows are sorted through a staging table, the row and period rules run in file order.
+    "out of order, a close time off the interval, flagged": day(lambda r: (r.reverse(), put(7, 6, str(
+        utc_ms(DAY) + 16 * 3_600_000 + 5))(r))),
+    "out of order, then a row error": day(lambda r: (r.reverse(), put(20, 5, "-1")(r))),
+    "out of order, then a row outside the period": day(lambda r: (r.reverse(), r.append(
+        [str(utc_ms("2024-01-16")), *r[0][1:6], str(utc_ms("2024-01-16") + 3_599_999), *r[0][7:]]))),
+    "out of order, duplicate with other values": day(lambda r: (r.reverse(), r.insert(
+        11, [*r[10][:5], "999", *r[10][6:]]))),
+    "another interval's data": kline_csv(kline_rows("1m", DAY, 90)),
+    "another interval's data, out of order": kline_csv(kline_rows("1m", DAY, 90)[::-1]),
     "header only": kline_csv([], header=True),
     "empty member": b"",
 }
@@ -98,6 +108,16 @@ def test_a_streamed_member_gives_what_the_whole_member_gives(tmp_path: Path, cas
                            "2024-01-15T00:00:00Z .. 2024-01-16T00:00:00Z"),
     ("time unit changes after a chunk",
      f"{NAME}: line 13: time unit: open_time is in us but line 1 is in ms; one unit per file"),
+    ("out of order, then a row error", f"{NAME}: line 21: volume >= 0: volume is -1.0"),
+    ("out of order, then a row outside the period",
+     f"{NAME}: line 25: period: open_time 2024-01-16T00:00:00Z is outside the file's period "
+     "2024-01-15T00:00:00Z .. 2024-01-16T00:00:00Z"),
+    ("out of order, duplicate with other values",
+     f"{NAME}: line 12: duplicate open time: open_time 2024-01-15T13:00:00Z also on line 11 with other values"),
+    ("another interval's data", f"{NAME}: line 2: interval: 88 of 90 open times are off the 1h grid "
+                                "(first 2024-01-15T00:01:00Z); the rows look like 1m data"),
+    ("another interval's data, out of order", f"{NAME}: line 89: interval: 88 of 90 open times are off the 1h grid "
+                                              "(first 2024-01-15T00:01:00Z); the rows look like 1m data"),
     ("field count", f"{NAME}: line 10: field count: 11 fields, expected 12"),
     ("not a number", f"{NAME}: line 17: decimal number: high is 'abc'"),
 ])

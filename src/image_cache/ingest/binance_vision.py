@@ -21,7 +21,7 @@ import time
 import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -47,16 +47,14 @@ from image_cache.ingest.registry import (
     writer,
 )
 from image_cache.ingest.schema import CANDLE_DTYPE
-from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally, file_order_error
-from image_cache.ingest.staging import Staged
+from image_cache.ingest.series_check import Chunk, ChunkSink, FileRows, Tally, stream_or_sort
 from image_cache.ingest.validate import (
     Lines,
     Validated,
+    check_field_counts,
     detect_unit,
     fail,
-    field_counts,
     is_number,
-    spacing_code,
     split_lines,
     to_ms,
     validate,
@@ -265,13 +263,6 @@ def _locate_bad_field(name: str, body: bytes, first_line: int, error: Exception)
     return fail(name, first_line + row, rule, detail)
 
 
-def _check_field_counts(name: str, lines: Lines, skip: int, first_line: int) -> None:
-    counts = field_counts(lines)[skip:]
-    if (wrong := np.flatnonzero(counts != len(KLINE_FIELDS))).size:
-        row = int(wrong[0])
-        raise fail(name, first_line + row, "field count", f"{int(counts[row])} fields, expected {len(KLINE_FIELDS)}")
-
-
 def _has_header(lines: Lines) -> bool:
     """A file's first line is a header when its first field is not a number (decided per file)."""
     return not is_number(lines.line(0).split(b",", 1)[0].decode("utf-8", errors="replace"))
@@ -289,12 +280,12 @@ def _parse_rows(name: str, lines: Lines, skip: int, first_line: int,
     # The right total of commas is cheap to count; when it is right, a line with too few fields
     # implies one with too many, which the typed parse below refuses.
     if body.count(b",") != rows * (len(KLINE_FIELDS) - 1):
-        _check_field_counts(name, lines, skip, first_line)
+        check_field_counts(name, lines, first_line, len(KLINE_FIELDS), skip=skip)
     try:
         frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_DTYPES),
                             dtype=KLINE_DTYPES, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)
     except (ValueError, OverflowError) as exc:
-        _check_field_counts(name, lines, skip, first_line)
+        check_field_counts(name, lines, first_line, len(KLINE_FIELDS), skip=skip)
         raise _locate_bad_field(name, body, first_line, exc) from None
     raw_open = frame["open_time"].to_numpy()
     raw_close = frame["close_time"].to_numpy()
@@ -333,89 +324,41 @@ def _header_only(name: str) -> MarketError:
 class _KlineChunks:
     """A kline CSV read from a stream, `chunk_bytes` of text at a time, as validate-ready chunks."""
 
-    def __init__(self, name: str, f: BinaryIO, chunk_bytes: int):
-        self.name, self.f, self.chunk_bytes = name, f, chunk_bytes
+    def __init__(self, name: str, open_member: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+                 chunk_bytes: int):
+        self.name, self.open_member, self.chunk_bytes = name, open_member, chunk_bytes
         self.unit: tuple[int, str] | None = None
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(candles, their line numbers, their close times in ms) for each chunk of whole lines."""
+    def chunks(self) -> Generator[Chunk, None, None]:
+        """(candles, their line numbers, their close times in ms) for each chunk of whole lines, the
+        member opened again (`open_member`) on each pass."""
+        self.unit = None
         line = 1
-        header = False
-        for data in line_chunks(self.f, self.chunk_bytes, MAX_LINE_BYTES):
-            lines = split_lines(self.name, data, max_line_bytes=MAX_LINE_BYTES, line_offset=line - 1)
-            skip = 1 if line == 1 and _has_header(lines) else 0
-            header = header or skip == 1
-            if len(lines) > skip:
-                candles, closes, self.unit = _parse_rows(self.name, lines, skip, line + skip, self.unit)
-                yield candles, line + skip + np.arange(len(candles), dtype=np.int64), closes
-            line += len(lines)
+        with self.open_member() as f:
+            for data in line_chunks(f, self.chunk_bytes, MAX_LINE_BYTES):
+                lines = split_lines(self.name, data, max_line_bytes=MAX_LINE_BYTES, line_offset=line - 1)
+                skip = 1 if line == 1 and _has_header(lines) else 0
+                if len(lines) > skip:
+                    candles, closes, self.unit = _parse_rows(self.name, lines, skip, line + skip, self.unit)
+                    yield candles, line + skip + np.arange(len(candles), dtype=np.int64), closes
+                line += len(lines)
         if line == 1:
             raise fail(self.name, None, "empty file", "no data")
         if self.unit is None:
             raise _header_only(self.name)
 
-
-class _NeedsSorting(Exception):
-    """The one pass in file order cannot finish: rows go back in time, or a message needs their spacing."""
+    def time_unit(self) -> str:
+        assert self.unit is not None  # chunks() raises for a file without rows
+        return self.unit[1]
 
 
 def stream_klines(name: str, open_member: Callable[[], contextlib.AbstractContextManager[BinaryIO]], interval: str,
                   period: tuple[int, int] | None, sink: ChunkSink, chunk_bytes: int = STREAM_CHUNK_BYTES) -> Tally:
-    """Validate a kline CSV into `sink` chunk by chunk, by validate()'s rules (series_check.py).
-
-    A file in time order (every Binance file) is read once; one that goes back in time, or is
-    rejected as another interval's data, is read again (`open_member`) and sorted through a
-    staging table, so that memory never follows the file.
-    """
-    try:
-        return _in_file_order(name, open_member, interval, period, sink, chunk_bytes)
-    except _NeedsSorting:
-        sink.restart()
-    return _sorted(name, open_member, interval, period, sink, chunk_bytes)
-
-
-def _in_file_order(name: str, open_member: Callable[[], contextlib.AbstractContextManager[BinaryIO]], interval: str,
-                   period: tuple[int, int] | None, sink: ChunkSink, chunk_bytes: int) -> Tally:
-    check = SeriesCheck(name, interval, period)
-    with open_member() as f:
-        chunks = _KlineChunks(name, f, chunk_bytes)
-        try:
-            for candles, lines, closes in chunks:
-                if len(kept := check.feed(candles, lines, closes=closes)):
-                    sink.write(kept)
-        except OutOfOrder:
-            raise _NeedsSorting from None
-
-    def looks() -> str:
-        raise _NeedsSorting
-
-    assert chunks.unit is not None
-    return check.finish(looks, chunks.unit[1])
-
-
-def _sorted(name: str, open_member: Callable[[], contextlib.AbstractContextManager[BinaryIO]], interval: str,
-            period: tuple[int, int] | None, sink: ChunkSink, chunk_bytes: int) -> Tally:
-    """Row and period rules in file order, then the series rules in time order through a staging table,
-    then the writes (a rejected file costs no writes)."""
-    rows = max(1, chunk_bytes // 32)
-    closes: np.ndarray | None  # the file's close times; staged.in_time_order gives them back
-    with Staged(sink.conn, closes=True) as staged:
-        with open_member() as f:
-            chunks = _KlineChunks(name, f, chunk_bytes)
-            for candles, lines, closes in chunks:
-                if (bad := file_order_error(name, candles, int(lines[0]), period)) is not None:
-                    raise bad[1]
-                staged.add(candles, lines, closes)
-        assert chunks.unit is not None
-        check = SeriesCheck(name, interval)
-        for candles, lines, closes in staged.in_time_order(rows):
-            check.feed(candles, lines, rows=False, closes=closes)
-        tally = check.finish(lambda: spacing_code(staged.median_spacing()), chunks.unit[1])
-        unique = SeriesCheck(name, interval)
-        for candles, lines, closes in staged.in_time_order(rows):
-            if len(kept := unique.feed(candles, lines, rows=False, closes=closes)):
-                sink.write(kept)
-    return tally
+    """Validate a kline CSV into `sink` chunk by chunk (series_check.stream_or_sort): a file in time order
+    (every Binance file) is read once, another is read again (`open_member`) and sorted."""
+    klines = _KlineChunks(name, open_member, chunk_bytes)
+    return stream_or_sort(FileRows(name, interval, klines.chunks, klines.time_unit, chunk_bytes, period, closes=True),
+                          sink)
 
 
 @dataclass(frozen=True)

@@ -20,31 +20,28 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pandas as pd
 
 from image_cache.core import flags
-from image_cache.core.errors import ImageCacheError, MarketError
+from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
 from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream, writer
 from image_cache.ingest.schema import CANDLE_DTYPE
-from image_cache.ingest.series_check import ChunkSink, OutOfOrder, SeriesCheck, Tally
+from image_cache.ingest.series_check import Chunk, ChunkSink, FileRows, Tally, stream_or_sort
 from image_cache.ingest.sources import Source
-from image_cache.ingest.staging import Staged
 from image_cache.ingest.validate import (
     UTF8_BOM,
     RuleError,
     Validated,
+    check_field_counts,
     detect_unit,
     fail,
-    field_counts,
-    row_error,
-    spacing_code,
     split_lines,
     to_ms,
 )
@@ -160,18 +157,6 @@ class Layout:
             self.fields[target] = index
 
 
-def _check_field_counts(name: str, data: bytes, lines: Any, layout: Layout, first_line: int) -> None:
-    if b'"' in data:  # quoted fields may hold delimiters: left to the CSV parser
-        return
-    counts = field_counts(lines, layout.delimiter.encode())
-    if (wrong := np.flatnonzero(counts != len(layout.names))).size:
-        row = int(wrong[0])
-        detail = f"{int(counts[row])} fields, the header has {len(layout.names)}"
-        if int(counts[row]) == len(layout.names) + 1 and lines.line(row).endswith(layout.delimiter.encode()):
-            detail += " (a trailing delimiter at the end of the line)"
-        raise fail(name, first_line + row, "field count", detail)
-
-
 def _read(name: str, data: bytes, layout: Layout, first_line: int, typed: bool,
           time_dtype: Any = str) -> pd.DataFrame:
     """The used columns of a chunk: typed (floats, and `time_dtype` for the time), or all as text."""
@@ -196,7 +181,9 @@ def _parse_chunk(name: str, data: bytes, layout: Layout, first_line: int, mode: 
                  reference: tuple[int, str] | None) -> tuple[np.ndarray, str, tuple[int, str] | None]:
     """One chunk of whole lines as candles; numbers parsed typed, as text only to locate an error."""
     lines = split_lines(name, data, max_line_bytes=MAX_LINE_BYTES, line_offset=first_line - 1)
-    _check_field_counts(name, data, lines, layout, first_line)
+    if b'"' not in data:  # quoted fields may hold delimiters: left to the CSV parser
+        check_field_counts(name, lines, first_line, len(layout.names), separator=layout.delimiter.encode(),
+                           header=True)
     fields = {target: index for target, index in layout.fields.items() if index is not None}
     try:
         try:
@@ -260,8 +247,9 @@ class _Reader:
         self.start = f.tell()
         self.unit = time_unit or "iso"
 
-    def chunks(self, label: str | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(candles, their line numbers), open times in ms (moved to the open when `label` is close)."""
+    def chunks(self, label: str | None) -> Generator[Chunk, None, None]:
+        """(candles, their line numbers, None), open times in ms (moved to the open when `label` is close);
+        raises for a file without data rows."""
         self.f.seek(self.start)
         mode, reference = self.given, None
         line = 2
@@ -272,77 +260,19 @@ class _Reader:
             if label == "close":
                 # A close stamp lies in its candle's last moment or at its exclusive end: the slot of t - 1 ms.
                 chunk["open_time"] = grid_time(self.interval, grid_index(self.interval, chunk["open_time"] - 1))
-            yield chunk, line + np.arange(len(chunk), dtype=np.int64)
+            yield chunk, line + np.arange(len(chunk), dtype=np.int64), None
             line += len(chunk)
+        if line == 2:
+            raise fail(self.name, None, "no rows", "the file has a header and no data rows")
 
     def close_reason(self) -> str | None:
         """Why the file's times look like period ends (every one of them), or None; reads until one is not."""
         alike = np.array([True, True])
-        rows = 0
-        for chunk, _ in self.chunks(None):
-            rows += len(chunk)
+        for chunk, _, _ in self.chunks(None):
             alike &= _close_like(self.interval, chunk["open_time"])
             if not alike.any():
                 return None
-        if rows == 0:
-            raise _no_rows(self.name)
         return next(why for why, yes in zip(CLOSE_REASONS, alike, strict=True) if yes)
-
-
-def _no_rows(name: str) -> MarketError:
-    return fail(name, None, "no rows", "the file has a header and no data rows")
-
-
-class _NeedsSorting(Exception):
-    """The streamed pass cannot finish: rows go back in time, or a message needs all their spacing."""
-
-
-def _streamed(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
-    """The usual file, already in time order: validated and written chunk by chunk, in one pass."""
-    check = SeriesCheck(reader.name, reader.interval)
-    try:
-        for chunk, lines in reader.chunks(label):
-            if len(kept := check.feed(chunk, lines)):
-                sink.write(kept)
-    except OutOfOrder:
-        raise _NeedsSorting from None
-    if check.rows_read == 0:
-        raise _no_rows(reader.name)
-
-    def looks() -> str:
-        raise _NeedsSorting
-
-    return check.finish(looks, reader.unit)
-
-
-def _sorted(reader: _Reader, label: str | None, sink: ChunkSink) -> Tally:
-    """Any file: row rules in file order, then the series rules in time order through a staging table,
-    then the writes (a rejected file costs no writes)."""
-    rows = max(1, reader.chunk_bytes // 32)
-    with Staged(sink.conn) as staged:
-        for chunk, lines in reader.chunks(label):
-            if (bad := row_error(reader.name, chunk, int(lines[0]))) is not None:
-                raise bad[1]
-            staged.add(chunk, lines)
-        check = SeriesCheck(reader.name, reader.interval)
-        for chunk, lines, _ in staged.in_time_order(rows):
-            check.feed(chunk, lines, rows=False)
-
-        def looks() -> str:
-            return spacing_code(staged.median_spacing())
-
-        try:
-            tally = check.finish(looks, reader.unit)
-        except ImageCacheError as exc:
-            # Spaced like the declared interval but off its grid: stamps at the period's end, most likely.
-            if label is None and ": interval: " in str(exc) and check.unique > 1 and looks() == reader.interval:
-                raise MarketError(f"{exc} (if the times are the candles' close, use --time-label close)") from None
-            raise
-        unique = SeriesCheck(reader.name, reader.interval)
-        for chunk, lines, _ in staged.in_time_order(rows):
-            if len(kept := unique.feed(chunk, lines, rows=False)):
-                sink.write(kept)
-    return tally
 
 
 def read_csv(name: str, f: BinaryIO, interval: str, sink: ChunkSink, *, time_column: str | None = None,
@@ -372,11 +302,10 @@ def read_csv(name: str, f: BinaryIO, interval: str, sink: ChunkSink, *, time_col
         if why:
             label = "close"
             warn(f"{name}: {why}: read as the candles' close (--time-label open to override)")
-    try:
-        return _streamed(reader, label, sink)
-    except _NeedsSorting:
-        sink.restart()
-    return _sorted(reader, label, sink)
+    # Rows off the grid yet spaced like the interval: stamps at the candles' close, most likely.
+    hint = "if the times are the candles' close, use --time-label close" if label is None else None
+    return stream_or_sort(FileRows(name, interval, lambda: reader.chunks(label), lambda: reader.unit, chunk_bytes,
+                                   hint=hint), sink)
 
 
 class _Collected:

@@ -7,21 +7,30 @@ The error a file gets does not depend on the chunk size: within the rows read so
 line breaking a rule is named (row rules, then the file's period, then series rules on the same line).
 Files that state a close time per row (Binance klines) pass it along: it takes part in the duplicate
 comparison, and a close that is not the interval's last millisecond flags the candle, as in validate().
+
+stream_or_sort validates a whole file this way for every source that streams one (a CSV file, a large
+archive member): in one pass when its rows are in time order, else sorted through a staging table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import close_time_ms, grid_index, iso_utc, on_grid
 from image_cache.ingest.schema import CANDLE_COLUMNS
-from image_cache.ingest.validate import fail, off_grid_error, period_error, row_error, sparse_error
+from image_cache.ingest.staging import Staged
+from image_cache.ingest.validate import fail, off_grid_error, period_error, row_error, spacing_code, sparse_error
+
+# Rows of a file as they are read: candles (CANDLE_DTYPE, times in ms), their line numbers, and their
+# close times in ms (None for a file that states none).
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class OutOfOrder(Exception):
@@ -168,3 +177,90 @@ class SeriesCheck:
             assert self.second_line is not None
             raise sparse_error(self.name, self.interval, self.second_line, looks)
         return Tally(self.rows_read, self.dropped, self.flagged, time_unit)
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """One file as stream_or_sort reads it: what differs between the sources that stream files."""
+
+    name: str
+    interval: str
+    # A pass over the rows from the first data line, again on each call; raises for a file without rows.
+    chunks: Callable[[], Generator[Chunk, None, None]]
+    # The file's time unit, once a pass has read every row.
+    time_unit: Callable[[], str]
+    # Text read at a time; rows come back from staging chunk_bytes // 32 at a time, so memory follows it there too.
+    chunk_bytes: int
+    # [start, end) in ms that every open time must lie in (an archive's day or month).
+    period: tuple[int, int] | None = None
+    # Whether the chunks carry close times (staged with the rows).
+    closes: bool = False
+    # What to try, added to the rejection of rows off the grid but spaced like the interval.
+    hint: str | None = None
+
+
+class _NeedsSorting(Exception):
+    """The one pass in file order cannot finish: rows go back in time, or a message needs all their spacing."""
+
+
+def stream_or_sort(rows: FileRows, sink: ChunkSink) -> Tally:
+    """Validate a file into `sink` chunk by chunk, by validate()'s rules.
+
+    A file in time order (the usual one) is read once; one that goes back in time, or is rejected as
+    another interval's data, is read again and sorted through a staging table, so that memory never
+    follows the file.
+    """
+    try:
+        return _in_file_order(rows, sink)
+    except _NeedsSorting:
+        sink.restart()
+    return _sorted(rows, sink)
+
+
+def _in_file_order(rows: FileRows, sink: ChunkSink) -> Tally:
+    check = SeriesCheck(rows.name, rows.interval, rows.period)
+    # Closed however the loop ends: an archive's member stays open while its pass runs.
+    with contextlib.closing(rows.chunks()) as chunks:
+        try:
+            for candles, lines, closes in chunks:
+                if len(kept := check.feed(candles, lines, closes=closes)):
+                    sink.write(kept)
+        except OutOfOrder:
+            raise _NeedsSorting from None
+
+    def looks() -> str:
+        raise _NeedsSorting
+
+    return check.finish(looks, rows.time_unit())
+
+
+def _sorted(rows: FileRows, sink: ChunkSink) -> Tally:
+    """Row and period rules in file order, then the series rules in time order through a staging table,
+    then the writes (a rejected file costs no writes)."""
+    batch = max(1, rows.chunk_bytes // 32)
+    with Staged(sink.conn, closes=rows.closes) as staged:
+        with contextlib.closing(rows.chunks()) as chunks:
+            for candles, lines, closes in chunks:
+                if (bad := file_order_error(rows.name, candles, int(lines[0]), rows.period)) is not None:
+                    raise bad[1]
+                staged.add(candles, lines, closes)
+        check = SeriesCheck(rows.name, rows.interval)
+        for candles, lines, closes in staged.in_time_order(batch):
+            check.feed(candles, lines, rows=False, closes=closes)
+
+        def looks() -> str:
+            return spacing_code(staged.median_spacing())
+
+        try:
+            tally = check.finish(looks, rows.time_unit())
+        except ImageCacheError as exc:
+            # Spaced like the declared interval but off its grid: the hint says what the stamps may be.
+            if (rows.hint is not None and ": interval: " in str(exc) and check.unique > 1
+                    and looks() == rows.interval):
+                raise MarketError(f"{exc} ({rows.hint})") from None
+            raise
+        unique = SeriesCheck(rows.name, rows.interval)
+        for candles, lines, closes in staged.in_time_order(batch):
+            if len(kept := unique.feed(candles, lines, rows=False, closes=closes)):
+                sink.write(kept)
+    return tally

@@ -108,6 +108,22 @@ def field_counts(lines: Lines, separator: bytes = b",") -> np.ndarray:
     return np.searchsorted(seps, lines.ends) - np.searchsorted(seps, lines.starts) + 1
 
 
+def check_field_counts(name: str, lines: Lines, first_line: int, expected: int, *, skip: int = 0,
+                       separator: bytes = b",", header: bool = False) -> None:
+    """Every line after the first `skip` (the first of them on `first_line`) has `expected` fields.
+
+    `header`: `expected` is what the file's header names, and a trailing separator is pointed out.
+    """
+    counts = field_counts(lines, separator)[skip:]
+    if (wrong := np.flatnonzero(counts != expected)).size:
+        row = int(wrong[0])
+        count = int(counts[row])
+        detail = f"{count} fields, " + (f"the header has {expected}" if header else f"expected {expected}")
+        if header and count == expected + 1 and lines.line(skip + row).endswith(separator):
+            detail += " (a trailing delimiter at the end of the line)"
+        raise fail(name, first_line + row, "field count", detail)
+
+
 def is_number(text: str) -> bool:
     try:
         float(text)
