@@ -26,6 +26,7 @@ import numpy as np
 
 from image_cache.core.db import file_uri, immediate
 from image_cache.core.errors import ImageCacheError, IndexFileError
+from image_cache.core.grid import utc_now
 
 APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
 SCHEMA_VERSION = 5
@@ -238,10 +239,6 @@ def is_sound(conn: sqlite3.Connection) -> bool:
         return conn.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
     except sqlite3.Error:
         return False
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"

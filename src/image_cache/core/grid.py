@@ -164,8 +164,14 @@ def utc_ms(value: str | None) -> int | None:
 
 
 def iso_utc(ms: int) -> str:
+    """`2024-01-01T12:00:00Z`: how times are written, in messages and in both databases' text columns."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def utc_now() -> str:
+    """This moment as iso_utc writes it (the stamps of runs, files and venue choices)."""
+    return iso_utc(now_ms())

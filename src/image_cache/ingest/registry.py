@@ -18,7 +18,7 @@ import numpy as np
 
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import ImageCacheError
-from image_cache.core.grid import DAY_MS, iso_utc, now_ms
+from image_cache.core.grid import DAY_MS, utc_now
 from image_cache.ingest.gaps import refresh_gaps_between
 from image_cache.ingest.schema import connect_writer, open_times, series_id, upsert_candles
 from image_cache.ingest.series_check import Tally
@@ -94,7 +94,7 @@ def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> 
         (_storable(src.path), _storable(src.file_name), src.sha256, src.size_bytes, src.source, src.symbol,
          src.interval, src.period,
          outcome.status, outcome.reason, outcome.rows_read, outcome.rows_inserted, outcome.rows_revised,
-         outcome.rows_dropped, outcome.rows_flagged, outcome.rows_withdrawn, iso_utc(now_ms())))
+         outcome.rows_dropped, outcome.rows_flagged, outcome.rows_withdrawn, utc_now()))
 
 
 def _outcome(src: SourceFile, status: str, reason: str | None = None, **counts: Any) -> FileOutcome:

@@ -15,7 +15,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ import numpy as np
 from image_cache.core import flags
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
+from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms, utc_now
 from image_cache.core.hooks import Hooks, no_progress, no_warn
 from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
 from image_cache.ingest.resample import write_resampled
@@ -236,7 +235,7 @@ def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[
          f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, symbol,
          f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", status,
          "already ingested (same sha256)" if status == "skipped" else None,
-         len(candles), inserted, revised, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+         len(candles), inserted, revised, utc_now()))
 
 
 def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
