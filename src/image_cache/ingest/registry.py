@@ -12,13 +12,14 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 
 from image_cache.core.db import checkpoint, immediate, writer_lock
 from image_cache.core.errors import ImageCacheError
-from image_cache.core.grid import DAY_MS, utc_now
+from image_cache.core.grid import add_months, day_ms, utc_now
 from image_cache.ingest.gaps import refresh_gaps_between
 from image_cache.ingest.schema import connect_writer, open_times, series_id, upsert_candles
 from image_cache.ingest.series_check import Tally
@@ -135,14 +136,21 @@ def skipped(conn: sqlite3.Connection, src: SourceFile) -> FileOutcome:
     return record_only(conn, src, "skipped", "same SHA-256 as an earlier ingest")
 
 
+def period_days(period: str) -> tuple[date, date]:
+    """The first day of an archive period, `YYYY-MM` or `YYYY-MM-DD`, and the day after its last."""
+    if len(period) == 10:
+        first = date.fromisoformat(period)
+        return first, first + timedelta(days=1)
+    first = date.fromisoformat(period + "-01")
+    return first, add_months(first, 1)
+
+
 def period_span(period: str | None) -> tuple[int, int] | None:
-    """[start, end) in epoch ms of an archive period, `YYYY-MM` or `YYYY-MM-DD`; None for anything else."""
+    """[start, end) in epoch ms of an archive period; None for anything else."""
     if period is None or not PERIOD_RE.match(period):
         return None
-    day = np.datetime64(period if len(period) == 10 else period + "-01", "ms")
-    end = day + np.timedelta64(DAY_MS, "ms") if len(period) == 10 else \
-        (day.astype("datetime64[M]") + 1).astype("datetime64[ms]")
-    return int(day.astype(np.int64)), int(end.astype(np.int64))
+    first, end = period_days(period)
+    return day_ms(first), day_ms(end)
 
 
 def withdraw(conn: sqlite3.Connection, sid: int, span: tuple[int, int], keep: np.ndarray) -> int:
