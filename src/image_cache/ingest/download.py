@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import os
 import queue
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -31,7 +30,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cache.core import flags
-from image_cache.core.db import file_uri
+from image_cache.core.db import open_readonly
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import add_months, check_interval, check_symbol, now_ms, utc_day
 from image_cache.core.hooks import Hooks, no_progress, no_warn
@@ -417,7 +416,7 @@ def rejected_in_registry(db: str) -> dict[str, str]:
     """Mirror path → SHA-256 of files whose latest registry entry is a rejection."""
     if not os.path.exists(db):
         return {}
-    conn = sqlite3.connect(file_uri(db, "ro"), uri=True)
+    conn = open_readonly(db)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ingested_files'").fetchone():
             return {}
