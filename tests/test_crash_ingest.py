@@ -35,6 +35,7 @@ ROWS_PER_DAY = 1440
 CRASHER = r"""
 import os, signal, sys, threading
 import image_cache.ingest.binance_vision as binance_vision, image_cache.ingest.registry as registry
+import image_cache.ingest.schema as schema  # the writer session's module
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -78,14 +79,14 @@ elif point == "after-commit":  # the file committed, the next one not begun
 elif point == "before-checkpoint":  # every file committed, the WAL not yet checkpointed
     def checkpoint(conn):
         die()
-    registry.checkpoint = checkpoint
+    schema.checkpoint = checkpoint
 elif point == "racing-checkpoint":  # a second thread kills while the checkpoint copies the WAL
-    real_checkpoint = registry.checkpoint
+    real_checkpoint = schema.checkpoint
     def checkpoint(conn):
         threading.Thread(target=die).start()
         real_checkpoint(conn)
         threading.Event().wait(10)
-    registry.checkpoint = checkpoint
+    schema.checkpoint = checkpoint
 sys.argv = ["python -m ingest"] + sys.argv[3:]
 from image_cache.cli.ingest import main
 sys.exit(main())

@@ -1,27 +1,27 @@
 """Ingest one parsed input file into market.sqlite and record what became of it.
 
-Shared by every file source (Binance Vision zips, the downloader, CSV files): the writer session
-(lock, WAL connection, checkpoint), the per-file transaction, the `ingested_files` registry and
-the summary result a command returns.
+Shared by every file source (Binance Vision zips, the downloader, CSV files): the per-file transaction,
+the `ingested_files` registry and the summary result a command returns. The writer session they run in is
+schema.py's `writer` (gaps.py, below this module, uses it too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 
-from image_cache.core.db import checkpoint, immediate, writer_lock
+from image_cache.core.db import immediate
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import add_months, day_ms, utc_now
 from image_cache.ingest.gaps import refresh_gaps_between
-from image_cache.ingest.schema import connect_writer, open_times, series_id, upsert_candles
+from image_cache.ingest.schema import open_times, series_id, upsert_candles
+from image_cache.ingest.schema import writer as writer  # binance_vision.py and csv_source.py still import it here
 from image_cache.ingest.series_check import Tally
 from image_cache.ingest.validate import Validated
 from image_cache.ingest.venues import BINANCE_SPOT, Venue
@@ -67,18 +67,6 @@ class FileOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@contextlib.contextmanager
-def writer(db: str, purpose: str, lock_wait: float) -> Iterator[sqlite3.Connection]:
-    """The writer lock and a migrated WAL connection; the WAL is emptied on a clean exit."""
-    with writer_lock(db, purpose, lock_wait):
-        conn = connect_writer(db)
-        try:
-            yield conn
-            checkpoint(conn)
-        finally:
-            conn.close()
 
 
 def _storable(text: str) -> str:

@@ -27,7 +27,7 @@ from image_cache.ingest.ccxt_source import MARKET_TYPES, ccxt_ingest
 from image_cache.ingest.dates import START_FLAG
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
 from image_cache.ingest.network import Network
-from image_cache.ingest.registry import period_days, writer
+from image_cache.ingest.registry import period_days
 from image_cache.ingest.rest import (
     MARKETS,
     Client,
@@ -40,6 +40,7 @@ from image_cache.ingest.rest import (
     top_symbols,
     trading_symbols,
 )
+from image_cache.ingest.schema import writer
 from image_cache.ingest.sources import Source, csv_list
 from image_cache.ingest.venues import record_selection, series_name
 
