@@ -73,7 +73,7 @@ if point == "mid-upsert":  # inside the file's transaction, some INSERT statemen
 elif point == "before-record":  # every candle upserted, the registry row not written
     after(registry, "upsert_candles")
 elif point == "before-commit":  # candles and registry row written, COMMIT not sent
-    after(registry, "_record")
+    after(registry, "record")
 elif point == "after-commit":  # the file committed, the next one not begun
     after(binance_vision, "write_file")
 elif point == "before-checkpoint":  # every file committed, the WAL not yet checkpointed

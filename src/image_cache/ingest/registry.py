@@ -74,7 +74,8 @@ def _storable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
+def record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
+    """The one way a row enters `ingested_files` (every file source, and the sample market's symbols)."""
     conn.execute(
         """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
                status, reason, rows_read, rows_inserted, rows_revised, rows_dropped, rows_flagged, rows_withdrawn,
@@ -94,7 +95,7 @@ def record_only(conn: sqlite3.Connection, src: SourceFile, status: str, reason: 
     """Record a file that writes no candles (rejected or skipped), in its own transaction."""
     outcome = _outcome(src, status, reason)
     with immediate(conn):
-        _record(conn, src, outcome)
+        record(conn, src, outcome)
     return outcome
 
 
@@ -180,7 +181,7 @@ def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, 
                            rows_read=parsed.rows_read, rows_inserted=counts.inserted,
                            rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged,
                            rows_withdrawn=withdrawn)
-        _record(conn, src, outcome)
+        record(conn, src, outcome)
     return outcome
 
 
@@ -268,7 +269,7 @@ def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[
             outcome = _outcome(src, "ok" if verified else "unverified", time_unit=tally.time_unit,
                                rows_read=tally.rows_read, rows_inserted=sink.inserted, rows_revised=sink.revised,
                                rows_dropped=tally.dropped, rows_flagged=tally.flagged, rows_withdrawn=sink.withdrawn)
-            _record(conn, src, outcome)
+            record(conn, src, outcome)
     except ImageCacheError as exc:
         return reject(conn, src, str(exc))
     return outcome

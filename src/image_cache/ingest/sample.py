@@ -23,9 +23,10 @@ import numpy as np
 from image_cache.core import flags
 from image_cache.core.db import immediate
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms, utc_now
+from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
 from image_cache.core.hooks import Hooks, no_progress, no_warn
 from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
+from image_cache.ingest.registry import FileOutcome, SourceFile, record
 from image_cache.ingest.resample import write_resampled
 from image_cache.ingest.schema import CANDLE_DTYPE, series_id, upsert_candles, writer
 from image_cache.ingest.sources import Source
@@ -227,15 +228,13 @@ class SampleResult:
 def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[str, Any], status: str,
               inserted: int, revised: int, start_ms: int, end_ms: int) -> None:
     """One registry row per symbol: the sample behaves like one ingested file."""
-    conn.execute(
-        """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
-                                      status, reason, rows_read, rows_inserted, rows_revised, ingested_utc)
-           VALUES (?, ?, ?, ?, 'sample', ?, '1m', ?, ?, ?, ?, ?, ?, ?)""",
-        (f"sample:{symbol}?{json.dumps(params, sort_keys=True)}",
-         f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, symbol,
-         f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", status,
-         "already ingested (same sha256)" if status == "skipped" else None,
-         len(candles), inserted, revised, utc_now()))
+    src = SourceFile(f"sample:{symbol}?{json.dumps(params, sort_keys=True)}",
+                     f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, "sample",
+                     symbol, "1m", f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", SAMPLE)
+    record(conn, src, FileOutcome(src.path, src.file_name, status,
+                                  "already ingested (same sha256)" if status == "skipped" else None, src.symbol,
+                                  src.interval, src.period, rows_read=len(candles), rows_inserted=inserted,
+                                  rows_revised=revised))
 
 
 def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
