@@ -35,6 +35,7 @@ ROWS_PER_DAY = 1440
 CRASHER = r"""
 import os, signal, sys, threading
 import image_cache.ingest.binance_vision as binance_vision, image_cache.ingest.registry as registry
+import image_cache.ingest.schema as schema  # the writer session's module
 point, nth = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -72,20 +73,20 @@ if point == "mid-upsert":  # inside the file's transaction, some INSERT statemen
 elif point == "before-record":  # every candle upserted, the registry row not written
     after(registry, "upsert_candles")
 elif point == "before-commit":  # candles and registry row written, COMMIT not sent
-    after(registry, "_record")
+    after(registry, "record")
 elif point == "after-commit":  # the file committed, the next one not begun
     after(binance_vision, "write_file")
 elif point == "before-checkpoint":  # every file committed, the WAL not yet checkpointed
     def checkpoint(conn):
         die()
-    registry.checkpoint = checkpoint
+    schema.checkpoint = checkpoint
 elif point == "racing-checkpoint":  # a second thread kills while the checkpoint copies the WAL
-    real_checkpoint = registry.checkpoint
+    real_checkpoint = schema.checkpoint
     def checkpoint(conn):
         threading.Thread(target=die).start()
         real_checkpoint(conn)
         threading.Event().wait(10)
-    registry.checkpoint = checkpoint
+    schema.checkpoint = checkpoint
 sys.argv = ["python -m ingest"] + sys.argv[3:]
 from image_cache.cli.ingest import main
 sys.exit(main())

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.db import file_uri, immediate
+from image_cache.core.db import connect_readonly, file_uri, immediate
 from image_cache.core.errors import ImageCacheError, IndexFileError
+from image_cache.core.grid import utc_now
 
 APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
 SCHEMA_VERSION = 5
@@ -240,10 +241,6 @@ def is_sound(conn: sqlite3.Connection) -> bool:
         return False
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -265,7 +262,7 @@ def identify(path: str) -> str:
         if handle.read(16) != _SQLITE_HEADER:
             return "not-sqlite"
     try:
-        conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
+        conn = connect_readonly(path)
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -297,7 +294,7 @@ def _disk_full(path: str) -> bool:
 def _readable_immutable(path: str) -> bool:
     """Whether SQLite reads the file when it need not write beside it: then only the place is read-only."""
     try:
-        with contextlib.closing(sqlite3.connect(file_uri(path, "ro") + "&immutable=1", uri=True)) as conn:
+        with contextlib.closing(connect_readonly(path, immutable=True)) as conn:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error:
         return False
@@ -383,7 +380,7 @@ def index_id(conn: sqlite3.Connection) -> str:
 
 def id_at(path: str) -> str | None:
     """The id of the index at `path` (identify says it is one), read without writing."""
-    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
+    conn = connect_readonly(path)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'index_id'").fetchone()
         return row[0] if row else None

@@ -13,42 +13,29 @@ from typing import Literal
 import numpy as np
 
 from image_cache.cache.windows import Series
-from image_cache.core.db import file_uri, lock_is_held, lock_path
+from image_cache.core.db import open_readonly
 from image_cache.core.errors import MarketError
 
 REQUIRED_TABLES = ("symbols", "intervals", "series", "candles")
 COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
 
 
-def _wal_is_empty(path: str) -> bool:
-    try:
-        return os.path.getsize(path + "-wal") == 0
-    except FileNotFoundError:
-        return True
-
-
 def open_market(path: str) -> sqlite3.Connection:
-    """Open market.sqlite read-only (never creating it) and start the run's read snapshot.
-
-    `immutable=1` is used only where a plain read-only open cannot work (a read-only folder, where
-    SQLite cannot create the WAL index) and only while it is safe: no ingest holds the writer lock
-    and the WAL is empty. Otherwise immutable would ignore the WAL and could serve stale pages.
-    """
+    """Open market.sqlite read-only (never creating it; in a read-only folder too: core/db.py open_readonly)
+    and start the run's read snapshot."""
     if not os.path.isfile(path):
         raise MarketError(f"market database not found: {path}")
-    uri = file_uri(path, "ro")
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        conn.execute("BEGIN")
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        conn = open_readonly(path)
     except sqlite3.OperationalError as exc:
-        if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) or lock_is_held(lock_path(path)) \
-                or not _wal_is_empty(path):
-            raise MarketError(f"cannot open market database {path}: {exc}") from None
-        conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        raise MarketError(f"cannot open market database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise MarketError(f"{path} is not a readable SQLite database: {exc}") from None
+    try:
         conn.execute("BEGIN")
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
+        conn.close()
         raise MarketError(f"{path} is not a readable SQLite database: {exc}") from None
     missing = [name for name in REQUIRED_TABLES if name not in tables]
     if missing:

@@ -26,11 +26,11 @@ from image_cache.cache.windows import (
     fingerprint,
     member_of_sorted,
     month_digests,
-    month_of,
     touches_months,
     window_gaps,
     window_rows,
 )
+from image_cache.core.grid import month_index
 
 OK, STALE, CORRUPT, MISSING = (STATE_CODES[s] for s in ("ok", "stale", "corrupt", "missing"))
 GAP, HISTORY, ENGINE = (STATE_CODES[s] for s in ("gap", "history", "engine"))
@@ -161,7 +161,7 @@ def reconcile(series: Series, from_start: bool, indexed: Indexed, memo: dict[int
     if from_start:
         vouched = digests
     else:
-        boundary = int(month_of(times[first_known:first_known + 1])[0]) if first_known < n else None
+        boundary = month_index(int(times[first_known])) if first_known < n else None
         vouched = {m: d for m, d in digests.items() if boundary is not None and m > boundary}
     due_ends = None if due is None else times[due.last]
     return SeriesReconcile(series, indexed, row_last, row_desired, action, reason, newly_stale,

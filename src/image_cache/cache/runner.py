@@ -29,7 +29,7 @@ from image_cache.cache.windows import due_windows, member_of_sorted
 from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
 from image_cache.core.db import exclusive_lock, immediate
 from image_cache.core.errors import ConfigError, LockHeld, MarketError
-from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms
+from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms, utc_now
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.settings import Settings, make_spec
 
@@ -129,7 +129,7 @@ def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: Serie
     transaction: the memo never vouches for a row still called ok), and the series' bucket stamps."""
     stale = np.flatnonzero(rec.newly_stale)
     label = preset_label(preset_of(spec))
-    now = index.utc_now()
+    now = utc_now()
     with immediate(index_conn):
         index_conn.executemany("UPDATE images SET status = 'stale', reason = ?, updated_utc = ? WHERE id = ?",
                                ((rec.row_reason[i], now, int(rec.indexed.row_id[i])) for i in stale.tolist()))

@@ -44,7 +44,7 @@ from image_cache.cache.runner import Filters, preset_label, preset_of
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, window_gaps
 from image_cache.cache.work import adopt_chunk, require_built, settle_chunk, split_months
-from image_cache.core.db import file_uri
+from image_cache.core.db import connect_readonly
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.settings import Settings
@@ -507,7 +507,7 @@ def _move_aside(settings: Settings, marker: Marker, notes: list[str]) -> str | N
 
 
 def _healthy(path: str) -> bool:
-    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
+    conn = connect_readonly(path)
     try:
         return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     except sqlite3.Error:

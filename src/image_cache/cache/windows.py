@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from image_cache.core.grid import close_time_ms, grid_index, iso_utc
+from image_cache.core.grid import close_time_ms, grid_index, iso_utc, month_index
 from image_cache.ingest.validate import first_broken, row_rules
 
 FINGERPRINT_VERSION = b"fp1"
@@ -115,18 +115,13 @@ def fingerprint(series: Series, rows: slice) -> str:
     return digest.hexdigest()
 
 
-def month_of(times: np.ndarray) -> np.ndarray:
-    """Calendar month index (months since 1970-01) of each open time."""
-    return times.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
-
-
 def month_digests(series: Series) -> dict[int, str]:
     """One SHA-256 per calendar month of candles: a changed digest marks the months to re-check.
 
     Each month's digest also covers the open time of the candle before it, so that removing a
     whole month changes the digest of the month after it (whose windows then span other candles).
     """
-    months = month_of(series.times)
+    months = month_index(series.times)
     if not len(months):
         return {}
     bounds = np.flatnonzero(np.diff(months)) + 1
@@ -147,7 +142,7 @@ def touches_months(series: Series, last: np.ndarray, window_len: int, history: i
     """For each window, whether any of its rows falls in one of `months`."""
     if not months or len(last) == 0:
         return np.zeros(len(last), dtype=bool)
-    row_months = month_of(series.times)
+    row_months = month_index(series.times)
     flagged = np.isin(row_months, np.fromiter(months, dtype=np.int64))
     cumulative = np.concatenate([[0], np.cumsum(flagged)])
     first = np.maximum(last - (window_len - 1) - history, 0)

@@ -25,6 +25,7 @@ from image_cache.cache.windows import Series, fingerprint, unsound_before, unsou
 from image_cache.chart import kernel
 from image_cache.core import compiled
 from image_cache.core.errors import ImageCacheError, WorkerError
+from image_cache.core.grid import month_index
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def split_months(series: Series, last: np.ndarray, reasons: list[str | None], sp
     `max_windows` windows, each carrying only the candle rows its windows need."""
     if len(last) == 0:
         return []
-    months = series.times[last].astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+    months = month_index(series.times[last])
     bounds = np.flatnonzero(np.diff(months)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(last)]])

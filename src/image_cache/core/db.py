@@ -21,6 +21,41 @@ def file_uri(path: str, mode: str) -> str:
     return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
 
 
+def connect_readonly(path: str, immutable: bool = False) -> sqlite3.Connection:
+    """`path` read-only, never created; autocommit, so that a reader's snapshot is the BEGIN it runs.
+
+    `immutable` reads the file without the WAL index beside it, ignoring any WAL: see open_readonly."""
+    return sqlite3.connect(file_uri(path, "ro") + ("&immutable=1" if immutable else ""), uri=True,
+                           isolation_level=None)
+
+
+def _wal_is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") == 0
+    except FileNotFoundError:
+        return True
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A database that writers hold `lock_path(path)` for, read-only and never created, also in a read-only
+    folder: there SQLite cannot create the WAL index, and the file is opened immutable instead, but only while
+    that is safe (no writer holds the lock and the WAL is empty): otherwise immutable would ignore the WAL and
+    could serve stale pages. The plain open's OperationalError is raised where immutable is not safe."""
+    conn = connect_readonly(path)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) or lock_is_held(lock_path(path)) \
+                or not _wal_is_empty(path):
+            raise
+        return connect_readonly(path, immutable=True)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @contextlib.contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction (BEGIN IMMEDIATE): committed when the block ends, rolled back on any error.
@@ -163,7 +198,7 @@ def check_sqlite_file(path: str, what: str, table: str) -> None:
     if head != SQLITE_HEADER:
         raise ImageCacheError(f"{path}: not a {what}: not an SQLite file (it starts with {head[:8]!r})")
     try:
-        conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
+        conn = connect_readonly(path)
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:

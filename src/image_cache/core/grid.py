@@ -1,12 +1,13 @@
-"""Intervals, symbols and time: the interval grid both sides agree on, UTC parsing, the closed-candle rule."""
+"""Intervals, symbols and time: the interval grid both sides agree on, UTC parsing and writing, calendar days
+and months, the closed-candle rule."""
 
 from __future__ import annotations
 
 import calendar
 import re
 import time
-from datetime import UTC, datetime
-from typing import overload
+from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar, overload
 
 import numpy as np
 
@@ -66,8 +67,16 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     return core, ""
 
 
-def _month_index(t_ms: np.ndarray | int) -> np.ndarray | int:
-    """Months since 1970-01 of a UTC epoch-ms time (vectorised)."""
+@overload
+def month_index(t_ms: np.ndarray) -> np.ndarray: ...
+@overload
+def month_index(t_ms: int) -> int: ...
+@overload
+def month_index(t_ms: np.ndarray | int) -> np.ndarray | int: ...
+
+
+def month_index(t_ms: np.ndarray | int) -> np.ndarray | int:
+    """Calendar months since 1970-01 of UTC epoch-ms times (vectorised): the key of a time's month."""
     months = np.asarray(t_ms, dtype="datetime64[ms]").astype("datetime64[M]").astype(np.int64)
     return months if np.ndim(t_ms) else int(months)
 
@@ -92,7 +101,7 @@ def grid_index(code: str, open_time_ms: np.ndarray | int) -> np.ndarray | int:
     The renderer's stride grid and gap detection both use this, so the grid never moves.
     """
     if code == "1mo":
-        return _month_index(open_time_ms)
+        return month_index(open_time_ms)
     offset = WEEK_OFFSET_MS if code == "1w" else 0
     return (np.asarray(open_time_ms, dtype=np.int64) - offset) // INTERVAL_MS[code] if np.ndim(open_time_ms) \
         else (int(open_time_ms) - offset) // INTERVAL_MS[code]
@@ -164,8 +173,36 @@ def utc_ms(value: str | None) -> int | None:
 
 
 def iso_utc(ms: int) -> str:
+    """`2024-01-01T12:00:00Z`: how times are written, in messages and in both databases' text columns."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_EPOCH_DAY = date(1970, 1, 1)
+_Day = TypeVar("_Day", bound=date)
+
+
+def utc_day(ms: int) -> date:
+    """The UTC day holding an epoch-ms time."""
+    return _EPOCH_DAY + timedelta(days=ms // DAY_MS)
+
+
+def day_ms(day: date) -> int:
+    """Epoch ms of a day's 00:00 UTC."""
+    return (day - _EPOCH_DAY).days * DAY_MS
+
+
+def add_months(day: _Day, count: int) -> _Day:
+    """`day` (a date or datetime, its time kept) `count` calendar months later (earlier when negative), its
+    day of the month clamped to the new month's last: months have no fixed length, so they are added here only.
+    ValueError before year 1 or after 9999."""
+    year, month = divmod(day.year * 12 + day.month - 1 + count, 12)
+    return day.replace(year=year, month=month + 1, day=min(day.day, calendar.monthrange(year, month + 1)[1]))
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def utc_now() -> str:
+    """This moment as iso_utc writes it (the stamps of runs, files and venue choices)."""
+    return iso_utc(now_ms())

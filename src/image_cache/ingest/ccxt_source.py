@@ -27,8 +27,8 @@ from image_cache.core.grid import check_interval, close_time_ms, now_ms
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
 from image_cache.ingest.dates import END_FLAG, START_FLAG, first_candle
-from image_cache.ingest.registry import writer
 from image_cache.ingest.rest import add_top_arguments, check_api_url, resolve_dates
+from image_cache.ingest.schema import writer
 from image_cache.ingest.sources import Source, csv_list
 from image_cache.ingest.venues import Venue, record_selection, series_name
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, grid_index, grid_time, iso_utc, now_ms, utc_ms
+from image_cache.core.grid import DAY_MS, add_months, grid_index, grid_time, iso_utc, now_ms, utc_ms
 
 INCEPTION = "inception"
 _AGO_RE = re.compile(r"^(\d{1,6})\s+(hour|day|week|month)s?\s+ago$")
@@ -55,12 +55,11 @@ def resolve_date(text: str | None, now: int) -> int | None:
         if unit != "month":
             ms = now - count * _UNIT_MS[unit]
         else:
-            moment = datetime.fromtimestamp(now / 1000, tz=UTC)
-            year, month = divmod(moment.year * 12 + moment.month - 1 - count, 12)
-            if year < 1970:
-                raise MarketError(f"{text!r} is before 1970-01-01")
-            day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-            ms = calendar.timegm(moment.replace(year=year, month=month + 1, day=day).utctimetuple()) * 1000 + now % 1000
+            try:
+                moment = add_months(datetime.fromtimestamp(now / 1000, tz=UTC), -count)
+            except ValueError:  # before year 1; a later year before 1970 is refused below
+                raise MarketError(f"{text!r} is before 1970-01-01") from None
+            ms = calendar.timegm(moment.utctimetuple()) * 1000 + now % 1000
         if ms < 0:
             raise MarketError(f"{text!r} is before 1970-01-01")
         return ms

@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import os
 import queue
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -27,18 +26,18 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from image_cache.core import flags
-from image_cache.core.db import file_uri
+from image_cache.core.db import open_readonly
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import check_interval, check_symbol, now_ms
+from image_cache.core.grid import add_months, check_interval, check_symbol, now_ms, utc_day
 from image_cache.core.hooks import Hooks, no_progress, no_warn
 from image_cache.ingest.binance_vision import CHECKSUM_RE, ingest_paths
 from image_cache.ingest.dates import END_FLAG, check_date, resolve_date
 from image_cache.ingest.network import HostDown, Network, unreachable
-from image_cache.ingest.registry import IngestResult
+from image_cache.ingest.registry import IngestResult, period_days
 from image_cache.ingest.sources import Source
 
 if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
@@ -76,24 +75,6 @@ class Archive:
     def path(self, market: str) -> str:
         return f"{MARKET_ROOTS[market]}/{self.kind}/klines/{self.symbol}/{self.interval}/{self.file_name}"
 
-    def first_day(self) -> date:
-        return date.fromisoformat(self.period if self.kind == "daily" else self.period + "-01")
-
-    def end_day(self) -> date:
-        """The first day after the period."""
-        first = self.first_day()
-        if self.kind == "daily":
-            return first + timedelta(days=1)
-        return date(first.year + first.month // 12, first.month % 12 + 1, 1)
-
-
-def _month_start(day: date) -> date:
-    return day.replace(day=1)
-
-
-def _next_month(day: date) -> date:
-    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
-
 
 def _days(first: date, stop: date) -> Iterator[date]:
     day = first
@@ -108,9 +89,9 @@ def plan_interval(symbol: str, interval: str, start: date, end: date) -> list[Ar
     Intervals published only monthly get every month that overlaps the range.
     """
     archives: list[Archive] = []
-    month = _month_start(start)
+    month = start.replace(day=1)
     while month < end:
-        following = _next_month(month)
+        following = add_months(month, 1)
         whole = start <= month and following <= end
         if whole or interval in MONTHLY_ONLY:
             archives.append(Archive(symbol, interval, "monthly", month.strftime("%Y-%m")))
@@ -129,14 +110,15 @@ def daily_fallback(archive: Archive, start: date, end: date) -> list[Archive]:
     """Daily files standing in for an unpublished monthly file (none for monthly-only intervals)."""
     if archive.kind != "monthly" or archive.interval in MONTHLY_ONLY:
         return []
+    first, after = period_days(archive.period)
     return [Archive(archive.symbol, archive.interval, "daily", day.isoformat())
-            for day in _days(max(archive.first_day(), start), min(archive.end_day(), end))]
+            for day in _days(max(first, start), min(after, end))]
 
 
 def is_recent(archive: Archive, today: date) -> bool:
     """True when a 404 for this archive may just mean "not published yet"."""
     lag = DAILY_LAG if archive.kind == "daily" else MONTHLY_LAG
-    return today < archive.end_day() + lag
+    return today < period_days(archive.period)[1] + lag
 
 
 # ---------------------------------------------------------------------------------------- fetching
@@ -434,7 +416,7 @@ def rejected_in_registry(db: str) -> dict[str, str]:
     """Mirror path → SHA-256 of files whose latest registry entry is a rejection."""
     if not os.path.exists(db):
         return {}
-    conn = sqlite3.connect(file_uri(db, "ro"), uri=True)
+    conn = open_readonly(db)
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ingested_files'").fetchone():
             return {}
@@ -446,16 +428,12 @@ def rejected_in_registry(db: str) -> dict[str, str]:
     return dict(rows)
 
 
-def _utc_today() -> date:
-    return datetime.now(UTC).date()
-
-
 def _parse_day(value: str, now: int) -> date:
     """The UTC day of a date as ingest/dates.py takes it (archives are whole days: a time inside one is its day)."""
     check_date(value)
     ms = resolve_date(value, now)
     assert ms is not None
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
+    return utc_day(ms)
 
 
 def in_threads(work: Callable[[Archive], Outcome], batch: list[Archive], jobs: int, network: Network,
@@ -524,8 +502,8 @@ def download(db: str, *, symbols: list[str], intervals: list[str], start: str, e
         raise MarketError(f"--jobs must be at least 1, got {jobs}")
     if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file"):
         raise MarketError(f"--base-url {base_url!r} must be an http, https or file URL")
-    today = today or _utc_today()
     now = now_ms()
+    today = today or utc_day(now)
     first = _parse_day(start, now)
     # Nothing after today can be published: stop there whatever --end says.
     stop = min(_parse_day(end, now) if end else today, today + timedelta(days=1))

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.db import checkpoint, immediate, writer_lock
+from image_cache.core.db import immediate
 from image_cache.core.grid import check_interval, check_symbol, grid_index, grid_time, iso_utc
 from image_cache.core.hooks import no_progress, no_warn
-from image_cache.ingest.schema import connect_writer, open_times
+from image_cache.ingest.schema import open_times, writer
 
 
 @dataclass(frozen=True)
@@ -169,17 +169,12 @@ def record_gaps(db: str, *, symbols: list[str] | None = None, intervals: list[st
     for interval in intervals or []:
         check_interval(interval)
     result = GapsResult()
-    with writer_lock(db, "ingest gaps", lock_wait):
-        conn = connect_writer(db)
-        try:
-            todo = select_series(conn, symbols, intervals)
-            for symbol in sorted(set(symbols or []) - {row[1] for row in todo}):
-                warn(f"{symbol}: no matching series")
-            for sid, symbol, interval in progress(todo, total=len(todo), desc="gaps", unit="series"):
-                with immediate(conn):
-                    count, gaps = refresh_known_gaps(conn, sid, interval)
-                result.series.append(SeriesGaps(symbol, interval, count, gaps))
-            checkpoint(conn)
-        finally:
-            conn.close()
+    with writer(db, "ingest gaps", lock_wait) as conn:
+        todo = select_series(conn, symbols, intervals)
+        for symbol in sorted(set(symbols or []) - {row[1] for row in todo}):
+            warn(f"{symbol}: no matching series")
+        for sid, symbol, interval in progress(todo, total=len(todo), desc="gaps", unit="series"):
+            with immediate(conn):
+                count, gaps = refresh_known_gaps(conn, sid, interval)
+            result.series.append(SeriesGaps(symbol, interval, count, gaps))
     return result

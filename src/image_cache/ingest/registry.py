@@ -1,26 +1,27 @@
 """Ingest one parsed input file into market.sqlite and record what became of it.
 
-Shared by every file source (Binance Vision zips, the downloader, CSV files): the writer session
-(lock, WAL connection, checkpoint), the per-file transaction, the `ingested_files` registry and
-the summary result a command returns.
+Shared by every file source (Binance Vision zips, the downloader, CSV files): the per-file transaction,
+the `ingested_files` registry and the summary result a command returns. The writer session they run in is
+schema.py's `writer` (gaps.py, below this module, uses it too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 
-from image_cache.core.db import checkpoint, immediate, writer_lock
+from image_cache.core.db import immediate
 from image_cache.core.errors import ImageCacheError
-from image_cache.core.grid import DAY_MS, iso_utc, now_ms
+from image_cache.core.grid import add_months, day_ms, utc_now
 from image_cache.ingest.gaps import refresh_gaps_between
-from image_cache.ingest.schema import connect_writer, open_times, series_id, upsert_candles
+from image_cache.ingest.schema import open_times, series_id, upsert_candles
+from image_cache.ingest.schema import writer as writer  # binance_vision.py and csv_source.py still import it here
 from image_cache.ingest.series_check import Tally
 from image_cache.ingest.validate import Validated
 from image_cache.ingest.venues import BINANCE_SPOT, Venue
@@ -68,24 +69,13 @@ class FileOutcome:
         return asdict(self)
 
 
-@contextlib.contextmanager
-def writer(db: str, purpose: str, lock_wait: float) -> Iterator[sqlite3.Connection]:
-    """The writer lock and a migrated WAL connection; the WAL is emptied on a clean exit."""
-    with writer_lock(db, purpose, lock_wait):
-        conn = connect_writer(db)
-        try:
-            yield conn
-            checkpoint(conn)
-        finally:
-            conn.close()
-
-
 def _storable(text: str) -> str:
     """A path as valid UTF-8 text: file names with undecodable bytes keep them as \\xNN escapes."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
+def record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> None:
+    """The one way a row enters `ingested_files` (every file source, and the sample market's symbols)."""
     conn.execute(
         """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
                status, reason, rows_read, rows_inserted, rows_revised, rows_dropped, rows_flagged, rows_withdrawn,
@@ -94,7 +84,7 @@ def _record(conn: sqlite3.Connection, src: SourceFile, outcome: FileOutcome) -> 
         (_storable(src.path), _storable(src.file_name), src.sha256, src.size_bytes, src.source, src.symbol,
          src.interval, src.period,
          outcome.status, outcome.reason, outcome.rows_read, outcome.rows_inserted, outcome.rows_revised,
-         outcome.rows_dropped, outcome.rows_flagged, outcome.rows_withdrawn, iso_utc(now_ms())))
+         outcome.rows_dropped, outcome.rows_flagged, outcome.rows_withdrawn, utc_now()))
 
 
 def _outcome(src: SourceFile, status: str, reason: str | None = None, **counts: Any) -> FileOutcome:
@@ -105,7 +95,7 @@ def record_only(conn: sqlite3.Connection, src: SourceFile, status: str, reason: 
     """Record a file that writes no candles (rejected or skipped), in its own transaction."""
     outcome = _outcome(src, status, reason)
     with immediate(conn):
-        _record(conn, src, outcome)
+        record(conn, src, outcome)
     return outcome
 
 
@@ -135,14 +125,21 @@ def skipped(conn: sqlite3.Connection, src: SourceFile) -> FileOutcome:
     return record_only(conn, src, "skipped", "same SHA-256 as an earlier ingest")
 
 
+def period_days(period: str) -> tuple[date, date]:
+    """The first day of an archive period, `YYYY-MM` or `YYYY-MM-DD`, and the day after its last."""
+    if len(period) == 10:
+        first = date.fromisoformat(period)
+        return first, first + timedelta(days=1)
+    first = date.fromisoformat(period + "-01")
+    return first, add_months(first, 1)
+
+
 def period_span(period: str | None) -> tuple[int, int] | None:
-    """[start, end) in epoch ms of an archive period, `YYYY-MM` or `YYYY-MM-DD`; None for anything else."""
+    """[start, end) in epoch ms of an archive period; None for anything else."""
     if period is None or not PERIOD_RE.match(period):
         return None
-    day = np.datetime64(period if len(period) == 10 else period + "-01", "ms")
-    end = day + np.timedelta64(DAY_MS, "ms") if len(period) == 10 else \
-        (day.astype("datetime64[M]") + 1).astype("datetime64[ms]")
-    return int(day.astype(np.int64)), int(end.astype(np.int64))
+    first, end = period_days(period)
+    return day_ms(first), day_ms(end)
 
 
 def withdraw(conn: sqlite3.Connection, sid: int, span: tuple[int, int], keep: np.ndarray) -> int:
@@ -184,7 +181,7 @@ def write_file(conn: sqlite3.Connection, src: SourceFile, parsed: Validated, *, 
                            rows_read=parsed.rows_read, rows_inserted=counts.inserted,
                            rows_revised=counts.revised, rows_dropped=parsed.dropped, rows_flagged=parsed.flagged,
                            rows_withdrawn=withdrawn)
-        _record(conn, src, outcome)
+        record(conn, src, outcome)
     return outcome
 
 
@@ -272,7 +269,7 @@ def ingest_stream(conn: sqlite3.Connection, src: SourceFile, produce: Callable[[
             outcome = _outcome(src, "ok" if verified else "unverified", time_unit=tally.time_unit,
                                rows_read=tally.rows_read, rows_inserted=sink.inserted, rows_revised=sink.revised,
                                rows_dropped=tally.dropped, rows_flagged=tally.flagged, rows_withdrawn=sink.withdrawn)
-            _record(conn, src, outcome)
+            record(conn, src, outcome)
     except ImageCacheError as exc:
         return reject(conn, src, str(exc))
     return outcome

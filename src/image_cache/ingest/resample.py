@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.db import checkpoint, immediate, writer_lock
+from image_cache.core.db import immediate
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import (
     DAY_MS,
@@ -30,7 +30,7 @@ from image_cache.core.grid import (
 )
 from image_cache.core.hooks import no_progress, no_warn
 from image_cache.ingest.gaps import Gap, refresh_known_gaps
-from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, read_candles, series_id, upsert_candles
+from image_cache.ingest.schema import CANDLE_DTYPE, read_candles, series_id, upsert_candles, writer
 from image_cache.ingest.venues import venue_of
 
 SUMMED = ("volume", "quote_asset_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume")
@@ -182,25 +182,20 @@ def resample(db: str, *, source: str = "1m", targets: list[str], symbols: list[s
     for symbol in symbols or []:
         check_symbol(symbol)
     result = ResampleResult(source, list(targets))
-    with writer_lock(db, f"ingest resample {source} → {','.join(targets)}", lock_wait):
-        conn = connect_writer(db)
-        try:
-            known = source_symbols(conn, source)
-            wanted = symbols or known
-            for symbol in wanted:
-                if symbol not in known:
-                    warn(f"{symbol}: no {source} series, skipped")
-            todo = [s for s in wanted if s in known]
-            for symbol in progress(todo, total=len(todo), desc="resample", unit="series"):
-                base = read_candles(conn, series_id(conn, symbol, source, venue_of(conn, symbol)))
-                for target in targets:
-                    with immediate(conn):
-                        report = write_resampled(conn, symbol, base, source, target)
-                    result.series.append(report)
-                    if report.incomplete:
-                        warn(f"{symbol} {target}: {len(report.incomplete)} incomplete bucket(s) not written")
-            checkpoint(conn)
-        finally:
-            conn.close()
+    with writer(db, f"ingest resample {source} → {','.join(targets)}", lock_wait) as conn:
+        known = source_symbols(conn, source)
+        wanted = symbols or known
+        for symbol in wanted:
+            if symbol not in known:
+                warn(f"{symbol}: no {source} series, skipped")
+        todo = [s for s in wanted if s in known]
+        for symbol in progress(todo, total=len(todo), desc="resample", unit="series"):
+            base = read_candles(conn, series_id(conn, symbol, source, venue_of(conn, symbol)))
+            for target in targets:
+                with immediate(conn):
+                    report = write_resampled(conn, symbol, base, source, target)
+                result.series.append(report)
+                if report.incomplete:
+                    warn(f"{symbol} {target}: {len(report.incomplete)} incomplete bucket(s) not written")
     result.seconds = time.monotonic() - started
     return result

@@ -37,7 +37,8 @@ from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
 from image_cache.ingest.dates import END_FLAG, INCEPTION, START_FLAG, check_date, described, first_candle, resolve_date
 from image_cache.ingest.network import Network, unreachable
-from image_cache.ingest.registry import SourceFile, reject, writer
+from image_cache.ingest.registry import SourceFile, reject
+from image_cache.ingest.schema import writer
 from image_cache.ingest.sources import Source
 from image_cache.ingest.validate import fail
 from image_cache.ingest.venues import BINANCE_SPOT, Venue, record_selection, series_name

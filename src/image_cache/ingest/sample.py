@@ -15,20 +15,20 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.db import checkpoint, immediate, writer_lock
+from image_cache.core.db import immediate
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import DAY_MS, MINUTE_MS, check_symbol, iso_utc, split_symbol, utc_ms
 from image_cache.core.hooks import Hooks, no_progress, no_warn
 from image_cache.ingest.gaps import Gap, find_gaps, refresh_known_gaps
+from image_cache.ingest.registry import FileOutcome, SourceFile, record
 from image_cache.ingest.resample import write_resampled
-from image_cache.ingest.schema import CANDLE_DTYPE, connect_writer, series_id, upsert_candles
+from image_cache.ingest.schema import CANDLE_DTYPE, series_id, upsert_candles, writer
 from image_cache.ingest.sources import Source
 from image_cache.ingest.venues import SAMPLE, symbols_not_of
 
@@ -228,15 +228,13 @@ class SampleResult:
 def _register(conn, symbol: str, digest: str, candles: np.ndarray, params: dict[str, Any], status: str,
               inserted: int, revised: int, start_ms: int, end_ms: int) -> None:
     """One registry row per symbol: the sample behaves like one ingested file."""
-    conn.execute(
-        """INSERT INTO ingested_files(path, file_name, sha256, size_bytes, source, symbol, interval, period,
-                                      status, reason, rows_read, rows_inserted, rows_revised, ingested_utc)
-           VALUES (?, ?, ?, ?, 'sample', ?, '1m', ?, ?, ?, ?, ?, ?, ?)""",
-        (f"sample:{symbol}?{json.dumps(params, sort_keys=True)}",
-         f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, symbol,
-         f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", status,
-         "already ingested (same sha256)" if status == "skipped" else None,
-         len(candles), inserted, revised, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    src = SourceFile(f"sample:{symbol}?{json.dumps(params, sort_keys=True)}",
+                     f"{symbol}-1m-sample-seed{params['seed']}-{params['days']}d", digest, candles.nbytes, "sample",
+                     symbol, "1m", f"{iso_utc(start_ms)[:10]}..{iso_utc(end_ms)[:10]}", SAMPLE)
+    record(conn, src, FileOutcome(src.path, src.file_name, status,
+                                  "already ingested (same sha256)" if status == "skipped" else None, src.symbol,
+                                  src.interval, src.period, rows_read=len(candles), rows_inserted=inserted,
+                                  rows_revised=revised))
 
 
 def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"), days: int = 90,
@@ -256,42 +254,37 @@ def build_sample(db: str, *, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SO
     spans = maintenance_spans(seed, days * MINUTES_PER_DAY)
     params = {"seed": seed, "days": days, "end": iso_utc(end_ms)}
     result = SampleResult(db, start_ms, end_ms, seed)
-    with writer_lock(db, f"ingest sample {','.join(symbols)}", lock_wait):
-        conn = connect_writer(db)
-        try:
-            # Synthetic candles never share a series, nor a database, with real ones.
-            if real := symbols_not_of(conn, SAMPLE):
-                named = ", ".join(f"{s} ({v})" for s, v in list(real.items())[:5]) + (", …" if len(real) > 5 else "")
-                raise MarketError(f"{db} holds real series ({len(real)} symbols: {named}); the sample market is "
-                                  "synthetic and goes into a database of its own: give another --market-db")
-            for symbol in progress(symbols, total=len(symbols), desc="sample", unit="symbol"):
-                base = generate_symbol(symbol, days=days, seed=seed, end_ms=end_ms, gaps=spans)
-                digest = candles_digest(base)
-                gaps = find_gaps("1m", base["open_time"])
-                with immediate(conn):
-                    seen = conn.execute("SELECT 1 FROM ingested_files WHERE source = 'sample' AND sha256 = ? "
-                                        "AND status = 'ok' LIMIT 1", (digest,)).fetchone()
-                    if seen:
-                        report = SymbolReport(symbol, "skipped", {"1m": len(base)}, 0, 0, gaps)
-                    else:
-                        sid = series_id(conn, symbol, "1m", SAMPLE)
-                        counts = upsert_candles(conn, sid, base)
-                        refresh_known_gaps(conn, sid, "1m")
-                        report = SymbolReport(symbol, "ok", {"1m": len(base)}, counts.inserted, counts.revised,
-                                              gaps)
-                        for target in SAMPLE_INTERVALS:
-                            written = write_resampled(conn, symbol, base, "1m", target)
-                            report.candles[target] = written.candles
-                            report.inserted += written.inserted
-                            report.revised += written.revised
-                    _register(conn, symbol, digest, base, params, report.status, report.inserted,
-                              report.revised, start_ms, end_ms)
+    with writer(db, f"ingest sample {','.join(symbols)}", lock_wait) as conn:
+        # Synthetic candles never share a series, nor a database, with real ones.
+        if real := symbols_not_of(conn, SAMPLE):
+            named = ", ".join(f"{s} ({v})" for s, v in list(real.items())[:5]) + (", …" if len(real) > 5 else "")
+            raise MarketError(f"{db} holds real series ({len(real)} symbols: {named}); the sample market is "
+                              "synthetic and goes into a database of its own: give another --market-db")
+        for symbol in progress(symbols, total=len(symbols), desc="sample", unit="symbol"):
+            base = generate_symbol(symbol, days=days, seed=seed, end_ms=end_ms, gaps=spans)
+            digest = candles_digest(base)
+            gaps = find_gaps("1m", base["open_time"])
+            with immediate(conn):
+                seen = conn.execute("SELECT 1 FROM ingested_files WHERE source = 'sample' AND sha256 = ? "
+                                    "AND status = 'ok' LIMIT 1", (digest,)).fetchone()
                 if seen:
-                    warn(f"{symbol}: this sample is already in {db}, skipped")
-                result.symbols.append(report)
-            checkpoint(conn)
-        finally:
-            conn.close()
+                    report = SymbolReport(symbol, "skipped", {"1m": len(base)}, 0, 0, gaps)
+                else:
+                    sid = series_id(conn, symbol, "1m", SAMPLE)
+                    counts = upsert_candles(conn, sid, base)
+                    refresh_known_gaps(conn, sid, "1m")
+                    report = SymbolReport(symbol, "ok", {"1m": len(base)}, counts.inserted, counts.revised,
+                                          gaps)
+                    for target in SAMPLE_INTERVALS:
+                        written = write_resampled(conn, symbol, base, "1m", target)
+                        report.candles[target] = written.candles
+                        report.inserted += written.inserted
+                        report.revised += written.revised
+                _register(conn, symbol, digest, base, params, report.status, report.inserted,
+                          report.revised, start_ms, end_ms)
+            if seen:
+                warn(f"{symbol}: this sample is already in {db}, skipped")
+            result.symbols.append(report)
     result.seconds = time.monotonic() - started
     return result
 

@@ -6,14 +6,16 @@ wrote can be read and extended. The renderer reads them through cache/market.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from image_cache.core import revisions
-from image_cache.core.db import check_sqlite_file
+from image_cache.core.db import check_sqlite_file, checkpoint, writer_lock
 from image_cache.core.errors import MarketError, os_error_message
 from image_cache.core.grid import INTERVAL_MS, check_interval, check_symbol, split_symbol
 from image_cache.ingest.venues import VENUES_DDL, Venue, claim, migrate_venues
@@ -168,6 +170,20 @@ class UpsertCounts:
     inserted: int
     revised: int
     unchanged: int
+
+
+@contextlib.contextmanager
+def writer(db: str, purpose: str, lock_wait: float) -> Iterator[sqlite3.Connection]:
+    """The one writer session of every command that writes market.sqlite: the writer lock (waiting up to
+    `lock_wait` s), a migrated WAL connection, the WAL emptied on a clean exit (so that readers may open the
+    file immutable), the connection closed on any exit."""
+    with writer_lock(db, purpose, lock_wait):
+        conn = connect_writer(db)
+        try:
+            yield conn
+            checkpoint(conn)
+        finally:
+            conn.close()
 
 
 def series_id(conn: sqlite3.Connection, symbol: str, interval: str, venue: Venue) -> int:

@@ -3,8 +3,9 @@
 `--summary`: per venue, symbol and interval, the span, rows, gaps, bytes and freshness (how many candles
 the series is behind the last closed one).
 
-Read-only: the database is opened with `mode=ro` and never created. A database written by the
-upstream pipeline (no `ingested_files`, maybe no `known_gaps`) is reported too.
+Read-only: the database is opened with `mode=ro` and never created, in a read-only folder too, as the renderer
+opens it (core/db.py open_readonly). A database written by the upstream pipeline (no `ingested_files`, maybe no
+`known_gaps`) is reported too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from image_cache.core.db import file_uri
+from image_cache.core.db import open_readonly
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import INTERVAL_MS, grid_index, iso_utc, now_ms
 
@@ -107,9 +108,9 @@ def status(db: str, *, failures: bool = False, summary: bool = False, now: int |
     if not os.path.isfile(db):
         raise MarketError(f"no market database at {db}")
     try:
-        conn = sqlite3.connect(file_uri(db, "ro"), uri=True)
+        conn = open_readonly(db)  # which reads the schema: SQLite reads a file only when a statement needs it
     except sqlite3.Error as exc:
-        raise MarketError(f"cannot open {db}: {exc}") from None
+        raise MarketError(f"cannot read {db}: {exc}") from None
     try:
         return _read(conn, db, failures, summary, now_ms() if now is None else now)
     except sqlite3.DatabaseError as exc:

@@ -15,19 +15,19 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, SYMBOL_RE, check_interval, check_symbol, iso_utc, now_ms
+from image_cache.core.grid import SYMBOL_RE, check_interval, check_symbol, day_ms, iso_utc, now_ms, utc_day
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.batches import ApiResult, UnknownSymbol
 from image_cache.ingest.ccxt_source import MARKET_TYPES, ccxt_ingest
 from image_cache.ingest.dates import START_FLAG
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
 from image_cache.ingest.network import Network
-from image_cache.ingest.registry import writer
+from image_cache.ingest.registry import period_days
 from image_cache.ingest.rest import (
     MARKETS,
     Client,
@@ -40,6 +40,7 @@ from image_cache.ingest.rest import (
     top_symbols,
     trading_symbols,
 )
+from image_cache.ingest.schema import writer
 from image_cache.ingest.sources import Source, csv_list
 from image_cache.ingest.venues import record_selection, series_name
 
@@ -83,13 +84,6 @@ def resolve_symbols(entries: list[str], quote: str | None, top: int | None, clie
     return list(dict.fromkeys(symbols))
 
 
-def _period_end(period: str) -> date:
-    if len(period) == 10:
-        return date.fromisoformat(period) + timedelta(days=1)
-    first = date.fromisoformat(period + "-01")
-    return date(first.year + first.month // 12, first.month % 12 + 1, 1)
-
-
 def archive_start(conn: sqlite3.Connection, symbol: str, interval: str, start: date | None) -> date | None:
     """Where archives are needed from: after the last archive period ingested, else `start`, else the
     first stored candle's day; None for a new series without `start`."""
@@ -97,14 +91,14 @@ def archive_start(conn: sqlite3.Connection, symbol: str, interval: str, start: d
         """SELECT DISTINCT period FROM ingested_files WHERE symbol = ? AND interval = ? AND source != 'rest'
            AND period IS NOT NULL AND status IN ('ok', 'unverified')""", (symbol, interval))]
     if periods:
-        after = max(_period_end(p) for p in periods)
+        after = max(period_days(p)[1] for p in periods)
         return max(after, start) if start else after
     if start:
         return start
     first = conn.execute("""SELECT MIN(c.open_time) FROM candles c JOIN series se ON se.id = c.series_id
                             JOIN symbols s ON s.id = se.symbol_id JOIN intervals i ON i.id = se.interval_id
                             WHERE s.symbol = ? AND i.code = ?""", (symbol, interval)).fetchone()[0]
-    return None if first is None else datetime.fromtimestamp(first // 1000, tz=UTC).date()
+    return None if first is None else utc_day(first)
 
 
 @dataclass
@@ -157,8 +151,8 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
     start_ms, _ = resolve_dates(start, None, now, result.api)
     inception = start is not None and start_ms is None
     result.symbols = result.api.symbols = resolve_symbols(symbols, quote, top, client, result.api)
-    first = None if start_ms is None else _utc_day(start_ms)
-    today = _utc_day(now)
+    first = None if start_ms is None else utc_day(start_ms)
+    today = utc_day(now)
 
     def new_series_day(symbol: str, interval: str) -> date | None:
         """Where a series with no archive and no candle starts: --start, or its first kline (inception)."""
@@ -176,7 +170,7 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
             return None
         if found is not None:
             result.api.dates[f"inception {name} {interval}"] = iso_utc(found)
-        return None if found is None else _utc_day(found)
+        return None if found is None else utc_day(found)
 
     series = [(s, i) for s in result.symbols for i in intervals]
     starts: dict[date, list[tuple[str, str]]] = {}
@@ -208,7 +202,7 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
             record_selection(conn, spec.venue, f"top {top} by 24-hour quote volume, quoted in {quote}",
                              [t["symbol"] for t in result.api.top])
         fetch_tails(conn, client, [(s, i) for s, i in series if s not in result.api.unknown],
-                    start_ms=None if first is None else _day_ms(first), end_ms=None, now=now, result=result.api,
+                    start_ms=None if first is None else day_ms(first), end_ms=None, now=now, result=result.api,
                     inception=inception, progress=progress, warn=warn)
     result.unreachable = list(network.down.values())
     result.seconds = time.monotonic() - started
@@ -223,14 +217,6 @@ def update_ccxt(db: str, *, exchange: str, symbols: list[str], intervals: list[s
         raise MarketError(f"--market {market} is Binance's; {exchange} takes spot, swap or future")
     api = ccxt_ingest(db, exchange=exchange, symbols=symbols, intervals=intervals, market=market, **options)
     return UpdateResult(symbols=api.symbols, api=api, seconds=api.seconds)
-
-
-def _utc_day(ms: int) -> date:
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).date()
-
-
-def _day_ms(day: date) -> int:
-    return (day - date(1970, 1, 1)).days * DAY_MS
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import SYMBOL_RE, iso_utc, now_ms
+from image_cache.core.grid import SYMBOL_RE, utc_now
 
 _PART_RE = re.compile(r"^[a-z0-9]{1,24}$")  # CCXT ids run to 21 (coinbaseinternational)
 
@@ -168,4 +168,4 @@ def record_selection(conn: sqlite3.Connection, venue: Venue, rule: str, symbols:
     """Record a run's symbol selection (`--top N --quote Q`): when, on which venue, by which rule, the
     symbols in their order (comma-separated)."""
     conn.execute("INSERT INTO symbol_selections(selected_utc, exchange, market, rule, symbols) VALUES (?, ?, ?, ?, ?)",
-                 (iso_utc(now_ms()), venue.exchange, venue.market, rule, ",".join(symbols)))
+                 (utc_now(), venue.exchange, venue.market, rule, ",".join(symbols)))

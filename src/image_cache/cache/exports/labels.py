@@ -11,7 +11,7 @@ import numpy as np
 
 from image_cache.cache.windows import Series
 from image_cache.core.errors import ImageCacheError
-from image_cache.core.grid import close_time_ms, grid_index, grid_time, iso_utc, on_grid, utc_ms
+from image_cache.core.grid import close_time_ms, grid_index, grid_time, iso_utc, month_index, on_grid, utc_ms
 from image_cache.settings import ConfigError
 
 DEFAULT_FRACTIONS = (("train", 70), ("validation", 15), ("test", 15))
@@ -183,8 +183,7 @@ def on_sample(interval: str, end_ms: np.ndarray, sample: str) -> np.ndarray:
     if sample != "month-end":
         raise ConfigError(f"--sample must be one of {', '.join(SAMPLES)}, got {sample!r}")
     following = grid_time(interval, grid_index(interval, end_ms) + 1)
-    month = end_ms.astype("datetime64[ms]").astype("datetime64[M]")
-    return month != np.asarray(following, dtype=np.int64).astype("datetime64[ms]").astype("datetime64[M]")
+    return month_index(end_ms) != month_index(following)
 
 
 def complete_windows(series: Series, window_len: int, history: int, stride: int, start_ms: int,

@@ -24,7 +24,7 @@ from image_cache.cache.exports.labels import (
 )
 from image_cache.cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
 from image_cache.cache.windows import Series, fingerprint, window_rows
-from image_cache.core.db import file_uri
+from image_cache.core.db import connect_readonly
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
@@ -74,7 +74,7 @@ def open_index(path: str) -> sqlite3.Connection:
     if kind != "index":
         raise ImageCacheError(f"{path} is not an image index ({kind.replace('-', ' ')})")
     try:
-        conn = sqlite3.connect(file_uri(path, "ro"), uri=True, isolation_level=None)
+        conn = connect_readonly(path)
         conn.row_factory = sqlite3.Row
         conn.execute("BEGIN")  # one snapshot for the whole selection
         columns = {row[1] for row in conn.execute("PRAGMA table_info(images)")}
