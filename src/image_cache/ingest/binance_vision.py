@@ -24,14 +24,13 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
 from typing import IO, BinaryIO, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from image_cache.core.errors import ImageCacheError, MarketError
-from image_cache.core.grid import DAY_MS, check_interval, check_symbol, utc_ms
+from image_cache.core.grid import check_interval, check_symbol, day_ms
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import CHUNK_BYTES, line_chunks, open_regular, sha256_stream
 from image_cache.ingest.registry import (
@@ -41,12 +40,12 @@ from image_cache.ingest.registry import (
     already_ingested,
     ingest_file,
     ingest_stream,
+    period_days,
     reject,
     skipped,
     write_file,
-    writer,
 )
-from image_cache.ingest.schema import CANDLE_DTYPE
+from image_cache.ingest.schema import CANDLE_DTYPE, writer
 from image_cache.ingest.series_check import Chunk, ChunkSink, FileRows, Tally, stream_or_sort
 from image_cache.ingest.validate import (
     Lines,
@@ -116,16 +115,11 @@ def parse_name(file_name: str) -> ArchiveName:
         check_interval(match["interval"])
     except ImageCacheError as exc:
         raise fail(file_name, None, "file name", str(exc)) from None
-    year, month = int(match["year"]), int(match["month"])
     try:
-        if match["day"]:
-            start = utc_ms(date(year, month, int(match["day"])).isoformat())
-            end = start + DAY_MS
-        else:
-            start = utc_ms(date(year, month, 1).isoformat())
-            end = utc_ms(date(year + month // 12, month % 12 + 1, 1).isoformat())
+        first, after = period_days(match["period"])
     except ValueError:
         raise fail(file_name, None, "file name", f"invalid date {match['period']!r}") from None
+    start, end = day_ms(first), day_ms(after)
     return ArchiveName(match["symbol"], match["interval"], match["period"], start, end)
 
 

@@ -28,11 +28,11 @@ import pandas as pd
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
-from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time
+from image_cache.core.grid import DAY_MS, INTERVAL_MS, check_interval, check_symbol, grid_index, grid_time, month_index
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
 from image_cache.ingest.inputs import line_chunks, open_regular, sha256_stream
-from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream, writer
-from image_cache.ingest.schema import CANDLE_DTYPE
+from image_cache.ingest.registry import IngestResult, SourceFile, ingest_stream
+from image_cache.ingest.schema import CANDLE_DTYPE, writer
 from image_cache.ingest.series_check import Chunk, ChunkSink, FileRows, Tally, stream_or_sort
 from image_cache.ingest.sources import Source
 from image_cache.ingest.validate import (
@@ -231,8 +231,7 @@ def _close_like(interval: str, times: np.ndarray) -> np.ndarray:
     day_end = bool((times % DAY_MS >= DAY_MS - 1000).all())
     month_end = False
     if interval == "1mo":
-        day = times.astype("datetime64[ms]").astype("datetime64[D]")
-        month_end = bool((day.astype("datetime64[M]") != (day + 1).astype("datetime64[M]")).all())
+        month_end = bool((month_index(times) != month_index(times + DAY_MS)).all())
     return np.array([day_end, month_end])
 
 

@@ -21,7 +21,6 @@ from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import add_months, day_ms, utc_now
 from image_cache.ingest.gaps import refresh_gaps_between
 from image_cache.ingest.schema import open_times, series_id, upsert_candles
-from image_cache.ingest.schema import writer as writer  # binance_vision.py and csv_source.py still import it here
 from image_cache.ingest.series_check import Tally
 from image_cache.ingest.validate import Validated
 from image_cache.ingest.venues import BINANCE_SPOT, Venue
