@@ -142,11 +142,15 @@ def installed(tmp_path_factory) -> Path:
     return venv
 
 
+def make_user_folder(folder: Path) -> Path:
+    """A training project's folder: its own config.py, cache/ and core/, which must not shadow ours."""
+    (folder / "config.py").write_text("WHOSE = 'the user'\n")
+    for name in ("cache", "core", "chart", "ingest"):
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(f"raise ImportError('the user {name} was imported')\n")
+    return folder
+
+
 @pytest.fixture
 def user_folder(tmp_path: Path) -> Path:
-    """A training project's folder: its own config.py, cache/ and core/, which must not shadow ours."""
-    (tmp_path / "config.py").write_text("WHOSE = 'the user'\n")
-    for name in ("cache", "core", "chart", "ingest"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('the user {name} was imported')\n")
-    return tmp_path
+    return make_user_folder(tmp_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONFIG, index_rows, run_cli, tree_digest
+from conftest import CONFIG, index_rows, make_user_folder, run_cli, tree_digest
 
 pytest.importorskip("distributed")
 # One install for this module and test_packaging's: both run on the same xdist worker (Makefile: loadgroup).
@@ -53,12 +53,13 @@ class Cluster:
                                 env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def add_workers(self, count: int) -> None:
+        self.workers = [worker for worker in self.workers if worker.poll() is None]
         for _ in range(count):
             self.workers.append(self._start("worker", "--scheduler-file", str(self.file), "--nthreads", "1",
                                             "--no-dashboard", "--host", "127.0.0.1"))
         from distributed import Client
         with Client(self.address, timeout=START_S) as client:
-            client.wait_for_workers(len([w for w in self.workers if w.poll() is None]), timeout=START_S)
+            client.wait_for_workers(len(self.workers), timeout=START_S)
 
     def kill_worker(self, worker: subprocess.Popen) -> None:
         """As a lost machine: the worker and its nanny at once, no goodbye to the scheduler."""
@@ -72,14 +73,21 @@ class Cluster:
                 process.wait(10)
 
 
-@pytest.fixture
-def cluster(installed: Path, user_folder: Path) -> Iterator[Cluster]:
-    running = Cluster(installed, user_folder)
+@pytest.fixture(scope="module")
+def started(installed: Path, tmp_path_factory) -> Iterator[Cluster]:
+    """One scheduler for the module, in a user's folder of its own (each Dask process costs ~1 s of CPU)."""
+    running = Cluster(installed, make_user_folder(tmp_path_factory.mktemp("cluster")))
     try:
-        running.add_workers(2)
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def cluster(started: Cluster) -> Cluster:
+    """The cluster with two live workers (the tests before may have killed some)."""
+    started.add_workers(2 - sum(worker.poll() is None for worker in started.workers))
+    return started
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +128,8 @@ def _same_as(folder: Path, reference: Path) -> None:
 
 
 def test_a_cluster_of_dasks_own_commands_renders_the_bytes_of_jobs_1_also_when_a_worker_dies(
-        installed: Path, cluster: Cluster, reference: Path):
-    folder = cluster.folder
+        installed: Path, cluster: Cluster, reference: Path, user_folder: Path):
+    folder = user_folder
     _prepare(folder, reference)
     # The scheduler named by Dask's own config file (DASK_CONFIG), not by a flag.
     (folder / "dask.yaml").write_text(f"scheduler-address: {cluster.address}\n")
@@ -139,8 +147,8 @@ def test_a_cluster_of_dasks_own_commands_renders_the_bytes_of_jobs_1_also_when_a
 
 
 def test_a_cluster_left_without_workers_stops_in_one_line_and_repair_and_a_render_complete_it(
-        installed: Path, cluster: Cluster, reference: Path):
-    folder = cluster.folder
+        installed: Path, cluster: Cluster, reference: Path, user_folder: Path):
+    folder = user_folder
     _prepare(folder, reference)
     render = _render(installed, folder, "--worker-wait", "3", env={"DASK_SCHEDULER_ADDRESS": cluster.address})
     _when_images_appear(folder, render)
@@ -172,10 +180,10 @@ def test_a_cluster_left_without_workers_stops_in_one_line_and_repair_and_a_rende
     _same_as(folder, reference)
 
 
-def test_a_worker_on_other_code_is_refused(installed: Path, cluster: Cluster, reference: Path):
+def test_a_worker_on_other_code_is_refused(installed: Path, cluster: Cluster, reference: Path, user_folder: Path):
     """A worker whose install differs from the driver's (here: the driver is the checkout, one changed source
     file away) would write other bytes under the same preset: its chunks are refused, in one line."""
-    folder = cluster.folder
+    folder = user_folder
     _prepare(folder, reference)
     checkout = shutil.copytree(Path(__file__).resolve().parents[1] / "src", folder / "driver-src",
                                ignore=shutil.ignore_patterns("__pycache__"))
