@@ -258,3 +258,13 @@ def test_the_architecture_names_every_module_and_only_modules_that_exist():
     assert not unnamed, f"modules docs/architecture.md does not name: {unnamed}"
     named = set(re.findall(r"`(?:[\w/]+/)?(\w+\.(?:py|c))`", text))
     assert not named - ours - beside, f"docs/architecture.md names files that do not exist: {named - ours - beside}"
+
+
+def test_ingest_commands_that_parse_no_file_start_without_pandas():
+    """pandas is a fifth of `ingest`'s start-up; only the functions that parse a file import it."""
+    code = ("import sys; from image_cache.cli.ingest import build_parser; build_parser(); "
+            "import image_cache.ingest.status, image_cache.ingest.sample, image_cache.ingest.rest; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO, TypeVar
 
 import numpy as np
-import pandas as pd
 
 from image_cache.core.errors import ImageCacheError, MarketError
 from image_cache.core.grid import check_interval, check_symbol, day_ms
@@ -232,6 +231,7 @@ def _read_all(f: BinaryIO) -> bytes:
 
 def _locate_bad_field(name: str, body: bytes, first_line: int, error: Exception) -> MarketError:
     """After the fast typed parse failed: find the first bad field and say which rule it breaks."""
+    import pandas as pd  # here, not at the top: it is a fifth of a command's start-up, and most parse no file
     frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_FIELDS[:11]),
                         dtype=str, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)
     found: list[tuple[int, int, str, str]] = []
@@ -275,6 +275,8 @@ def _parse_rows(name: str, lines: Lines, skip: int, first_line: int,
     # implies one with too many, which the typed parse below refuses.
     if body.count(b",") != rows * (len(KLINE_FIELDS) - 1):
         check_field_counts(name, lines, first_line, len(KLINE_FIELDS), skip=skip)
+    import pandas as pd
+
     try:
         frame = pd.read_csv(io.BytesIO(body), header=None, names=list(KLINE_FIELDS), usecols=list(KLINE_DTYPES),
                             dtype=KLINE_DTYPES, engine="c", quoting=csv.QUOTE_NONE, na_filter=False)

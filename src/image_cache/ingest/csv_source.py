@@ -24,7 +24,6 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import pandas as pd
 
 from image_cache.core import flags
 from image_cache.core.errors import MarketError
@@ -47,8 +46,12 @@ from image_cache.ingest.validate import (
 )
 from image_cache.ingest.venues import venue_of_name
 
-if TYPE_CHECKING:  # the flags are read by cli/ingest.py; the library never imports argparse
+# The flags are read by cli/ingest.py: the library never imports argparse. pandas is imported by the functions
+# that parse, as in binance_vision.py: it is a fifth of a command's start-up, and most commands parse no file.
+if TYPE_CHECKING:
     import argparse
+
+    import pandas as pd
 
 MAX_LINE_BYTES = 64 * 1024
 # Text parsed at a time: a chunk's strings cost ~10x its bytes while it is converted.
@@ -71,6 +74,8 @@ MAX_COUNT = 2**53
 
 
 def _numbers(name: str, text: pd.Series, label: str, first_line: int, integer: bool) -> np.ndarray:
+    import pandas as pd
+
     text = text.str.strip()
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
     nan_text = text.str.lower().isin(("nan", "+nan", "-nan")).to_numpy(dtype=bool)
@@ -95,6 +100,8 @@ def _times(name: str, text: pd.Series, column: str, mode: str | None, first_line
     `mode`: a unit as given, None (the first chunk decides: epoch when the first time is an integer,
     else ISO 8601) or "epoch" (s/ms/µs by digit count, the unit of `reference` for the whole file).
     """
+    import pandas as pd
+
     typed = text.dtype == np.int64
     if not typed:
         text = text.str.strip()
@@ -160,6 +167,8 @@ class Layout:
 def _read(name: str, data: bytes, layout: Layout, first_line: int, typed: bool,
           time_dtype: Any = str) -> pd.DataFrame:
     """The used columns of a chunk: typed (floats, and `time_dtype` for the time), or all as text."""
+    import pandas as pd
+
     used = sorted({layout.time, *(i for i in layout.fields.values() if i is not None)})
     dtype: Any = str
     if typed:
