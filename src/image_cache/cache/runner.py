@@ -344,11 +344,28 @@ def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filter
         with executor(settings if drawing else replace(settings, jobs=1, executor="local"), warn,
                       result.lost_workers) as run:
             _apply(plans, spec, settings, index_conn, run, result, progress, warn)
+        if result.lost_workers:
+            _remove_lost_temps(settings.image_root_dir, plans, len(result.lost_workers), warn)
         index_conn.check_file()
         result.seconds = time.monotonic() - began
         index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
     except sqlite3.Error as exc:
         raise index.failure(settings.image_index_db, exc) from None
+
+
+def _remove_lost_temps(root: str, plans: list[SeriesPlan], lost: int, warn: Warn) -> None:
+    """A Dask worker lost mid-write leaves the temp file of the image it was writing; Dask ran its chunk
+    again elsewhere. Once the run's chunks are done, under the run's lock, every temp file in the folders
+    of the series this run drew is a lost worker's: removed here, as repair would, so that a run that
+    ends well leaves nothing verify must flag."""
+    removed = 0
+    with Tree(root) as tree:
+        tops = sorted({f"{p.rec.series.symbol}/{p.rec.series.interval}" for p in plans if len(p.draw)})
+        for kind, path in list(tree.walk(tops)):
+            if kind == "temp":
+                removed += tree.remove(path)
+    if removed:
+        warn(f"removed {removed} temporary file{'s' * (removed != 1)} left by the lost worker{'s' * (lost != 1)}")
 
 
 def tally(result: RenderResult, rows: list) -> None:
