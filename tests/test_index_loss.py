@@ -59,7 +59,8 @@ def test_index_deleted_while_a_render_runs_is_an_error(workdir: Path):
 
 
 def test_index_disk_full_is_one_line_and_the_index_stays_truthful(workdir: Path, index_dir: Path):
-    result = render_cli(workdir, "--intervals", "1m", "--index-db", "idx/i.sqlite")
+    one = ["--symbols", "BTCUSDT", "--intervals", "1m", "--index-db", "idx/i.sqlite"]  # 8,640 images: ~2 MB of rows
+    result = render_cli(workdir, *one)
     assert result.returncode == 1
     assert _errors(result.stderr) == ["Error: image index idx/i.sqlite: disk full (database or disk is full)"]
     with contextlib.closing(sqlite3.connect(index_dir / "i.sqlite")) as conn:  # closed: the folder is unmounted
@@ -69,9 +70,8 @@ def test_index_disk_full_is_one_line_and_the_index_stays_truthful(workdir: Path,
         assert hashlib.sha256((workdir / "image-cache" / path).read_bytes()).hexdigest() == sha256
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(index_dir)], check=True)
-    assert render_cli(workdir, "--intervals", "1m", "--index-db", "idx/i.sqlite").returncode == 0
-    verify = run_cli(workdir, "verify", "--config", "image_cache.toml", "--intervals", "1m", "--index-db",
-                     "idx/i.sqlite", "--deep")
+    assert render_cli(workdir, *one).returncode == 0
+    verify = run_cli(workdir, "verify", "--config", "image_cache.toml", *one, "--deep")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
