@@ -109,3 +109,40 @@ def test_status_reports_counts(rendered: Path):
     assert report["total"]["ok"] == ok
     assert report["last_run"]["command"] == "render" and report["last_run"]["exit_code"] == 0
     assert report["bytes_on_disk"] == sum(p.stat().st_size for p in (rendered / "image-cache").rglob("*.png"))
+
+
+def test_the_modules_one_image_crosses_are_those_docs_architecture_names(workdir: Path):
+    """Trace a render of one image (every thread) and compare the package modules whose functions ran
+    with the list in docs/architecture.md, so that the walk a newcomer reads is the one the code takes."""
+    import re
+    import sys
+    import threading
+
+    import image_cache
+    from image_cache.cache import runner
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    paragraph = " ".join(text.split("**The modules one image crosses**")[1].split("\n\n")[0].split())
+    documented = paragraph.split("checks this list):")[1].split(" (the command line adds")[0]
+    named = re.findall(r"`([\w/]+\.py)`", documented)
+    settings = image_cache.load(workdir / "image_cache.toml", flags={"market_db_path": str(workdir / "market.sqlite"),
+                                "image_index_db": str(workdir / "i.sqlite"), "image_root_dir": str(workdir / "r")})
+    runner.render(settings, limit=0)  # imports, lock, index, root: what any run does first
+    ran: set[str] = set()
+
+    def record(frame, event, arg):
+        if event == "call" and frame.f_code.co_name != "<module>":
+            ran.add(frame.f_globals.get("__name__", ""))
+
+    threading.setprofile(record)
+    sys.setprofile(record)
+    try:
+        result = runner.render(settings, limit=1)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    assert result.drawn == 1
+    modules = {name.removeprefix("image_cache.").replace(".", "/") for name in ran if name.startswith("image_cache.")}
+    traced = {f"{m}/__init__.py" if m == "chart" else f"{m}.py" for m in modules}
+    assert traced == set(named), (sorted(traced - set(named)), sorted(set(named) - traced))
+    assert f": {len(named)} (the command line adds" in paragraph
