@@ -73,8 +73,9 @@ def test_an_os_error_is_kept():
 
 def test_the_exit_codes_of_the_kinds():
     assert console.exit_code(errors.LockHeld("x.lock", "pid 1")) == console.EXIT_LOCKED
+    assert console.exit_code(errors.ConfigError("raised by the library, before any work")) == console.EXIT_USAGE
     for exc in (errors.MarketError("m"), errors.ChartError("c"), errors.WorkerError("w"), errors.RootError("r"),
-                errors.StorageError("s"), errors.IndexFileError("i"), errors.ConfigError("late")):
+                errors.StorageError("s"), errors.IndexFileError("i")):
         assert console.exit_code(exc) == console.EXIT_FAILURE
 
 

@@ -179,3 +179,26 @@ def test_flags_that_only_go_together_are_usage_errors_before_any_work(tmp_path: 
                                         "--api-url", "http://127.0.0.1:9"], capsys)
     assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_the_library_refuses_the_same_combinations_before_any_work(tmp_path: Path):
+    """The checks live in the library (one place, also for callers of the API), raise ConfigError before a
+    file is opened or a host asked, and the console maps a ConfigError to exit 2 wherever it is raised."""
+    from image_cache.core.errors import ConfigError
+    from image_cache.ingest.ccxt_source import ccxt_ingest
+    from image_cache.ingest.rest import api
+    from image_cache.ingest.update import update
+
+    db, nowhere = str(tmp_path / "m.sqlite"), "http://127.0.0.1:9"
+    calls = [
+        (lambda: api(db, symbols=[], intervals=["1h"], top=5, api_url=nowhere), "--top needs --quote"),
+        (lambda: api(db, symbols=["BTCUSDT"], intervals=["1h"], quote="USDT", api_url=nowhere), "goes with --top"),
+        (lambda: ccxt_ingest(db, exchange="okx", symbols=[], intervals=["1h"], api_url=nowhere),
+         "ccxt needs --symbols or --top N --quote Q"),
+        (lambda: update(db, symbols=[], intervals=["1h"], api_url=nowhere), "update needs --symbols or --top"),
+    ]
+    for call, message in calls:
+        with pytest.raises(ConfigError, match=message) as info:
+            call()
+        assert console.exit_code(info.value) == console.EXIT_USAGE
+    assert not (tmp_path / "m.sqlite").exists()

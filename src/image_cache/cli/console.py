@@ -34,11 +34,11 @@ T = TypeVar("T")
 
 
 def exit_code(exc: ImageCacheError) -> int:
-    """The one place that maps an error's kind to an exit code: a held lock 75, every other error 1.
-
-    A usage error (ConfigError) found while the command line is read exits 2 (`usage_error`); once the
-    command runs, it is a failure like any other (1), as it always was.
-    """
+    """The one place that maps an error's kind to an exit code: a usage error (ConfigError: a bad flag,
+    setting or combination, which the library raises before it opens or fetches anything) 2, a held lock
+    75, every other error 1."""
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
     return EXIT_LOCKED if isinstance(exc, LockHeld) else EXIT_FAILURE
 
 

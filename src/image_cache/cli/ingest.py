@@ -17,7 +17,7 @@ from typing import Any
 
 from image_cache.cli import console
 from image_cache.core import flags
-from image_cache.core.errors import ConfigError, MarketError, storage_error
+from image_cache.core.errors import MarketError, storage_error
 from image_cache.core.grid import INTERVAL_MS
 from image_cache.core.hooks import Hooks
 from image_cache.ingest.sources import sources
@@ -109,19 +109,4 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     if isinstance(args, int):
         return args
     console.configure(args)
-    if (why := _misused(args)) is not None:  # before anything is opened or fetched
-        return console.usage_error(ConfigError(why))
     return console.run(one_line_errors(command(args), args.db), args.json)
-
-
-def _misused(args: argparse.Namespace) -> str | None:
-    """Flags that only go together, refused as usage errors (exit 2) before the command runs."""
-    top, quote = getattr(args, "top", None), getattr(args, "quote", None)
-    if top is not None and quote is None:
-        return "--top needs --quote: --top N --quote USDT"
-    if args.command in ("api", "ccxt") and quote is not None and top is None:
-        return "--quote goes with --top here: --top N --quote USDT"
-    if args.command == "ccxt" and not args.symbols and top is None:
-        return "ccxt needs --symbols or --top N --quote Q"
-    return None
-

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from image_cache.core.errors import ImageCacheError, MarketError
+from image_cache.core.errors import ConfigError, ImageCacheError, MarketError
 from image_cache.core.grid import grid_index, grid_time, iso_utc
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.ingest.network import HostDown
@@ -35,6 +35,19 @@ from image_cache.ingest.venues import Venue, mismatch
 Fetch = Callable[[str, str, int, int], np.ndarray]
 # (exchange symbol, interval) → the open time of the venue's first candle, or None.
 Inception = Callable[[str, str], "int | None"]
+
+def check_selection(command: str, symbols: list[str], top: int | None, quote: str | None,
+                    every_quoted: bool = False) -> None:
+    """Which symbols a run fetches: `--symbols`, `--top N --quote Q`, or both; with `every_quoted` (update),
+    `--quote Q` alone means every symbol quoted in Q. A usage error (exit 2), raised before anything is
+    opened or fetched."""
+    if top is not None and quote is None:
+        raise ConfigError("--top needs --quote: --top N --quote USDT")
+    if quote is not None and top is None and not every_quoted:
+        raise ConfigError("--quote goes with --top here: --top N --quote USDT")
+    if not symbols and top is None and not (every_quoted and quote):
+        raise ConfigError(f"{command} needs --symbols or --top N --quote Q" + (" (or --quote Q)" * every_quoted))
+
 
 _NAMES = ("open_time", "open", "high", "low", "close", "volume", None, "quote_asset_volume", "trades",
           "taker_buy_base_volume", "taker_buy_quote_volume")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from image_cache.core import flags
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ConfigError, MarketError
 from image_cache.core.grid import check_interval, close_time_ms, now_ms
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
-from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
+from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, check_selection, ingest_batches
 from image_cache.ingest.dates import END_FLAG, START_FLAG, first_candle
 from image_cache.ingest.rest import add_top_arguments, check_api_url, resolve_dates
 from image_cache.ingest.schema import writer
@@ -214,10 +214,9 @@ def ccxt_ingest(db: str, *, exchange: str, symbols: list[str], intervals: list[s
     started = time.perf_counter()
     now = now_ms() if now is None else now
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
-    if (top is None) != (quote is None):
-        raise MarketError("--top and --quote go together: --top N --quote USDT")
-    if not (symbols or top) or not intervals:  # before the exchange's markets are loaded over the network
-        raise MarketError("ccxt needs --symbols or --top, and --intervals")
+    check_selection("ccxt", symbols, top, quote)  # before the exchange's markets are loaded over the network
+    if not intervals:
+        raise ConfigError("ccxt needs --intervals")
     result = ApiResult()
     start_ms, end_ms = resolve_dates(start, end, now, result)
     ex = open_exchange(exchange, market, api_url=api_url, timeout=timeout, retries=retries, backoff=backoff,

@@ -34,7 +34,7 @@ from image_cache.core import flags
 from image_cache.core.errors import MarketError
 from image_cache.core.grid import SYMBOL_RE, check_interval, check_symbol, close_time_ms, now_ms
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
-from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, ingest_batches
+from image_cache.ingest.batches import ApiResult, GaveUp, UnknownSymbol, check_selection, ingest_batches
 from image_cache.ingest.dates import END_FLAG, INCEPTION, START_FLAG, check_date, described, first_candle, resolve_date
 from image_cache.ingest.network import Network, unreachable
 from image_cache.ingest.registry import SourceFile, reject
@@ -347,8 +347,7 @@ def api(db: str, *, symbols: list[str], intervals: list[str], market: str = "spo
     now = now_ms() if now is None else now
     symbols = [check_symbol(s) for s in dict.fromkeys(symbols)]
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
-    if (top is None) != (quote is None):
-        raise MarketError("--top and --quote go together: --top N --quote USDT")
+    check_selection("api", symbols, top, quote)
     spec = check_market(market)
     client = Client(spec, check_api_url(api_url or spec.base_url), timeout=timeout, retries=retries,
                     backoff=backoff, sleep=sleep, warn=warn, network=Network(warn))

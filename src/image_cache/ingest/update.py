@@ -19,10 +19,10 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from image_cache.core import flags
-from image_cache.core.errors import MarketError
+from image_cache.core.errors import ConfigError, MarketError
 from image_cache.core.grid import SYMBOL_RE, check_interval, check_symbol, day_ms, iso_utc, now_ms, utc_day
 from image_cache.core.hooks import Hooks, Progress, Warn, no_progress, no_warn
-from image_cache.ingest.batches import ApiResult, UnknownSymbol
+from image_cache.ingest.batches import ApiResult, UnknownSymbol, check_selection
 from image_cache.ingest.ccxt_source import MARKET_TYPES, ccxt_ingest
 from image_cache.ingest.dates import START_FLAG
 from image_cache.ingest.download import DownloadResult, add_archive_arguments, add_jobs_argument, download
@@ -77,8 +77,6 @@ def resolve_symbols(entries: list[str], quote: str | None, top: int | None, clie
         symbols.extend(t["symbol"] for t in result.top)
     elif quote:
         symbols.extend(trading_symbols(client, quote))
-    elif top is not None:
-        raise MarketError("--top needs --quote: --top N --quote USDT")
     if not symbols:
         raise MarketError("update needs --symbols or --quote")
     return list(dict.fromkeys(symbols))
@@ -141,8 +139,9 @@ def update(db: str, *, symbols: list[str], intervals: list[str], quote: str | No
     started = time.monotonic()
     now = now_ms() if now is None else now
     intervals = [check_interval(i) for i in dict.fromkeys(intervals)]
+    check_selection("update", symbols, top, quote, every_quoted=True)
     if not intervals:
-        raise MarketError("update needs at least one interval")
+        raise ConfigError("update needs at least one interval")
     spec = check_market(market)
     network = Network(warn)
     client = Client(spec, check_api_url(api_url or spec.base_url), timeout=timeout, retries=retries,
