@@ -174,3 +174,14 @@ def test_render_says_when_jobs_is_capped(workdir: Path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [f"--jobs {cores + 46}: {cores} worker processes, one per core present "
                                           "(--jobs-over-cores allows more)"]
+
+
+def test_the_api_takes_the_flags_names_and_refuses_unknown_ones():
+    """`load(flags=...)` names options as the command line and the config file do; a misspelt name used to be
+    dropped without a word (a render of every default symbol)."""
+    settings = config.load(None, {"symbols": ["ETHUSDT"], "market_db": "m.sqlite", "size": 256, "window": 20})
+    assert (settings.pairs, settings.market_db_path, settings.img_size_px, settings.window_len) == (
+        ("ETHUSDT",), "m.sqlite", 256, 20)
+    assert config.load(None, {"pairs": ["ETHUSDT"]}).pairs == ("ETHUSDT",)  # the field names still work
+    with pytest.raises(ConfigError, match=r"unknown option 'symbol' \(known: market_db, index_db, "):
+        config.load(None, {"symbol": ["ETHUSDT"]})

@@ -284,9 +284,10 @@ def _dask_scheduler_address() -> str:
 
 
 def load(config_file: str | None = None, flags: dict[str, Any] | None = None, warn: Warn = no_warn) -> Settings:
-    """Settings from defaults, then the TOML file, then non-None flags (by field name); every value
-    validated. A file's keys are the flags' names; the older keys (the field names) still work this
-    release, each said once on `warn`."""
+    """Settings from defaults, then the TOML file, then the non-None `flags`; every value validated. A
+    file's keys and the `flags` are named as the command line's flags (`market_db`, `symbols`, `size`); the
+    field names (`market_db_path`, `pairs`, `img_size_px`) work too, in a file with a note on `warn` (they
+    are deprecated there). A name that is neither is a ConfigError, never silently ignored."""
     values: dict[str, Any] = {}
     if config_file:
         old: dict[str, str] = {}
@@ -303,9 +304,12 @@ def load(config_file: str | None = None, flags: dict[str, Any] | None = None, wa
             keys = f"the keys {', '.join(old)} are" if len(old) > 1 else f"the key {next(iter(old))} is"
             warn(f"note: {config_file}: {keys} deprecated and will be removed after 0.9; "
                  f"use {', '.join(old.values())}")
-    for field, value in (flags or {}).items():
-        if field in _BY_FIELD and value is not None:
-            values[field] = _BY_FIELD[field].convert(_BY_FIELD[field].flag, value)
+    for name, value in (flags or {}).items():
+        option = _BY_KEY.get(name) or _BY_FIELD.get(name)
+        if option is None:
+            raise ConfigError(f"unknown option {name!r} (known: {', '.join(_BY_KEY)})")
+        if value is not None:
+            values[option.field] = option.convert(option.flag, value)
     settings = dataclasses.replace(Settings(), **values)
     if settings.executor == "dask" and not settings.scheduler:
         address = _dask_scheduler_address()

@@ -47,11 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser, filters: bool = False) -> Non
 
 def from_args(args: argparse.Namespace) -> Settings:
     """The settings the flags and the config file give (the old filters folded into the settings)."""
-    values = vars(args)
     for dest, (_, field) in OLD_FILTERS.items():
-        named = values.pop(dest, None)
-        if named:
-            values[field] = ",".join(([values[field]] if values.get(field) else []) + named)
+        named = getattr(args, dest, None)
+        if named:  # folded into the flag's own value, where filters_from reads it too
+            setattr(args, field, ",".join(([getattr(args, field)] if getattr(args, field) else []) + named))
+            setattr(args, dest, None)
+    values = {option.field: getattr(args, option.field, None) for option in OPTIONS}
     return load(find_config(args.config), values, warn=console.log)
 
 
