@@ -53,7 +53,7 @@ def test_nightly_misuse_is_one_error_line(folder: Path, capsys):
 def test_help_shows_the_defaults(capsys):
     for main, argv, shown in ((cache.main, ["render", "--help"], ["(default: 150)", "(default: mike)",
                                                                    "(default: market.sqlite)"]),
-                              (ingest.main, ["update", "--help"], ["(default: 30.0)", "(default: market.sqlite)"]),
+                              (ingest.main, ["update", "--help"], ["(default: 30.0)", "else market.sqlite)"]),
                               (nightly.main, ["--help"], ["(default: 30.0)", "(default: 1280)"])):
         assert main(argv) == 0
         text = " ".join(capsys.readouterr().out.split())
@@ -202,3 +202,26 @@ def test_the_library_refuses_the_same_combinations_before_any_work(tmp_path: Pat
             call()
         assert console.exit_code(info.value) == console.EXIT_USAGE
     assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_ingest_writes_the_market_the_config_file_names(folder: Path, capsys, monkeypatch):
+    """One config file for both halves: `ingest` finds it as the renderer does and takes its market_db (it
+    wrote ./market.sqlite whatever the file said, so render then read another market)."""
+    (folder / "data").mkdir()
+    text = (folder / "image_cache.toml").read_text().replace('market_db = "market.sqlite"',
+                                                             'market_db = "data/m.sqlite"')
+    (folder / "image_cache.toml").write_text(text)
+    sample = ["sample", "--symbols", "BTCUSDT", "--days", "2", "--seed", "7", "--json"]
+    code, out, err = _run(ingest.main, sample, capsys)
+    assert code == 0, err
+    assert (folder / "data" / "m.sqlite").exists()
+    code, out, _ = _run(cache.main, ["render", "--dry-run", "--json", "--symbols", "BTCUSDT"], capsys)
+    assert code == 0 and json.loads(out)["plan"]["BTCUSDT 1h"]["new"] > 0  # the renderer reads that market
+    (folder / "other.toml").write_text('[image_cache]\nmarket_db = "data/other.sqlite"\n')
+    monkeypatch.setenv("IMAGE_CACHE_CONFIG", str(folder / "other.toml"))
+    assert _run(ingest.main, sample, capsys)[0] == 0 and (folder / "data" / "other.sqlite").exists()
+    assert _run(ingest.main, [*sample, "--config", "image_cache.toml", "--market-db", "flag.sqlite"], capsys)[0] == 0
+    assert (folder / "flag.sqlite").exists()  # the flag wins
+    (folder / "bad.toml").write_text("[image_cache]\nmarket_db = 5\n")
+    code, _, err = _run(ingest.main, ["status", "--config", "bad.toml"], capsys)
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1, err

@@ -236,6 +236,19 @@ def find_config(named: str | None = None) -> str | None:
     return user if os.path.isfile(user) else None
 
 
+def market_db_in(config_file: str | None) -> str | None:
+    """The market database a config file names (`market_db`, or the older `market_db_path`), for the ingest
+    commands: they write the market the renderer reads, and take nothing else from the file."""
+    if not config_file:
+        return None
+    table = read_toml(config_file)
+    option = _BY_KEY["market_db"]
+    for key in (option.key, option.field):
+        if key in table:
+            return option.convert(key, table[key])
+    return None
+
+
 def read_toml(path: str) -> dict[str, Any]:
     """The [image_cache] table of a TOML file; anything else (a folder, a pipe, a binary file) is refused."""
     try:

@@ -16,19 +16,24 @@ from collections.abc import Callable
 from typing import Any
 
 from image_cache.cli import console
+from image_cache.cli import settings as cli_settings
 from image_cache.core import flags
-from image_cache.core.errors import MarketError, storage_error
+from image_cache.core.errors import ConfigError, MarketError, storage_error
 from image_cache.core.grid import INTERVAL_MS
 from image_cache.core.hooks import Hooks
 from image_cache.ingest.sources import sources
+from image_cache.settings import find_config, market_db_in
 
 PROG = "python -m ingest"
+MARKET_DB = "market.sqlite"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = console.Parser(prog=prog, description=__doc__.split("\n")[0])
     common = console.common_flags()
-    common.add_argument("--market-db", dest="db", default="market.sqlite", metavar="PATH", help="market database")
+    cli_settings.add_config(common)
+    common.add_argument("--market-db", dest="db", metavar="PATH",
+                        help=f"market database (default: the config file's market_db, else {MARKET_DB})")
     common.add_argument("--db", dest="db", help=argparse.SUPPRESS, action=console.deprecated("--db", "--market-db"))
     common.add_argument("--lock-wait", type=flags.seconds, default=30.0, metavar="SECONDS",
                         help="how long to wait for another ingest to finish")
@@ -109,4 +114,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     if isinstance(args, int):
         return args
     console.configure(args)
+    if args.db is None:  # the market the renderer reads: one config file for both halves
+        try:
+            args.db = market_db_in(find_config(args.config)) or MARKET_DB
+        except ConfigError as exc:
+            return console.usage_error(exc)
     return console.run(one_line_errors(command(args), args.db), args.json)

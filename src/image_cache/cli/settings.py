@@ -21,12 +21,16 @@ def _default(defaults: Settings, option_field: str) -> str | None:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
-def add_arguments(parser: argparse.ArgumentParser, filters: bool = False) -> None:
-    """Add `--config` and one flag per setting; absent flags stay None so the file can fill them. With
-    `filters`, the old repeatable `--symbol`/`--interval` too (hidden, deprecated)."""
+def add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help=f"TOML file with an [image_cache] table (default: ${CONFIG_ENV}, ./{CONFIG_NAME}, "
                              "then $XDG_CONFIG_HOME/image_cache/config.toml, the first that exists)")
+
+
+def add_arguments(parser: argparse.ArgumentParser, filters: bool = False) -> None:
+    """Add `--config` and one flag per setting; absent flags stay None so the file can fill them. With
+    `filters`, the old repeatable `--symbol`/`--interval` too (hidden, deprecated)."""
+    add_config(parser)
     by_field = {option.field: option for option in OPTIONS}
     defaults = Settings()
     for option in OPTIONS:
