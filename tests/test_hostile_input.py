@@ -201,6 +201,8 @@ CASES = [
      f"{NAME}: zip: member '{MEMBER}' is larger than {MAX_MEMBER_BYTES} bytes uncompressed"),
     ("bomb-expands-beyond-declared", blob(lambda: declared_size(zip_bytes({MEMBER: b"0" * 4 * 2**20}), 1000)),
      f"{NAME}: zip: corrupt or unsupported archive (Bad CRC-32"),
+    ("last-day-there-is", archive(VALID, name="BTCUSDT-1h-9999-12-31.zip"),  # its end overflowed: a traceback
+     "BTCUSDT-1h-9999-12-31.zip: file name: invalid date '9999-12-31'"),
     ("empty-csv", archive(b""), f"{NAME}: empty file: no data"),
     ("header-only", archive(kline_csv([], header=True)), f"{NAME}: no rows: the file has a header and no data rows"),
     ("11-columns", archive(edit(lambda t: t[4].pop())), f"{NAME}: line 5: field count: 11 fields, expected 12"),

@@ -111,6 +111,12 @@ def temp_name(name: str) -> str:
     return f"{TEMP_PREFIX}{name}.{os.getpid()}{TEMP_SUFFIX}"
 
 
+def temp_target(path: str) -> str:
+    """The image path a temp file (`.NAME.PID.tmp`, `temp_name`) was written for."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{name[len(TEMP_PREFIX):].rsplit('.', 2)[0]}"
+
+
 def write_atomic(folder_fd: int, names: Sequence[str], datas: Sequence[bytes]) -> tuple[int, OSError | None]:
     """Write each name in the open folder `folder_fd`, in order, via its temp file there, then rename
     it into place; how many were written, and the error that stopped the rest (None when none did).

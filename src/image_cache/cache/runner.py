@@ -11,7 +11,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -23,12 +23,13 @@ from image_cache.cache import index, market, reconcile, stamps
 from image_cache.cache.durable import SyncedWriter
 from image_cache.cache.executors import Run, chunk_windows, executor
 from image_cache.cache.index import IndexFileError
+from image_cache.cache.layout import relative_paths, temp_target
 from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
 from image_cache.cache.root import Tree, claim
 from image_cache.cache.windows import due_windows, member_of_sorted
 from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
 from image_cache.core.db import exclusive_lock, immediate
-from image_cache.core.errors import ConfigError, LockHeld, MarketError
+from image_cache.core.errors import ConfigError, LockHeld, MarketError, RootError
 from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms, utc_now
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.settings import Settings, make_spec
@@ -345,7 +346,10 @@ def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filter
                       result.lost_workers) as run:
             _apply(plans, spec, settings, index_conn, run, result, progress, warn)
         if result.lost_workers:
-            _remove_lost_temps(settings.image_root_dir, plans, len(result.lost_workers), warn)
+            drawn = (path for p in plans for path in relative_paths(
+                p.rec.series.symbol, p.rec.series.interval, p.rec.series.times[p.draw], spec.size_label,
+                spec.window_len, spec.file_tag, spec.version))
+            remove_lost_temps(settings.image_root_dir, drawn, len(result.lost_workers), warn)
         index_conn.check_file()
         result.seconds = time.monotonic() - began
         index.finish_run(index_conn, run_id, result.as_dict(), 0 if result.ok else 1)
@@ -353,19 +357,30 @@ def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filter
         raise index.failure(settings.image_index_db, exc) from None
 
 
-def _remove_lost_temps(root: str, plans: list[SeriesPlan], lost: int, warn: Warn) -> None:
+def remove_lost_temps(root: str, drawn_paths: Iterable[str], lost: int, warn: Warn) -> None:
     """A Dask worker lost mid-write leaves the temp file of the image it was writing; Dask ran its chunk
-    again elsewhere. Once the run's chunks are done, under the run's lock, every temp file in the folders
-    of the series this run drew is a lost worker's: removed here, as repair would, so that a run that
-    ends well leaves nothing verify must flag."""
-    removed = 0
+    again elsewhere. Once the run's chunks are done, under the run's lock, a temp file named for an image
+    this run drew is a lost worker's: removed, as repair would, so that a run that ends well leaves nothing
+    verify must flag. Any other file is left alone, and one that cannot be removed is said, not fatal."""
+    drawn: dict[str, set[str]] = {}  # folder -> the images this run drew there
+    for path in drawn_paths:
+        folder, _, name = path.rpartition("/")
+        drawn.setdefault(folder, set()).add(name)
+    removed, failed = 0, []
     with Tree(root) as tree:
-        tops = sorted({f"{p.rec.series.symbol}/{p.rec.series.interval}" for p in plans if len(p.draw)})
-        for kind, path in list(tree.walk(tops)):
-            if kind == "temp":
+        for kind, path in list(tree.walk(sorted(drawn))):
+            folder, _, target = temp_target(path).rpartition("/")
+            if kind != "temp" or target not in drawn.get(folder, ()):
+                continue
+            try:
                 removed += tree.remove(path)
+            except RootError as exc:
+                failed.append(str(exc))
+    workers = f"the lost worker{'s' * (lost != 1)}"
     if removed:
-        warn(f"removed {removed} temporary file{'s' * (removed != 1)} left by the lost worker{'s' * (lost != 1)}")
+        warn(f"removed {removed} temporary file{'s' * (removed != 1)} left by {workers}")
+    for why in failed:
+        warn(f"a temporary file left by {workers} stays (repair removes it): {why}")
 
 
 def tally(result: RenderResult, rows: list) -> None:

@@ -27,7 +27,7 @@ from image_cache import chart
 from image_cache.cache import executors, index, market, runner
 from image_cache.cache.durable import SyncedWriter
 from image_cache.cache.index import ENGINE_PREFIX
-from image_cache.cache.layout import TEMP_PREFIX, ImageName, parse_relative_path
+from image_cache.cache.layout import ImageName, parse_relative_path, temp_target
 from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
 from image_cache.cache.root import (
     MARKER,
@@ -280,7 +280,7 @@ def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str
         parts = path.split("/")
         if (filters.intervals and (len(parts) < 2 or parts[1] not in filters.intervals)) or path in drawn:
             continue
-        if kind == "temp" and (path.startswith(MARKER + ".") or _owned(owned, _temp_target(path))):
+        if kind == "temp" and (path.startswith(MARKER + ".") or _owned(owned, temp_target(path))):
             found.temps.append(path)
             result.problems.append(Problem("temp", path, "leftover temporary file"))
         elif kind == "file" and path in no_image:
@@ -292,7 +292,7 @@ def _scan_root(conn: sqlite3.Connection, root: str, filters: Filters, where: str
         else:
             if kind == "file" and parse_relative_path(path) is not None:
                 found.unclaimed.append(path)
-            elif kind == "temp" and parse_relative_path(_temp_target(path)) is not None:
+            elif kind == "temp" and parse_relative_path(temp_target(path)) is not None:
                 found.unclaimed_temps.append(path)
             result.foreign.append(path)
 
@@ -301,12 +301,6 @@ def _owned_series(conn: sqlite3.Connection, where: str = "", params: list | None
     """(symbol, interval, preset columns) of every series and preset the index has rows of."""
     return {tuple(row) for row in conn.execute(
         f"SELECT DISTINCT symbol, interval, {', '.join(index.PRESET_COLUMNS)} FROM images" + where, params or [])}
-
-
-def _temp_target(path: str) -> str:
-    """The image path a temp file (`.NAME.PID.tmp`, cache/layout.py temp_name) was written for."""
-    folder, _, name = path.rpartition("/")
-    return f"{folder}/{name[len(TEMP_PREFIX):].rsplit('.', 2)[0]}"
 
 
 def _owned(owned: set[tuple], path: str) -> bool:
@@ -632,7 +626,7 @@ def _apply_in(conn: index.IndexConnection, settings: Settings, found: Inspection
     # render killed before it indexed the series leaves them).
     owned = _owned_series(conn)
     ours = {path for path in found.unclaimed if path not in adopted and _owned(owned, path)}
-    ours |= {path for path in found.unclaimed_temps if _owned(owned, _temp_target(path))}
+    ours |= {path for path in found.unclaimed_temps if _owned(owned, temp_target(path))}
     result.removed += sum(bool(remove(path)) for path in sorted(ours))
     result.foreign = [path for path in result.foreign if path not in ours]
 

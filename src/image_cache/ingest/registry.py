@@ -125,9 +125,12 @@ def skipped(conn: sqlite3.Connection, src: SourceFile) -> FileOutcome:
 
 
 def period_days(period: str) -> tuple[date, date]:
-    """The first day of an archive period, `YYYY-MM` or `YYYY-MM-DD`, and the day after its last."""
+    """The first day of an archive period, `YYYY-MM` or `YYYY-MM-DD`, and the day after its last
+    (ValueError for a date that does not exist, or whose end does not: 9999-12-31)."""
     if len(period) == 10:
         first = date.fromisoformat(period)
+        if first == date.max:
+            raise ValueError(f"{period} has no next day")
         return first, first + timedelta(days=1)
     first = date.fromisoformat(period + "-01")
     return first, add_months(first, 1)
