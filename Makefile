@@ -27,11 +27,13 @@ $(COMPILED): %.so: %.c $(STAMP)
 	  $< -o $@ \
 	  || { echo "Error: could not build $@ from $<: it needs a C compiler (\$$CC, default cc) and the Python headers (Debian: python3-dev)" >&2; exit 1; }
 
-# The tests' temporary folders go to RAM where there is room (/dev/shm with over 4 GB free): nearly every test
-# writes and syncs real files, and on an ext4 VM disk each new file costs ~0.4 ms of kernel CPU (half the CPU
-# of a small render), while the file system is not what they test (the disk-full cases mount tmpfs folders of
-# their own). TEST_TMPDIR=DIR picks another folder; TEST_TMPDIR= keeps the system's.
-TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 4194304 {print "/dev/shm"}')
+# The tests' temporary folders go to RAM where there is room (/dev/shm mounted without noexec, over 4 GB free):
+# nearly every test writes and syncs real files, and on an ext4 VM disk each new file costs ~0.4 ms of kernel
+# CPU (half the CPU of a small render), while the file system is not what they test (the disk-full cases mount
+# tmpfs folders of their own; the install test runs a venv from there, hence exec). TEST_TMPDIR=DIR picks
+# another folder; TEST_TMPDIR= keeps the system's.
+TEST_TMPDIR ?= $(shell awk '$$2 == "/dev/shm" && $$4 !~ /noexec/ {ok = 1} END {exit !ok}' /proc/mounts 2>/dev/null \
+                 && df -Pk /dev/shm | awk 'NR == 2 && $$4 > 4194304 {print "/dev/shm"}')
 TEST_ENV := $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR))
 
 test: venv
