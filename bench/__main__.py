@@ -323,12 +323,12 @@ def driver_section(ctx: Context) -> Section:
                            "image_root_dir": str(WORK / "plan" / "img"), "pairs": "BTCUSDT,ETHUSDT",
                            "intervals": "1m,15m", "start": "2000-01-01", "img_size_px": "224", "window_len": "60"})
     fresh(WORK / "plan")
-    spec = runner.make_spec(settings)
+    spec = settings.make_spec(settings)
     plan_runs, windows = [], 0
     for _ in range(ctx.reps):
         conn, mconn = index.connect(settings.image_index_db), market.open_market(str(MARKET))
         began = time.perf_counter()
-        plans = runner.plan(settings, runner.Filters(), mconn, conn, spec, lambda _: None)
+        plans = runner.plan(settings, market.Filters(), mconn, conn, spec, lambda _: None)
         plan_runs.append(time.perf_counter() - began)
         windows = sum(len(p.draw) + len(p.record) for p in plans)
         conn.close()

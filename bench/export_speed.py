@@ -41,7 +41,8 @@ def _settings(work: Path, style: str, size: int, window: int):
 
 def build(work: Path, days: int, style: str, size: int, window: int):
     """A sample market and a full render of the preset (reused when already there)."""
-    from image_cache.cache.runner import Filters, render
+    from image_cache.cache.market import Filters
+    from image_cache.cache.runner import render
     from image_cache.ingest.sample import build_sample
 
     work.mkdir(parents=True, exist_ok=True)
@@ -156,7 +157,7 @@ def rows(work: Path | None = None, days: int = 120, rounds: int = 3,
 def _preset_rows(work: Path, days: int, rounds: int, style: str, size: int, window: int) -> list[dict]:
     from image_cache.cache.export import ExportOptions, export
     from image_cache.cache.exports.labels import parse_splits
-    from image_cache.cache.runner import Filters
+    from image_cache.cache.market import Filters
 
     settings = build(work, days, style, size, window)
     preset = f"{style} w{window}" + ("" if style == "jkx" else f" {size} px")

@@ -34,11 +34,11 @@ def measure(rows_target: int, folder: Path) -> tuple[Figure, Figure, int]:
     settings = load(None, {"market_db_path": str(db), "image_index_db": str(folder / "index.sqlite"),
                            "image_root_dir": str(folder / "img"), "pairs": "BTCUSDT,ETHUSDT", "intervals": "1m",
                            "start": "2000-01-01", "img_size_px": "224", "window_len": "60"})
-    spec = runner.make_spec(settings)
+    spec = settings.make_spec(settings)
     conn = index.connect(settings.image_index_db)
     mconn = market.open_market(str(db))
-    plans = runner.plan(settings, runner.Filters(), mconn, conn, spec, lambda _: None)
-    preset = runner.preset_of(spec)
+    plans = runner.plan(settings, market.Filters(), mconn, conn, spec, lambda _: None)
+    preset = index.preset_of(spec)
     total = 0
     conn.execute("BEGIN")
     for p in plans:
@@ -62,7 +62,7 @@ def measure(rows_target: int, folder: Path) -> tuple[Figure, Figure, int]:
                           f"{series.symbol}/{end}.png", why))
     conn.execute("COMMIT")
     for p in plans:
-        index.write_month_digests(conn, runner.preset_label(preset), p.rec.series.symbol, "1m", p.rec.memo)
+        index.write_month_digests(conn, index.preset_label(preset), p.rec.series.symbol, "1m", p.rec.memo)
     conn.close()
     mconn.close()
     del plans

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from image_cache import chart  # noqa: E402
 from image_cache.cache import runner, verify  # noqa: E402
-from image_cache.cache.market import open_market, read_series  # noqa: E402
+from image_cache.cache.market import Filters, open_market, read_series  # noqa: E402
 from image_cache.cache.windows import fingerprint, window_rows  # noqa: E402
 from image_cache.core.db import lock_is_held  # noqa: E402
 from image_cache.core.errors import ImageCacheError  # noqa: E402
@@ -165,7 +165,7 @@ class Walk:
 
     def render(self) -> str:
         rng = self.rng
-        extra, filters = {}, runner.Filters()
+        extra, filters = {}, Filters()
         if rng.random() < 0.5:  # the nightly run: the same plain render again and again (bucket stamps)
             return self._render(extra, filters, None)
         if rng.random() < 0.3:
@@ -180,7 +180,7 @@ class Walk:
             filters.intervals = ["1h"]
         return self._render(extra, filters, rng.choice((None, None, None, 0, 3, 10)))
 
-    def _render(self, extra: dict, filters: runner.Filters, limit: int | None) -> str:
+    def _render(self, extra: dict, filters: Filters, limit: int | None) -> str:
         result = runner.render(self.settings(**extra), filters, limit=limit)
         if result.error:
             raise Violation(f"render failed: {result.error}")

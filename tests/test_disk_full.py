@@ -121,7 +121,7 @@ def test_a_chunk_stops_drawing_once_a_file_cannot_be_written(tmp_path: Path, mon
     from chart_windows import START_MS, trending
     from image_cache import chart
     from image_cache.cache import work
-    from image_cache.cache.runner import preset_of
+    from image_cache.cache.index import preset_of
     from image_cache.cache.windows import Series
 
     spec, count = chart.make_spec("mike", 64, 20), 2000

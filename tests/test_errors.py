@@ -15,7 +15,8 @@ import pytest
 import image_cache
 from image_cache import errors
 from image_cache.cache.export import ExportOptions, export
-from image_cache.cache.runner import Filters, render
+from image_cache.cache.market import Filters
+from image_cache.cache.runner import render
 from image_cache.cache.verify import repair, verify
 from image_cache.cli import console
 from image_cache.core.errors import ImageCacheError, StorageError, storage_error

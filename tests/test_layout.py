@@ -134,7 +134,7 @@ def test_only_plain_paths_are_written(tmp_path: Path, rel: str):
 def test_the_path_is_a_function_of_the_index_key_and_back():
     """Schema 4 drops UNIQUE on file_path: the unique key must decide the path, and the path the key."""
     from image_cache import chart
-    from image_cache.cache.runner import preset_of
+    from image_cache.cache.index import preset_of
     from image_cache.cache.work import image_path
     from image_cache.chart.styles import style_from_tag
 

@@ -268,3 +268,11 @@ def test_ingest_commands_that_parse_no_file_start_without_pandas():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr
+
+
+def test_render_is_a_leaf_that_only_the_command_lines_and_the_api_import():
+    """cache/runner.py was a hub eight modules took helpers from; what they share lives where it belongs
+    (market.py: which series; index.py: presets and the run lock; reconcile.py: reconciling a series)."""
+    importers = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*.py")
+                       if any(module == "image_cache.cache.runner" for _, module in _imports(path)))
+    assert all(path.startswith("cli/") or path == "__init__.py" for path in importers), importers

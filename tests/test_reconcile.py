@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from image_cache.cache import index, runner, verify
-from image_cache.cache.runner import Filters
+from image_cache.cache.market import Filters
 from image_cache.settings import Settings
 
 HOUR = 3_600_000

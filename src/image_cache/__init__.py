@@ -54,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 def _filters(symbols: list[str] | None, intervals: list[str] | None) -> Any:
-    from image_cache.cache.runner import Filters
+    from image_cache.cache.market import Filters
     from image_cache.settings import check_filters
     check_filters(symbols, intervals)
     return Filters(symbols=list(symbols) if symbols else None, intervals=list(intervals) if intervals else None)

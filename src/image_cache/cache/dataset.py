@@ -36,13 +36,13 @@ from image_cache.cache.exports.labels import (
     purge_candles,
     sample_key,
 )
-from image_cache.cache.runner import Filters, make_spec, select_series
+from image_cache.cache.market import Filters, select_series
 from image_cache.cache.windows import Series, window_rows
 from image_cache.chart import modes
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
-from image_cache.settings import Settings
+from image_cache.settings import Settings, make_spec
 
 Target: TypeAlias = "int | dict[str, int | float]"
 Item = tuple[np.ndarray, Target, str]

@@ -19,12 +19,13 @@ from image_cache.cache.exports.files import MARKER, MARKER_TEXT, killed_leftover
 from image_cache.cache.exports.labels import check_split_name, default_splits, purge_candles
 from image_cache.cache.exports.registry import FORMATS
 from image_cache.cache.exports.select import select, split_samples
-from image_cache.cache.runner import Filters, make_spec, preset_label, run_lock
+from image_cache.cache.index import preset_label, run_lock
+from image_cache.cache.market import Filters
 from image_cache.chart import modes
 from image_cache.chart.styles import ChartError
 from image_cache.core.errors import ImageCacheError, storage_error
 from image_cache.core.hooks import Warn, no_warn
-from image_cache.settings import ConfigError, Settings
+from image_cache.settings import ConfigError, Settings, make_spec
 
 __all__ = ["ExportOptions", "ExportResult", "export"]
 

@@ -20,13 +20,17 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from image_cache.core.db import connect_readonly, file_uri, immediate
+from image_cache.core.db import connect_readonly, exclusive_lock, file_uri, immediate
 from image_cache.core.errors import ImageCacheError, IndexFileError
 from image_cache.core.grid import utc_now
+
+if TYPE_CHECKING:
+    from image_cache import chart
+    from image_cache.settings import Settings
 
 APPLICATION_ID = 0x49434958  # "ICIX": this file is an image_cache index
 SCHEMA_VERSION = 5
@@ -668,3 +672,25 @@ class BatchWriter:
             if self.checkpointer:
                 self.checkpointer.close()
                 self.checkpointer = None
+
+
+def preset_of(spec: chart.Spec) -> dict[str, Any]:
+    """The index's key columns that name a preset (independent of the drawing code's version)."""
+    return {"style_name": spec.name, "img_size_px": spec.height if spec.width != spec.height else spec.width,
+            "window_len": spec.window_len, "style_version": spec.version}
+
+
+def preset_label(preset: dict[str, Any]) -> str:
+    return "{style_name}|{img_size_px}|w{window_len}|v{style_version}".format(**preset)
+
+
+@contextlib.contextmanager
+def run_lock(settings: Settings, command: str, need_index: str | None = None) -> Iterator[None]:
+    """One render/verify/repair at a time per index; a second one fails at once (exit 75).
+
+    With `need_index` (advice for the user), a missing index fails first: no lock file is left beside it.
+    """
+    if need_index is not None and identify(settings.image_index_db) == "absent":
+        raise IndexFileError(f"image index not found: {settings.image_index_db} ({need_index})")
+    with exclusive_lock(settings.image_index_db + ".lock", f"image_cache {command}", wait_seconds=0):
+        yield

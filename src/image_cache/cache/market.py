@@ -1,4 +1,5 @@
-"""Read-only access to market.sqlite: which series exist, and each series as numpy arrays.
+"""Read-only access to market.sqlite: which series exist, which of them a command covers (`Filters`,
+`select_series`), and each series as numpy arrays.
 
 The whole run reads inside one read transaction, so that an ingest committing meanwhile is seen
 either entirely or not at all (WAL snapshot isolation).
@@ -8,13 +9,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from image_cache.cache.windows import Series
 from image_cache.core.db import open_readonly
 from image_cache.core.errors import MarketError
+from image_cache.core.grid import INTERVAL_MS, check_symbol
+from image_cache.core.hooks import Warn
+
+if TYPE_CHECKING:
+    from image_cache.settings import Settings
 
 REQUIRED_TABLES = ("symbols", "intervals", "series", "candles")
 COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
@@ -103,3 +110,32 @@ def read_start(conn: sqlite3.Connection, sid: int, start_ms: int, candles: int) 
     row = conn.execute("SELECT open_time FROM candles WHERE series_id = ? AND open_time < ? "
                        "ORDER BY open_time DESC LIMIT 1 OFFSET ?", (sid, start_ms, candles)).fetchone()
     return None if row is None else row[0]
+
+
+@dataclass
+class Filters:
+    """Which series a command covers (dates are settings: `--start`, `--end`)."""
+
+    symbols: list[str] | None = None
+    intervals: list[str] | None = None
+
+
+def select_series(conn, settings: Settings, filters: Filters, warn: Warn) -> list[tuple[str, str, int]]:
+    """The (symbol, interval, series id) to draw: configured (or filtered) and present in the market."""
+    present = list_series(conn)
+    symbols = filters.symbols or list(settings.pairs)
+    intervals = filters.intervals or list(settings.intervals)
+    for symbol in symbols:
+        check_symbol(symbol)
+    for code in intervals:
+        if code not in INTERVAL_MS:
+            raise MarketError(f"unknown interval code {code!r}")
+    absent = sorted(s for s in symbols if not any(p[0] == s for p in present))
+    if absent:
+        warn(f"not in the market database, skipped: {', '.join(absent)}")
+    return [(s, iv, present[(s, iv)]) for s in symbols for iv in intervals if (s, iv) in present]
+
+
+def read_margin_ms(interval: str, candles: int) -> int:
+    """How far before `start` to read so that the first due window has all its candles."""
+    return (candles + 1) * (31 * 86_400_000 if interval == "1mo" else INTERVAL_MS[interval])

@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from image_cache.cache.exports.files import killed_leftovers
 from image_cache.cache.exports.labels import LabelRule
 from image_cache.cache.exports.select import Sample, select
+from image_cache.cache.market import Filters
 from image_cache.cache.root import Tree
-from image_cache.cache.runner import Filters
 from image_cache.core.errors import ImageCacheError, os_error_message, storage_error
 from image_cache.core.hooks import Warn, no_warn
 from image_cache.settings import Settings

@@ -5,7 +5,11 @@ drawn from candles with a given input fingerprint, or no image: a gap under poli
 history) with the index's rows, and derives exactly one action per window. `render`, `verify` and
 `repair` are thin drivers over it: render applies the draw and record actions to the windows its
 filters select, verify records and reports what it finds, repair applies every action. What is on
-disk (the third state) is checked by the drivers through cache/root.py, since only they do I/O.
+disk (the third state) is checked by the drivers through cache/root.py.
+
+`reconcile` is pure. Its one edge, shared by render and verify, is `reconcile_series` (read one series'
+candles and index rows, reconcile them) and `record_findings` (record the rows found stale with the memo):
+the desired/recorded/action logic lives in this module alone.
 
 Input fingerprints are compared only for rows whose windows touch a month whose digest differs from
 the memo; the memo may vouch only for months all of whose rows this run compared, and rows found
@@ -14,15 +18,19 @@ stale are recorded as such in the same step, so a later run can trust it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from image_cache.cache.index import STATE_CODES, Indexed
+from image_cache.cache import index, market
+from image_cache.cache.index import STATE_CODES, Indexed, preset_label, preset_of
 from image_cache.cache.windows import (
     DueWindows,
     Series,
+    due_windows,
     fingerprint,
     member_of_sorted,
     month_digests,
@@ -30,7 +38,13 @@ from image_cache.cache.windows import (
     window_gaps,
     window_rows,
 )
-from image_cache.core.grid import month_index
+from image_cache.core.db import immediate
+from image_cache.core.grid import month_index, now_ms, utc_now
+
+if TYPE_CHECKING:
+    from image_cache import chart
+    from image_cache.cache import stamps  # stamps reads the actions: imported by name only
+    from image_cache.settings import Settings
 
 OK, STALE, CORRUPT, MISSING = (STATE_CODES[s] for s in ("ok", "stale", "corrupt", "missing"))
 GAP, HISTORY, ENGINE = (STATE_CODES[s] for s in ("gap", "history", "engine"))
@@ -166,3 +180,58 @@ def reconcile(series: Series, from_start: bool, indexed: Indexed, memo: dict[int
     due_ends = None if due is None else times[due.last]
     return SeriesReconcile(series, indexed, row_last, row_desired, action, reason, newly_stale,
                            new_last, new_desired, row_gap, new_gap, due_ends, vouched, from_start)
+
+
+@dataclass(frozen=True)
+class DueRange:
+    """Which windows are due: last candle closed by `now_ms`, inside [start_ms, end_ms), on the stride grid."""
+
+    start_ms: int
+    end_ms: int
+    stride: int
+    now_ms: int
+
+    @staticmethod
+    def of(settings: Settings) -> DueRange:
+        now = now_ms()
+        return DueRange(settings.start_ms, settings.end_ms or now, settings.stride, now)
+
+
+def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, spec: chart.Spec,
+                     symbol: str, interval: str, sid: int, gap_policy: str, read_from_ms: int | None = None,
+                     due: DueRange | None = None, trust_memo: bool = True) -> SeriesReconcile:
+    """Read one series (from `read_from_ms` on, with the candles its first window needs; whole when
+    None) and its index rows, and reconcile them; with `due`, also plan the due windows without a row.
+    Without `trust_memo`, every row's fingerprint is compared, whatever the memo says (verify --deep)."""
+    preset = preset_of(spec)
+    need = spec.window_len + spec.history
+    read_from = None if read_from_ms is None else market.read_start(market_conn, sid, read_from_ms, need)
+    series = market.read_series(market_conn, symbol, interval, sid, read_from)
+    windows = None if due is None else due_windows(series, spec.window_len, spec.history, due.stride,
+                                                    due.start_ms, due.end_ms, due.now_ms)
+    # Rows of windows before the first one whose candles were all read would only be "not judged".
+    known = need - 1
+    from_ms = None if read_from is None else int(series.times[known]) if known < len(series.times) else 2**62
+    indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash, from_ms)
+    memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval) if trust_memo else {}
+    fingerprints = lambda ids: {i: r["input_fingerprint"]  # noqa: E731
+                                for i, r in index.values_by_id(index_conn, ids, ["input_fingerprint"]).items()}
+    return reconcile(series, read_from is None, indexed, memo, spec.window_len, spec.history,
+                               gap_policy, windows, fingerprints)
+
+
+def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile,
+                    stamping: stamps.Stamping | None = None) -> None:
+    """Record the rows found stale together with the memo that no longer re-checks them (one
+    transaction: the memo never vouches for a row still called ok), and the series' bucket stamps."""
+    stale = np.flatnonzero(rec.newly_stale)
+    label = preset_label(preset_of(spec))
+    now = utc_now()
+    with immediate(index_conn):
+        index_conn.executemany("UPDATE images SET status = 'stale', reason = ?, updated_utc = ? WHERE id = ?",
+                               ((rec.row_reason[i], now, int(rec.indexed.row_id[i])) for i in stale.tolist()))
+        index_conn.executemany(
+            "INSERT INTO month_digests VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET digest = excluded.digest",
+            ((label, rec.series.symbol, rec.series.interval, m, d) for m, d in rec.memo.items()))
+        if stamping is not None:
+            stamping.write(index_conn)

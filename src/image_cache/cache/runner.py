@@ -11,7 +11,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -19,126 +19,33 @@ from typing import Any
 import numpy as np
 
 from image_cache import chart
-from image_cache.cache import index, market, reconcile, stamps
+from image_cache.cache import index, market, stamps
 from image_cache.cache.durable import SyncedWriter
 from image_cache.cache.executors import Run, chunk_windows, executor
-from image_cache.cache.index import IndexFileError
+from image_cache.cache.index import IndexFileError, preset_label, preset_of, run_lock
 from image_cache.cache.layout import relative_paths, temp_target
-from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, ENGINE, GAP, HISTORY, OK, RECORD, RETIRE, SeriesReconcile
+from image_cache.cache.market import Filters, select_series
+from image_cache.cache.reconcile import (
+    DRAW,
+    DRAWABLE,
+    DROP,
+    ENGINE,
+    GAP,
+    HISTORY,
+    OK,
+    RECORD,
+    RETIRE,
+    DueRange,
+    SeriesReconcile,
+    reconcile_series,
+    record_findings,
+)
 from image_cache.cache.root import Tree, claim
-from image_cache.cache.windows import due_windows, member_of_sorted
+from image_cache.cache.windows import member_of_sorted
 from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
-from image_cache.core.db import exclusive_lock, immediate
-from image_cache.core.errors import ConfigError, LockHeld, MarketError, RootError
-from image_cache.core.grid import INTERVAL_MS, check_symbol, now_ms, utc_now
+from image_cache.core.errors import ConfigError, LockHeld, RootError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.settings import Settings, make_spec
-
-
-@contextlib.contextmanager
-def run_lock(settings: Settings, command: str, need_index: str | None = None) -> Iterator[None]:
-    """One render/verify/repair at a time per index; a second one fails at once (exit 75).
-
-    With `need_index` (advice for the user), a missing index fails first: no lock file is left beside it.
-    """
-    if need_index is not None and index.identify(settings.image_index_db) == "absent":
-        raise index.IndexFileError(f"image index not found: {settings.image_index_db} ({need_index})")
-    with exclusive_lock(settings.image_index_db + ".lock", f"image_cache {command}", wait_seconds=0):
-        yield
-
-
-def preset_of(spec: chart.Spec) -> dict[str, Any]:
-    """The index's key columns that name a preset (independent of the drawing code's version)."""
-    return {"style_name": spec.name, "img_size_px": spec.height if spec.width != spec.height else spec.width,
-            "window_len": spec.window_len, "style_version": spec.version}
-
-
-def preset_label(preset: dict[str, Any]) -> str:
-    return "{style_name}|{img_size_px}|w{window_len}|v{style_version}".format(**preset)
-
-
-@dataclass
-class Filters:
-    """Which series a command covers (dates are settings: `--start`, `--end`)."""
-
-    symbols: list[str] | None = None
-    intervals: list[str] | None = None
-
-
-def select_series(conn, settings: Settings, filters: Filters, warn: Warn) -> list[tuple[str, str, int]]:
-    """The (symbol, interval, series id) to draw: configured (or filtered) and present in the market."""
-    present = market.list_series(conn)
-    symbols = filters.symbols or list(settings.pairs)
-    intervals = filters.intervals or list(settings.intervals)
-    for symbol in symbols:
-        check_symbol(symbol)
-    for code in intervals:
-        if code not in INTERVAL_MS:
-            raise MarketError(f"unknown interval code {code!r}")
-    absent = sorted(s for s in symbols if not any(p[0] == s for p in present))
-    if absent:
-        warn(f"not in the market database, skipped: {', '.join(absent)}")
-    return [(s, iv, present[(s, iv)]) for s in symbols for iv in intervals if (s, iv) in present]
-
-
-def read_margin_ms(interval: str, candles: int) -> int:
-    """How far before `start` to read so that the first due window has all its candles."""
-    return (candles + 1) * (31 * 86_400_000 if interval == "1mo" else INTERVAL_MS[interval])
-
-
-@dataclass(frozen=True)
-class DueRange:
-    """Which windows are due: last candle closed by `now_ms`, inside [start_ms, end_ms), on the stride grid."""
-
-    start_ms: int
-    end_ms: int
-    stride: int
-    now_ms: int
-
-    @staticmethod
-    def of(settings: Settings) -> DueRange:
-        now = now_ms()
-        return DueRange(settings.start_ms, settings.end_ms or now, settings.stride, now)
-
-
-def reconcile_series(market_conn: sqlite3.Connection, index_conn: sqlite3.Connection, spec: chart.Spec,
-                     symbol: str, interval: str, sid: int, gap_policy: str, read_from_ms: int | None = None,
-                     due: DueRange | None = None, trust_memo: bool = True) -> SeriesReconcile:
-    """Read one series (from `read_from_ms` on, with the candles its first window needs; whole when
-    None) and its index rows, and reconcile them; with `due`, also plan the due windows without a row.
-    Without `trust_memo`, every row's fingerprint is compared, whatever the memo says (verify --deep)."""
-    preset = preset_of(spec)
-    need = spec.window_len + spec.history
-    read_from = None if read_from_ms is None else market.read_start(market_conn, sid, read_from_ms, need)
-    series = market.read_series(market_conn, symbol, interval, sid, read_from)
-    windows = None if due is None else due_windows(series, spec.window_len, spec.history, due.stride,
-                                                    due.start_ms, due.end_ms, due.now_ms)
-    # Rows of windows before the first one whose candles were all read would only be "not judged".
-    known = need - 1
-    from_ms = None if read_from is None else int(series.times[known]) if known < len(series.times) else 2**62
-    indexed = index.indexed_rows(index_conn, preset, symbol, interval, spec.spec_hash, from_ms)
-    memo = index.read_month_digests(index_conn, preset_label(preset), symbol, interval) if trust_memo else {}
-    fingerprints = lambda ids: {i: r["input_fingerprint"]  # noqa: E731
-                                for i, r in index.values_by_id(index_conn, ids, ["input_fingerprint"]).items()}
-    return reconcile.reconcile(series, read_from is None, indexed, memo, spec.window_len, spec.history,
-                               gap_policy, windows, fingerprints)
-
-
-def record_findings(index_conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile,
-                    stamping: stamps.Stamping | None = None) -> None:
-    """Record the rows found stale together with the memo that no longer re-checks them (one
-    transaction: the memo never vouches for a row still called ok), and the series' bucket stamps."""
-    stale = np.flatnonzero(rec.newly_stale)
-    label = preset_label(preset_of(spec))
-    now = utc_now()
-    with immediate(index_conn):
-        index_conn.executemany("UPDATE images SET status = 'stale', reason = ?, updated_utc = ? WHERE id = ?",
-                               ((rec.row_reason[i], now, int(rec.indexed.row_id[i])) for i in stale.tolist()))
-        index_conn.executemany(
-            "INSERT INTO month_digests VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET digest = excluded.digest",
-            ((label, rec.series.symbol, rec.series.interval, m, d) for m, d in rec.memo.items()))
-        if stamping is not None:
-            stamping.write(index_conn)
 
 
 @dataclass

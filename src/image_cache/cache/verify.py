@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from image_cache import chart
-from image_cache.cache import executors, index, market, runner
+from image_cache.cache import executors, index, market, reconcile
 from image_cache.cache.durable import SyncedWriter
-from image_cache.cache.index import ENGINE_PREFIX
+from image_cache.cache.index import ENGINE_PREFIX, preset_label, preset_of
 from image_cache.cache.layout import ImageName, parse_relative_path, temp_target
+from image_cache.cache.market import Filters
 from image_cache.cache.reconcile import DRAW, DRAWABLE, DROP, GAP, HISTORY, RECORD, RETIRE, SeriesReconcile
 from image_cache.cache.root import (
     MARKER,
@@ -40,14 +41,13 @@ from image_cache.cache.root import (
     owner_gone,
     read_marker,
 )
-from image_cache.cache.runner import Filters, preset_label, preset_of
 from image_cache.cache.system import tune_allocator
 from image_cache.cache.windows import Series, window_gaps
 from image_cache.cache.work import adopt_chunk, require_built, settle_chunk, split_months
 from image_cache.core.db import connect_readonly
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
-from image_cache.settings import Settings
+from image_cache.settings import Settings, make_spec
 
 PROBLEMS = ("missing", "corrupt", "stale", "orphan", "temp")
 NO_IMAGE = {GAP: "gap", HISTORY: "history"}
@@ -314,7 +314,7 @@ def _owned(owned: set[tuple], path: str) -> bool:
 
 def _configured_preset(settings: Settings) -> dict[str, Any] | None:
     try:
-        return preset_of(runner.make_spec(settings))
+        return preset_of(make_spec(settings))
     except chart.ChartError:
         return None
 
@@ -340,14 +340,14 @@ def _inspect_preset(conn: sqlite3.Connection, market_conn, present: dict, preset
                 result.notes.append(f"{symbol} {interval} is not in the market database: {label} inputs not checked")
             continue
         # The configured preset's due windows without a row are counted as not rendered yet.
-        due = runner.DueRange.of(settings) if configured else None
+        due = reconcile.DueRange.of(settings) if configured else None
         # --deep trusts no memo: every row's input fingerprint is compared with the market's candles.
-        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy, None, due,
+        rec = reconcile.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy, None, due,
                                       trust_memo=not deep)
         result.not_rendered += int((rec.new_desired == DRAWABLE).sum())
         found.series.setdefault((symbol, interval), rec.series)
         found.inspected.add((symbol, interval, spec))
-        runner.record_findings(conn, spec, rec)
+        reconcile.record_findings(conn, spec, rec)
         _collect(conn, spec, rec, found)
 
 
@@ -389,12 +389,12 @@ def _collect(conn: sqlite3.Connection, spec: chart.Spec, rec: SeriesReconcile, f
 def _count_not_rendered(conn: sqlite3.Connection, market_conn, settings: Settings, filters: Filters,
                         found: Inspection, warn: Warn) -> None:
     """Due windows of the configured preset in series the index has no row of yet: a count, never a failure."""
-    spec = runner.make_spec(settings)
-    for symbol, interval, sid in runner.select_series(market_conn, settings, filters, warn):
+    spec = make_spec(settings)
+    for symbol, interval, sid in market.select_series(market_conn, settings, filters, warn):
         if (symbol, interval, spec) in found.inspected:
             continue
-        rec = runner.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy,
-                                      settings.start_ms, runner.DueRange.of(settings))
+        rec = reconcile.reconcile_series(market_conn, conn, spec, symbol, interval, sid, settings.gap_policy,
+                                      settings.start_ms, reconcile.DueRange.of(settings))
         found.result.not_rendered += int((rec.new_desired == DRAWABLE).sum())
 
 
@@ -423,7 +423,7 @@ def verify(settings: Settings, filters: Filters | None = None, *, deep: bool = F
            progress: Progress = no_progress, warn: Warn = no_warn) -> VerifyResult:
     filters = filters or Filters()
     check_filters(filters)
-    with runner.run_lock(settings, "verify", need_index="run render first"):
+    with index.run_lock(settings, "verify", need_index="run render first"):
         conn = open_owned(settings)
         try:
             with index.guarded(conn, settings.image_index_db):
@@ -518,7 +518,7 @@ def repair(settings: Settings, filters: Filters | None = None, *, reindex: bool 
     began = time.monotonic()
     result = RepairResult()
     need = None if reindex else "run `repair --reindex` to rebuild it from the image files"
-    with runner.run_lock(settings, "repair", need_index=need):
+    with index.run_lock(settings, "repair", need_index=need):
         if reindex:
             _prepare_reindex(settings, result)
         conn = open_owned(settings)

@@ -14,7 +14,7 @@ import argparse
 import shlex
 import sys
 
-from image_cache.cache.runner import Filters
+from image_cache.cache.market import Filters
 from image_cache.cli import console
 from image_cache.cli import settings as cli_settings
 from image_cache.core import flags

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from image_cache.cache.runner import Filters, render
+from image_cache.cache.market import Filters
+from image_cache.cache.runner import render
 from image_cache.cache.verify import verify
 from image_cache.cli import console
 from image_cache.cli import settings as cli_settings

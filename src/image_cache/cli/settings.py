@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from image_cache.cache.runner import Filters
+from image_cache.cache.market import Filters
 from image_cache.cli import console
 from image_cache.settings import CONFIG_ENV, CONFIG_NAME, OPTIONS, Settings, find_config, load
 

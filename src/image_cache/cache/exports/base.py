@@ -8,7 +8,7 @@ from typing import Any
 
 from image_cache.cache.exports.labels import LabelRule, Split
 from image_cache.cache.exports.select import Sample, Selection
-from image_cache.cache.runner import preset_label
+from image_cache.cache.index import preset_label
 from image_cache.chart.modes import PIL_MODES
 from image_cache.core.hooks import Warn, no_warn
 

@@ -22,13 +22,14 @@ from image_cache.cache.exports.labels import (
     on_stride,
     sample_key,
 )
-from image_cache.cache.runner import Filters, make_spec, preset_of, read_margin_ms, select_series
+from image_cache.cache.index import preset_of
+from image_cache.cache.market import Filters, read_margin_ms, select_series
 from image_cache.cache.windows import Series, fingerprint, window_rows
 from image_cache.core.db import connect_readonly
 from image_cache.core.errors import ImageCacheError
 from image_cache.core.grid import now_ms
 from image_cache.core.hooks import Warn, no_warn
-from image_cache.settings import Settings
+from image_cache.settings import Settings, make_spec
 
 INDEX_COLUMNS = ("symbol", "interval", "end_open_time_ms", "status", "spec_hash", "style_name", "img_size_px",
                  "window_len", "style_version", "file_path", "sha256", "pixel_hash", "width_px", "height_px",
