@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
@@ -145,6 +146,13 @@ class _Watch:
                               "(--worker-wait): stopped; repair adopts the files already written")
 
 
+def _interrupted_wait(record: logging.LogRecord) -> bool:
+    """distributed's `sync()`, interrupted before it has a future (our Ctrl-C or SIGTERM while the main thread
+    waits on Dask), schedules a cancel that fails with a NameError, and tornado logs that with its traceback
+    on stderr; the run has already stopped with its one line. The record is dropped; any other is kept."""
+    return "sync.<locals>.cancel" not in record.getMessage()
+
+
 def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str | None, worker_wait: float,
                   warn: Warn = no_warn, lost: list[str] | None = None) -> Iterator[T]:
     """Results of chunks from a Dask cluster, two per worker thread in flight: the scheduler never holds
@@ -156,6 +164,8 @@ def _dask_results(fn: Callable[[Chunk], T], chunks: list[Chunk], scheduler: str 
                               "(a checkout: make venv)") from None
     if not chunks:
         return
+    # Kept once added (a filter is added once): the record can come from Dask's thread after this run ends.
+    logging.getLogger("tornado.application").addFilter(_interrupted_wait)
     with _connect(Client, scheduler) as client:
         watch = _Watch(client, scheduler, worker_wait, warn, [] if lost is None else lost)
         waiting = iter(chunks)
