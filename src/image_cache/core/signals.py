@@ -59,19 +59,43 @@ def _install(handler: Handler) -> dict[int, Handler]:
     previous: dict[int, Handler] = {signum: signal.getsignal(signum) for signum in SIGNALS}
     for signum, old in previous.items():
         if old is not signal.SIG_IGN:
-            signal.signal(signum, handler)
+            signal.signal(signum, _deferrable(handler) if callable(handler) else handler)
     return previous
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Within: SIGNALS are blocked, kept pending by the kernel, and delivered (to this process's
-    handlers) as soon as it ends: for a step a signal must not cut in two."""
+    """Within: SIGNALS wait, and reach this process's handlers as soon as it ends: for a step a signal must
+    not cut in two (starting a worker: a forkserver whose client hung up prints a traceback).
+
+    Blocking them in this thread is not enough: a process-directed signal goes to any thread that does not
+    block it (numpy's, Dask's), and Python then runs the handler in the main thread all the same. So the
+    handlers themselves hold a signal that comes while a step is deferred, and it is raised again here."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    _deferring.append(True)
     try:
         yield
     finally:
+        _deferring.pop()
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if not _deferring and _held:
+            signum = _held[0]
+            _held.clear()
+            signal.raise_signal(signum)
+
+
+# Steps deferring signals now (one entry each), and the signals that came meanwhile.
+_deferring: list[bool] = []
+_held: list[int] = []
+
+
+def _deferrable(handler: Callable[[int, FrameType | None], Any]) -> Callable[[int, FrameType | None], Any]:
+    def run(signum: int, frame: FrameType | None) -> None:
+        if _deferring:
+            _held.append(signum)
+            return
+        handler(signum, frame)
+    return run
 
 
 def exit_on_signals() -> None:
