@@ -131,7 +131,7 @@ def test_sigterm_ctrl_c_and_sighup_stop_cleanly(workdir: Path, signum: int, code
     try:
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == code
+        assert proc.returncode == code, stderr
         assert stderr.strip() == message  # one line, no traceback from the driver or a worker
         assert wait_gone(processes) == []
     finally:
