@@ -1,4 +1,4 @@
-"""The cache as a state machine: 150 random sequences of 20 steps (market corrections, appended and
+"""The cache as a state machine: 125 random sequences of 20 steps (market corrections, appended and
 removed candles, flat runs, renders with random filters, preset and gap-policy switches, verify,
 repair, file damage, index-row deletion, a second index on the root, a lost index, links, folders and
 FIFOs planted at image paths, links at the lock and the marker), invariants checked after every step;
@@ -13,7 +13,7 @@ from state_walk import run_many
 
 pytestmark = pytest.mark.slow  # its subject is the process boundary (make test-fast skips it)
 
-BLOCKS, PER_BLOCK, STEPS = 6, 25, 20  # sized to make test's CPU budget; make soak runs 10,000
+BLOCKS, PER_BLOCK, STEPS = 5, 25, 20  # sized to make test's CPU budget; make soak runs 10,000
 
 
 @pytest.mark.parametrize("block", range(BLOCKS))
