@@ -241,12 +241,17 @@ def market_db_in(config_file: str | None) -> str | None:
     commands: they write the market the renderer reads, and take nothing else from the file."""
     if not config_file:
         return None
-    table = read_toml(config_file)
-    option = _BY_KEY["market_db"]
-    for key in (option.key, option.field):
-        if key in table:
-            return option.convert(key, table[key])
+    market_db = _BY_KEY["market_db"]
+    for key, value in read_toml(config_file).items():
+        if _option(key) is market_db:
+            return market_db.convert(key, value)
     return None
+
+
+def _option(name: str) -> Option | None:
+    """The option a config key or a `flags` name means: the flag's name (`market_db`, `market-db`), or the
+    older field name (`market_db_path`)."""
+    return _BY_KEY.get(name.replace("-", "_")) or _BY_FIELD.get(name)
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -305,20 +310,19 @@ def load(config_file: str | None = None, flags: dict[str, Any] | None = None, wa
     if config_file:
         old: dict[str, str] = {}
         for key, value in read_toml(config_file).items():
-            option = _BY_KEY.get(key.replace("-", "_"))
-            if option is None and key in _BY_FIELD:
-                option = _BY_FIELD[key]
-                old[key] = option.key
+            option = _option(key)
             if option is None:
                 raise ConfigError(f"{config_file}: unknown key {key!r} in [image_cache] "
                                   f"(known: {', '.join(_BY_KEY)})")
+            if key.replace("-", "_") != option.key:
+                old[key] = option.key
             values[option.field] = option.convert(key, value)
         if old:
             keys = f"the keys {', '.join(old)} are" if len(old) > 1 else f"the key {next(iter(old))} is"
             warn(f"note: {config_file}: {keys} deprecated and will be removed after 0.9; "
                  f"use {', '.join(old.values())}")
     for name, value in (flags or {}).items():
-        option = _BY_KEY.get(name) or _BY_FIELD.get(name)
+        option = _option(name)
         if option is None:
             raise ConfigError(f"unknown option {name!r} (known: {', '.join(_BY_KEY)})")
         if value is not None:

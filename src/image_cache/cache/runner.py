@@ -23,7 +23,7 @@ from image_cache.cache import index, market, stamps
 from image_cache.cache.durable import SyncedWriter
 from image_cache.cache.executors import Run, chunk_windows, executor
 from image_cache.cache.index import IndexFileError, preset_label, preset_of, run_lock
-from image_cache.cache.layout import relative_paths, temp_target
+from image_cache.cache.layout import temp_target
 from image_cache.cache.market import Filters, select_series
 from image_cache.cache.reconcile import (
     DRAW,
@@ -42,7 +42,15 @@ from image_cache.cache.reconcile import (
 )
 from image_cache.cache.root import Tree, claim
 from image_cache.cache.windows import member_of_sorted
-from image_cache.cache.work import Chunk, WorkerError, base_rows, draw_chunk, require_built, split_months
+from image_cache.cache.work import (
+    Chunk,
+    WorkerError,
+    base_rows,
+    draw_chunk,
+    image_paths,
+    require_built,
+    split_months,
+)
 from image_cache.core.errors import ConfigError, LockHeld, RootError
 from image_cache.core.hooks import Progress, Warn, no_progress, no_warn
 from image_cache.settings import Settings, make_spec
@@ -253,9 +261,8 @@ def _write(plans: list[SeriesPlan], spec: chart.Spec, settings: Settings, filter
                       result.lost_workers) as run:
             _apply(plans, spec, settings, index_conn, run, result, progress, warn)
         if result.lost_workers:
-            drawn = (path for p in plans for path in relative_paths(
-                p.rec.series.symbol, p.rec.series.interval, p.rec.series.times[p.draw], spec.size_label,
-                spec.window_len, spec.file_tag, spec.version))
+            drawn = (path for p in plans for path in image_paths(
+                spec, p.rec.series.symbol, p.rec.series.interval, p.rec.series.times[p.draw]))
             remove_lost_temps(settings.image_root_dir, drawn, len(result.lost_workers), warn)
         index_conn.check_file()
         result.seconds = time.monotonic() - began

@@ -62,11 +62,15 @@ def image_path(spec: chart.Spec, symbol: str, interval: str, end_open_time_ms: i
                          spec.version)
 
 
+def image_paths(spec: chart.Spec, symbol: str, interval: str, end_open_times_ms: np.ndarray) -> list[str]:
+    return relative_paths(symbol, interval, end_open_times_ms, spec.size_label, spec.window_len, spec.file_tag,
+                          spec.version)
+
+
 def base_rows(chunk: Chunk, end_ms: np.ndarray) -> list[Row]:
     """A `missing` row, with its file path, for each window end time of the chunk's series."""
     s, spec = chunk.series, chunk.spec
-    paths = relative_paths(s.symbol, s.interval, end_ms, spec.size_label, spec.window_len, spec.file_tag,
-                           spec.version)
+    paths = image_paths(spec, s.symbol, s.interval, end_ms)
     return [Row(symbol=s.symbol, interval=s.interval, end_open_time_ms=end, spec_hash=spec.spec_hash, file_path=path,
                 status="missing", **chunk.preset) for end, path in zip(np.asarray(end_ms).tolist(), paths, strict=True)]
 
