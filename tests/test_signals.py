@@ -362,3 +362,27 @@ def test_a_deferred_step_is_not_cut_when_the_signal_reaches_another_thread():
                 time.sleep(0.01)
             finished = True
     assert finished and stopped.value.signum == signal.SIGINT
+
+
+def test_a_signal_inside_a_finaliser_is_not_printed_and_still_stops_the_run(capsys, monkeypatch):
+    """Python drops an exception raised in a `__del__` or weakref callback and prints it with its traceback
+    ("Exception ignored in ..."): a Ctrl-C that landed in one (a thread pool's weakref callback) printed that
+    above the run's one line. The run still stops, as interrupted, and nothing else is printed."""
+    import gc
+
+    from image_cache.core import signals
+
+    class Finalised:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # the handler runs in here
+                time.sleep(0.01)
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's own, not pytest's
+    with pytest.raises(signals.Stopped) as stopped, signals.stop_on_signals():
+        Finalised()
+        gc.collect()
+        looped = True
+    assert looped and stopped.value.signum == signal.SIGINT
+    assert capsys.readouterr().err == ""

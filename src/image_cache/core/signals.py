@@ -129,11 +129,19 @@ def stop_on_signals() -> Iterator[None]:
         deadline.append(timer)
         raise Stopped(signum)
 
+    def unraisable(info: Any) -> None:
+        # A Stopped raised inside a finaliser (a `__del__`, a weakref callback) is dropped by Python, which
+        # printed it with its traceback: it is recorded in _received, and check() raises it again.
+        if not isinstance(info.exc_value, Stopped):
+            hook(info)
+
     previous = _install(stop)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
         check()
     finally:
+        sys.unraisablehook = hook
         for timer in deadline:
             timer.cancel()
         for signum, old in previous.items():
